@@ -1,0 +1,253 @@
+"""The inventory: one YAML file describing a deployment, validated once at start.
+
+The format is documented in docs/inventory.md. Values can be overridden from the environment
+with `OPSBOOK__<SECTION>__<NAME>__<KEY>=value` (for example `OPSBOOK__POSTGRES__CHATDB__PORT=5433`
+or `OPSBOOK__THRESHOLDS__QUEUE_BACKLOG=500`); the value is read as a YAML scalar.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+)
+
+from opsbook.secrets import Secret
+
+ENV_PREFIX = "OPSBOOK__"
+ENV_INVENTORY = "OPSBOOK_INVENTORY"
+
+
+class InventoryError(Exception):
+    """A bad inventory: the message is one line that names the file and the key."""
+
+
+def _resolve_secret(value: object) -> Secret:
+    if isinstance(value, Secret):
+        return value
+    if not isinstance(value, Mapping) or len(value) != 1 or not ({"env", "file"} & set(value)):
+        raise ValueError(
+            "a secret is given by reference, {env: VARIABLE} or {file: PATH}, never inline"
+        )
+    if "env" in value:
+        name = str(value["env"])
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name} is not set")
+        return Secret(os.environ[name], f"env {name}")
+    path = Path(str(value["file"])).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from None
+    return Secret(text.rstrip("\n"), f"file {path}")
+
+
+SecretRef = Annotated[
+    Secret,
+    BeforeValidator(_resolve_secret),
+    PlainSerializer(lambda s: repr(s), return_type=str),
+]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Seconds = Annotated[float, Field(gt=0, le=3600)]
+Percent = Annotated[float, Field(gt=0, le=100)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+class HttpEndpoint(_Model):
+    """An HTTP service: the backend, the frontend, Prometheus or Grafana."""
+
+    kind: Literal["backend", "frontend", "prometheus", "grafana", "other"]
+    url: str
+    health_path: str = "/health"
+    user: str | None = None
+    password: SecretRef | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        if parts.password:
+            raise ValueError("the URL holds a password; give it as password: {env: NAME}")
+        return url.rstrip("/")
+
+
+class Postgres(_Model):
+    """A PostgreSQL server and the database the checks read, as the monitoring role."""
+
+    host: str = "127.0.0.1"
+    port: Port = 5432
+    database: str = "chatdb"
+    user: str = "opsbook_monitor"
+    password: SecretRef | None = None
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = (
+        "prefer"
+    )
+
+
+class Queues(_Model):
+    """The Redis lists that make up the message queue."""
+
+    pending: str = "message_queue"
+    dead_letter: str = "dead_letter_queue"
+    processed: str = "processed_messages"
+
+
+class Redis(_Model):
+    """A Redis server used as the message queue."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    password: SecretRef | None = None
+    queues: Queues = Queues()
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ValueError(f"not a redis:// URL: {url!r}")
+        if parts.password:
+            raise ValueError("the URL holds a password; give it as password: {env: NAME}")
+        return url
+
+
+class Host(_Model):
+    """A machine for host-level checks, reached through a testinfra host spec."""
+
+    spec: str = "local://"
+    filesystems: tuple[str, ...] = ("/",)
+    logs: tuple[str, ...] = ()
+
+    @field_validator("spec")
+    @classmethod
+    def _spec(cls, spec: str) -> str:
+        if not re.match(r"^[a-z+]+://", spec):
+            raise ValueError(f"not a testinfra host spec (local://, ssh://, docker://...): {spec!r}")
+        return spec
+
+
+class Compose(_Model):
+    """The compose project, when the stack runs on a container engine."""
+
+    project: str
+    file: Path | None = None
+    docker_host: str | None = None
+
+
+class Sandbox(_Model):
+    """Set by `python -m opsbook sandbox up`: the sandbox's state directory."""
+
+    dir: Path
+
+
+class Thresholds(_Model):
+    """Limits from the runbooks; every check reads its limit here."""
+
+    timeout_s: Seconds = 3.0
+    response_time_s: Seconds = 2.0
+    disk_used_percent: Percent = 80
+    memory_used_percent: Percent = 90
+    redis_memory_percent: Percent = 90
+    queue_backlog: Annotated[int, Field(ge=0)] = 1000
+    dead_letter_max: Annotated[int, Field(ge=0)] = 10
+    oldest_message_age_s: Seconds = 300
+    http_5xx_rate: Annotated[float, Field(ge=0)] = 0.1
+    pg_connections_percent: Percent = 80
+    idle_in_transaction_s: Seconds = 300
+    log_window_s: Seconds = 300
+
+
+class Inventory(_Model):
+    """One deployment of the AI chat system."""
+
+    name: str
+    http: dict[str, HttpEndpoint] = {}
+    postgres: dict[str, Postgres] = {}
+    redis: dict[str, Redis] = {}
+    hosts: dict[str, Host] = {}
+    compose: Compose | None = None
+    sandbox: Sandbox | None = None
+    thresholds: Thresholds = Thresholds()
+
+    def endpoints(self, *kinds: str) -> dict[str, HttpEndpoint]:
+        return {name: ep for name, ep in self.http.items() if ep.kind in kinds}
+
+    def secrets(self) -> Iterator[Secret]:
+        """Every secret the inventory resolved, so that the redactor can mask them."""
+        for section in (self.http, self.postgres, self.redis):
+            for target in section.values():
+                if target.password is not None:
+                    yield target.password
+
+
+def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+    applied = []
+    for variable, value in sorted(environ.items()):
+        if not variable.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in variable[len(ENV_PREFIX) :].split("__")]
+        if not all(path):
+            raise InventoryError(f"{variable}: empty key in the variable name")
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise InventoryError(f"{variable}: {part} is not a section")
+            node = child
+        node[path[-1]] = yaml.safe_load(value) if value else value
+        applied.append(variable)
+    return applied
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for detail in error.errors():
+        key = ".".join(str(p) for p in detail["loc"]) or "(top level)"
+        message = detail["msg"].removeprefix("Value error, ")
+        if detail["type"] == "extra_forbidden":
+            message = "unknown key"
+        parts.append(f"{key}: {message}")
+    return "; ".join(parts)
+
+
+def load_inventory(path: Path, environ: Mapping[str, str] | None = None) -> Inventory:
+    """Read, override from the environment, and validate an inventory file."""
+    environ = os.environ if environ is None else environ
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InventoryError(f"inventory {path}: cannot read: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise InventoryError(f"inventory {path}: not valid YAML{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise InventoryError(f"inventory {path}: expected a mapping at the top level")
+    try:
+        _apply_environment(raw, environ)
+        inventory = Inventory.model_validate(raw)
+    except InventoryError as exc:
+        raise InventoryError(f"inventory {path}: {exc}") from None
+    except ValidationError as exc:
+        raise InventoryError(f"inventory {path}: {_describe(exc)}") from None
+    return inventory

@@ -1,0 +1,75 @@
+"""Validate every check at collection: `pytest --collect-only` is opsbook's static lint."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from opsbook.check import CHECK_ID, Severity, spec_of
+from opsbook.plugin.inventory_option import AREAS, CADENCES
+from opsbook.plugin.keys import CHECK, INVENTORY, CheckInfo
+
+
+def _docstring_parts(function: object) -> tuple[str, str]:
+    doc = inspect.getdoc(function) or ""
+    title, _, rest = doc.partition("\n")
+    return title.strip(), " ".join(rest.split()).removeprefix("Risk:").strip()
+
+
+def _target_of(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    return callspec.id if callspec is not None else None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    problems: list[str] = []
+    owner_of_id: dict[str, str] = {}
+    for item in items:
+        function = getattr(item, "obj", None)
+        spec = spec_of(function)
+        if spec is None:
+            continue
+        where = f"{item.path.name}::{getattr(function, '__name__', item.name)}"
+        title, rationale = _docstring_parts(function)
+        markers = tuple(
+            dict.fromkeys(m.name for m in item.iter_markers() if m.name in {**CADENCES, **AREAS})
+        )
+        owner = owner_of_id.setdefault(spec.check_id, where)
+        if owner != where:
+            problems.append(f"{where}: check id {spec.check_id} is already used by {owner}")
+        if not CHECK_ID.match(spec.check_id):
+            problems.append(f"{where}: check id {spec.check_id!r} is not like AREA-001")
+        if not isinstance(spec.severity, Severity):
+            problems.append(f"{where}: severity must be a Severity, not {spec.severity!r}")
+        if not title:
+            problems.append(f"{where}: a check needs a docstring; its first line is the title")
+        if not any(m in CADENCES for m in markers):
+            problems.append(f"{where}: no cadence marker (one of {', '.join(CADENCES)})")
+        if spec.remediation is not None and not callable(spec.remediation):
+            problems.append(f"{where}: remediation {spec.remediation!r} is not callable")
+        info = CheckInfo(spec, title, rationale, _target_of(item), markers)
+        item.stash[CHECK] = info
+        item.user_properties.extend(
+            [
+                ("check_id", spec.check_id),
+                ("title", title),
+                ("severity", str(spec.severity)),
+                ("target", info.target or ""),
+                ("markers", ",".join(markers)),
+                ("remediation", spec.remediation_name or ""),
+            ]
+        )
+    if problems:
+        # Deduplicate: a parametrized check would repeat its problem once per target.
+        raise pytest.UsageError("invalid check: " + "; ".join(dict.fromkeys(problems)))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    selected_checks = [item for item in session.items if CHECK in item.stash]
+    if selected_checks and session.config.stash[INVENTORY] is None:
+        raise pytest.UsageError(
+            "no inventory: pass --inventory PATH, set OPSBOOK_INVENTORY, "
+            "or start the sandbox with `python -m opsbook sandbox up`"
+        )

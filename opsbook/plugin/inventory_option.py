@@ -1,0 +1,81 @@
+"""--inventory: find, load and validate the inventory once, at start; register the markers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from opsbook.plugin.keys import INVENTORY, REDACTOR
+from opsbook.secrets import Redactor
+
+# Cadences say when a check runs; areas say what it looks at. `--strict-markers` rejects others.
+CADENCES = {
+    "daily": "the daily health runbook, run from cron",
+    "weekly": "slower checks run once a week (restore drill)",
+    "predeploy": "gate before a deploy; a failure means do not deploy",
+    "postdeploy": "gate after a deploy; a failure means roll back",
+    "audit": "the security and access audit",
+}
+AREAS = {
+    "health": "services answer and report themselves healthy",
+    "database": "PostgreSQL",
+    "queue": "the Redis message queue",
+    "resources": "disk, memory and CPU",
+    "observability": "Prometheus, Grafana and alert rules",
+    "logs": "errors in the service logs",
+    "network": "connectivity beyond the stack (opt-in)",
+    "security": "hardening of the stack",
+    "access": "who and what can reach the stack",
+    "backup": "backups exist, are complete and restore",
+    "compose": "the stack as a compose project on a container engine",
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("opsbook")
+    group.addoption(
+        "--inventory",
+        metavar="PATH",
+        help="inventory YAML of the deployment to check (default: $OPSBOOK_INVENTORY, "
+        "else the sandbox's inventory)",
+    )
+
+
+def sandbox_inventory(rootpath: Path) -> Path:
+    state = os.environ.get("OPSBOOK_SANDBOX_DIR")
+    base = Path(state) if state else rootpath / ".opsbook" / "sandbox"
+    return base / "inventory.yaml"
+
+
+def _chosen_path(config: pytest.Config) -> tuple[Path | None, bool]:
+    """The inventory to load, and whether a person asked for it explicitly."""
+    given = config.getoption("inventory") or os.environ.get("OPSBOOK_INVENTORY")
+    if given:
+        return Path(given).expanduser(), True
+    default = sandbox_inventory(config.rootpath)
+    return (default if default.exists() else None), False
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    for name, text in {**CADENCES, **AREAS}.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+    config.stash[INVENTORY] = None
+    config.stash[REDACTOR] = Redactor()
+    if config.option.help or config.option.version:
+        return
+    path, explicit = _chosen_path(config)
+    if path is None:
+        return
+    if explicit and not path.is_file():
+        raise pytest.UsageError(f"inventory {path}: no such file")
+    from opsbook.inventory import InventoryError, load_inventory  # pydantic is slow to import
+
+    try:
+        inventory = load_inventory(path)
+    except InventoryError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[INVENTORY] = inventory
+    config.stash[REDACTOR] = Redactor(secret.reveal() for secret in inventory.secrets())

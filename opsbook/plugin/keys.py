@@ -1,0 +1,44 @@
+"""Typed stash keys shared by the plugin's modules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from opsbook.check import CheckSpec
+from opsbook.secrets import Redactor
+
+if TYPE_CHECKING:
+    from opsbook.inventory import Inventory
+
+
+@dataclass(frozen=True)
+class CheckInfo:
+    """A collected check: its declaration plus what collection learned about it."""
+
+    spec: CheckSpec
+    title: str
+    rationale: str
+    target: str | None
+    markers: tuple[str, ...]
+
+
+@dataclass
+class Findings:
+    """One row per check and target, in the order they finished."""
+
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in self.rows.values():
+            counts[row["outcome"]] = counts.get(row["outcome"], 0) + 1
+        return counts
+
+
+INVENTORY = pytest.StashKey["Inventory | None"]()
+REDACTOR = pytest.StashKey[Redactor]()
+CHECK = pytest.StashKey[CheckInfo]()
+FINDINGS = pytest.StashKey[Findings]()

@@ -1,0 +1,91 @@
+"""Outcomes: one line for an unreachable target, compact failures, redaction, exit codes.
+
+Exit codes (documented in docs/operating.md) keep "could not evaluate" apart from "failed":
+
+    0  every selected check passed          4  usage error: bad inventory, option or check
+    1  at least one check failed            5  no check selected
+    2  interrupted (or a check module did not import)
+    3  internal error                       10 nothing failed, but some checks could not be
+                                               evaluated (unreachable target, broken setup)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import pytest
+
+from opsbook.errors import TargetUnreachable
+from opsbook.plugin.keys import CHECK, FINDINGS, REDACTOR
+
+EXIT_NOT_EVALUATED = 10
+
+
+def _assertion_message(excinfo: pytest.ExceptionInfo[BaseException]) -> str:
+    """The author's message without pytest's introspection lines (`assert x == y`)."""
+    text = str(excinfo.value)
+    first = text.split("\n", 1)[0].strip()
+    return first or "assertion failed"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    redact = item.config.stash[REDACTOR]
+    excinfo = call.excinfo
+    if excinfo is not None and isinstance(excinfo.value, TargetUnreachable):
+        line = redact(excinfo.value.line())
+        report.longrepr = line
+        report.user_properties.append(("unreachable", line))
+    elif (
+        excinfo is not None
+        and CHECK in item.stash
+        and excinfo.errisinstance(AssertionError)
+        and item.config.option.tbstyle == "auto"
+    ):
+        # A broken expectation is a verdict, not a crash: the message says observed vs
+        # expected and names the target, so a traceback would only bury it.
+        report.longrepr = _assertion_message(excinfo)
+    if report.longrepr is not None:
+        text = str(report.longrepr)
+        masked = redact(text)
+        if masked != text:
+            report.longrepr = masked
+    report.sections = [(name, redact(content)) for name, content in report.sections]
+    return report
+
+
+def exit_code(config: pytest.Config, pytest_status: int, failures_outside_checks: bool) -> int:
+    """The run's exit code from the findings, keeping pytest's own codes above 1."""
+    if pytest_status not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        return pytest_status
+    counts = config.stash[FINDINGS].counts()
+    failed, errors = counts.get("failed", 0), counts.get("error", 0)
+    if failed or failures_outside_checks:
+        return int(pytest.ExitCode.TESTS_FAILED)
+    if errors:
+        return EXIT_NOT_EVALUATED
+    return pytest_status
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]:
+    yield
+    counts = session.config.stash[FINDINGS].counts()
+    outside = session.testsfailed > counts.get("failed", 0) + counts.get("error", 0)
+    session.exitstatus = exit_code(session.config, session.exitstatus, outside)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    rows = terminalreporter.config.stash[FINDINGS].rows.values()
+    unreachable: dict[str, int] = {}
+    for row in rows:
+        if row["unreachable"]:
+            unreachable[row["message"]] = unreachable.get(row["message"], 0) + 1
+    if unreachable:
+        terminalreporter.section("targets that could not be reached", sep="-", yellow=True)
+        for line, count in unreachable.items():
+            checks = "check" if count == 1 else "checks"
+            terminalreporter.line(f"{line}  ({count} {checks} not evaluated)")

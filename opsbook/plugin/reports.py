@@ -1,0 +1,206 @@
+"""The audit trail: reports/<UTC stamp>-<run id>/ with report.html, junit.xml, findings.json.
+
+Everything is written into a hidden staging folder that is renamed into place when the run
+ends, so a reader never opens a half-written file; `reports/latest` then points at it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from opsbook.check import Severity
+from opsbook.plugin.keys import FINDINGS, INVENTORY
+
+LATEST = "latest"
+
+
+@dataclass
+class Run:
+    """One run's identity and the folder its reports go to."""
+
+    run_id: str
+    started: datetime
+    reports_dir: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.started:%Y%m%dT%H%M%SZ}-{self.run_id}"
+
+    @property
+    def staging(self) -> Path:
+        return self.reports_dir / f".{self.name}.partial"
+
+    @property
+    def final(self) -> Path:
+        return self.reports_dir / self.name
+
+
+RUN = pytest.StashKey["Run | None"]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("opsbook")
+    group.addoption(
+        "--reports-dir",
+        metavar="DIR",
+        help="where each run's report folder goes (default: reports/ under the rootdir)",
+    )
+    group.addoption(
+        "--no-reports", action="store_true", help="write no report folder for this run"
+    )
+
+
+def _wanted(config: pytest.Config) -> bool:
+    return not (
+        config.getoption("no_reports")
+        or config.option.collectonly
+        or config.option.help
+        or config.option.version
+        or hasattr(config, "workerinput")
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[RUN] = None
+    if not _wanted(config):
+        return
+    reports_dir = Path(config.getoption("reports_dir") or config.rootpath / "reports")
+    run = Run(secrets.token_hex(4), datetime.now(UTC).replace(microsecond=0), reports_dir)
+    run.staging.mkdir(parents=True)
+    config.stash[RUN] = run
+    # A person's own --junitxml / --html wins; ours go into the run folder otherwise.
+    if not config.option.xmlpath:
+        config.option.xmlpath = str(run.staging / "junit.xml")
+    if not getattr(config.option, "htmlpath", None):
+        config.option.htmlpath = str(run.staging / "report.html")
+        config.option.self_contained_html = True
+
+
+def _summary(config: pytest.Config, run: Run, exit_status: int) -> dict[str, Any]:
+    inventory = config.stash[INVENTORY]
+    finished = datetime.now(UTC)
+    return {
+        "run_id": run.run_id,
+        "started": run.started.isoformat(),
+        "finished": finished.isoformat(timespec="seconds"),
+        "duration_s": round((finished - run.started).total_seconds(), 3),
+        "inventory": inventory.name if inventory is not None else None,
+        "selection": config.option.markexpr or None,
+        "exit_code": int(exit_status),
+        "counts": config.stash[FINDINGS].counts(),
+    }
+
+
+def _write_json(path: Path, document: object) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _point_latest(run: Run) -> None:
+    link = run.reports_dir / LATEST
+    temporary = run.reports_dir / f".{LATEST}.{run.run_id}"
+    temporary.symlink_to(run.name)
+    os.replace(temporary, link)
+
+
+def _retarget_html_message(config: pytest.Config, run: Run) -> None:
+    # pytest-html prints "Generated html report: <path>" with the staging path; point its
+    # message at where the file is published. Private attribute, so only if it is there.
+    # Called from the terminal summary, after both files are written.
+    # Same for the junitxml plugin's "generated xml file" line.
+    for plugin in config.pluginmanager.get_plugins():
+        for attribute in ("_report_path", "logfile"):
+            path = getattr(plugin, attribute, None)
+            if isinstance(path, str | Path) and Path(path).parent == run.staging:
+                setattr(plugin, attribute, type(path)(run.final / Path(path).name))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]:
+    """Publish the run folder once junit.xml and report.html are written (inside this wrapper)."""
+    yield
+    config = session.config
+    run = config.stash[RUN]
+    if run is None:
+        return
+    findings = config.stash[FINDINGS]
+    if not findings.rows:
+        # Not a checks run (the suite's own tests, say): leave no report folder behind.
+        shutil.rmtree(run.staging, ignore_errors=True)
+        config.stash[RUN] = None
+        return
+    document = {
+        "run": _summary(config, run, session.exitstatus),
+        "findings": sorted(
+            findings.rows.values(),
+            key=lambda row: (-Severity[row["severity"].upper()], row["check_id"], row["nodeid"]),
+        ),
+    }
+    _write_json(run.staging / "findings.json", document)
+    os.replace(run.staging, run.final)
+    _point_latest(run)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    config = terminalreporter.config
+    run = config.stash.get(RUN, None)
+    if run is not None and config.stash[FINDINGS].rows:
+        _retarget_html_message(config, run)
+        terminalreporter.write_sep("-", f"opsbook report: {run.final / 'report.html'}")
+
+
+# pytest-html: the columns an operator sorts by, every value escaped.
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_html_results_table_header(cells: list[str]) -> None:
+    cells.insert(1, '<th class="sortable" data-column-type="check">Check</th>')
+    cells.insert(2, '<th class="sortable" data-column-type="severity">Severity</th>')
+    cells.insert(3, '<th class="sortable" data-column-type="target">Target</th>')
+    cells.insert(4, '<th data-column-type="observed">Observed</th>')
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_html_results_table_row(report: pytest.TestReport, cells: list[str]) -> None:
+    properties = dict(report.user_properties)
+    observed = properties.get("observed", "")
+    expected = properties.get("expected")
+    if expected:
+        observed = f"{observed} (expected {expected})"
+    cells.insert(1, f'<td class="col-check">{escape(str(properties.get("check_id", "")))}</td>')
+    cells.insert(2, f'<td class="col-severity">{escape(str(properties.get("severity", "")))}</td>')
+    cells.insert(3, f'<td class="col-target">{escape(str(properties.get("target", "")))}</td>')
+    cells.insert(4, f'<td class="col-observed">{escape(str(observed))}</td>')
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_html_report_title(report: Any) -> None:
+    report.title = "opsbook report"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_metadata(metadata: dict[str, Any], config: pytest.Config) -> None:
+    # pytest-metadata copies CI variables (URLs, sometimes tokens) into the report: keep
+    # only what describes the run.
+    keep = {"Python", "Platform", "Packages", "Plugins"}
+    for key in list(metadata):
+        if key not in keep:
+            del metadata[key]
+    inventory = config.stash.get(INVENTORY, None)
+    metadata["Inventory"] = inventory.name if inventory is not None else "(none)"
+    metadata["Run"] = config.stash.get(RUN, None).name if config.stash.get(RUN, None) else ""
+    metadata["Started"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())

@@ -1,0 +1,208 @@
+"""Targets: one object per inventory entry, holding one connection for the whole run.
+
+A target connects at most once per run and remembers the outcome, so that a target that cannot
+be reached costs one timeout, not one per check. Every network call has a timeout taken from
+the inventory's `thresholds.timeout_s`. Drivers are imported on first use: a run that never
+touches PostgreSQL never pays for importing psycopg.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from urllib.parse import urlsplit
+
+from opsbook.errors import TargetUnreachable
+from opsbook.inventory import HttpEndpoint, Inventory, Postgres, Redis
+
+if TYPE_CHECKING:
+    import psycopg
+    import redis
+    import requests
+
+C = TypeVar("C")
+
+
+def _short(exc: BaseException) -> str:
+    """The useful part of a driver's error: its first line, without the driver's preamble."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.removeprefix("connection failed: ")
+
+
+class _Once(Generic[C]):
+    """Open a connection once; remember either the connection or why it failed."""
+
+    def __init__(self, opener: Callable[[], C]) -> None:
+        self._opener = opener
+        self._lock = threading.Lock()
+        self._value: C | None = None
+        self._error: TargetUnreachable | None = None
+
+    def get(self) -> C:
+        with self._lock:
+            if self._error is not None:
+                raise self._error
+            if self._value is None:
+                try:
+                    self._value = self._opener()
+                except TargetUnreachable as exc:
+                    self._error = exc
+                    raise
+            return self._value
+
+    @property
+    def opened(self) -> C | None:
+        return self._value
+
+
+@dataclass
+class HttpTarget:
+    """An HTTP service from the inventory."""
+
+    name: str
+    spec: HttpEndpoint
+    timeout: float
+    _session: _Once[requests.Session] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._session = _Once(self._new_session)
+
+    @property
+    def where(self) -> str:
+        return self.spec.url
+
+    def _new_session(self) -> requests.Session:
+        import requests
+
+        session = requests.Session()
+        if self.spec.user and self.spec.password is not None:
+            session.auth = (self.spec.user, self.spec.password.reveal())
+        return session
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        """GET a path of this service; raises requests' errors (the check decides)."""
+        return self._session.get().get(self.spec.url + path, timeout=self.timeout, **kwargs)
+
+    def close(self) -> None:
+        if self._session.opened is not None:
+            self._session.opened.close()
+
+
+@dataclass
+class PostgresTarget:
+    """A PostgreSQL server, reached as the inventory's (monitoring) role."""
+
+    name: str
+    spec: Postgres
+    timeout: float
+    _connection: _Once[psycopg.Connection[Any]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._connection = _Once(self._connect)
+
+    @property
+    def where(self) -> str:
+        return f"{self.spec.host}:{self.spec.port}/{self.spec.database}"
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        import psycopg
+
+        statement_timeout_ms = int(self.timeout * 1000)
+        try:
+            return psycopg.connect(
+                host=self.spec.host,
+                port=self.spec.port,
+                dbname=self.spec.database,
+                user=self.spec.user,
+                password=self.spec.password.reveal() if self.spec.password else None,
+                sslmode=self.spec.sslmode,
+                # libpq counts whole seconds and treats 1 as 2; never wait longer than asked.
+                connect_timeout=max(2, round(self.timeout)),
+                application_name="opsbook",
+                options=f"-c statement_timeout={statement_timeout_ms}",
+                autocommit=True,
+            )
+        except psycopg.Error as exc:
+            raise TargetUnreachable("postgres", self.name, self.where, _short(exc)) from None
+
+    def connection(self) -> psycopg.Connection[Any]:
+        """The run's one connection; raises TargetUnreachable (cached) when it cannot open."""
+        return self._connection.get()
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self.connection().cursor() as cursor:
+            cursor.execute(sql.encode(), params)  # type: ignore[arg-type]
+            return cursor.fetchall() if cursor.description else []
+
+    def close(self) -> None:
+        if self._connection.opened is not None:
+            self._connection.opened.close()
+
+
+@dataclass
+class RedisTarget:
+    """A Redis server used as the message queue."""
+
+    name: str
+    spec: Redis
+    timeout: float
+    _client: _Once[redis.Redis] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._client = _Once(self._connect)
+
+    @property
+    def where(self) -> str:
+        parts = urlsplit(self.spec.url)
+        return f"{parts.hostname}:{parts.port or 6379}"
+
+    def _connect(self) -> redis.Redis:
+        import redis
+
+        client = redis.Redis.from_url(
+            self.spec.url,
+            password=self.spec.password.reveal() if self.spec.password else None,
+            socket_timeout=self.timeout,
+            socket_connect_timeout=self.timeout,
+            decode_responses=True,
+            retry_on_timeout=False,
+        )
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            client.close()
+            raise TargetUnreachable("redis", self.name, self.where, _short(exc)) from None
+        return client
+
+    def client(self) -> redis.Redis:
+        """The run's one client, already PINGed; raises TargetUnreachable (cached)."""
+        return self._client.get()
+
+    def close(self) -> None:
+        if self._client.opened is not None:
+            self._client.opened.close()
+
+
+@dataclass
+class Targets:
+    """Every target of an inventory, by kind and name."""
+
+    http: dict[str, HttpTarget]
+    postgres: dict[str, PostgresTarget]
+    redis: dict[str, RedisTarget]
+
+    @classmethod
+    def from_inventory(cls, inventory: Inventory) -> Targets:
+        timeout = inventory.thresholds.timeout_s
+        return cls(
+            http={n: HttpTarget(n, s, timeout) for n, s in inventory.http.items()},
+            postgres={n: PostgresTarget(n, s, timeout) for n, s in inventory.postgres.items()},
+            redis={n: RedisTarget(n, s, timeout) for n, s in inventory.redis.items()},
+        )
+
+    def close(self) -> None:
+        for group in (self.http, self.postgres, self.redis):
+            for target in group.values():
+                target.close()
