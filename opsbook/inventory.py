@@ -97,9 +97,7 @@ class Postgres(_Model):
     database: str = "chatdb"
     user: str = "opsbook_monitor"
     password: SecretRef | None = None
-    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = (
-        "prefer"
-    )
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
 
 
 class Queues(_Model):
@@ -139,7 +137,9 @@ class Host(_Model):
     @classmethod
     def _spec(cls, spec: str) -> str:
         if not re.match(r"^[a-z+]+://", spec):
-            raise ValueError(f"not a testinfra host spec (local://, ssh://, docker://...): {spec!r}")
+            raise ValueError(
+                f"not a testinfra host spec (local://, ssh://, docker://...): {spec!r}"
+            )
         return spec
 
 

@@ -28,7 +28,8 @@ C = TypeVar("C")
 def _short(exc: BaseException) -> str:
     """The useful part of a driver's error: its first line, without the driver's preamble."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text.removeprefix("connection failed: ")
+    # libpq repeats the host and port we already name: keep only what went wrong.
+    return text.rsplit(" failed: ", 1)[-1].removeprefix("connection failed: ")
 
 
 class _Once(Generic[C]):
@@ -133,7 +134,7 @@ class PostgresTarget:
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self.connection().cursor() as cursor:
-            cursor.execute(sql.encode(), params)  # type: ignore[arg-type]
+            cursor.execute(sql.encode(), params)
             return cursor.fetchall() if cursor.description else []
 
     def close(self) -> None:

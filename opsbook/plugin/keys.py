@@ -38,7 +38,7 @@ class Findings:
         return counts
 
 
-INVENTORY = pytest.StashKey["Inventory | None"]()
+INVENTORY: pytest.StashKey[Inventory | None] = pytest.StashKey()
 REDACTOR = pytest.StashKey[Redactor]()
 CHECK = pytest.StashKey[CheckInfo]()
 FINDINGS = pytest.StashKey[Findings]()

@@ -57,9 +57,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="DIR",
         help="where each run's report folder goes (default: reports/ under the rootdir)",
     )
-    group.addoption(
-        "--no-reports", action="store_true", help="write no report folder for this run"
-    )
+    group.addoption("--no-reports", action="store_true", help="write no report folder for this run")
 
 
 def _wanted(config: pytest.Config) -> bool:
@@ -72,8 +70,9 @@ def _wanted(config: pytest.Config) -> bool:
     )
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    # Not tryfirst: the inventory must load (and may refuse) first. Being registered after
+    # junitxml and pytest-html, this still runs before they read the paths set here.
     config.stash[RUN] = None
     if not _wanted(config):
         return
@@ -155,6 +154,7 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
     _point_latest(run)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     config = terminalreporter.config
     run = config.stash.get(RUN, None)
@@ -176,7 +176,8 @@ def pytest_html_results_table_header(cells: list[str]) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_html_results_table_row(report: pytest.TestReport, cells: list[str]) -> None:
-    properties = dict(report.user_properties)
+    # Collection errors come here too, and they carry no user properties.
+    properties = dict(getattr(report, "user_properties", ()))
     observed = properties.get("observed", "")
     expected = properties.get("expected")
     if expected:
@@ -202,5 +203,6 @@ def pytest_metadata(metadata: dict[str, Any], config: pytest.Config) -> None:
             del metadata[key]
     inventory = config.stash.get(INVENTORY, None)
     metadata["Inventory"] = inventory.name if inventory is not None else "(none)"
-    metadata["Run"] = config.stash.get(RUN, None).name if config.stash.get(RUN, None) else ""
+    run = config.stash.get(RUN, None)
+    metadata["Run"] = run.name if run is not None else ""
     metadata["Started"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())

@@ -1,0 +1,316 @@
+"""The plugin, tested through real pytest runs (pytester): collection lint, outcomes, reports.
+
+Unreachable targets here are closed loopback ports; the sandbox tests cover live targets.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+CANARY = "canary-Secret-9f8e7d"
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """An opsbook suite in a temporary folder, with an inventory of closed ports."""
+    pytester.makeini("[pytest]\naddopts = --strict-markers -p no:cacheprovider\n")
+    pytester.makeconftest('pytest_plugins = ["opsbook.plugin", "fixtures.targets"]\n')
+    monkeypatch.setenv("CANARY_PASSWORD", CANARY)
+    monkeypatch.delenv("OPSBOOK_INVENTORY", raising=False)
+    monkeypatch.delenv("OPSBOOK_SANDBOX_DIR", raising=False)
+    port = closed_port()
+    (pytester.path / "inventory.yaml").write_text(
+        f"""
+name: test
+postgres:
+  chatdb: {{port: {port}, password: {{env: CANARY_PASSWORD}}}}
+redis:
+  queue: {{url: "redis://127.0.0.1:{port}/0", password: {{env: CANARY_PASSWORD}}}}
+"""
+    )
+    monkeypatch.setenv("OPSBOOK_INVENTORY", str(pytester.path / "inventory.yaml"))
+    return pytester
+
+
+def latest(pytester: pytest.Pytester) -> Path:
+    return (pytester.path / "reports" / "latest").resolve()
+
+
+def findings(pytester: pytest.Pytester) -> dict:
+    return json.loads((latest(pytester) / "findings.json").read_text())
+
+
+CHECKS = '''
+import pytest
+from opsbook import Severity, check
+
+pytestmark = [pytest.mark.daily, pytest.mark.health]
+
+@check("DEMO-001", Severity.HIGH)
+def test_passes(finding):
+    """Demo passes."""
+    finding.observe(3, expected="<= 5")
+
+@check("DEMO-002", Severity.LOW)
+def test_fails(finding):
+    """Demo fails with observed vs expected.
+
+    Risk: nothing, it is a demo.
+    """
+    finding.observe(7, expected="<= 5")
+    finding.attach("rows", [["a", 1]])
+    assert 7 <= 5, "demo: depth is 7 (max 5)"
+'''
+
+
+def test_findings_json_and_junit_carry_each_check(suite: pytest.Pytester) -> None:
+    suite.makepyfile(test_demo=CHECKS)
+    result = suite.runpytest("-m", "daily")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*opsbook report: *report.html*"])
+    document = findings(suite)
+    assert document["run"]["exit_code"] == 1
+    assert document["run"]["counts"] == {"passed": 1, "failed": 1}
+    by_id = {row["check_id"]: row for row in document["findings"]}
+    failed = by_id["DEMO-002"]
+    assert failed["outcome"] == "failed"
+    assert failed["message"] == "demo: depth is 7 (max 5)"
+    assert failed["observed"] == "7"
+    assert failed["expected"] == "<= 5"
+    assert failed["title"] == "Demo fails with observed vs expected."
+    assert failed["markers"] == ["daily", "health"]
+    assert json.loads(failed["evidence"]["rows"]) == [["a", 1]]
+    assert by_id["DEMO-001"]["outcome"] == "passed"
+    # The high-severity check sorts first.
+    assert [row["check_id"] for row in document["findings"]] == ["DEMO-001", "DEMO-002"]
+    junit = ET.parse(latest(suite) / "junit.xml")
+    properties = {
+        p.get("name"): p.get("value")
+        for p in junit.iter("property")
+        if p.get("name") in ("check_id", "severity")
+    }
+    assert properties  # JUnit carries the check's properties
+    html = (latest(suite) / "report.html").read_text()
+    assert "DEMO-002" in html
+
+
+def test_a_failed_check_is_one_line_not_a_traceback(suite: pytest.Pytester) -> None:
+    suite.makepyfile(test_demo=CHECKS)
+    result = suite.runpytest("-m", "daily")
+    failures = result.stdout.str().split("= FAILURES =")[1].split("short test summary")[0]
+    assert "demo: depth is 7 (max 5)" in failures
+    assert "assert 7 <= 5" not in failures
+
+
+def test_unreachable_target_is_an_error_with_one_line(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        test_db='''
+import pytest
+from opsbook import Severity, check
+
+pytestmark = pytest.mark.daily
+
+@check("DB-101", Severity.HIGH)
+def test_one(postgres):
+    """Needs the database."""
+
+@check("DB-102", Severity.HIGH)
+def test_two(postgres):
+    """Needs the database too."""
+'''
+    )
+    result = suite.runpytest("-m", "daily")
+    assert result.ret == 10, "nothing failed, but nothing could be evaluated"
+    result.assert_outcomes(errors=2)
+    output = result.stdout.str()
+    assert "Traceback" not in output
+    assert "psycopg" not in output
+    errors = output.split("= ERRORS =")[1].split("- generated xml")[0]
+    assert errors.count("unreachable: postgres chatdb") == 2, "one line per check"
+    result.stdout.fnmatch_lines(["*unreachable: postgres chatdb*(2 checks not evaluated)"])
+    rows = findings(suite)["findings"]
+    assert {row["outcome"] for row in rows} == {"error"}
+    assert all(row["unreachable"] for row in rows)
+
+
+def test_exit_codes_pass_and_no_checks(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        test_ok='''
+import pytest
+from opsbook import Severity, check
+
+@pytest.mark.daily
+@check("OK-001", Severity.INFO)
+def test_ok():
+    """Always fine."""
+'''
+    )
+    assert suite.runpytest("-m", "daily").ret == 0
+    assert suite.runpytest("-m", "weekly").ret == 5
+
+
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        ('@check("bad id", Severity.LOW)\ndef test_x():\n    """T."""', "is not like AREA-001"),
+        ('@check("X-001", Severity.LOW)\ndef test_x():\n    pass', "needs a docstring"),
+        ('@check("X-001", "high")\ndef test_x():\n    """T."""', "must be a Severity"),
+        (
+            '@check("X-001", Severity.LOW)\ndef test_x():\n    """T."""\n'
+            '@check("X-001", Severity.LOW)\ndef test_y():\n    """T."""',
+            "already used by",
+        ),
+    ],
+    ids=["id-format", "no-docstring", "severity-type", "duplicate-id"],
+)
+def test_invalid_checks_are_rejected_at_collection(
+    suite: pytest.Pytester, source: str, problem: str
+) -> None:
+    suite.makepyfile(
+        test_bad="import pytest\nfrom opsbook import Severity, check\n"
+        "pytestmark = pytest.mark.daily\n" + source
+    )
+    result = suite.runpytest_subprocess("--collect-only")
+    assert result.ret == 4
+    assert problem in result.stderr.str()
+
+
+def test_a_check_without_cadence_marker_is_rejected(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        test_bad="from opsbook import Severity, check\n"
+        '@check("X-001", Severity.LOW)\ndef test_x():\n    """T."""\n'
+    )
+    result = suite.runpytest_subprocess()
+    assert result.ret == 4
+    assert "no cadence marker" in result.stderr.str()
+
+
+def test_unknown_markers_are_rejected(suite: pytest.Pytester) -> None:
+    suite.makepyfile(test_bad="import pytest\n@pytest.mark.dayly\ndef test_x():\n    pass\n")
+    result = suite.runpytest()
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*'dayly' not found in `markers` configuration option*"])
+
+
+BAD_INVENTORIES = {
+    "not-yaml": ("name: [unclosed", "not valid YAML at line"),
+    "not-a-mapping": ("- just\n- a list", "expected a mapping"),
+    "unknown-key": ("name: x\npostgress: {}", "postgress: unknown key"),
+    "bad-port": ("name: x\npostgres:\n  db: {port: 70000}", "postgres.db.port"),
+    "inline-secret": ("name: x\npostgres:\n  db: {password: hunter2}", "by reference"),
+    "missing-env": (
+        "name: x\npostgres:\n  db: {password: {env: NOPE_NOT_SET}}",
+        "NOPE_NOT_SET is not set",
+    ),
+    "password-in-url": (
+        'name: x\nredis:\n  q: {url: "redis://u:pw@127.0.0.1:1/0"}',
+        "redis.q.url: the URL holds a password",
+    ),
+    "bad-threshold": ("name: x\nthresholds: {disk_used_percent: 180}", "disk_used_percent"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INVENTORIES))
+def test_bad_inventory_exits_4_with_one_line(suite: pytest.Pytester, name: str) -> None:
+    text, expected = BAD_INVENTORIES[name]
+    path = suite.path / "bad.yaml"
+    path.write_text(text)
+    result = suite.runpytest_subprocess(f"--inventory={path}")
+    assert result.ret == 4
+    lines = [line for line in result.stderr.lines if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"ERROR: inventory {path}: ")
+    assert expected in lines[0]
+    assert not (suite.path / "reports").exists() or not any((suite.path / "reports").iterdir())
+
+
+def test_missing_inventory_file_is_a_usage_error(suite: pytest.Pytester) -> None:
+    result = suite.runpytest_subprocess("--inventory=/nonexistent/inventory.yaml")
+    assert result.ret == 4
+    assert "no such file" in result.stderr.str()
+
+
+def test_checks_without_any_inventory_is_a_usage_error(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPSBOOK_INVENTORY")
+    suite.makepyfile(test_demo=CHECKS)
+    result = suite.runpytest_subprocess("-m", "daily")
+    assert result.ret == 4
+    assert "no inventory" in result.stderr.str()
+
+
+def test_environment_overrides_the_inventory(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPSBOOK__THRESHOLDS__QUEUE_BACKLOG", "7")
+    suite.makepyfile(
+        test_t='''
+import pytest
+from opsbook import Severity, check
+
+@pytest.mark.daily
+@check("T-001", Severity.LOW)
+def test_t(thresholds, finding):
+    """Backlog threshold comes from the environment."""
+    finding.observe(thresholds.queue_backlog)
+    assert thresholds.queue_backlog == 7
+'''
+    )
+    assert suite.runpytest().ret == 0
+
+
+def test_secrets_never_reach_outputs(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        test_leak='''
+import pytest
+from opsbook import Severity, check
+
+@pytest.mark.daily
+@check("LEAK-001", Severity.HIGH)
+def test_leak(inventory, finding):
+    """A check that handles the secret."""
+    secret = inventory.postgres["chatdb"].password.reveal()
+    dsn = f"postgresql://app:{secret}@db/chatdb"
+    print("connecting with", dsn)
+    finding.attach("dsn", dsn)
+    finding.observe(secret)
+    assert secret == "x", f"login failed with {secret}"
+'''
+    )
+    result = suite.runpytest_subprocess("--showlocals", "-rA")
+    assert result.ret == 1
+    assert CANARY not in result.stdout.str() + result.stderr.str()
+    for path in latest(suite).iterdir():
+        assert CANARY not in path.read_text(), path.name
+    assert "***" in (latest(suite) / "findings.json").read_text()
+
+
+def test_reports_are_published_whole(suite: pytest.Pytester) -> None:
+    suite.makepyfile(test_demo=CHECKS)
+    suite.runpytest("-m", "daily")
+    first = latest(suite)
+    suite.runpytest("-m", "daily")
+    second = latest(suite)
+    reports = suite.path / "reports"
+    assert first != second
+    assert first.parent == second.parent == reports
+    assert sorted(p.name for p in second.iterdir()) == ["findings.json", "junit.xml", "report.html"]
+    assert not [p for p in reports.iterdir() if p.name.startswith(".")], "no staging left"
+
+
+def test_a_run_without_checks_writes_no_report(suite: pytest.Pytester) -> None:
+    suite.makepyfile(test_plain="def test_plain():\n    pass\n")
+    assert suite.runpytest().ret == 0
+    assert not (suite.path / "reports").exists() or not list((suite.path / "reports").iterdir())
