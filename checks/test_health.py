@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from opsbook import Severity, check
+from opsbook import Severity, TargetUnreachable, check
 from opsbook.targets import HttpTarget
 
 pytestmark = [pytest.mark.daily, pytest.mark.health, pytest.mark.postdeploy]
@@ -21,6 +21,9 @@ def test_health_endpoint_answers_ok(http_service: HttpTarget, thresholds, findin
     path = http_service.spec.health_path
     try:
         response = http_service.get(path)
+    except TargetUnreachable as exc:
+        finding.observe("no answer", expected="200")
+        raise AssertionError(f"{http_service.name}: GET {path}: {exc.reason}") from None
     except requests.RequestException as exc:
         finding.observe("no answer", expected="200")
         raise AssertionError(

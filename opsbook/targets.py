@@ -8,8 +8,10 @@ touches PostgreSQL never pays for importing psycopg.
 
 from __future__ import annotations
 
+import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import urlsplit
@@ -67,12 +69,29 @@ class HttpTarget:
     timeout: float
     _session: _Once[requests.Session] = field(init=False, repr=False)
 
+    _reach: _Once[bool] = field(init=False, repr=False)
+
     def __post_init__(self) -> None:
         self._session = _Once(self._new_session)
+        self._reach = _Once(self._probe)
 
     @property
     def where(self) -> str:
         return self.spec.url
+
+    def _probe(self) -> bool:
+        parts = urlsplit(self.spec.url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            with socket.create_connection((parts.hostname or "", port), timeout=self.timeout):
+                return True
+        except OSError as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+            raise TargetUnreachable("http", self.name, self.where, reason) from None
+
+    def reachable(self) -> None:
+        """Raise TargetUnreachable (cached) when nothing accepts connections at the URL."""
+        self._reach.get()
 
     def _new_session(self) -> requests.Session:
         import requests
@@ -83,7 +102,8 @@ class HttpTarget:
         return session
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
-        """GET a path of this service; raises requests' errors (the check decides)."""
+        """GET a path; raises TargetUnreachable, or requests' errors (the check decides)."""
+        self.reachable()
         return self._session.get().get(self.spec.url + path, timeout=self.timeout, **kwargs)
 
     def close(self) -> None:
@@ -202,6 +222,26 @@ class Targets:
             postgres={n: PostgresTarget(n, s, timeout) for n, s in inventory.postgres.items()},
             redis={n: RedisTarget(n, s, timeout) for n, s in inventory.redis.items()},
         )
+
+    def preflight(self, wanted: Iterable[tuple[str, str]]) -> None:
+        """Reach every wanted (kind, name) target at once, so that a run in which every
+        target hangs costs one timeout, not one per target. Outcomes are cached for the checks.
+        """
+        openers: list[Callable[[], object]] = []
+        for kind, name in set(wanted):
+            if kind == "http" and name in self.http:
+                openers.append(self.http[name].reachable)
+            elif kind == "postgres" and name in self.postgres:
+                openers.append(self.postgres[name].connection)
+            elif kind == "redis" and name in self.redis:
+                openers.append(self.redis[name].client)
+        if len(openers) < 2:
+            return  # nothing to overlap: the check itself will connect
+        with ThreadPoolExecutor(max_workers=len(openers)) as pool:
+            for future in [pool.submit(opener) for opener in openers]:
+                if isinstance(future.exception(), TargetUnreachable | None):
+                    continue
+                future.result()
 
     def close(self) -> None:
         for group in (self.http, self.postgres, self.redis):

@@ -103,7 +103,9 @@ class _Recorder:
         if "unreachable" in properties:
             row["unreachable"] = True
         if report.when == "call":
-            row["outcome"] = report.outcome
+            # A target lost in the middle of a check still means "could not evaluate".
+            unreachable = report.failed and "unreachable" in properties
+            row["outcome"] = "error" if unreachable else report.outcome
             row["message"] = "" if report.passed else _first_line(report)
         elif report.skipped:
             row["outcome"], row["message"] = "skipped", _first_line(report)
