@@ -1,0 +1,205 @@
+"""The reference queue worker: moves messages from Redis into the messages table.
+
+    python -m opsbook.reference.worker --config DIR/app.json [--ready-file PATH]
+    python -m opsbook.reference.worker process-dlq --config DIR/app.json
+
+Reliable queue: a message is BLMOVEd from message_queue (right) to message_queue:processing
+(left), stored (INSERT ... ON CONFLICT (id) DO NOTHING, so a redelivery never duplicates),
+its id pushed onto processed_messages, and only then removed from processing. A message that can
+never be stored goes, raw, to dead_letter_queue. At start, whatever a previous run left in
+processing goes back to message_queue. If the database is down, the message goes back to the
+queue and the worker waits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import psycopg
+import redis
+
+from opsbook.reference.config import (
+    DEAD_LETTER,
+    PENDING,
+    PROCESSED,
+    PROCESSING,
+    AppConfig,
+    setup_logging,
+)
+
+BLOCK_S = 1
+RETRY_PAUSE_S = 1.0
+log = logging.getLogger("worker")
+
+
+class PoisonMessage(Exception):
+    """A message that can never be processed: it goes to the dead-letter queue."""
+
+
+@dataclass(frozen=True)
+class Message:
+    id: uuid.UUID
+    conversation_id: uuid.UUID
+    user_id: str
+    role: str
+    content: str
+    enqueued_at: float
+
+    @classmethod
+    def parse(cls, raw: str) -> Message:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise PoisonMessage("not JSON") from None
+        if not isinstance(data, dict):
+            raise PoisonMessage("not a JSON object")
+        missing = [k for k in ("id", "conversation_id", "user_id", "content") if k not in data]
+        if missing:
+            raise PoisonMessage(f"missing fields: {', '.join(missing)}")
+        try:
+            message_id = uuid.UUID(str(data["id"]))
+            conversation_id = uuid.UUID(str(data["conversation_id"]))
+        except ValueError:
+            raise PoisonMessage("id or conversation_id is not a UUID") from None
+        enqueued_at = data.get("enqueued_at", time.time())
+        if not isinstance(enqueued_at, int | float) or isinstance(enqueued_at, bool):
+            raise PoisonMessage("enqueued_at is not a number")
+        return cls(
+            id=message_id,
+            conversation_id=conversation_id,
+            user_id=str(data["user_id"]),
+            role=str(data.get("role") or "user"),
+            content=str(data["content"]),
+            enqueued_at=float(enqueued_at),
+        )
+
+
+class Worker:
+    def __init__(self, config: AppConfig) -> None:
+        self.config = config
+        # Longer than the BLMOVE block, so that an empty queue is not a socket timeout.
+        self.redis = config.redis_client(timeout_s=BLOCK_S + 4)
+        self.db: psycopg.Connection[tuple[Any, ...]] | None = None
+        self.stopping = False
+        self.recovered = False
+
+    def _database(self) -> psycopg.Connection[tuple[Any, ...]]:
+        if self.db is None or self.db.closed or self.db.broken:
+            self.db = self.config.connect_db("worker")
+            self.db.autocommit = True
+        return self.db
+
+    def recover(self) -> int:
+        """Move what a previous run left in processing back to the queue (oldest first)."""
+        moved = 0
+        while self.redis.lmove(PROCESSING, PENDING, "LEFT", "RIGHT") is not None:
+            moved += 1
+        if moved:
+            log.info("recovered %d in-flight messages from %s", moved, PROCESSING)
+        self.recovered = True
+        return moved
+
+    def store(self, message: Message) -> None:
+        try:
+            self._database().execute(
+                'INSERT INTO messages (id, conversation_id, role, content, "timestamp")'
+                " VALUES (%s, %s, %s, %s, to_timestamp(%s)) ON CONFLICT (id) DO NOTHING",
+                (message.id, message.conversation_id, message.role, message.content,
+                 message.enqueued_at),
+            )  # fmt: skip
+        except (psycopg.errors.IntegrityError, psycopg.errors.DataError) as exc:
+            raise PoisonMessage(str(exc).strip().splitlines()[0]) from None
+
+    def handle(self, raw: str) -> None:
+        try:
+            message = Message.parse(raw)
+            self.store(message)
+        except PoisonMessage as exc:
+            log.error("dead letter (%s): moved to %s", exc, DEAD_LETTER)
+            self.redis.lpush(DEAD_LETTER, raw)
+            self.redis.lrem(PROCESSING, 1, raw)
+            return
+        except psycopg.Error as exc:
+            log.error("database unavailable, message returned to %s: %s", PENDING, exc)
+            self.db = None
+            # Back to the consuming end, then out of processing: at worst it is delivered twice.
+            self.redis.rpush(PENDING, raw)
+            self.redis.lrem(PROCESSING, 1, raw)
+            time.sleep(RETRY_PAUSE_S)
+            return
+        self.redis.lpush(PROCESSED, str(message.id))
+        self.redis.lrem(PROCESSING, 1, raw)
+        log.info("stored message %s", message.id)
+
+    def run(self, ready_file: Path | None) -> None:
+        try:
+            self.recover()
+        except redis.RedisError as exc:
+            log.error("cannot recover in-flight messages yet: %s", exc)
+        if ready_file is not None:
+            ready_file.write_text("ready\n", encoding="ascii")
+        log.info("worker started")
+        while not self.stopping:
+            try:
+                if not self.recovered:
+                    self.recover()
+                raw = self.redis.blmove(PENDING, PROCESSING, BLOCK_S, "RIGHT", "LEFT")
+                if raw is not None:
+                    self.handle(str(raw))
+            except redis.RedisError as exc:
+                log.error("redis unavailable: %s", exc)
+                time.sleep(RETRY_PAUSE_S)
+        if self.db is not None:
+            self.db.close()
+        log.info("worker stopped")
+
+    def stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+
+
+def process_dead_letters(config: AppConfig) -> int:
+    """Move every dead letter back to message_queue, one atomic LMOVE per message."""
+    client = config.redis_client()
+    count = 0
+    # Bounded by the length seen now, so letters that fail again are not looped forever.
+    for _ in range(int(client.llen(DEAD_LETTER))):
+        if client.lmove(DEAD_LETTER, PENDING, "RIGHT", "LEFT") is None:
+            break
+        count += 1
+    return count
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="The reference queue worker.")
+    parser.add_argument("command", nargs="?", choices=["run", "process-dlq"], default="run")
+    parser.add_argument("--config", type=Path, required=True, help="path to app.json")
+    parser.add_argument("--ready-file", type=Path, help="written once the worker is running")
+    args = parser.parse_args()
+    setup_logging()
+    config = AppConfig.load(args.config)
+    if args.command == "process-dlq":
+        try:
+            moved = process_dead_letters(config)
+        except redis.RedisError as exc:
+            print(f"process-dlq: redis: {exc}")
+            return 1
+        print(f"moved {moved} dead letters from {DEAD_LETTER} to {PENDING}")
+        return 0
+    worker = Worker(config)
+    signal.signal(signal.SIGTERM, worker.stop)
+    signal.signal(signal.SIGINT, worker.stop)
+    worker.run(args.ready_file)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

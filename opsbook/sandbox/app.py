@@ -1,0 +1,98 @@
+"""The application: the reference backend (HTTP) and its queue worker, sharing DIR/app.json.
+
+app.json names the database, the Redis URL and the *files* holding the passwords, never the
+passwords themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import opsbook
+from opsbook.sandbox.base import Component, Layout, http_status, require_port
+from opsbook.sandbox.postgres import APP_ROLE, DATABASE
+from opsbook.sandbox.process import Process
+from opsbook.sandbox.redis import secret_name
+
+# The directory that holds the opsbook package, so that the children import this very copy.
+_SOURCE_ROOT = Path(opsbook.__file__).resolve().parent.parent
+
+
+def write_app_config(layout: Layout, ports: dict[str, int]) -> Path:
+    config = {
+        "listen": {"host": "127.0.0.1", "port": ports["backend"]},
+        "database": {
+            "host": "127.0.0.1",
+            "port": ports["postgres"],
+            "dbname": DATABASE,
+            "user": APP_ROLE,
+            "password_file": str(layout.secret_file(APP_ROLE)),
+        },
+        "redis": {
+            "url": f"redis://chat_app@127.0.0.1:{ports['redis']}/0",
+            "password_file": str(layout.secret_file(secret_name("chat_app"))),
+        },
+    }
+    layout.app_config.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return layout.app_config
+
+
+def _python_env() -> dict[str, str]:
+    env = dict(os.environ)
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = f"{_SOURCE_ROOT}{os.pathsep}{path}" if path else str(_SOURCE_ROOT)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Backend(Component):
+    name = "backend"
+
+    def _process(self) -> Process:
+        return Process(
+            name=self.name,
+            argv=[
+                sys.executable, "-m", "opsbook.reference.backend",
+                "--config", str(self.layout.app_config),
+            ],
+            log=self.layout.log(self.name),
+            pid_file=self.layout.pid_file(self.name),
+            env=_python_env(),
+            cwd=self.layout.dir,
+        )  # fmt: skip
+
+    def ready(self) -> bool:
+        # Any answer will do: a backend whose database is down still runs (and says 503).
+        return http_status(require_port(self), "/health") is not None
+
+
+class Worker(Component):
+    name = "worker"
+
+    def _process(self) -> Process:
+        return Process(
+            name=self.name,
+            argv=[
+                sys.executable, "-m", "opsbook.reference.worker",
+                "--config", str(self.layout.app_config),
+                "--ready-file", str(self.ready_file),
+            ],
+            log=self.layout.log(self.name),
+            pid_file=self.layout.pid_file(self.name),
+            env=_python_env(),
+            cwd=self.layout.dir,
+        )  # fmt: skip
+
+    @property
+    def ready_file(self) -> Path:
+        return self.layout.run / "worker.ready"
+
+    def prepare(self) -> None:
+        self.ready_file.unlink(missing_ok=True)
+
+    def ready(self) -> bool:
+        # The worker writes this file once it has recovered its in-flight messages.
+        return self.ready_file.exists()

@@ -1,0 +1,251 @@
+"""PostgreSQL 15: a private cluster with the `chatdb` database, its schema and two roles.
+
+The superuser is reached only through a unix socket under the sandbox dir (peer auth, mapped
+from the OS user that runs the server); every other login is SCRAM over 127.0.0.1. There is no
+`trust` line. As root the server runs as the `postgres` OS user, which must be able to reach the
+sandbox dir.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import subprocess
+from importlib import resources
+from pathlib import Path
+
+from opsbook.sandbox.base import Component, require_port
+from opsbook.sandbox.process import ComponentError, Process, SandboxError
+
+BIN = Path(os.environ.get("OPSBOOK_PG_BIN", "/usr/lib/postgresql/15/bin"))
+DATABASE = "chatdb"
+APP_ROLE = "chat_app"
+MONITOR_ROLE = "opsbook_monitor"
+SUPERUSER = "postgres"
+SOCKET_PATH_MAX = 107  # sun_path in struct sockaddr_un, less the final NUL
+COMMAND_TIMEOUT_S = 60
+
+
+def scram_verifier(password: str, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores, so no clear password reaches the server."""
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode("ascii")
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+class Postgres(Component):
+    name = "postgres"
+
+    @property
+    def home(self) -> Path:
+        return self.layout.dir / "postgres"
+
+    @property
+    def data(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def os_user(self) -> str:
+        """The OS user that runs the server (and is mapped to the superuser)."""
+        return SUPERUSER if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+
+    def _run_as(self) -> str | None:
+        return SUPERUSER if os.geteuid() == 0 else None
+
+    def _process(self) -> Process:
+        return Process(
+            name=self.name,
+            argv=[str(BIN / "postgres"), "-D", str(self.data)],
+            log=self.layout.log(self.name),
+            pid_file=self.layout.pid_file(self.name),
+            user=self._run_as(),
+            # SIGINT is PostgreSQL's "fast" shutdown; SIGTERM would wait for every client.
+            stop_signal=signal.SIGINT,
+        )
+
+    def _check_reachable(self) -> None:
+        if os.geteuid() != 0:
+            return
+        for parent in reversed([self.layout.dir, *self.layout.dir.parents]):
+            if not os.stat(parent).st_mode & 0o001:
+                raise SandboxError(
+                    f"postgres: the {SUPERUSER} OS user cannot reach {self.layout.dir}: "
+                    f"{parent} is not searchable by others (choose a dir under /tmp or /srv)"
+                )
+        socket_path = self.socket_dir / f".s.PGSQL.{require_port(self)}"
+        if len(str(socket_path)) > SOCKET_PATH_MAX:
+            raise SandboxError(
+                f"postgres: socket path too long (max {SOCKET_PATH_MAX}): {socket_path}"
+            )
+
+    def _owned_dir(self, path: Path, mode: int) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(mode)
+        if os.geteuid() == 0:
+            shutil.chown(path, SUPERUSER, SUPERUSER)
+
+    def _command(self, argv: list[str], stdin: str | None = None) -> str:
+        run_as = self._run_as()
+        drop: dict[str, object] = {}
+        if run_as is not None:
+            entry = pwd.getpwnam(run_as)
+            drop = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+        try:
+            done = subprocess.run(  # type: ignore[call-overload]
+                argv,
+                input=stdin,
+                capture_output=True,
+                text=True,
+                timeout=COMMAND_TIMEOUT_S,
+                cwd=self.home,
+                check=False,
+                **drop,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ComponentError(self.name, f"{Path(argv[0]).name} failed: {exc}", None) from None
+        assert isinstance(done, subprocess.CompletedProcess)
+        if done.returncode != 0:
+            # The command's own error output is the useful tail here.
+            self.layout.logs.mkdir(parents=True, exist_ok=True)
+            with self.layout.log(self.name).open("a", encoding="utf-8") as log:
+                log.write(done.stdout + done.stderr)
+            raise ComponentError(
+                self.name,
+                f"{Path(argv[0]).name} exited with code {done.returncode}",
+                self.layout.log(self.name),
+            )
+        return str(done.stdout)
+
+    def prepare(self) -> None:
+        port = require_port(self)
+        self._check_reachable()
+        self._owned_dir(self.home, 0o755)
+        self._owned_dir(self.socket_dir, 0o755)
+        if not (self.data / "PG_VERSION").exists():
+            self._owned_dir(self.data, 0o700)
+            self._command(
+                [
+                    str(BIN / "initdb"),
+                    "-D", str(self.data),
+                    "-U", SUPERUSER,
+                    "--auth-local=peer",
+                    "--auth-host=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "--no-sync",  # a throwaway cluster: skip initdb's fsyncs
+                ]
+            )  # fmt: skip
+            with (self.data / "postgresql.conf").open("a", encoding="utf-8") as conf:
+                conf.write("\ninclude 'opsbook.conf'\n")
+        files = {
+            "opsbook.conf": "\n".join(
+                [
+                    "listen_addresses = '127.0.0.1'",
+                    f"port = {port}",
+                    f"unix_socket_directories = '{self.socket_dir}'",
+                    "unix_socket_permissions = 0700",
+                    "password_encryption = 'scram-sha-256'",
+                    "log_connections = on",
+                    "log_disconnections = on",
+                    "logging_collector = off",
+                    "log_line_prefix = '%m [%p] %q%u@%d '",
+                    "max_connections = 50",
+                    "shared_buffers = 32MB",
+                    "",
+                ]
+            ),
+            "pg_hba.conf": (
+                "# TYPE  DATABASE  USER  ADDRESS  METHOD\n"
+                f"local all {SUPERUSER} peer map=opsbook\n"
+                "host all all 127.0.0.1/32 scram-sha-256\n"
+            ),
+            "pg_ident.conf": f"opsbook {self.os_user} {SUPERUSER}\n",
+        }
+        for name, text in files.items():
+            path = self.data / name
+            path.write_text(text, encoding="utf-8")
+            path.chmod(0o600)
+            if os.geteuid() == 0:
+                shutil.chown(path, SUPERUSER, SUPERUSER)
+
+    def ready(self) -> bool:
+        try:
+            done = subprocess.run(
+                [str(BIN / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port), "-t", "1"],
+                capture_output=True,
+                timeout=5,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return done.returncode == 0
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        """Run SQL as the superuser over the unix socket; stops at the first error."""
+        return self._command(
+            [
+                str(BIN / "psql"), "-X", "-q", "-A", "-t",
+                "-v", "ON_ERROR_STOP=1",
+                "-h", str(self.socket_dir),
+                "-p", str(require_port(self)),
+                "-U", SUPERUSER,
+                "-d", database,
+            ],
+            stdin=sql,
+        )  # fmt: skip
+
+    def provision(self) -> None:
+        """Create chatdb, its schema and the two roles; idempotent (passwords follow the files)."""
+        roles = {
+            APP_ROLE: self.layout.secret(APP_ROLE),
+            MONITOR_ROLE: self.layout.secret(MONITOR_ROLE),
+        }
+        statements = []
+        for role, password in roles.items():
+            verifier = scram_verifier(password)
+            statements.append(
+                f"SELECT 'CREATE ROLE {role}' WHERE NOT EXISTS "
+                f"(SELECT FROM pg_roles WHERE rolname = '{role}') \\gexec\n"
+                f"ALTER ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+                f"NOBYPASSRLS PASSWORD '{verifier}';\n"
+            )
+        statements.append(
+            f"SELECT 'CREATE DATABASE {DATABASE}' WHERE NOT EXISTS "
+            f"(SELECT FROM pg_database WHERE datname = '{DATABASE}') \\gexec\n"
+            f"REVOKE ALL ON DATABASE {DATABASE} FROM PUBLIC;\n"
+            f"GRANT CONNECT ON DATABASE {DATABASE} TO {APP_ROLE}, {MONITOR_ROLE};\n"
+            f"GRANT pg_monitor TO {MONITOR_ROLE};\n"
+        )
+        self.psql("".join(statements))
+        schema = resources.files("opsbook.reference").joinpath("schema.sql").read_text("utf-8")
+        tables = "conversations, messages, agents"
+        self.psql(
+            schema
+            + "REVOKE ALL ON SCHEMA public FROM PUBLIC;\n"
+            + f"GRANT USAGE ON SCHEMA public TO {APP_ROLE}, {MONITOR_ROLE};\n"
+            + f"GRANT SELECT, INSERT, UPDATE, DELETE ON {tables} TO {APP_ROLE};\n"
+            + f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {APP_ROLE};\n"
+            + f"GRANT SELECT ON {tables} TO {MONITOR_ROLE};\n",
+            database=DATABASE,
+        )
+
+    def start(self) -> None:
+        super().start()
+        self.provision()

@@ -1,0 +1,71 @@
+"""Prometheus: scrapes the backend and itself every 2 s; rule files from DIR/prometheus/rules/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from opsbook.sandbox.base import Component, Layout, http_status, require_port
+from opsbook.sandbox.process import Process
+
+BINARY = "/usr/bin/prometheus"
+
+
+class Prometheus(Component):
+    name = "prometheus"
+
+    def __init__(self, layout: Layout, port: int | None, backend_port: int) -> None:
+        self.backend_port = backend_port
+        super().__init__(layout, port)
+
+    @property
+    def home(self) -> Path:
+        return self.layout.dir / "prometheus"
+
+    @property
+    def config(self) -> Path:
+        return self.home / "prometheus.yml"
+
+    @property
+    def rules(self) -> Path:
+        return self.home / "rules"
+
+    def _process(self) -> Process:
+        return Process(
+            name=self.name,
+            argv=[
+                BINARY,
+                f"--config.file={self.config}",
+                f"--storage.tsdb.path={self.home / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--web.enable-lifecycle",
+                "--log.level=info",
+            ],
+            log=self.layout.log(self.name),
+            pid_file=self.layout.pid_file(self.name),
+            cwd=self.home,
+        )
+
+    def render(self) -> str:
+        return f"""global:
+  scrape_interval: 2s
+  scrape_timeout: 1s
+  evaluation_interval: 2s
+
+rule_files:
+  - "{self.rules}/*.yml"
+
+scrape_configs:
+  - job_name: backend
+    static_configs:
+      - targets: ["127.0.0.1:{self.backend_port}"]
+  - job_name: prometheus
+    static_configs:
+      - targets: ["127.0.0.1:{require_port(self)}"]
+"""
+
+    def prepare(self) -> None:
+        self.rules.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(self.render(), encoding="utf-8")
+
+    def ready(self) -> bool:
+        return http_status(require_port(self), "/-/ready") == 200

@@ -1,0 +1,211 @@
+"""The whole AI chat system as native processes on loopback, all state under one directory.
+
+    stack = Stack(Path("/tmp/sandbox"))
+    inventory = stack.up()          # start what is not running; write inventory.yaml
+    stack.stop("redis"); stack.start("redis"); stack.restart("worker")
+    stack.status()                  # [ComponentStatus(name, running, pid, port), ...]
+    stack.down()                    # stop everything; no process is left behind
+
+Ports are chosen once and kept in DIR/state.json, so a second `up` (or a restart) reuses them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from opsbook.sandbox.app import Backend, Worker, write_app_config
+from opsbook.sandbox.base import Component, Layout, free_port
+from opsbook.sandbox.nginx import Nginx
+from opsbook.sandbox.postgres import MONITOR_ROLE, Postgres
+from opsbook.sandbox.process import SandboxError
+from opsbook.sandbox.prometheus import Prometheus
+from opsbook.sandbox.redis import Redis, secret_name
+
+# In start order; `down` stops them in reverse.
+COMPONENTS = ("postgres", "redis", "backend", "worker", "nginx", "prometheus")
+PORTED = ("postgres", "redis", "backend", "nginx", "prometheus")
+
+
+@dataclass(frozen=True)
+class SandboxState:
+    """What a sandbox keeps between runs: its ports, by component name."""
+
+    ports: dict[str, int]
+
+    @classmethod
+    def load(cls, path: Path) -> SandboxState | None:
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            ports = {name: int(raw["ports"][name]) for name in PORTED}
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SandboxError(f"sandbox state {path} is unreadable: {exc}") from None
+        return cls(ports)
+
+    @classmethod
+    def fresh(cls) -> SandboxState:
+        ports: dict[str, int] = {}
+        while len(ports) < len(PORTED):
+            port = free_port()
+            if port not in ports.values():
+                ports[PORTED[len(ports)]] = port
+        return cls(ports)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps({"ports": self.ports}, indent=2) + "\n", encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    name: str
+    running: bool
+    pid: int | None
+    port: int | None
+
+    def line(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"{self.name:<11} {state:<8} pid={self.pid or '-'} port={self.port or '-'}"
+
+
+class Stack:
+    """One sandbox, in `directory` (made absolute)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = Path(directory).absolute()
+        self.layout = Layout(self.dir)
+        self._state: SandboxState | None = None
+
+    @property
+    def inventory_path(self) -> Path:
+        return self.layout.inventory
+
+    @property
+    def state(self) -> SandboxState:
+        """The ports, chosen (and saved) on first use."""
+        if self._state is None:
+            state = SandboxState.load(self.layout.state_file)
+            if state is None:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                state = SandboxState.fresh()
+                state.save(self.layout.state_file)
+            self._state = state
+        return self._state
+
+    def component(self, name: str) -> Component:
+        if name not in COMPONENTS:
+            raise SandboxError(f"unknown component {name!r} (one of {', '.join(COMPONENTS)})")
+        ports = self.state.ports
+        if name == "postgres":
+            return Postgres(self.layout, ports["postgres"])
+        if name == "redis":
+            return Redis(self.layout, ports["redis"])
+        if name == "backend":
+            return Backend(self.layout, ports["backend"])
+        if name == "worker":
+            return Worker(self.layout, None)
+        if name == "nginx":
+            return Nginx(self.layout, ports["nginx"], backend_port=ports["backend"])
+        return Prometheus(self.layout, ports["prometheus"], backend_port=ports["backend"])
+
+    def _prepare_dir(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            # The postgres user and nginx's workers (nobody) must reach their own subdirs.
+            self.dir.chmod(0o711)
+        for sub in (self.layout.logs, self.layout.run):
+            sub.mkdir(exist_ok=True)
+        self.layout.secrets.mkdir(mode=0o700, exist_ok=True)
+        write_app_config(self.layout, self.state.ports)
+
+    def up(self) -> Path:
+        """Start every component that is not running; write and return the inventory path."""
+        self._prepare_dir()
+        for name in COMPONENTS:
+            self.component(name).start()
+        return self.write_inventory()
+
+    def start(self, name: str) -> None:
+        self._prepare_dir()
+        self.component(name).start()
+
+    def stop(self, name: str) -> None:
+        self.component(name).stop()
+
+    def restart(self, name: str) -> None:
+        self.stop(name)
+        self.start(name)
+
+    def down(self) -> None:
+        """Stop every component, last started first; raise after trying them all."""
+        if not self.layout.state_file.exists():
+            return
+        errors = []
+        for name in reversed(COMPONENTS):
+            try:
+                self.stop(name)
+            except SandboxError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def status(self) -> list[ComponentStatus]:
+        result = []
+        for name in COMPONENTS:
+            component = self.component(name)
+            pid = component.pid()
+            result.append(ComponentStatus(name, pid is not None, pid, component.port))
+        return result
+
+    def write_inventory(self) -> Path:
+        import yaml  # only `up` needs it; keeps the CLI quick to start
+
+        ports = self.state.ports
+        secret = self.layout.secret_file
+        inventory = {
+            "name": "sandbox",
+            "sandbox": {"dir": str(self.dir)},
+            "http": {
+                "backend": {"kind": "backend", "url": f"http://127.0.0.1:{ports['backend']}"},
+                "frontend": {"kind": "frontend", "url": f"http://127.0.0.1:{ports['nginx']}"},
+                "prometheus": {
+                    "kind": "prometheus",
+                    "url": f"http://127.0.0.1:{ports['prometheus']}",
+                    "health_path": "/-/healthy",
+                },
+            },
+            "postgres": {
+                "chatdb": {
+                    "host": "127.0.0.1",
+                    "port": ports["postgres"],
+                    "database": "chatdb",
+                    "user": MONITOR_ROLE,
+                    "password": {"file": str(secret(MONITOR_ROLE))},
+                    "sslmode": "disable",
+                }
+            },
+            "redis": {
+                "queue": {
+                    "url": f"redis://opsbook@127.0.0.1:{ports['redis']}/0",
+                    "password": {"file": str(secret(secret_name("opsbook")))},
+                }
+            },
+            "hosts": {
+                "local": {
+                    "spec": "local://",
+                    "filesystems": [str(self.dir)],
+                    "logs": [
+                        str(self.layout.log("backend")),
+                        str(self.layout.log("worker")),
+                        str(self.dir / "nginx" / "logs" / "error.log"),
+                    ],
+                }
+            },
+        }
+        text = "# Written by `python -m opsbook sandbox up`; rewritten on every up.\n"
+        text += yaml.safe_dump(inventory, sort_keys=False, default_flow_style=False)
+        self.inventory_path.write_text(text, encoding="utf-8")
+        return self.inventory_path

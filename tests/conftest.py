@@ -1,0 +1,58 @@
+"""Fixtures shared by the project's tests: one live sandbox stack per session.
+
+`sandbox` starts the whole stack once (a few seconds) and stops it at the end of the session.
+Tests that break a component use `breakable_sandbox`, which brings every component back (and
+lifts maintenance mode) after the test, so the next test finds a healthy stack.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from opsbook.inventory import Inventory, load_inventory
+from opsbook.sandbox.process import ComponentError
+from opsbook.sandbox.stack import Stack
+
+
+def _fail_with_log(exc: ComponentError) -> None:
+    tail = "\n".join(f"  | {line}" for line in exc.log_tail)
+    pytest.fail(f"sandbox: {exc}\n{tail}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[Stack]:
+    """A running sandbox (all six components); `sandbox.inventory_path` is its inventory."""
+    # Not tmp_path_factory: its base dir is private to root (0700), and PostgreSQL runs as the
+    # postgres OS user, which must reach its data dir.
+    directory = Path(tempfile.mkdtemp(prefix="opsbook-sandbox-"))
+    stack = Stack(directory)
+    try:
+        try:
+            stack.up()
+        except ComponentError as exc:
+            _fail_with_log(exc)
+        yield stack
+    finally:
+        stack.down()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sandbox_inventory(sandbox: Stack) -> Inventory:
+    return load_inventory(sandbox.inventory_path, environ={})
+
+
+@pytest.fixture
+def breakable_sandbox(sandbox: Stack) -> Iterator[Stack]:
+    """The session sandbox, for a test that stops components or turns on maintenance mode."""
+    yield sandbox
+    (sandbox.dir / "nginx" / "maintenance.on").unlink(missing_ok=True)
+    try:
+        sandbox.up()
+    except ComponentError as exc:
+        _fail_with_log(exc)
