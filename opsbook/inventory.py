@@ -151,6 +151,22 @@ class Compose(_Model):
     docker_host: str | None = None
 
 
+class Egress(_Model):
+    """A destination outside the stack that must stay reachable (opt-in check NET-001)."""
+
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https", "tcp") or not parts.hostname:
+            raise ValueError(f"not an http(s):// or tcp://host:port URL: {url!r}")
+        if parts.scheme == "tcp" and not parts.port:
+            raise ValueError(f"a tcp:// URL needs a port: {url!r}")
+        return url
+
+
 class Sandbox(_Model):
     """Set by `python -m opsbook sandbox up`: the sandbox's state directory."""
 
@@ -172,6 +188,7 @@ class Thresholds(_Model):
     pg_connections_percent: Percent = 80
     idle_in_transaction_s: Seconds = 300
     log_window_s: Seconds = 300
+    processed_window_s: Seconds = 3600
 
 
 class Inventory(_Model):
@@ -182,6 +199,7 @@ class Inventory(_Model):
     postgres: dict[str, Postgres] = {}
     redis: dict[str, Redis] = {}
     hosts: dict[str, Host] = {}
+    egress: dict[str, Egress] = {}
     compose: Compose | None = None
     sandbox: Sandbox | None = None
     thresholds: Thresholds = Thresholds()

@@ -7,12 +7,16 @@ lifts maintenance mode) after the test, so the next test finds a healthy stack.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import CheckRun, RunChecks
 
 from opsbook.inventory import Inventory, load_inventory
 from opsbook.sandbox.process import ComponentError
@@ -56,3 +60,39 @@ def breakable_sandbox(sandbox: Stack) -> Iterator[Stack]:
         sandbox.up()
     except ComponentError as exc:
         _fail_with_log(exc)
+
+
+# Running the checks suite itself, as an operator would, against the live sandbox.
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def run_checks(sandbox: Stack, tmp_path: Path) -> RunChecks:
+    """Run the checks suite (`pytest -m daily` by default) against the sandbox.
+
+    `run_checks("--check=QUEUE-003")`, `run_checks(env={"OPSBOOK__THRESHOLDS__X": "1"})`,
+    `run_checks(inventory=path)`.
+    """
+    counter = iter(range(1000))
+
+    def run(
+        *args: str, inventory: Path | None = None, env: dict[str, str] | None = None
+    ) -> CheckRun:
+        reports = tmp_path / f"reports-{next(counter)}"
+        selection = [] if any(a.startswith("-m") for a in args) else ["-m", "daily"]
+        command = [
+            sys.executable, "-m", "pytest", "-q", "-p", "no:randomly",
+            f"--inventory={inventory or sandbox.inventory_path}",
+            f"--reports-dir={reports}", *selection, *args,
+        ]  # fmt: skip
+        environment = {
+            k: v for k, v in os.environ.items() if not k.startswith(("OPSBOOK_", "PYTEST_"))
+        }
+        process = subprocess.run(
+            command, cwd=REPO, env={**environment, **(env or {})},
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        return CheckRun(process, reports)
+
+    return run

@@ -11,6 +11,16 @@ from opsbook.plugin.inventory_option import AREAS, CADENCES
 from opsbook.plugin.keys import CHECK, INVENTORY, CheckInfo
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.getgroup("opsbook").addoption(
+        "--check",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="run only these checks (repeat, or separate with commas), e.g. --check=QUEUE-003",
+    )
+
+
 def _docstring_parts(function: object) -> tuple[str, str]:
     doc = inspect.getdoc(function) or ""
     title, _, rest = doc.partition("\n")
@@ -64,6 +74,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if problems:
         # Deduplicate: a parametrized check would repeat its problem once per target.
         raise pytest.UsageError("invalid check: " + "; ".join(dict.fromkeys(problems)))
+    _select_check_ids(config, items, owner_of_id)
+
+
+def _select_check_ids(
+    config: pytest.Config, items: list[pytest.Item], known: dict[str, str]
+) -> None:
+    wanted = {part.strip() for given in config.getoption("check") for part in given.split(",")}
+    wanted.discard("")
+    if not wanted:
+        return
+    unknown = sorted(wanted - set(known))
+    if unknown:
+        raise pytest.UsageError(f"--check: no such check: {', '.join(unknown)}")
+    keep = [
+        item for item in items if CHECK in item.stash and item.stash[CHECK].spec.check_id in wanted
+    ]
+    dropped = [item for item in items if item not in keep]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

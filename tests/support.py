@@ -1,0 +1,36 @@
+"""Helpers shared by the tests (plain functions and types; fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+class CheckRun:
+    """A finished `pytest` run of the checks suite: exit code, output, findings.json rows."""
+
+    def __init__(self, process: subprocess.CompletedProcess[str], reports: Path) -> None:
+        self.exit_code = process.returncode
+        self.output = process.stdout + process.stderr
+        latest = reports / "latest" / "findings.json"
+        self.document = json.loads(latest.read_text()) if latest.exists() else {}
+        self.rows: list[dict[str, Any]] = self.document.get("findings", [])
+
+    def row(self, check_id: str, target: str | None = None) -> dict[str, Any]:
+        matches = [
+            r for r in self.rows if r["check_id"] == check_id and target in (None, r["target"])
+        ]
+        assert len(matches) == 1, f"{check_id}[{target}]: {len(matches)} rows\n{self.output}"
+        return matches[0]
+
+    def outcome(self, check_id: str, target: str | None = None) -> str:
+        return str(self.row(check_id, target)["outcome"])
+
+    def outcomes(self) -> dict[tuple[str, str | None], str]:
+        return {(r["check_id"], r["target"]): r["outcome"] for r in self.rows}
+
+
+RunChecks = Callable[..., CheckRun]

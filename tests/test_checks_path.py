@@ -1,0 +1,28 @@
+"""The end-to-end path: the daily checks pass on the healthy sandbox and fail when it breaks."""
+
+from __future__ import annotations
+
+import pytest
+from support import RunChecks
+
+from opsbook.sandbox.stack import Stack
+
+pytestmark = pytest.mark.sandbox
+
+
+def test_daily_run_passes_on_the_healthy_sandbox(run_checks: RunChecks) -> None:
+    run = run_checks()
+    assert run.exit_code == 0, run.output
+    assert set(run.outcomes().values()) == {"passed"}, run.outcomes()
+
+
+def test_stopped_backend_fails_its_health_check(
+    breakable_sandbox: Stack, run_checks: RunChecks
+) -> None:
+    breakable_sandbox.stop("backend")
+    run = run_checks("--check=HEALTH-001")
+    assert run.exit_code == 1
+    row = run.row("HEALTH-001", "backend")
+    assert row["outcome"] == "failed"
+    assert row["message"].startswith("backend: GET /health: ")
+    assert run.outcome("HEALTH-001", "frontend") == "passed"
