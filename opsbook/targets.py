@@ -71,9 +71,12 @@ class HttpTarget:
 
     _reach: _Once[bool] = field(init=False, repr=False)
 
+    _health: _Once[requests.Response] = field(init=False, repr=False)
+
     def __post_init__(self) -> None:
         self._session = _Once(self._new_session)
         self._reach = _Once(self._probe)
+        self._health = _Once(self._get_health)
 
     @property
     def where(self) -> str:
@@ -105,6 +108,21 @@ class HttpTarget:
         """GET a path; raises TargetUnreachable, or requests' errors (the check decides)."""
         self.reachable()
         return self._session.get().get(self.spec.url + path, timeout=self.timeout, **kwargs)
+
+    def _get_health(self) -> requests.Response:
+        import requests
+
+        try:
+            return self.get(self.spec.health_path)
+        except requests.Timeout:
+            reason = f"no answer within {self.timeout:g}s"
+        except requests.RequestException as exc:
+            reason = _short(exc)
+        raise TargetUnreachable("http", self.name, self.where, reason)
+
+    def health(self) -> requests.Response:
+        """The answer to GET health_path, fetched once per run and shared by the checks."""
+        return self._health.get()
 
     def close(self) -> None:
         if self._session.opened is not None:

@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import signal
+import sys
 import time
 import uuid
 from http import HTTPStatus
@@ -75,6 +76,12 @@ class Backend:
             parts["redis"] = "error"
         healthy = all(v == "ok" for v in parts.values())
         body = {"status": "ok" if healthy else "error", **parts}
+        if self.config.debug:
+            db = self.config.db
+            body["version"] = f"chat-backend/0.1.0 python/{sys.version.split()[0]}"
+            body["database_url"] = (
+                f"postgresql://{db['user']}@{db['host']}:{db['port']}/{db['dbname']}"
+            )
         return (200 if healthy else 503), body
 
     def post_message(self, payload: object) -> tuple[int, dict[str, str]]:

@@ -39,6 +39,9 @@ class AppConfig:
     db: dict[str, Any]
     redis_url: str
     redis_password: str
+    # Like a framework's debug mode: /health then tells its version, DSN and errors. Off in
+    # the sandbox; the tests turn it on to prove that check HEALTH-003 catches it.
+    debug: bool = False
 
     @classmethod
     def load(cls, path: Path) -> AppConfig:
@@ -51,6 +54,7 @@ class AppConfig:
             db=database,
             redis_url=raw["redis"]["url"],
             redis_password=_read_secret(raw["redis"]["password_file"]),
+            debug=bool(raw.get("debug", False)),
         )
 
     def connect_db(self, application: str) -> psycopg.Connection[tuple[Any, ...]]:

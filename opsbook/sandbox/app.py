@@ -36,6 +36,9 @@ def write_app_config(layout: Layout, ports: dict[str, int]) -> Path:
             "password_file": str(layout.secret_file(secret_name("chat_app"))),
         },
     }
+    # A person may have turned debug mode on by hand: keep it across restarts.
+    if layout.app_config.exists():
+        config["debug"] = bool(json.loads(layout.app_config.read_text()).get("debug", False))
     layout.app_config.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return layout.app_config
 
