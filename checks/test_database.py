@@ -6,6 +6,7 @@ import pytest
 
 from opsbook import Severity, TargetUnreachable, check
 from opsbook.targets import PostgresTarget
+from remediation import services
 
 pytestmark = [pytest.mark.daily, pytest.mark.database]
 
@@ -13,7 +14,7 @@ CHATDB_TABLES = ("agents", "conversations", "messages")
 
 
 @pytest.mark.postdeploy
-@check("DB-001", Severity.CRITICAL)
+@check("DB-001", Severity.CRITICAL, remediation=services.restart_service)
 def test_postgres_accepts_connections(postgres_target: PostgresTarget, finding) -> None:
     """PostgreSQL accepts connections as the monitoring role.
 

@@ -7,11 +7,12 @@ import pytest
 from opsbook import Severity, TargetUnreachable, check
 from opsbook.probes.disclosure import disclosures
 from opsbook.targets import HttpTarget
+from remediation import services
 
 pytestmark = [pytest.mark.daily, pytest.mark.health, pytest.mark.postdeploy]
 
 
-@check("HEALTH-001", Severity.CRITICAL)
+@check("HEALTH-001", Severity.CRITICAL, remediation=services.restart_service)
 def test_health_endpoint_answers_ok(http_service: HttpTarget, finding) -> None:
     """Service /health answers 200.
 

@@ -6,11 +6,12 @@ import pytest
 
 from opsbook import Severity, TargetUnreachable, check
 from opsbook.targets import HttpTarget
+from remediation import services
 
 pytestmark = [pytest.mark.daily, pytest.mark.observability]
 
 
-@check("OBS-001", Severity.HIGH)
+@check("OBS-001", Severity.HIGH, remediation=services.restart_service)
 def test_prometheus_answers(prometheus: HttpTarget, finding) -> None:
     """Prometheus answers its health endpoint.
 

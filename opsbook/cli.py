@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         ("down", "stop every component"),
     ):
         actions.add_parser(action, help=text, parents=[where])
-    for action in ("start", "stop", "restart"):
+    for action in ("start", "stop", "restart", "recreate"):
         one = actions.add_parser(action, help=f"{action} one component", parents=[where])
         one.add_argument("component", choices=COMPONENTS)
     return parser
@@ -70,6 +70,8 @@ def _sandbox(args: argparse.Namespace) -> int:
             stack.start(args.component)
         elif args.action == "stop":
             stack.stop(args.component)
+        elif args.action == "recreate":
+            stack.recreate(args.component)
         else:
             stack.restart(args.component)
     except ComponentError as exc:

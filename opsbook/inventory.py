@@ -55,6 +55,35 @@ def _resolve_secret(value: object) -> Secret:
     return Secret(text.rstrip("\n"), f"file {path}")
 
 
+def _check_reference(value: object) -> SecretReference:
+    if isinstance(value, SecretReference):
+        return value
+    if not isinstance(value, Mapping) or len(value) != 1 or not ({"env", "file"} & set(value)):
+        raise ValueError(
+            "a secret is given by reference, {env: VARIABLE} or {file: PATH}, never inline"
+        )
+    return SecretReference(dict(value))
+
+
+class SecretReference:
+    """A secret that is read only when it is used (remediation credentials)."""
+
+    def __init__(self, reference: dict[str, object]) -> None:
+        self.reference = reference
+
+    def resolve(self) -> Secret:
+        return _resolve_secret(self.reference)
+
+    def __repr__(self) -> str:
+        return f"SecretReference({self.reference})"
+
+
+LazySecretRef = Annotated[
+    SecretReference,
+    BeforeValidator(_check_reference),
+    PlainSerializer(lambda s: repr(s), return_type=str),
+]
+
 SecretRef = Annotated[
     Secret,
     BeforeValidator(_resolve_secret),
@@ -69,11 +98,19 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
 
+class Admin(_Model):
+    """Credentials for remediation only: read when a fix is applied, never for checking."""
+
+    user: str
+    password: LazySecretRef | None = None
+
+
 class HttpEndpoint(_Model):
     """An HTTP service: the backend, the frontend, Prometheus or Grafana."""
 
     kind: Literal["backend", "frontend", "prometheus", "grafana", "other"]
     url: str
+    service: str | None = None  # the runtime's name for it (compose service, sandbox component)
     health_path: str = "/health"
     user: str | None = None
     password: SecretRef | None = None
@@ -98,6 +135,8 @@ class Postgres(_Model):
     user: str = "opsbook_monitor"
     password: SecretRef | None = None
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    service: str | None = None
+    admin: Admin | None = None
 
 
 class Queues(_Model):
@@ -114,6 +153,8 @@ class Redis(_Model):
     url: str = "redis://127.0.0.1:6379/0"
     password: SecretRef | None = None
     queues: Queues = Queues()
+    service: str | None = None
+    admin: Admin | None = None
 
     @field_validator("url")
     @classmethod
@@ -173,6 +214,38 @@ class Sandbox(_Model):
     dir: Path
 
 
+class Budget(_Model):
+    """At most `count` applications of a kind of fix per target within `per_s` seconds."""
+
+    count: Annotated[int, Field(ge=0)]
+    per_s: Annotated[float, Field(gt=0, le=30 * 86400)]
+
+
+RISKY_KINDS = ("restart", "recreate", "end-sessions", "delete-files")
+
+
+class Remediation(_Model):
+    """What automatic fixes may do. Risky kinds need to be allowed here or with --allow."""
+
+    allow: tuple[str, ...] = ()
+    budgets: dict[str, Budget] = {
+        "restart": Budget(count=2, per_s=3600),
+        "recreate": Budget(count=1, per_s=3600),
+        "end-sessions": Budget(count=3, per_s=3600),
+        "delete-files": Budget(count=1, per_s=86400),
+    }
+    verify_timeout_s: Seconds = 30
+    retention_days: Annotated[int, Field(ge=1)] = 30
+
+    @field_validator("allow")
+    @classmethod
+    def _known(cls, allow: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(allow) - set(RISKY_KINDS))
+        if unknown:
+            raise ValueError(f"unknown kind(s) {unknown}; risky kinds are {list(RISKY_KINDS)}")
+        return allow
+
+
 class Thresholds(_Model):
     """Limits from the runbooks; every check reads its limit here."""
 
@@ -203,6 +276,7 @@ class Inventory(_Model):
     compose: Compose | None = None
     sandbox: Sandbox | None = None
     thresholds: Thresholds = Thresholds()
+    remediation: Remediation = Remediation()
 
     def endpoints(self, *kinds: str) -> dict[str, HttpEndpoint]:
         return {name: ep for name, ep in self.http.items() if ep.kind in kinds}

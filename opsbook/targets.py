@@ -128,6 +128,11 @@ class HttpTarget:
         if self._session.opened is not None:
             self._session.opened.close()
 
+    def reset(self) -> None:
+        """Forget what this run learned, so that a check run again after a fix looks afresh."""
+        self.close()
+        self.__post_init__()
+
 
 @dataclass
 class PostgresTarget:
@@ -179,6 +184,11 @@ class PostgresTarget:
         if self._connection.opened is not None:
             self._connection.opened.close()
 
+    def reset(self) -> None:
+        """Forget what this run learned, so that a check run again after a fix looks afresh."""
+        self.close()
+        self.__post_init__()
+
 
 @dataclass
 class RedisTarget:
@@ -222,6 +232,11 @@ class RedisTarget:
     def close(self) -> None:
         if self._client.opened is not None:
             self._client.opened.close()
+
+    def reset(self) -> None:
+        """Forget what this run learned, so that a check run again after a fix looks afresh."""
+        self.close()
+        self.__post_init__()
 
 
 @dataclass

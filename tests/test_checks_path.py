@@ -13,7 +13,10 @@ pytestmark = pytest.mark.sandbox
 def test_daily_run_passes_on_the_healthy_sandbox(run_checks: RunChecks) -> None:
     run = run_checks()
     assert run.exit_code == 0, run.output
-    assert set(run.outcomes().values()) == {"passed"}, run.outcomes()
+    skipped = {key for key, outcome in run.outcomes().items() if outcome == "skipped"}
+    # Opt-in checks, and targets the sandbox does not have (Grafana), are skipped.
+    assert {check for check, _ in skipped} <= {"NET-001", "OBS-003"}, run.outcomes()
+    assert set(run.outcomes().values()) <= {"passed", "skipped"}, run.outcomes()
 
 
 def test_stopped_backend_fails_its_health_check(

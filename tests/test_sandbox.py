@@ -109,7 +109,7 @@ def test_up_again_prints_the_inventory_and_keeps_ports_and_pids(sandbox: Stack) 
 
 def test_secrets_are_private_files(sandbox: Stack) -> None:
     secrets = sorted((sandbox.dir / "secrets").iterdir())
-    assert len(secrets) == 5
+    assert len(secrets) == 6
     for path in secrets:
         assert path.stat().st_mode & 0o777 == 0o600, path
     assert "password" not in (sandbox.dir / "inventory.yaml").read_text().replace(

@@ -5,5 +5,6 @@ pytest_plugins = [
     "opsbook.plugin.collection",
     "opsbook.plugin.findings",
     "opsbook.plugin.outcomes",
+    "opsbook.plugin.remediate",
     "opsbook.plugin.reports",
 ]

@@ -27,9 +27,26 @@ def _docstring_parts(function: object) -> tuple[str, str]:
     return title.strip(), " ".join(rest.split()).removeprefix("Risk:").strip()
 
 
+# Which kind of target each target fixture stands for (fixtures/targets.py parametrizes them).
+TARGET_KINDS = {
+    "http_service": "http",
+    "prometheus": "http",
+    "grafana": "http",
+    "postgres_target": "postgres",
+    "redis_target": "redis",
+    "host": "host",
+}
+
+
 def _target_of(item: pytest.Item) -> str | None:
     callspec = getattr(item, "callspec", None)
     return callspec.id if callspec is not None else None
+
+
+def _target_kind_of(item: pytest.Item) -> str:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    kinds = [TARGET_KINDS[arg] for arg in params if arg in TARGET_KINDS]
+    return kinds[0] if kinds else ""
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -67,6 +84,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 ("title", title),
                 ("severity", str(spec.severity)),
                 ("target", info.target or ""),
+                ("target_kind", _target_kind_of(item)),
                 ("markers", ",".join(markers)),
                 ("remediation", spec.remediation_name or ""),
             ]

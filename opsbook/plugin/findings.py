@@ -72,10 +72,22 @@ def _new_row(nodeid: str, properties: dict[str, Any]) -> dict[str, Any]:
         "observed": None,
         "expected": None,
         "message": "",
+        "target_kind": properties.get("target_kind") or None,
         "remediation": properties["remediation"] or None,
         "duration_s": 0.0,
         "evidence": {},
         "nodeid": nodeid,
+    }
+
+
+def _attempt(properties: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "status": properties["remediation_status"],
+        "verdict": properties["remediation_verdict"] or None,
+        "reason": properties["remediation_reason"] or None,
+        "plan": [line for line in properties["remediation_plan"].splitlines() if line],
+        "before": properties["before"] or None,
+        "after": properties["after"] or None,
     }
 
 
@@ -107,6 +119,11 @@ class _Recorder:
             unreachable = report.failed and "unreachable" in properties
             row["outcome"] = "error" if unreachable else report.outcome
             row["message"] = "" if report.passed else _first_line(report)
+            if "remediation_status" in properties:
+                row["remediation_attempt"] = _attempt(properties)
+                if properties["remediation_verdict"] == "FIXED":
+                    row["outcome"] = "fixed"
+                    row["message"] = properties["before"]
         elif report.skipped:
             row["outcome"], row["message"] = "skipped", _first_line(report)
         elif report.failed and row["outcome"] != "failed":

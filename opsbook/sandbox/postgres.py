@@ -27,6 +27,9 @@ BIN = Path(os.environ.get("OPSBOOK_PG_BIN", "/usr/lib/postgresql/15/bin"))
 DATABASE = "chatdb"
 APP_ROLE = "chat_app"
 MONITOR_ROLE = "opsbook_monitor"
+# Remediation's role: owns the tables (VACUUM, CREATE INDEX) and may end other sessions
+# (pg_signal_backend); not a superuser.
+ADMIN_ROLE = "opsbook_admin"
 SUPERUSER = "postgres"
 SOCKET_PATH_MAX = 107  # sun_path in struct sockaddr_un, less the final NUL
 COMMAND_TIMEOUT_S = 60
@@ -216,6 +219,7 @@ class Postgres(Component):
         roles = {
             APP_ROLE: self.layout.secret(APP_ROLE),
             MONITOR_ROLE: self.layout.secret(MONITOR_ROLE),
+            ADMIN_ROLE: self.layout.secret(ADMIN_ROLE),
         }
         statements = []
         for role, password in roles.items():
@@ -230,8 +234,9 @@ class Postgres(Component):
             f"SELECT 'CREATE DATABASE {DATABASE}' WHERE NOT EXISTS "
             f"(SELECT FROM pg_database WHERE datname = '{DATABASE}') \\gexec\n"
             f"REVOKE ALL ON DATABASE {DATABASE} FROM PUBLIC;\n"
-            f"GRANT CONNECT ON DATABASE {DATABASE} TO {APP_ROLE}, {MONITOR_ROLE};\n"
+            f"GRANT CONNECT ON DATABASE {DATABASE} TO {APP_ROLE}, {MONITOR_ROLE}, {ADMIN_ROLE};\n"
             f"GRANT pg_monitor TO {MONITOR_ROLE};\n"
+            f"GRANT pg_monitor, pg_signal_backend TO {ADMIN_ROLE};\n"
         )
         self.psql("".join(statements))
         schema = resources.files("opsbook.reference").joinpath("schema.sql").read_text("utf-8")
@@ -242,7 +247,11 @@ class Postgres(Component):
             + f"GRANT USAGE ON SCHEMA public TO {APP_ROLE}, {MONITOR_ROLE};\n"
             + f"GRANT SELECT, INSERT, UPDATE, DELETE ON {tables} TO {APP_ROLE};\n"
             + f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {APP_ROLE};\n"
-            + f"GRANT SELECT ON {tables} TO {MONITOR_ROLE};\n",
+            + f"GRANT SELECT ON {tables} TO {MONITOR_ROLE};\n"
+            + f"GRANT USAGE, CREATE ON SCHEMA public TO {ADMIN_ROLE};\n"
+            + "".join(
+                f"ALTER TABLE {table} OWNER TO {ADMIN_ROLE};\n" for table in tables.split(", ")
+            ),
             database=DATABASE,
         )
 

@@ -27,6 +27,18 @@ _children: dict[int, subprocess.Popen[bytes]] = {}
 _exit_codes: dict[int, int] = {}
 
 
+class _Service(subprocess.Popen[bytes]):
+    """A child that is meant to outlive this interpreter (a sandbox service).
+
+    Popen warns when an object for a running process is collected, which is right for a
+    forgotten child but wrong for a daemon started on purpose; the service is reaped by
+    `_children` while we run and by init once we have exited.
+    """
+
+    def __del__(self) -> None:
+        pass
+
+
 class SandboxError(Exception):
     """A sandbox operation failed; the message is one line."""
 
@@ -170,7 +182,7 @@ class Process:
             entry = pwd.getpwnam(self.user)
             drop = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
         with self.log.open("ab") as log, open(os.devnull, "rb") as devnull:
-            child = subprocess.Popen(  # type: ignore[call-overload]
+            child = _Service(  # type: ignore[call-overload]
                 list(self.argv),
                 stdin=devnull,
                 stdout=log,

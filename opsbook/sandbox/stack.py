@@ -19,7 +19,7 @@ from pathlib import Path
 from opsbook.sandbox.app import Backend, Worker, write_app_config
 from opsbook.sandbox.base import Component, Layout, free_port
 from opsbook.sandbox.nginx import Nginx
-from opsbook.sandbox.postgres import MONITOR_ROLE, Postgres
+from opsbook.sandbox.postgres import ADMIN_ROLE, MONITOR_ROLE, Postgres
 from opsbook.sandbox.process import SandboxError
 from opsbook.sandbox.prometheus import Prometheus
 from opsbook.sandbox.redis import Redis, secret_name
@@ -139,6 +139,13 @@ class Stack:
         self.stop(name)
         self.start(name)
 
+    def recreate(self, name: str) -> None:
+        """A native process has no image: recreate is a restart from a clean state (its
+        configuration files are written afresh by start)."""
+        self.stop(name)
+        self._prepare_dir()
+        self.component(name).start()
+
     def down(self) -> None:
         """Stop every component, last started first; raise after trying them all."""
         if not self.layout.state_file.exists():
@@ -169,12 +176,21 @@ class Stack:
             "name": "sandbox",
             "sandbox": {"dir": str(self.dir)},
             "http": {
-                "backend": {"kind": "backend", "url": f"http://127.0.0.1:{ports['backend']}"},
-                "frontend": {"kind": "frontend", "url": f"http://127.0.0.1:{ports['nginx']}"},
+                "backend": {
+                    "kind": "backend",
+                    "url": f"http://127.0.0.1:{ports['backend']}",
+                    "service": "backend",
+                },
+                "frontend": {
+                    "kind": "frontend",
+                    "url": f"http://127.0.0.1:{ports['nginx']}",
+                    "service": "nginx",
+                },
                 "prometheus": {
                     "kind": "prometheus",
                     "url": f"http://127.0.0.1:{ports['prometheus']}",
                     "health_path": "/-/healthy",
+                    "service": "prometheus",
                 },
             },
             "postgres": {
@@ -185,12 +201,19 @@ class Stack:
                     "user": MONITOR_ROLE,
                     "password": {"file": str(secret(MONITOR_ROLE))},
                     "sslmode": "disable",
+                    "service": "postgres",
+                    "admin": {"user": ADMIN_ROLE, "password": {"file": str(secret(ADMIN_ROLE))}},
                 }
             },
             "redis": {
                 "queue": {
                     "url": f"redis://opsbook@127.0.0.1:{ports['redis']}/0",
                     "password": {"file": str(secret(secret_name("opsbook")))},
+                    "service": "redis",
+                    "admin": {
+                        "user": "default",
+                        "password": {"file": str(secret(secret_name("default")))},
+                    },
                 }
             },
             "hosts": {

@@ -1,0 +1,126 @@
+"""Errors in a service log: which lines of its tail are errors, and when they were written.
+
+Pure functions over the text of a log and the host's clock; checks/test_logs.py reads both
+through testinfra and decides what they mean.
+
+A timestamp is read at the start of a line (optionally after `[`, `ts=` or `time=`):
+
+    2026-11-27 12:00:00,123    Python logging: the backend and the worker
+    2026/11/27 12:00:00        nginx error.log
+    2026-11-27T12:00:00.123Z   ISO 8601, with Z, +01:00, +0100, UTC or no zone
+
+A timestamp without a zone is the host's local time, as the services write it. A line without
+a timestamp belongs to the timestamped line above it (the lines of a traceback). Lines before
+the first timestamp of the text have no known time and are left out: nobody can say whether
+they fall in the window.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+
+# The words of the runbook's `grep -iE`; nginx's three levels above "error" name none of them.
+ERROR = re.compile(
+    r"\b(?:error|exception|failed|fatal|panic|critical)\b|\[(?:crit|alert|emerg)\]", re.I
+)
+# A line whose own level is below warning is not an error, whatever its words: nginx logs
+# "[info] ... recv() failed (104: Connection reset by peer)" for every client that hangs up.
+_QUIET = re.compile(r"^\W*(?:debug|info|notice)\b|\blevel=(?:debug|info)\b", re.I)
+_TIMESTAMP = re.compile(
+    r"^\[?(?:ts=|time=)?"
+    r"(?P<year>\d{4})(?P<sep>[-/])(?P<month>\d{2})(?P=sep)(?P<day>\d{2})"
+    r"[T ](?P<hour>\d{2}):(?P<minute>\d{2}):(?P<second>\d{2})"
+    r"(?:[.,](?P<fraction>\d+))?"
+    r"(?:\s?(?P<zone>Z|UTC|[+-]\d{2}:?\d{2})\b)?"
+)
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line of a log, with the time of the entry it belongs to."""
+
+    text: str
+    written: datetime | None  # None: before the first timestamp of the text
+    quiet: bool  # its entry says debug, info or notice
+
+
+def host_clock(date_output: str) -> datetime:
+    """The host's current time, in its own UTC offset, from the output of `date '+%s %z'`."""
+    fields = date_output.split()
+    if len(fields) != 2 or not re.fullmatch(r"-?\d+", fields[0]):
+        raise ValueError(f"not the output of date '+%s %z': {date_output.strip()[:80]!r}")
+    return datetime.fromtimestamp(int(fields[0]), tz=_zone(fields[1]))
+
+
+def _zone(text: str) -> timezone:
+    if text in ("Z", "UTC"):
+        return UTC
+    match = re.fullmatch(r"([+-])(\d{2}):?(\d{2})", text)
+    if match is None:
+        raise ValueError(f"not a UTC offset: {text!r}")
+    sign = -1 if match[1] == "-" else 1
+    return timezone(sign * timedelta(hours=int(match[2]), minutes=int(match[3])))
+
+
+def timestamp(line: str, local: tzinfo) -> tuple[datetime, str] | None:
+    """The time a line starts with (zone-less times are in `local`) and the rest of the line."""
+    match = _TIMESTAMP.match(line)
+    if match is None:
+        return None
+    fraction = (match["fraction"] or "0")[:6].ljust(6, "0")
+    zone = _zone(match["zone"]) if match["zone"] else local
+    try:
+        written = datetime(
+            int(match["year"]), int(match["month"]), int(match["day"]),
+            int(match["hour"]), int(match["minute"]), int(match["second"]),
+            int(fraction), tzinfo=zone,
+        )  # fmt: skip
+    except ValueError:  # 2026-13-45 is not a time, however it looks
+        return None
+    return written, line[match.end() :]
+
+
+def log_lines(text: str, local: tzinfo, *, starts_mid_line: bool = False) -> list[LogLine]:
+    """Every non-empty line of `text` with the time and level of the entry it belongs to.
+
+    `starts_mid_line`: the text is the tail of a longer file, so its first line is a fragment.
+    """
+    lines = text.splitlines()
+    if starts_mid_line:
+        lines = lines[1:]
+    result = []
+    written: datetime | None = None
+    quiet = False
+    for line in lines:
+        if not line.strip():
+            continue
+        stamped = timestamp(line, local)
+        if stamped is not None:
+            written, rest = stamped
+            quiet = bool(_QUIET.search(rest))
+        result.append(LogLine(line, written, quiet))
+    return result
+
+
+def recent_errors(
+    text: str, now: datetime, window_s: float, *, starts_mid_line: bool = False
+) -> list[str]:
+    """The error lines of `text` written in the `window_s` seconds up to `now`.
+
+    `now` is the host's clock (see host_clock); its offset is the zone of zone-less timestamps.
+    A line stamped after `now` counts as recent: a clock that is off must not hide an error.
+    """
+    local = now.tzinfo
+    if local is None:
+        raise ValueError("now must carry the host's UTC offset")
+    since = now - timedelta(seconds=window_s)
+    return [
+        line.text
+        for line in log_lines(text, local, starts_mid_line=starts_mid_line)
+        if line.written is not None
+        and line.written >= since
+        and not line.quiet
+        and ERROR.search(line.text)
+    ]

@@ -1,0 +1,154 @@
+"""Running a remediation under the rules: plan first, then lock, allow-list, budget, audit.
+
+Used by the pytest plugin (`--remediate=plan|apply`) and by `python -m opsbook remediate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opsbook.inventory import Inventory
+from opsbook.remediate.audit import AuditLog
+from opsbook.remediate.budget import Budgets
+from opsbook.remediate.context import Context
+from opsbook.remediate.lock import RemediationLock
+from opsbook.remediate.plan import RISKY, Plan, Refused, RemediationFailed, Step
+
+Remediation = Callable[..., Plan]
+
+LOCK = ".remediation.lock"
+BUDGETS = "remediation-budgets.json"
+AUDIT = "audit.log"
+
+
+def name_of(fix: Remediation) -> str:
+    return f"{fix.__module__}.{fix.__qualname__}"
+
+
+@dataclass
+class Attempt:
+    """What happened when a remediation was asked for."""
+
+    remediation: str
+    status: str  # planned, nothing-to-do, applied, refused, skipped, failed
+    reason: str = ""
+    plan: Plan | None = None
+    verdict: str | None = None  # FIXED or NOT FIXED, once the check has run again
+    after: str = ""
+
+    def summary(self) -> str:
+        parts = [f"{self.remediation}: {self.status}"]
+        if self.verdict:
+            parts.append(self.verdict)
+        if self.reason:
+            parts.append(self.reason)
+        return " - ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "remediation": self.remediation,
+            "status": self.status,
+            "reason": self.reason or None,
+            "verdict": self.verdict,
+            "after": self.after or None,
+            "plan": self.plan.lines() if self.plan else [],
+        }
+
+
+@dataclass
+class Remediator:
+    """The rules of one run: what may be applied, and the shared state under reports_dir."""
+
+    inventory: Inventory
+    reports_dir: Path
+    run_id: str
+    allow: set[str] = field(default_factory=set)
+    _lock: RemediationLock | None = None
+    _lock_problem: str | None = None
+
+    def __post_init__(self) -> None:
+        self.allow = set(self.allow) | set(self.inventory.remediation.allow)
+        self.budgets = Budgets(self.reports_dir / BUDGETS, self.inventory.remediation.budgets)
+        self.audit = AuditLog(self.reports_dir / AUDIT)
+
+    def take_lock(self) -> bool:
+        lock = RemediationLock(self.reports_dir / LOCK)
+        if lock.acquire(f"run {self.run_id}"):
+            self._lock = lock
+            return True
+        self._lock_problem = f"another run holds the remediation lock ({lock.holder()})"
+        return False
+
+    def release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _gate(self, ctx: Context) -> Callable[[Step], None]:
+        def gate(step: Step) -> None:
+            refusal = self._not_allowed([step])
+            if refusal:
+                raise Refused(refusal)
+            reason = self.budgets.spend(step.kind, f"{ctx.target_kind}/{ctx.target}")
+            if reason:
+                raise Refused(reason)
+
+        return gate
+
+    def _not_allowed(self, steps: list[Step]) -> str | None:
+        kinds = sorted({s.kind for s in steps if s.kind in RISKY and s.kind not in self.allow})
+        if not kinds:
+            return None
+        flags = " ".join(f"--allow={kind}" for kind in kinds)
+        return f"not allowed: {', '.join(kinds)} (allow with {flags} or remediation.allow)"
+
+    def run(self, fix: Remediation, ctx: Context, *, apply: bool) -> Attempt:
+        name = name_of(fix)
+        ctx.run_id = self.run_id
+        try:
+            plan = fix(ctx, apply=False)
+        except Exception as exc:
+            return Attempt(name, "failed", f"planning failed: {type(exc).__name__}: {exc}")
+        if plan.nothing_to_do is not None:
+            return Attempt(name, "nothing-to-do", plan.nothing_to_do, plan)
+        if not apply:
+            return Attempt(name, "planned", "", plan)
+        if self._lock is None:
+            return Attempt(name, "skipped", self._lock_problem or "no remediation lock", plan)
+        # Steps that always run must all be allowed before anything is done; a conditional
+        # escalation (recreate if a restart was not enough) is refused only if it is needed.
+        refusal = self._not_allowed([s for s in plan.steps if s.when is None])
+        if refusal:
+            return Attempt(name, "refused", refusal, plan)
+        ctx.gate = self._gate(ctx)
+        try:
+            done = fix(ctx, apply=True)
+        except Refused as exc:
+            return Attempt(name, "refused", str(exc), plan)
+        except RemediationFailed as exc:
+            return Attempt(name, "failed", str(exc), plan)
+        except Exception as exc:
+            return Attempt(name, "failed", f"{type(exc).__name__}: {exc}", plan)
+        if done.nothing_to_do is not None:
+            return Attempt(name, "nothing-to-do", done.nothing_to_do, done)
+        return Attempt(name, "applied", "", done)
+
+    def record(self, attempt: Attempt, ctx: Context, redact: Callable[[str], str]) -> None:
+        """Append an attempt that acted, or tried to, to the audit log."""
+        if attempt.status not in ("applied", "failed", "refused"):
+            return
+        self.audit.append(
+            {
+                "run": self.run_id,
+                "check": ctx.check_id,
+                "target": f"{ctx.target_kind}/{ctx.target}",
+                "remediation": attempt.remediation,
+                "status": attempt.status,
+                "verdict": attempt.verdict,
+                "reason": redact(attempt.reason),
+                "steps": [redact(line) for line in (attempt.plan.lines() if attempt.plan else [])],
+            }
+        )
