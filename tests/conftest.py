@@ -28,12 +28,10 @@ def _fail_with_log(exc: ComponentError) -> None:
     pytest.fail(f"sandbox: {exc}\n{tail}", pytrace=False)
 
 
-@pytest.fixture(scope="session")
-def sandbox() -> Iterator[Stack]:
-    """A running sandbox (all six components); `sandbox.inventory_path` is its inventory."""
+def _running_stack(prefix: str) -> Iterator[Stack]:
     # Not tmp_path_factory: its base dir is private to root (0700), and PostgreSQL runs as the
     # postgres OS user, which must reach its data dir.
-    directory = Path(tempfile.mkdtemp(prefix="opsbook-sandbox-"))
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
     stack = Stack(directory)
     try:
         try:
@@ -44,6 +42,22 @@ def sandbox() -> Iterator[Stack]:
     finally:
         stack.down()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[Stack]:
+    """A running sandbox (all six components); `sandbox.inventory_path` is its inventory."""
+    yield from _running_stack("opsbook-sandbox-")
+
+
+@pytest.fixture
+def fresh_sandbox() -> Iterator[Stack]:
+    """A sandbox of the test's own (a few seconds to start).
+
+    For tests whose breakage would linger, and for tests that need a stack no other test has
+    broken: error lines stay in LOG-001's window (5 minutes) and must not be cut from the logs.
+    """
+    yield from _running_stack("opsbook-fresh-")
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -128,26 +126,8 @@ def test_memory_above_the_limit_fails(run_checks: RunChecks) -> None:
 # LOG-001
 
 
-@pytest.fixture
-def private_sandbox() -> Iterator[Stack]:
-    """A stack of its own for the test that makes the worker log an ERROR.
-
-    The line stays in every later run's window (log_window_s, 5 minutes) and must not be
-    removed from the log: on the session sandbox it would fail LOG-001 in the daily runs of
-    the tests after this one, which expect a healthy sandbox.
-    """
-    directory = Path(tempfile.mkdtemp(prefix="opsbook-logs-"))  # not tmp_path: see conftest
-    stack = Stack(directory)
-    try:
-        stack.up()
-        yield stack
-    finally:
-        stack.down()
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def test_error_in_the_worker_log_fails(private_sandbox: Stack, run_checks: RunChecks) -> None:
-    stack = private_sandbox
+def test_error_in_the_worker_log_fails(fresh_sandbox: Stack, run_checks: RunChecks) -> None:
+    stack = fresh_sandbox
     assert run_checks("--check=LOG-001", inventory=stack.inventory_path).exit_code == 0
     admin = redis.Redis(
         host="127.0.0.1", port=stack.state.ports["redis"], username="default",

@@ -10,8 +10,10 @@ from opsbook.sandbox.stack import Stack
 pytestmark = pytest.mark.sandbox
 
 
-def test_daily_run_passes_on_the_healthy_sandbox(run_checks: RunChecks) -> None:
-    run = run_checks()
+def test_daily_run_passes_on_the_healthy_sandbox(
+    fresh_sandbox: Stack, run_checks: RunChecks
+) -> None:
+    run = run_checks(inventory=fresh_sandbox.inventory_path)
     assert run.exit_code == 0, run.output
     skipped = {key for key, outcome in run.outcomes().items() if outcome == "skipped"}
     # Opt-in checks, and targets the sandbox does not have (Grafana), are skipped.

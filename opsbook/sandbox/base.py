@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import secrets
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from opsbook.sandbox.process import DEADLINE_S, ComponentError, Process, SandboxError, wait_until
 
@@ -79,6 +81,19 @@ def http_status(port: int, path: str) -> int | None:
         connection.request("GET", path)
         return connection.getresponse().status
     except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        connection.close()
+
+
+def http_json(port: int, path: str) -> Any:
+    """The JSON body of GET http://127.0.0.1:PORT/PATH, or None."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=NETWORK_TIMEOUT_S)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return json.loads(response.read()) if response.status == 200 else None
+    except (OSError, http.client.HTTPException, ValueError):
         return None
     finally:
         connection.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from opsbook.sandbox.base import Component, Layout, http_status, require_port
+from opsbook.sandbox.base import Component, Layout, http_json, http_status, require_port
 from opsbook.sandbox.process import Process
 
 BINARY = "/usr/bin/prometheus"
@@ -68,4 +68,10 @@ scrape_configs:
         self.config.write_text(self.render(), encoding="utf-8")
 
     def ready(self) -> bool:
-        return http_status(require_port(self), "/-/ready") == 200
+        # Ready means monitoring is live: every target scraped once (up or down), so that a
+        # daily run right after `up` does not find Prometheus without any `up` series.
+        if http_status(require_port(self), "/-/ready") != 200:
+            return False
+        answer = http_json(require_port(self), "/api/v1/targets?state=active")
+        targets = (answer or {}).get("data", {}).get("activeTargets", [])
+        return bool(targets) and all(t.get("health") in ("up", "down") for t in targets)
