@@ -1,92 +1,28 @@
-"""The command line: `python -m opsbook sandbox up|status|down|start|stop|restart`.
+"""The command line, `python -m opsbook COMMAND`: one module per command in opsbook/commands.
 
-Exit codes: 0 done; 1 a component failed (one line naming it, then the tail of its log, on
-stderr); 2 bad usage; 3 `status` found a component not running.
+    sandbox     run a local instance of the AI chat system (up, status, down, ...)
+    remediate   show or apply the fix of a check that failed in a finished run
+    audit-log   verify the remediation audit log
+
+Bad usage exits 2 with one line (argparse); each command documents its other exit codes.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from opsbook.sandbox.process import ComponentError, SandboxError
-from opsbook.sandbox.stack import COMPONENTS, Stack
-
-ENV_SANDBOX_DIR = "OPSBOOK_SANDBOX_DIR"
-DEFAULT_SANDBOX_DIR = Path(".opsbook/sandbox")
-EXIT_FAILED = 1
-EXIT_NOT_RUNNING = 3
+from opsbook.commands import audit_log, remediate, sandbox
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m opsbook", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sandbox = commands.add_parser("sandbox", help="run a local instance of the AI chat system")
-    actions = sandbox.add_subparsers(dest="action", required=True, metavar="ACTION")
-    where = argparse.ArgumentParser(add_help=False)
-    where.add_argument(
-        "--dir",
-        type=Path,
-        default=None,
-        help=f"sandbox directory (default: ${ENV_SANDBOX_DIR} or {DEFAULT_SANDBOX_DIR})",
-    )
-    for action, text in (
-        ("up", "start every component; prints the inventory path last"),
-        ("status", "one line per component; exit 3 unless all run"),
-        ("down", "stop every component"),
-    ):
-        actions.add_parser(action, help=text, parents=[where])
-    for action in ("start", "stop", "restart", "recreate"):
-        one = actions.add_parser(action, help=f"{action} one component", parents=[where])
-        one.add_argument("component", choices=COMPONENTS)
+    for command in (sandbox, remediate, audit_log):
+        command.register(commands)
     return parser
-
-
-def _sandbox_dir(given: Path | None) -> Path:
-    if given is not None:
-        return given.absolute()
-    return Path(os.environ.get(ENV_SANDBOX_DIR) or DEFAULT_SANDBOX_DIR).absolute()
-
-
-def _sandbox(args: argparse.Namespace) -> int:
-    stack = Stack(_sandbox_dir(args.dir))
-    try:
-        if args.action == "up":
-            inventory = stack.up()
-            for status in stack.status():
-                print(status.line())
-            print(inventory)
-        elif args.action == "down":
-            stack.down()
-        elif args.action == "status":
-            statuses = stack.status()
-            for status in statuses:
-                print(status.line())
-            return 0 if all(s.running for s in statuses) else EXIT_NOT_RUNNING
-        elif args.action == "start":
-            stack.start(args.component)
-        elif args.action == "stop":
-            stack.stop(args.component)
-        elif args.action == "recreate":
-            stack.recreate(args.component)
-        else:
-            stack.restart(args.component)
-    except ComponentError as exc:
-        print(f"sandbox {args.action}: {exc}", file=sys.stderr)
-        for line in exc.log_tail:
-            print(f"  | {line}", file=sys.stderr)
-        return EXIT_FAILED
-    except (SandboxError, OSError) as exc:
-        print(f"sandbox {args.action}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "sandbox":
-        return _sandbox(args)
-    raise AssertionError(f"unhandled command {args.command}")
+    return int(args.run(args))

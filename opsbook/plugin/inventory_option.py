@@ -49,6 +49,10 @@ def sandbox_inventory(rootpath: Path) -> Path:
     return base / "inventory.yaml"
 
 
+def chosen_inventory_path(config: pytest.Config) -> Path | None:
+    return _chosen_path(config)[0]
+
+
 def _chosen_path(config: pytest.Config) -> tuple[Path | None, bool]:
     """The inventory to load, and whether a person asked for it explicitly."""
     given = config.getoption("inventory") or os.environ.get("OPSBOOK_INVENTORY")

@@ -89,17 +89,26 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _summary(config: pytest.Config, run: Run, exit_status: int) -> dict[str, Any]:
+    from opsbook.plugin.inventory_option import chosen_inventory_path
+    from opsbook.remediate.audit import AuditLog
+
     inventory = config.stash[INVENTORY]
     finished = datetime.now(UTC)
+    audit = AuditLog(run.reports_dir / "audit.log")
+    inventory_path = chosen_inventory_path(config)
     return {
         "run_id": run.run_id,
         "started": run.started.isoformat(),
         "finished": finished.isoformat(timespec="seconds"),
         "duration_s": round((finished - run.started).total_seconds(), 3),
         "inventory": inventory.name if inventory is not None else None,
+        "inventory_path": str(inventory_path.resolve()) if inventory_path else None,
+        "rootdir": str(config.rootpath),
         "selection": config.option.markexpr or None,
         "exit_code": int(exit_status),
         "counts": config.stash[FINDINGS].counts(),
+        # Anchors the audit log: deleting its newest entries shows against this.
+        "audit_head": audit.head() if audit.path.exists() else None,
     }
 
 

@@ -1,0 +1,40 @@
+"""`python -m opsbook audit-log verify`: is the remediation audit log intact?
+
+Checks the hash chain of reports/audit.log, and compares it with the head recorded by the
+newest run (reports/latest/findings.json), which catches deleted newest entries too.
+Exit codes: 0 intact; 1 tampered (each problem on its own line); 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser("audit-log", help="verify the remediation audit log")
+    parser.set_defaults(run=run)
+    parser.add_argument("action", choices=["verify"])
+    parser.add_argument("--reports-dir", type=Path, default=Path("reports"))
+
+
+def run(args: argparse.Namespace) -> int:
+    from opsbook.remediate.audit import verify
+    from opsbook.remediate.runner import AUDIT
+
+    path = args.reports_dir / AUDIT
+    latest = args.reports_dir / "latest" / "findings.json"
+    anchor = None
+    if latest.is_file():
+        anchor = json.loads(latest.read_text(encoding="utf-8"))["run"].get("audit_head")
+    problems = verify(path, anchor)
+    if problems:
+        for problem in problems:
+            print(f"{path}: {problem}", file=sys.stderr)
+        return 1
+    count = sum(1 for line in path.read_text().splitlines() if line.strip()) if path.exists() else 0
+    print(f"{path}: intact ({count} entries)")
+    return 0

@@ -1,0 +1,179 @@
+"""`python -m opsbook remediate RUN --check ID [--apply]`: fix what a finished run found.
+
+RUN is `latest`, a run folder's name under the reports directory, or its path. Without
+`--apply` the plan is printed and nothing changes. With `--apply` the plan is carried out
+under the same lock, allow-list and budgets as `pytest --remediate=apply`, then the check is
+run again until it passes or the inventory's `remediation.verify_timeout_s` runs out.
+
+    python -m opsbook remediate --reset-budget [KIND:TARGET]   release the brake
+
+Exit codes: 0 fixed, planned, or nothing to do; 1 applied but NOT FIXED, or the fix failed;
+2 bad usage (unknown run, check or inventory); 3 refused (not allowed, over budget, or
+another run holds the remediation lock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+EXIT_NOT_FIXED = 1
+EXIT_USAGE = 2
+EXIT_REFUSED = 3
+VERIFY_INTERVAL_S = 0.5
+
+
+class Usage(Exception):
+    """Bad input: one line for stderr, exit 2."""
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser("remediate", help="show or apply the fix of a failed check")
+    parser.set_defaults(run=run)
+    parser.add_argument("run_ref", nargs="?", metavar="RUN", help="latest, a run name, or path")
+    parser.add_argument("--check", metavar="ID", help="the failed check to fix")
+    parser.add_argument("--target", metavar="NAME", help="only this target of the check")
+    parser.add_argument("--apply", action="store_true", help="carry out the plan, then verify")
+    parser.add_argument("--allow", action="append", default=[], metavar="KIND")
+    parser.add_argument("--inventory", type=Path, help="default: the run's inventory")
+    parser.add_argument("--reports-dir", type=Path, default=Path("reports"))
+    parser.add_argument("--reset-budget", nargs="?", const="*", metavar="KIND:TARGET")
+
+
+def _run_dir(reports: Path, ref: str) -> Path:
+    candidates = [reports / "latest"] if ref == "latest" else [Path(ref), reports / ref]
+    for candidate in candidates:
+        if (candidate / "findings.json").is_file():
+            return candidate.resolve()
+    raise Usage(f"no finished run {ref!r} (looked for findings.json under {reports})")
+
+
+def _rows(run_dir: Path, check: str, target: str | None) -> tuple[dict[str, Any], list[Any]]:
+    document = json.loads((run_dir / "findings.json").read_text(encoding="utf-8"))
+    rows = [r for r in document["findings"] if r["check_id"] == check]
+    if not rows:
+        raise Usage(f"check {check} did not run in {run_dir.name}")
+    if target is not None:
+        rows = [r for r in rows if r["target"] == target]
+        if not rows:
+            raise Usage(f"check {check} did not run on target {target} in {run_dir.name}")
+    return document["run"], rows
+
+
+def _import(dotted: str) -> Any:
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _verify(run: dict[str, Any], row: dict[str, Any], inventory: Path, deadline_s: float) -> str:
+    """Run the check again (on that target) until it passes; '' when it does, else the message."""
+    command = [
+        sys.executable, "-m", "pytest", "-q", "--no-reports", f"--inventory={inventory}",
+        "-p", "no:cacheprovider", row["nodeid"],
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "OPSBOOK_INVENTORY"}
+    end = time.monotonic() + deadline_s
+    while True:
+        done = subprocess.run(
+            command, cwd=run.get("rootdir") or ".", env=env, capture_output=True, text=True,
+            timeout=max(60.0, deadline_s), check=False,
+        )  # fmt: skip
+        if done.returncode == 0:
+            return ""
+        if time.monotonic() >= end:
+            lines = [line for line in done.stdout.splitlines() if line.startswith("FAILED")]
+            return lines[0] if lines else f"pytest exited {done.returncode}"
+        time.sleep(VERIFY_INTERVAL_S)
+
+
+def _reset(args: argparse.Namespace) -> int:
+    from opsbook.inventory import Remediation
+    from opsbook.remediate.budget import Budgets
+    from opsbook.remediate.runner import BUDGETS
+
+    budgets = Budgets(args.reports_dir / BUDGETS, Remediation().budgets)
+    keys = budgets.reset(None if args.reset_budget == "*" else args.reset_budget)
+    print(f"reset: {', '.join(keys)}" if keys else "nothing to reset")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.reset_budget is not None:
+            return _reset(args)
+        if not args.run_ref or not args.check:
+            raise Usage("give a run and --check ID (or --reset-budget)")
+        return _remediate(args)
+    except Usage as exc:
+        print(f"remediate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _remediate(args: argparse.Namespace) -> int:
+    from opsbook.inventory import InventoryError, load_inventory
+    from opsbook.remediate.context import Context
+    from opsbook.remediate.runner import Remediator
+    from opsbook.secrets import Redactor
+
+    run_dir = _run_dir(args.reports_dir, args.run_ref)
+    summary, rows = _rows(run_dir, args.check, args.target)
+    inventory_path = args.inventory or (
+        Path(summary["inventory_path"]) if summary.get("inventory_path") else None
+    )
+    if inventory_path is None:
+        raise Usage("the run does not say which inventory it used: pass --inventory")
+    try:
+        inventory = load_inventory(inventory_path)
+    except InventoryError as exc:
+        raise Usage(str(exc)) from None
+    redact = Redactor(secret.reveal() for secret in inventory.secrets())
+    allow = {kind.strip() for given in args.allow for kind in given.split(",")}
+    remediator = Remediator(inventory, args.reports_dir, f"cli-{os.getpid()}", allow)
+    if args.apply and not remediator.take_lock():
+        print(f"remediate: refused: {remediator._lock_problem}", file=sys.stderr)
+        return EXIT_REFUSED
+    worst = 0
+    try:
+        for row in rows:
+            worst = max(worst, _one(row, summary, inventory, inventory_path, remediator, args,
+                                    redact, Context))  # fmt: skip
+    finally:
+        remediator.release_lock()
+    return worst
+
+
+def _one(
+    row: dict[str, Any], summary: dict[str, Any], inventory: Any, inventory_path: Path,
+    remediator: Any, args: argparse.Namespace, redact: Any, context_type: Any,
+) -> int:  # fmt: skip
+    where = f"{row['check_id']} on {row['target'] or '-'}"
+    if row["outcome"] not in ("failed", "error"):
+        print(f"{where}: {row['outcome']} in that run, nothing to remediate")
+        return 0
+    if not row.get("remediation"):
+        print(f"{where}: no remediation is linked to this check")
+        return 0
+    ctx = context_type(inventory, row["check_id"], row.get("target_kind") or "", row["target"])
+    attempt = remediator.run(_import(row["remediation"]), ctx, apply=args.apply)
+    if attempt.status == "applied":
+        after = _verify(summary, row, inventory_path, inventory.remediation.verify_timeout_s)
+        attempt.verdict = "NOT FIXED" if after else "FIXED"
+        attempt.after = redact(after) or "passed"
+    remediator.record(attempt, ctx, redact)
+    print(redact(f"{where}: {attempt.summary()}"))
+    for line in attempt.plan.lines() if attempt.plan else []:
+        print(redact(f"  {line}"))
+    if attempt.verdict == "NOT FIXED":
+        print(f"  after: {attempt.after}")
+    if attempt.status in ("refused", "skipped"):
+        return EXIT_REFUSED
+    if attempt.status == "failed" or attempt.verdict == "NOT FIXED":
+        return EXIT_NOT_FIXED
+    return 0
