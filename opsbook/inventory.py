@@ -262,6 +262,7 @@ class Thresholds(_Model):
     idle_in_transaction_s: Seconds = 300
     log_window_s: Seconds = 300
     processed_window_s: Seconds = 3600
+    drain_sample_s: Annotated[float, Field(gt=0, le=60)] = 0.5  # a healthy worker takes a message
 
 
 class Inventory(_Model):

@@ -22,3 +22,8 @@ CREATE TABLE IF NOT EXISTS agents (
     status       text,
     last_active  timestamptz
 );
+
+-- The performance-tuning runbook's indexes (check DB-005 expects them).
+CREATE INDEX IF NOT EXISTS idx_messages_timestamp ON messages ("timestamp");
+CREATE INDEX IF NOT EXISTS idx_conversations_user_id ON conversations (user_id);
+CREATE INDEX IF NOT EXISTS idx_agents_status_last_active ON agents (status, last_active);

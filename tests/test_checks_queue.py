@@ -1,0 +1,289 @@
+"""The queue checks (QUEUE-002..007), each seen failing on a really broken queue and passing again.
+
+Everything runs against the live sandbox: the worker is really stopped, messages are really
+pushed (as Redis's admin `default` user), Redis's maxmemory is really changed. Each test deletes
+the lists it filled and starts the worker again before its last "passes" run. No test makes a
+component log an error: the log check of a later daily run would report it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+import requests
+from support import RunChecks
+
+from opsbook.inventory import Inventory
+from opsbook.sandbox.stack import Stack
+
+pytestmark = pytest.mark.sandbox
+
+PENDING = "message_queue"
+PROCESSING = "message_queue:processing"
+DEAD_LETTER = "dead_letter_queue"
+TIMEOUT_S = 3.0
+
+
+@pytest.fixture
+def admin_redis(sandbox: Stack) -> Iterator[redis.Redis]:
+    """Redis as `default`, the admin user: to push messages and change the config."""
+    password = (sandbox.dir / "secrets" / "redis-default.password").read_text().strip()
+    client = redis.Redis(
+        port=sandbox.state.ports["redis"], password=password, socket_timeout=TIMEOUT_S,
+        decode_responses=True,
+    )  # fmt: skip
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def conversation(sandbox_inventory: Inventory, admin_redis: redis.Redis) -> str:
+    """A conversation the database knows, made through the backend as a user would."""
+    answer = requests.post(
+        sandbox_inventory.http["backend"].url + "/api/messages",
+        json={"content": "hello", "user_id": "opsbook-test"},
+        timeout=TIMEOUT_S,
+    )
+    assert answer.status_code == 202, answer.text
+    stored = answer.json()
+    eventually(
+        lambda: stored["id"] in admin_redis.lrange("processed_messages", 0, 99),
+        "the worker stored the conversation's first message",
+    )
+    return str(stored["conversation_id"])
+
+
+def message(conversation_id: str, enqueued_at: float | None = None) -> str:
+    """A queued message as the backend writes it."""
+    return json.dumps(
+        {
+            "id": str(uuid.uuid4()),
+            "conversation_id": conversation_id,
+            "user_id": "opsbook-test",
+            "role": "user",
+            "content": "are you there?",
+            "enqueued_at": time.time() if enqueued_at is None else enqueued_at,
+        }
+    )
+
+
+def push(client: redis.Redis, key: str, payloads: list[str]) -> None:
+    pipe = client.pipeline(transaction=False)
+    for payload in payloads:
+        pipe.lpush(key, payload)
+    pipe.execute()
+
+
+def eventually(condition: Callable[[], object], what: str, deadline_s: float = 30.0) -> None:
+    end = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > end:
+            pytest.fail(f"not within {deadline_s:g} s: {what}")
+        time.sleep(0.05)
+
+
+def restore_queue(stack: Stack, client: redis.Redis, *keys: str) -> None:
+    """Delete what the test pushed, start the worker, and wait until nothing is queued."""
+    client.delete(PENDING, *keys)
+    stack.start("worker")
+    eventually(
+        lambda: client.llen(PENDING) == 0 and client.llen(PROCESSING) == 0,
+        "message_queue and its processing list are empty",
+    )
+
+
+def test_redis_memory_near_maxmemory_fails_queue_002(
+    sandbox: Stack, admin_redis: redis.Redis, run_checks: RunChecks
+) -> None:
+    original = admin_redis.config_get("maxmemory")["maxmemory"]
+    used = int(admin_redis.info("memory")["used_memory"])
+    try:
+        # Use at 92% of the limit, above the 90% allowed: the queue would soon refuse messages.
+        # The checker's own connection adds a few percent; 100% would make Redis refuse the
+        # worker's BLMOVE (noeviction) and fill worker.log with errors.
+        admin_redis.config_set("maxmemory", int(used / 0.92))
+        run = run_checks("--check=QUEUE-002")
+        assert run.exit_code == 1, run.output
+        row = run.row("QUEUE-002", "queue")
+        assert row["outcome"] == "failed"
+        assert float(row["observed"]) >= 90, row
+        assert re.fullmatch(
+            r"redis queue: memory use \d+% of maxmemory "
+            r"\([\d.]+ of [\d.]+ MiB, max 90%, policy noeviction\)",
+            row["message"],
+        ), row["message"]
+        assert "maxmemory_policy" in row["evidence"]["INFO memory"]
+
+        admin_redis.config_set("maxmemory", 0)
+        run = run_checks("--check=QUEUE-002")
+        row = run.row("QUEUE-002", "queue")
+        assert row["outcome"] == "failed"
+        assert row["observed"] == "maxmemory 0 (no limit)"
+        assert row["message"].startswith(
+            "redis queue: maxmemory is not set: Redis would grow until the host runs out of memory"
+        ), row["message"]
+    finally:
+        admin_redis.config_set("maxmemory", original)
+    run = run_checks("--check=QUEUE-002")
+    assert run.exit_code == 0, run.output
+    assert float(run.row("QUEUE-002", "queue")["observed"]) < 90
+
+
+def test_backlog_over_the_limit_fails_queue_003(
+    breakable_sandbox: Stack, admin_redis: redis.Redis, conversation: str, run_checks: RunChecks
+) -> None:
+    breakable_sandbox.stop("worker")
+    try:
+        push(admin_redis, PENDING, [message(conversation) for _ in range(1001)])
+        run = run_checks("--check=QUEUE-003")
+        assert run.exit_code == 1, run.output
+        row = run.row("QUEUE-003", "queue")
+        assert row["outcome"] == "failed"
+        assert row["observed"] == "1001"
+        assert row["message"] == "redis queue: message_queue holds 1001 messages (max 1000)"
+        assert conversation in row["evidence"]["oldest messages"]
+
+        admin_redis.rpop(PENDING)  # exactly at the limit: still fine
+        run = run_checks("--check=QUEUE-003")
+        assert run.outcome("QUEUE-003", "queue") == "passed", run.output
+    finally:
+        restore_queue(breakable_sandbox, admin_redis)
+    run = run_checks("--check=QUEUE-003")
+    assert run.exit_code == 0, run.output
+    assert run.row("QUEUE-003", "queue")["observed"] == "0"
+
+
+def test_dead_letters_over_the_limit_fail_queue_004(
+    sandbox: Stack, admin_redis: redis.Redis, run_checks: RunChecks
+) -> None:
+    admin_redis.delete(DEAD_LETTER)
+    poison = [f"poison {i} {uuid.uuid4()}" for i in range(11)]  # not JSON: never storable
+    try:
+        # Straight onto the dead-letter queue, as the worker would put them (test_sandbox.py
+        # proves that it does): through the worker, each would leave an ERROR line in
+        # worker.log, which the log check of the next daily run would rightly report.
+        push(admin_redis, DEAD_LETTER, poison)
+        run = run_checks("--check=QUEUE-004")
+        assert run.exit_code == 1, run.output
+        row = run.row("QUEUE-004", "queue")
+        assert row["outcome"] == "failed"
+        assert row["observed"] == "11"
+        assert row["message"] == "redis queue: dead_letter_queue holds 11 messages (max 10)"
+        assert json.loads(row["evidence"]["newest dead letters"]) == poison[:-4:-1]
+    finally:
+        admin_redis.delete(DEAD_LETTER)
+    run = run_checks("--check=QUEUE-004")
+    assert run.exit_code == 0, run.output
+    assert run.row("QUEUE-004", "queue")["observed"] == "0"
+
+
+def test_old_or_unreadable_oldest_message_fails_queue_005(
+    breakable_sandbox: Stack, admin_redis: redis.Redis, conversation: str, run_checks: RunChecks
+) -> None:
+    checker_password = (breakable_sandbox.dir / "secrets" / "redis-opsbook.password").read_text()
+    breakable_sandbox.stop("worker")
+    try:
+        # The worker takes from the right: the first pushed is the oldest.
+        push(
+            admin_redis, PENDING, [message(conversation, time.time() - 600), message(conversation)]
+        )
+        run = run_checks("--check=QUEUE-005")
+        assert run.exit_code == 1, run.output
+        row = run.row("QUEUE-005", "queue")
+        assert row["outcome"] == "failed"
+        assert 600 <= float(row["observed"]) < 660, row
+        assert re.fullmatch(
+            r"redis queue: the oldest message in message_queue waits for 6\d\d s \(max 300 s\)",
+            row["message"],
+        ), row["message"]
+        assert conversation in row["evidence"]["oldest message"]
+
+        admin_redis.rpop(PENDING)  # the fresh one is now the oldest
+        run = run_checks("--check=QUEUE-005")
+        assert run.outcome("QUEUE-005", "queue") == "passed", run.output
+        assert float(run.row("QUEUE-005", "queue")["observed"]) < 60
+
+        # Unreadable, and carrying a secret that must not reach the report.
+        admin_redis.rpush(PENDING, f"garbage password-was-{checker_password.strip()}")
+        run = run_checks("--check=QUEUE-005")
+        row = run.row("QUEUE-005", "queue")
+        assert row["outcome"] == "failed"
+        assert row["observed"] == "unreadable"
+        assert row["message"].startswith(
+            "redis queue: the oldest message in message_queue has no readable enqueued_at "
+            "(not JSON)"
+        ), row["message"]
+        assert row["evidence"]["oldest message"] == "garbage password-was-***"
+    finally:
+        restore_queue(breakable_sandbox, admin_redis)
+    run = run_checks("--check=QUEUE-005")
+    assert run.exit_code == 0, run.output
+    assert run.row("QUEUE-005", "queue")["observed"] == "queue empty"
+
+
+def test_stopped_worker_fails_queue_006_and_a_busy_one_passes(
+    breakable_sandbox: Stack, admin_redis: redis.Redis, conversation: str, run_checks: RunChecks
+) -> None:
+    breakable_sandbox.stop("worker")
+    try:
+        push(admin_redis, PENDING, [message(conversation)])
+        run = run_checks("--check=QUEUE-006")
+        assert run.exit_code == 1, run.output
+        row = run.row("QUEUE-006", "queue")
+        assert row["outcome"] == "failed"
+        assert json.loads(row["observed"]) == {"processed": 0, "waiting": 1}
+        assert row["message"] == (
+            "redis queue: message_queue is not draining: 0 messages processed in 0.5 s "
+            "while 1 wait (expected > 0)"
+        )
+
+        # A backlog the worker needs seconds to work through (it stores about 1000/s here):
+        # the check must see it draining, not only an empty queue.
+        push(admin_redis, PENDING, [message(conversation) for _ in range(10_000)])
+        breakable_sandbox.start("worker")
+        run = run_checks("--check=QUEUE-006")
+        assert run.exit_code == 0, run.output
+        observed = json.loads(run.row("QUEUE-006", "queue")["observed"])
+        # None would mean the queue was already empty: the backlog was too small to see.
+        assert observed["processed"] is not None, observed
+        assert observed["processed"] > 0, observed
+    finally:
+        restore_queue(breakable_sandbox, admin_redis)
+    run = run_checks("--check=QUEUE-006")
+    assert run.exit_code == 0, run.output
+    assert json.loads(run.row("QUEUE-006", "queue")["observed"])["waiting"] == 0
+
+
+def test_nothing_stored_while_messages_wait_fails_queue_007(
+    breakable_sandbox: Stack, admin_redis: redis.Redis, conversation: str, run_checks: RunChecks
+) -> None:
+    # `conversation` stored one message just now: the default one-hour window holds it.
+    breakable_sandbox.stop("worker")
+    try:
+        push(admin_redis, PENDING, [message(conversation)])
+        time.sleep(1.1)  # nothing has been stored since more than the 1 s window below
+        run = run_checks("--check=QUEUE-007", env={"OPSBOOK__THRESHOLDS__PROCESSED_WINDOW_S": "1"})
+        assert run.exit_code == 1, run.output
+        row = run.row("QUEUE-007", "chatdb-queue")
+        assert row["outcome"] == "failed"
+        assert row["observed"] == "0"
+        assert row["message"] == (
+            "redis queue: 1 messages wait in message_queue but postgres chatdb stored 0 "
+            "in the last 1 s (expected > 0)"
+        )
+        assert conversation in row["evidence"]["oldest waiting message"]
+
+        run = run_checks("--check=QUEUE-007")  # the hour holds the conversation's message
+        assert run.outcome("QUEUE-007", "chatdb-queue") == "passed", run.output
+        assert int(run.row("QUEUE-007", "chatdb-queue")["observed"]) >= 1
+    finally:
+        restore_queue(breakable_sandbox, admin_redis)
+    # Idle: nothing stored in the window, but nothing waits either.
+    run = run_checks("--check=QUEUE-007", env={"OPSBOOK__THRESHOLDS__PROCESSED_WINDOW_S": "1"})
+    assert run.exit_code == 0, run.output
