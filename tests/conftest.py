@@ -86,14 +86,18 @@ def run_checks(sandbox: Stack, tmp_path: Path) -> RunChecks:
     """Run the checks suite (`pytest -m daily` by default) against the sandbox.
 
     `run_checks("--check=QUEUE-003")`, `run_checks(env={"OPSBOOK__THRESHOLDS__X": "1"})`,
-    `run_checks(inventory=path)`.
+    `run_checks(inventory=path)`, `run_checks(reports=shared_dir)`.
     """
     counter = iter(range(1000))
 
     def run(
-        *args: str, inventory: Path | None = None, env: dict[str, str] | None = None
+        *args: str,
+        inventory: Path | None = None,
+        env: dict[str, str] | None = None,
+        reports: Path | None = None,
     ) -> CheckRun:
-        reports = tmp_path / f"reports-{next(counter)}"
+        # Each run its own reports dir, unless a test shares one (audit log, budgets, lock).
+        reports = reports or tmp_path / f"reports-{next(counter)}"
         selection = [] if any(a.startswith("-m") for a in args) else ["-m", "daily"]
         command = [
             sys.executable, "-m", "pytest", "-q", "-p", "no:randomly",

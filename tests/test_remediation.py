@@ -1,0 +1,206 @@
+"""Remediation under the rules, on the real sandbox: plan, apply, verify, allow-list, budgets,
+the lock, the audit log, and the `remediate` command. The backend is the broken service: it is
+stopped (a real outage), and restart_service is HEALTH-001's linked fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from support import CheckRun, RunChecks
+
+from opsbook.remediate.lock import RemediationLock
+from opsbook.sandbox.stack import Stack
+
+pytestmark = pytest.mark.sandbox
+
+REPO = Path(__file__).resolve().parent.parent
+HEALTH = ("--check=HEALTH-001",)
+
+
+def opsbook(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSBOOK_")}
+    return subprocess.run(
+        [sys.executable, "-m", "opsbook", *args], cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def attempt(run: CheckRun) -> dict:
+    return run.row("HEALTH-001", "backend").get("remediation_attempt") or {}
+
+
+def test_plan_shows_the_fix_and_changes_nothing(
+    breakable_sandbox: Stack, run_checks: RunChecks
+) -> None:
+    breakable_sandbox.stop("backend")
+    run = run_checks(*HEALTH, "--remediate=plan")
+    assert run.exit_code == 1
+    planned = attempt(run)
+    assert planned["status"] == "planned"
+    assert planned["plan"][0].startswith("[restart] restart backend: python -m opsbook sandbox")
+    assert "recreate backend (only if backend is still unhealthy)" in planned["plan"][1]
+    assert not breakable_sandbox.component("backend").is_running()
+    assert "opsbook remediation" in run.output or "planned" in run.output
+
+
+def test_risky_fix_needs_the_allow_list(
+    breakable_sandbox: Stack, run_checks: RunChecks, tmp_path: Path
+) -> None:
+    breakable_sandbox.stop("backend")
+    run = run_checks(*HEALTH, "--remediate=apply", reports=tmp_path)
+    assert run.exit_code == 1
+    refused = attempt(run)
+    assert refused["status"] == "refused"
+    assert (
+        refused["reason"]
+        == "not allowed: restart (allow with --allow=restart or remediation.allow)"
+    )
+    assert not breakable_sandbox.component("backend").is_running()
+
+
+def test_apply_restarts_verifies_and_audits(
+    breakable_sandbox: Stack, run_checks: RunChecks, tmp_path: Path
+) -> None:
+    breakable_sandbox.stop("backend")
+    run = run_checks(*HEALTH, "--remediate=apply", "--allow=restart", reports=tmp_path)
+    assert run.exit_code == 0, run.output
+    row = run.row("HEALTH-001", "backend")
+    assert row["outcome"] == "fixed"
+    assert row["message"] == "backend: GET /health: Connection refused"
+    fixed = row["remediation_attempt"]
+    assert (fixed["status"], fixed["verdict"], fixed["after"]) == ("applied", "FIXED", "passed")
+    assert fixed["before"] == "backend: GET /health: Connection refused"
+    assert fixed["plan"][0].endswith("-> healthy")
+    assert fixed["plan"][1].endswith("-> not needed")
+    assert breakable_sandbox.component("backend").is_running()
+    (entry,) = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+    assert (entry["check"], entry["target"], entry["verdict"]) == (
+        "HEALTH-001",
+        "http/backend",
+        "FIXED",
+    )
+    verified = opsbook("audit-log", "verify", f"--reports-dir={tmp_path}")
+    assert verified.returncode == 0, verified.stderr
+    # Applied again on the healthy service: the check passes and nothing is done.
+    again = run_checks(*HEALTH, "--remediate=apply", "--allow=restart", reports=tmp_path)
+    assert again.outcome("HEALTH-001", "backend") == "passed"
+    assert len((tmp_path / "audit.log").read_text().splitlines()) == 1
+
+
+def test_fix_is_idempotent_when_called_directly(sandbox: Stack) -> None:
+    from opsbook.inventory import load_inventory
+    from opsbook.remediate.context import Context
+    from remediation.services import restart_service
+
+    inventory = load_inventory(sandbox.inventory_path, environ={})
+    ctx = Context(inventory, "HEALTH-001", "http", "backend")
+    plan = restart_service(ctx, apply=True)
+    assert plan.nothing_to_do == "backend answers now"
+    assert not plan.applied
+
+
+def test_budget_brakes_until_a_person_resets_it(
+    breakable_sandbox: Stack, run_checks: RunChecks, tmp_path: Path
+) -> None:
+    one_restart = {"OPSBOOK__REMEDIATION__BUDGETS__RESTART": "{count: 1, per_s: 3600}"}
+    apply = (*HEALTH, "--remediate=apply", "--allow=restart")
+    breakable_sandbox.stop("backend")
+    assert attempt(run_checks(*apply, env=one_restart, reports=tmp_path))["verdict"] == "FIXED"
+    breakable_sandbox.stop("backend")
+    refused = attempt(run_checks(*apply, env=one_restart, reports=tmp_path))
+    assert refused["status"] == "refused"
+    assert refused["reason"].startswith("budget spent: 1 restart(s) of http/backend")
+    # Braked: refused again although nothing was spent, until a person resets it.
+    braked = attempt(run_checks(*apply, env=one_restart, reports=tmp_path))
+    assert "is braked since its budget ran out" in braked["reason"]
+    reset = opsbook(
+        "remediate", "--reset-budget", "restart:http/backend", f"--reports-dir={tmp_path}"
+    )
+    assert reset.stdout.strip() == "reset: restart:http/backend"
+    assert attempt(run_checks(*apply, env=one_restart, reports=tmp_path))["verdict"] == "FIXED"
+
+
+def test_a_second_run_does_not_remediate_while_one_holds_the_lock(
+    breakable_sandbox: Stack, run_checks: RunChecks, tmp_path: Path
+) -> None:
+    breakable_sandbox.stop("backend")
+    lock = RemediationLock(tmp_path / ".remediation.lock")
+    assert lock.acquire("run held-by-test")
+    try:
+        run = run_checks(*HEALTH, "--remediate=apply", "--allow=restart", reports=tmp_path)
+    finally:
+        lock.release()
+    skipped = attempt(run)
+    assert skipped["status"] == "skipped"
+    assert skipped["reason"].startswith("another run holds the remediation lock (run held-by-test")
+    assert not breakable_sandbox.component("backend").is_running()
+
+
+def test_two_concurrent_runs_remediate_once(
+    breakable_sandbox: Stack, run_checks: RunChecks, tmp_path: Path
+) -> None:
+    breakable_sandbox.stop("backend")
+    runs: list[CheckRun] = []
+
+    def one() -> None:
+        runs.append(run_checks(*HEALTH, "--remediate=apply", "--allow=restart", reports=tmp_path))
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    statuses = sorted(attempt(run).get("status", "passed") for run in runs)
+    assert statuses.count("applied") == 1, statuses
+    applied = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+    assert [entry["status"] for entry in applied] == ["applied"]
+
+
+def test_audit_log_tampering_is_detected(
+    breakable_sandbox: Stack, run_checks: RunChecks, tmp_path: Path
+) -> None:
+    for _ in range(2):
+        breakable_sandbox.stop("backend")
+        run_checks(*HEALTH, "--remediate=apply", "--allow=restart", reports=tmp_path)
+    log = tmp_path / "audit.log"
+    original = log.read_text()
+    assert len(original.splitlines()) == 2
+    log.write_text(original.replace('"verdict": "FIXED"', '"verdict": "NOT FIXED"', 1))
+    edited = opsbook("audit-log", "verify", f"--reports-dir={tmp_path}")
+    assert edited.returncode == 1
+    assert "line 1: edited" in edited.stderr
+    log.write_text(original.splitlines(keepends=True)[0])
+    deleted = opsbook("audit-log", "verify", f"--reports-dir={tmp_path}")
+    assert deleted.returncode == 1
+    assert "newest entr(y/ies) deleted (the last run recorded 2)" in deleted.stderr
+
+
+def test_remediate_command_fixes_a_finished_runs_failure(
+    breakable_sandbox: Stack, run_checks: RunChecks, tmp_path: Path
+) -> None:
+    breakable_sandbox.stop("backend")
+    run_checks(*HEALTH, reports=tmp_path)
+    base = ("remediate", "latest", "--check=HEALTH-001", "--target=backend")
+    where = f"--reports-dir={tmp_path}"
+    planned = opsbook(*base, where)
+    assert planned.returncode == 0, planned.stderr
+    assert "restart_service: planned" in planned.stdout
+    assert not breakable_sandbox.component("backend").is_running()
+    applied = opsbook(*base, where, "--apply", "--allow=restart")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert "applied - FIXED" in applied.stdout
+    again = opsbook(*base, where, "--apply", "--allow=restart")
+    assert "nothing-to-do - backend answers now" in again.stdout
+    unknown = opsbook("remediate", "latest", "--check=NOPE-001", where)
+    assert unknown.returncode == 2
+    assert (
+        unknown.stderr.strip()
+        == f"remediate: check NOPE-001 did not run in {(tmp_path / 'latest').resolve().name}"
+    )
