@@ -16,6 +16,7 @@ from collections.abc import Generator
 import pytest
 
 from opsbook.errors import TargetUnreachable
+from opsbook.plugin.findings import EVIDENCE_PREFIX
 from opsbook.plugin.keys import CHECK, FINDINGS, REDACTOR
 
 EXIT_NOT_EVALUATED = 10
@@ -54,6 +55,12 @@ def pytest_runtest_makereport(
         if masked != text:
             report.longrepr = masked
     report.sections = [(name, redact(content)) for name, content in report.sections]
+    if report.failed and CHECK in item.stash:
+        # The evidence behind a failure, where a person reads it: under the failure in the
+        # terminal, in the HTML report's log cell. (Already redacted by the finding fixture.)
+        for name, content in report.user_properties:
+            if name.startswith(EVIDENCE_PREFIX):
+                report.sections.append((f"evidence: {name.removeprefix(EVIDENCE_PREFIX)}", content))
     return report
 
 
