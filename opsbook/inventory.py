@@ -246,6 +246,30 @@ class Remediation(_Model):
         return allow
 
 
+class Audit(_Model):
+    """What the security and access audit expects (`pytest -m audit`)."""
+
+    secret_files: tuple[str, ...] = ()  # globs on every host: .env, *.key, *.pem files
+    secret_file_owner: str = "root"
+    login_users: tuple[str, ...] = ("root",)  # the only accounts allowed a login shell
+    service_accounts: tuple[str, ...] = ()  # system users expected besides the OS's own
+    public_ports: tuple[int, ...] = ()  # the only ports that may listen on all interfaces
+    app_roles: tuple[str, ...] = ("chat_app",)  # PostgreSQL roles of the application
+    redis_app_users: tuple[str, ...] = ("chat_app",)
+    require_ssl: bool = False  # PostgreSQL traffic leaves the host
+    log_window_s: Annotated[float, Field(gt=0)] = 86400  # incident log audit looks back this far
+
+
+class Tuning(_Model):
+    """The performance-tuning runbook's expectations of PostgreSQL (unset: not checked)."""
+
+    shared_buffers: str | None = None  # as SHOW prints it, e.g. "256MB"
+    effective_cache_size: str | None = None
+    maintenance_work_mem: str | None = None
+    dead_tuple_percent: Percent = 20
+    stats_max_age_s: Annotated[float, Field(gt=0)] = 7 * 86400
+
+
 class Thresholds(_Model):
     """Limits from the runbooks; every check reads its limit here."""
 
@@ -278,6 +302,8 @@ class Inventory(_Model):
     sandbox: Sandbox | None = None
     thresholds: Thresholds = Thresholds()
     remediation: Remediation = Remediation()
+    audit: Audit = Audit()
+    tuning: Tuning = Tuning()
 
     def endpoints(self, *kinds: str) -> dict[str, HttpEndpoint]:
         return {name: ep for name, ep in self.http.items() if ep.kind in kinds}
