@@ -60,7 +60,8 @@ def pytest_runtest_makereport(
         # terminal, in the HTML report's log cell. (Already redacted by the finding fixture.)
         for name, content in report.user_properties:
             if name.startswith(EVIDENCE_PREFIX):
-                report.sections.append((f"evidence: {name.removeprefix(EVIDENCE_PREFIX)}", content))
+                label = f"evidence: {name.removeprefix(EVIDENCE_PREFIX)}"
+                report.sections.append((label, str(content)))
     return report
 
 
