@@ -314,3 +314,56 @@ def test_a_run_without_checks_writes_no_report(suite: pytest.Pytester) -> None:
     suite.makepyfile(test_plain="def test_plain():\n    pass\n")
     assert suite.runpytest().ret == 0
     assert not (suite.path / "reports").exists() or not list((suite.path / "reports").iterdir())
+
+
+WAIVED_CHECK = '''
+import pytest
+from opsbook import Severity, check
+
+@pytest.mark.audit
+@check("SEC-901", Severity.HIGH)
+def test_env_file_mode(finding):
+    """Secret files are private."""
+    finding.observe("0644", expected="0600 or stricter")
+    assert False, "local: /srv/.env has mode 0644 (expected 0600 or stricter)"
+'''
+
+
+def _waivers(suite: pytest.Pytester, expires: str) -> None:
+    (suite.path / "waivers.yaml").write_text(
+        "waivers:\n"
+        "  - {check: SEC-901, owner: alice, reason: vault migration, ticket: OPS-1,"
+        f" expires: {expires}}}\n"
+    )
+
+
+def test_a_waived_failure_is_reported_as_waived(suite: pytest.Pytester) -> None:
+    suite.makepyfile(test_waived=WAIVED_CHECK)
+    _waivers(suite, "2999-01-01")
+    result = suite.runpytest("-m", "audit", "-rx")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["XFAIL*waived: alice, OPS-1, until 2999-01-01: vault migration"])
+    (row,) = findings(suite)["findings"]
+    assert row["outcome"] == "waived"
+    assert row["waiver"] == "alice, OPS-1, until 2999-01-01: vault migration"
+    assert row["message"] == "local: /srv/.env has mode 0644 (expected 0600 or stricter)"
+
+
+def test_an_expired_waiver_counts_as_a_failure(suite: pytest.Pytester) -> None:
+    suite.makepyfile(test_waived=WAIVED_CHECK)
+    _waivers(suite, "2020-01-01")
+    result = suite.runpytest("-m", "audit")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*waiver expired on 2020-01-01: alice, OPS-1*"])
+    (row,) = findings(suite)["findings"]
+    assert row["outcome"] == "failed"
+    assert row["waiver"].startswith("expired: ")
+
+
+def test_a_bad_waivers_file_exits_4_with_one_line(suite: pytest.Pytester) -> None:
+    (suite.path / "waivers.yaml").write_text("waivers:\n  - {check: SEC-901, owner: a}\n")
+    result = suite.runpytest_subprocess()
+    assert result.ret == 4
+    lines = [line for line in result.stderr.lines if line.strip()]
+    assert len(lines) == 1
+    assert "waivers.0.reason: Field required" in lines[0]

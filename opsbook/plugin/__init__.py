@@ -6,5 +6,6 @@ pytest_plugins = [
     "opsbook.plugin.findings",
     "opsbook.plugin.outcomes",
     "opsbook.plugin.remediate",
+    "opsbook.plugin.waivers",
     "opsbook.plugin.reports",
 ]

@@ -119,6 +119,11 @@ class _Recorder:
             unreachable = report.failed and "unreachable" in properties
             row["outcome"] = "error" if unreachable else report.outcome
             row["message"] = "" if report.passed else _first_line(report)
+            if "waiver" in properties:
+                row["waiver"] = properties["waiver"]
+                if report.skipped:
+                    row["outcome"] = "waived"
+                    row["message"] = properties.get("waived_message", "")
             if "remediation_status" in properties:
                 row["remediation_attempt"] = _attempt(properties)
                 if properties["remediation_verdict"] == "FIXED":
