@@ -367,3 +367,41 @@ def test_a_bad_waivers_file_exits_4_with_one_line(suite: pytest.Pytester) -> Non
     lines = [line for line in result.stderr.lines if line.strip()]
     assert len(lines) == 1
     assert "waivers.0.reason: Field required" in lines[0]
+
+
+FLIPPING_CHECK = '''
+import os
+import pytest
+from opsbook import Severity, check
+
+@pytest.mark.daily
+@check("FLIP-001", Severity.MEDIUM)
+def test_flip(finding):
+    """Flips with the environment."""
+    depth = int(os.environ["DEPTH"])
+    finding.observe(depth, expected="<= 5")
+    assert depth <= 5, f"depth is {depth} (max 5)"
+'''
+
+
+def test_history_names_newly_failing_recovered_flapping_and_trends(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    suite.makepyfile(test_flip=FLIPPING_CHECK)
+    changes = []
+    for depth in ("1", "9", "2", "8"):
+        monkeypatch.setenv("DEPTH", depth)
+        suite.runpytest("-m", "daily")
+        changes.append(findings(suite)["changes"])
+    assert changes[0]["previous_run"] is None
+    assert changes[1]["newly_failing"] == ["FLIP-001"]
+    assert changes[2]["recovered"] == ["FLIP-001"]
+    assert changes[3]["flapping"] == ["FLIP-001"]
+    assert changes[3]["trends"] == {"FLIP-001": [1.0, 9.0, 2.0, 8.0]}
+    html = (latest(suite) / "report.html").read_text()
+    assert "Newly failing (1)" in html
+    assert "<svg" in html
+    # A run with another selection is not compared with these.
+    monkeypatch.setenv("DEPTH", "1")
+    suite.runpytest("-m", "daily or weekly")
+    assert findings(suite)["changes"]["previous_run"] is None

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from opsbook.check import Severity
+from opsbook.history import Changes, compare, earlier_runs, sparkline
 from opsbook.plugin.keys import FINDINGS, INVENTORY
 
 LATEST = "latest"
@@ -48,6 +49,7 @@ class Run:
 
 
 RUN = pytest.StashKey["Run | None"]()
+CHANGES = pytest.StashKey["Changes"]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -112,6 +114,14 @@ def _summary(config: pytest.Config, run: Run, exit_status: int) -> dict[str, Any
     }
 
 
+def _changes(config: pytest.Config, run: Run) -> Changes:
+    """Compared once per run, with earlier runs of the same selection."""
+    if CHANGES not in config.stash:
+        earlier = earlier_runs(run.reports_dir, config.option.markexpr or None, run.name)
+        config.stash[CHANGES] = compare(list(config.stash[FINDINGS].rows.values()), earlier)
+    return config.stash[CHANGES]
+
+
 def _write_json(path: Path, document: object) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
@@ -153,6 +163,7 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
         return
     document = {
         "run": _summary(config, run, session.exitstatus),
+        "changes": _changes(config, run).to_dict(),
         "findings": sorted(
             findings.rows.values(),
             key=lambda row: (-Severity[row["severity"].upper()], row["check_id"], row["nodeid"]),
@@ -195,6 +206,58 @@ def pytest_html_results_table_row(report: pytest.TestReport, cells: list[str]) -
     cells.insert(2, f'<td class="col-severity">{escape(str(properties.get("severity", "")))}</td>')
     cells.insert(3, f'<td class="col-target">{escape(str(properties.get("target", "")))}</td>')
     cells.insert(4, f'<td class="col-observed">{escape(str(observed))}</td>')
+
+
+OUTCOME_COLUMNS = ("failed", "error", "waived", "fixed", "passed", "skipped")
+
+
+def _summary_html(config: pytest.Config, run: Run) -> list[str]:
+    """What an auditor reads first: counts by severity, then what changed since last time."""
+    rows = list(config.stash[FINDINGS].rows.values())
+    head = "".join(f"<th>{escape(o)}</th>" for o in ("severity", *OUTCOME_COLUMNS))
+    body = []
+    for severity in sorted(Severity, reverse=True):
+        mine = [r for r in rows if r["severity"] == str(severity)]
+        if mine:
+            cells = "".join(
+                f"<td>{sum(r['outcome'] == o for r in mine)}</td>" for o in OUTCOME_COLUMNS
+            )
+            body.append(f"<tr><td>{escape(str(severity))}</td>{cells}</tr>")
+    html = [f"<h2>Findings by severity</h2><table><tr>{head}</tr>{''.join(body)}</table>"]
+    changes = _changes(config, run)
+    if changes.previous_run is None:
+        html.append("<p>No earlier run of this selection to compare with.</p>")
+        return html
+
+    def listing(title: str, keys: list[tuple[str, str | None]]) -> str:
+        items = "".join(f"<li>{escape(c)}[{escape(t or '-')}]</li>" for c, t in keys)
+        return f"<h3>{escape(title)} ({len(keys)})</h3><ul>{items}</ul>"
+
+    html.append(f"<h2>Since run {escape(changes.previous_run)}</h2>")
+    html.append(listing("Newly failing", changes.newly_failing))
+    html.append(listing("Recovered", changes.recovered))
+    html.append(listing("Flapping", changes.flapping))
+    varying = {key: values for key, values in changes.trends.items() if len(set(values)) > 1}
+    if varying:
+        lines = "".join(
+            f"<tr><td>{escape(c)}[{escape(t or '-')}]</td><td>{values[-1]:g}</td>"
+            f"<td>{sparkline(values)}</td></tr>"
+            for (c, t), values in sorted(varying.items(), key=lambda item: str(item[0]))
+        )
+        html.append(
+            "<h3>Trends of measured values</h3>"
+            f"<table><tr><th>check</th><th>now</th><th>runs</th></tr>{lines}</table>"
+        )
+    return html
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_html_results_summary(
+    prefix: list[str], summary: list[str], postfix: list[str], session: pytest.Session
+) -> None:
+    run = session.config.stash.get(RUN, None)
+    if run is not None and session.config.stash[FINDINGS].rows:
+        prefix.extend(_summary_html(session.config, run))
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -1,0 +1,116 @@
+"""Run-over-run history from the report folders: what newly fails, what recovered, what flaps,
+and how measured values trend.
+
+Runs are compared only with earlier runs of the same selection (`-m daily` with `-m daily`),
+read from their findings.json; nothing else is stored.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BAD = {"failed", "error"}
+KEEP_RUNS = 20
+FLAP_CHANGES = 3  # outcome changes within the kept runs that make a check flap
+
+Key = tuple[str, str | None]
+
+
+def _key(row: dict[str, Any]) -> Key:
+    return (row["check_id"], row["target"])
+
+
+def earlier_runs(reports_dir: Path, selection: str | None, before: str) -> list[dict[str, Any]]:
+    """findings.json of earlier runs with the same selection, oldest first (at most KEEP_RUNS)."""
+    runs = []
+    for folder in sorted(p for p in reports_dir.iterdir() if p.is_dir() and p.name < before):
+        if folder.name.startswith(".") or folder.is_symlink():
+            continue
+        try:
+            document = json.loads((folder / "findings.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # a folder that is not a finished run
+        if document.get("run", {}).get("selection") == selection:
+            runs.append(document)
+    return runs[-KEEP_RUNS:]
+
+
+def _number(value: object) -> float | None:
+    try:
+        number = float(str(value))
+    except (TypeError, ValueError):
+        return None
+    return number if number == number else None  # NaN is no measurement
+
+
+@dataclass
+class Changes:
+    """What changed since the previous run, and the history behind it."""
+
+    previous_run: str | None = None
+    newly_failing: list[Key] = field(default_factory=list)
+    recovered: list[Key] = field(default_factory=list)
+    flapping: list[Key] = field(default_factory=list)
+    trends: dict[Key, list[float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        def names(keys: list[Key]) -> list[str]:
+            return [f"{check}[{target}]" if target else check for check, target in keys]
+
+        return {
+            "previous_run": self.previous_run,
+            "newly_failing": names(self.newly_failing),
+            "recovered": names(self.recovered),
+            "flapping": names(self.flapping),
+            "trends": dict(zip(names(list(self.trends)), self.trends.values(), strict=True)),
+        }
+
+
+def compare(rows: list[dict[str, Any]], earlier: list[dict[str, Any]]) -> Changes:
+    """Changes of the current rows against the earlier runs (oldest first)."""
+    changes = Changes()
+    if not earlier:
+        return changes
+    previous = {_key(r): r["outcome"] for r in earlier[-1]["findings"]}
+    changes.previous_run = earlier[-1]["run"].get("run_id")
+    for row in rows:
+        key, now = _key(row), row["outcome"]
+        before = previous.get(key)
+        if now in BAD and before is not None and before not in BAD:
+            changes.newly_failing.append(key)
+        if now not in BAD and before in BAD:
+            changes.recovered.append(key)
+        outcomes = [
+            {_key(r): r["outcome"] in BAD for r in run["findings"]}.get(key) for run in earlier
+        ]
+        series = [o for o in outcomes if o is not None] + [now in BAD]
+        if sum(a != b for a, b in itertools.pairwise(series)) >= FLAP_CHANGES:
+            changes.flapping.append(key)
+        values = [
+            _number({_key(r): r.get("observed") for r in run["findings"]}.get(key))
+            for run in earlier
+        ]
+        trend = [v for v in [*values, _number(row.get("observed"))] if v is not None]
+        if len(trend) >= 2:
+            changes.trends[key] = trend
+    return changes
+
+
+def sparkline(values: list[float], width: int = 120, height: int = 24) -> str:
+    """A small inline SVG line of the values (self-contained: no script, no external file)."""
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    step = width / max(1, len(values) - 1)
+    points = " ".join(
+        f"{i * step:.1f},{height - 2 - (v - low) / span * (height - 4):.1f}"
+        for i, v in enumerate(values)
+    )
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'role="img" aria-label="trend from {low:g} to {high:g}">'
+        f'<polyline fill="none" stroke="#36c" stroke-width="1.5" points="{points}"/></svg>'
+    )
