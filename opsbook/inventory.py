@@ -250,7 +250,7 @@ class Audit(_Model):
     """What the security and access audit expects (`pytest -m audit`)."""
 
     secret_files: tuple[str, ...] = ()  # globs on every host: .env, *.key, *.pem files
-    secret_file_owner: str = "root"
+    secret_file_owner: str = "root"  # noqa: S105 (an account name, not a password)
     login_users: tuple[str, ...] = ("root",)  # the only accounts allowed a login shell
     service_accounts: tuple[str, ...] = ()  # system users expected besides the OS's own
     public_ports: tuple[int, ...] = ()  # the only ports that may listen on all interfaces
