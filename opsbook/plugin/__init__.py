@@ -8,4 +8,5 @@ pytest_plugins = [
     "opsbook.plugin.remediate",
     "opsbook.plugin.waivers",
     "opsbook.plugin.reports",
+    "opsbook.plugin.metrics",
 ]

@@ -1,0 +1,109 @@
+"""Results as metrics: a Prometheus textfile and/or a push to a Pushgateway, so that dashboards
+show every check and a missed or failing cron run alerts (alerts/chat-system.rules.yml).
+
+    --metrics-textfile=/var/lib/node_exporter/textfile/opsbook.prom
+    --pushgateway=http://pushgateway:9091
+
+Series (labels: selection; per check also check_id, target, severity):
+
+    opsbook_check_success               1 passed, fixed or waived; 0 failed or not evaluated
+    opsbook_check_duration_seconds
+    opsbook_check_observed_value        when the observed value is a number
+    opsbook_last_run_timestamp_seconds  when the run started
+    opsbook_last_run_duration_seconds
+    opsbook_last_run_success            1 when the run's exit code is 0
+    opsbook_last_run_exit_code
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from typing import Any
+
+import pytest
+
+from opsbook.plugin.keys import FINDINGS, INVENTORY
+
+GOOD = {"passed", "fixed", "waived"}
+BAD = {"failed", "error"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("opsbook")
+    group.addoption("--metrics-textfile", metavar="PATH", help="write the run's metrics here")
+    group.addoption("--pushgateway", metavar="URL", help="push the run's metrics to this gateway")
+
+
+def _number(value: object) -> float | None:
+    try:
+        return float(str(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def _registry(rows: list[dict[str, Any]], selection: str, started: float, status: int) -> Any:
+    from prometheus_client import CollectorRegistry, Gauge
+
+    registry = CollectorRegistry()
+    labels = ["selection", "check_id", "target", "severity"]
+    success = Gauge("opsbook_check_success", "1 when the check passed", labels, registry=registry)
+    duration = Gauge("opsbook_check_duration_seconds", "check duration", labels, registry=registry)
+    observed = Gauge("opsbook_check_observed_value", "measured value", labels, registry=registry)
+    for row in rows:
+        if row["outcome"] not in GOOD | BAD:
+            continue
+        key = (selection, row["check_id"], row["target"] or "", row["severity"])
+        success.labels(*key).set(1 if row["outcome"] in GOOD else 0)
+        duration.labels(*key).set(row["duration_s"])
+        value = _number(row["observed"])
+        if value is not None:
+            observed.labels(*key).set(value)
+    run_labels = ["selection"]
+    for name, text, value in (
+        ("opsbook_last_run_timestamp_seconds", "when the last run started", started),
+        ("opsbook_last_run_duration_seconds", "how long it took", time.time() - started),
+        ("opsbook_last_run_success", "1 when its exit code was 0", int(status == 0)),
+        ("opsbook_last_run_exit_code", "its exit code", status),
+    ):
+        Gauge(name, text, run_labels, registry=registry).labels(selection).set(value)
+    return registry
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_STARTED] = time.time()
+
+
+_STARTED = pytest.StashKey[float]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]:
+    yield
+    config = session.config
+    textfile = config.getoption("metrics_textfile")
+    gateway = config.getoption("pushgateway")
+    rows = list(config.stash[FINDINGS].rows.values())
+    if not (textfile or gateway) or not rows or hasattr(config, "workerinput"):
+        return
+    selection = config.option.markexpr or "all"
+    registry = _registry(rows, selection, config.stash[_STARTED], int(session.exitstatus))
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if textfile:
+        from prometheus_client import write_to_textfile
+
+        write_to_textfile(textfile, registry)  # written aside and renamed: never half-read
+    if gateway:
+        from prometheus_client import push_to_gateway
+
+        inventory = config.stash[INVENTORY]
+        timeout = inventory.thresholds.timeout_s if inventory is not None else 3.0
+        try:
+            push_to_gateway(
+                gateway, job="opsbook", grouping_key={"selection": selection},
+                registry=registry, timeout=timeout,
+            )  # fmt: skip
+        except OSError as exc:
+            # The run's own result stands; a missing push shows as a missed run in alerting.
+            if reporter is not None:
+                reporter.write_line(f"opsbook: could not push metrics to {gateway}: {exc}")
