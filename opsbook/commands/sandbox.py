@@ -1,5 +1,8 @@
 """`python -m opsbook sandbox up|status|down|start|stop|restart|recreate`.
 
+`up`, `status` and `down` take `--engine compose` to run the stack as a compose project on a
+container engine (compose.yaml; docs/compose.md) instead of native processes.
+
 Exit codes: 0 done; 1 a component failed (one line naming it, then the tail of its log, on
 stderr); 2 bad usage; 3 `status` found a component not running.
 """
@@ -17,6 +20,8 @@ from opsbook.sandbox.stack import COMPONENTS, Stack
 
 ENV_SANDBOX_DIR = "OPSBOOK_SANDBOX_DIR"
 DEFAULT_SANDBOX_DIR = Path(".opsbook/sandbox")
+DEFAULT_COMPOSE_DIR = Path(".opsbook/compose")
+ENGINES = ("native", "compose")
 EXIT_FAILED = 1
 EXIT_NOT_RUNNING = 3
 
@@ -32,12 +37,20 @@ def register(commands: Any) -> None:
         default=None,
         help=f"sandbox directory (default: ${ENV_SANDBOX_DIR} or {DEFAULT_SANDBOX_DIR})",
     )
+    engine = argparse.ArgumentParser(add_help=False)
+    engine.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="native",
+        help="native processes (default) or a compose project on a container engine "
+        f"(then DIR defaults to {DEFAULT_COMPOSE_DIR})",
+    )
     for action, text in (
         ("up", "start every component; prints the inventory path last"),
         ("status", "one line per component; exit 3 unless all run"),
         ("down", "stop every component"),
     ):
-        actions.add_parser(action, help=text, parents=[where])
+        actions.add_parser(action, help=text, parents=[where, engine])
     for action in ("start", "stop", "restart", "recreate"):
         one = actions.add_parser(action, help=f"{action} one component", parents=[where])
         one.add_argument("component", choices=COMPONENTS)
@@ -50,6 +63,8 @@ def _sandbox_dir(given: Path | None) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "engine", "native") == "compose":
+        return _run_compose(args)
     stack = Stack(_sandbox_dir(args.dir))
     try:
         if args.action == "up":
@@ -79,5 +94,34 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     except (SandboxError, OSError) as exc:
         print(f"sandbox {args.action}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def _run_compose(args: argparse.Namespace) -> int:
+    from opsbook.sandbox.compose import ComposeError, ComposeStack
+
+    directory = (args.dir or DEFAULT_COMPOSE_DIR).absolute()
+    stack = ComposeStack(directory)
+    try:
+        if args.action == "up":
+            inventory = stack.up()
+            for status in stack.status():
+                print(status.line())
+            print(inventory)
+        elif args.action == "down":
+            stack.down()
+        else:
+            statuses = stack.status()
+            for status in statuses:
+                print(status.line())
+            return 0 if all(s.running for s in statuses) else EXIT_NOT_RUNNING
+    except ComposeError as exc:
+        print(f"sandbox {args.action} --engine compose: {exc}", file=sys.stderr)
+        for line in exc.log_tail:
+            print(f"  | {line}", file=sys.stderr)
+        return EXIT_FAILED
+    except (SandboxError, OSError) as exc:
+        print(f"sandbox {args.action} --engine compose: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return 0

@@ -1,0 +1,322 @@
+"""The whole AI chat system as a compose project on a container engine (Docker, or Podman's
+Docker API), driven through `docker compose`; state (secrets, inventory) under one directory.
+
+    stack = ComposeStack(Path("/tmp/cz"))
+    inventory = stack.up()          # build (cached), start, wait until ready, write inventory.yaml
+    stack.status()                  # [ServiceStatus(name, running, container, port), ...]
+    stack.down()                    # remove containers, network and volumes
+
+The services and images are in compose.yaml at the repository root and containers/. Every
+`docker compose` command gets `OPSBOOK_COMPOSE_DIR=DIR` (where the secret files are) and
+`DOCKER_BUILDKIT=0` (BuildKit would pull its own image, and no registry may be reachable).
+Readiness is probed from the host: engines without systemd never run a HEALTHCHECK.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import opsbook
+from opsbook.sandbox.base import Layout, http_json, http_status
+from opsbook.sandbox.postgres import ADMIN_ROLE, APP_ROLE, MONITOR_ROLE
+from opsbook.sandbox.process import SandboxError
+from opsbook.sandbox.redis import USERS, secret_name
+
+# The repository holding compose.yaml, containers/ and the opsbook package the images copy.
+SOURCE_ROOT = Path(opsbook.__file__).resolve().parent.parent
+COMPOSE_FILE = SOURCE_ROOT / "compose.yaml"
+ALERTS = SOURCE_ROOT / "alerts"
+PODMAN_SOCKET = Path("/run/podman/podman.sock")
+ENV_COMPOSE_DIR = "OPSBOOK_COMPOSE_DIR"
+
+# In start order (compose's depends_on decides the real order); the container port of each.
+SERVICES = ("postgres", "redis", "backend", "worker", "frontend", "prometheus")
+CONTAINER_PORTS = {
+    "postgres": 5432,
+    "redis": 6379,
+    "backend": 8000,
+    "frontend": 8080,
+    "prometheus": 9090,
+}
+WORKER_READY_FILE = "/tmp/worker.ready"  # noqa: S108 (inside the worker's own tmpfs)
+SECRETS = (APP_ROLE, MONITOR_ROLE, ADMIN_ROLE, *(secret_name(user) for user in USERS))
+
+DEADLINE_S = 90.0  # the first start of PostgreSQL runs initdb
+BUILD_TIMEOUT_S = 900.0
+COMMAND_TIMEOUT_S = 120.0
+POLL_S = 0.5
+
+
+class ComposeError(SandboxError):
+    """A `docker compose` command failed, or a service did not become ready."""
+
+    def __init__(self, message: str, output: str = "") -> None:
+        super().__init__(message)
+        self.log_tail = output.strip().splitlines()[-20:]
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    running: bool
+    container: str | None
+    port: int | None  # the published port on 127.0.0.1
+
+    def line(self) -> str:
+        state = "running" if self.running else "stopped"
+        return (
+            f"{self.name:<11} {state:<8} container={self.container or '-'} port={self.port or '-'}"
+        )
+
+
+def default_docker_host() -> str | None:
+    """$DOCKER_HOST if set, else Podman's API socket if it is there, else the client default."""
+    if os.environ.get("DOCKER_HOST"):
+        return os.environ["DOCKER_HOST"]
+    if PODMAN_SOCKET.is_socket():
+        return f"unix://{PODMAN_SOCKET}"
+    return None
+
+
+def project_name(directory: Path) -> str:
+    """A compose project name of its own for each state directory."""
+    digest = hashlib.sha256(str(directory).encode()).hexdigest()[:8]
+    stem = re.sub(r"[^a-z0-9]+", "-", directory.name.lower()).strip("-")[:20] or "stack"
+    return f"opsbook-{stem}-{digest}"
+
+
+class ComposeStack:
+    """One compose project, its state in `directory` (made absolute)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        project: str | None = None,
+        compose_file: Path = COMPOSE_FILE,
+        docker_host: str | None = None,
+    ) -> None:
+        self.dir = Path(directory).absolute()
+        self.layout = Layout(self.dir)
+        self.project = project or project_name(self.dir)
+        self.compose_file = compose_file
+        self.docker_host = docker_host or default_docker_host()
+
+    @property
+    def inventory_path(self) -> Path:
+        return self.layout.inventory
+
+    # -- docker compose --------------------------------------------------------------------
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["DOCKER_BUILDKIT"] = "0"
+        env["COMPOSE_DOCKER_CLI_BUILD"] = "0"
+        env[ENV_COMPOSE_DIR] = str(self.dir)
+        if self.docker_host:
+            env["DOCKER_HOST"] = self.docker_host
+        return env
+
+    def compose(self, *args: str, timeout: float = COMMAND_TIMEOUT_S) -> str:
+        """Run `docker compose -p PROJECT -f FILE ARGS...`; its stdout, or ComposeError."""
+        if shutil.which("docker") is None:
+            raise ComposeError("compose: the docker CLI is not installed")
+        argv = ["docker", "compose", "-p", self.project, "-f", str(self.compose_file), *args]
+        try:
+            done = subprocess.run(
+                argv,
+                env=self._env(),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            output = exc.stderr if isinstance(exc.stderr, str) else ""
+            problem = f"docker compose {args[0]}: no answer in {timeout:.0f} s"
+            raise ComposeError(problem, output) from None
+        except OSError as exc:
+            raise ComposeError(f"docker compose {args[0]}: {exc.strerror}") from None
+        if done.returncode != 0:
+            raise ComposeError(
+                f"docker compose {args[0]} exited with code {done.returncode}",
+                done.stderr + done.stdout,
+            )
+        return done.stdout
+
+    def _containers(self) -> dict[str, dict[str, object]]:
+        """`docker compose ps --all` as {service: entry}."""
+        out = self.compose("ps", "--all", "--format", "json").strip()
+        if not out:
+            return {}
+        # Compose prints one JSON object per line (older releases: one JSON array).
+        if out.startswith("["):
+            entries = json.loads(out)
+        else:
+            entries = [json.loads(line) for line in out.splitlines()]
+        return {str(entry["Service"]): entry for entry in entries}
+
+    def published_port(self, service: str) -> int:
+        out = self.compose("port", service, str(CONTAINER_PORTS[service])).strip()
+        host, _, port = out.rpartition(":")
+        if host != "127.0.0.1" or not port.isdigit():
+            raise ComposeError(f"{service}: not published on 127.0.0.1 (compose says {out!r})")
+        return int(port)
+
+    # -- the stack ---------------------------------------------------------------------------
+
+    def _prepare_dir(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.layout.secrets.mkdir(mode=0o700, exist_ok=True)
+        self.layout.secrets.chmod(0o700)
+        for name in SECRETS:
+            self.layout.secret(name)
+            # Bind-mounted as is into containers whose services run as non-root users, so the
+            # file is readable inside (as Docker Swarm's secrets are, mode 0444); on the host
+            # the 0700 directory keeps it private.
+            self.layout.secret_file(name).chmod(0o444)
+        # The repository's alert rules, as the native sandbox ships them (mounted read-only).
+        rules = self.dir / "prometheus" / "rules"
+        rules.mkdir(parents=True, exist_ok=True)
+        for path in sorted(ALERTS.glob("*.yml")):
+            shutil.copyfile(path, rules / path.name)
+            (rules / path.name).chmod(0o644)
+
+    def up(self, build: bool = True) -> Path:
+        """Build the images (layers cached), start every service, wait until the stack is
+        ready, and write and return the inventory path."""
+        self._prepare_dir()
+        if build:
+            self.compose("build", timeout=BUILD_TIMEOUT_S)
+        self.compose("up", "--detach", "--remove-orphans", timeout=BUILD_TIMEOUT_S)
+        ports = {service: self.published_port(service) for service in CONTAINER_PORTS}
+        self.wait_ready(ports)
+        return self.write_inventory(ports)
+
+    def _ready(self, service: str, ports: dict[str, int]) -> bool:
+        if service == "backend":
+            # 200 only once PostgreSQL (provisioned) and Redis answer the backend itself.
+            return http_status(ports["backend"], "/health") == 200
+        if service == "frontend":
+            return http_status(ports["frontend"], "/health") == 200
+        if service == "prometheus":
+            if http_status(ports["prometheus"], "/-/ready") != 200:
+                return False
+            answer = http_json(ports["prometheus"], "/api/v1/targets?state=active")
+            targets = (answer or {}).get("data", {}).get("activeTargets", [])
+            return bool(targets) and all(t.get("health") in ("up", "down") for t in targets)
+        if service == "worker":
+            try:
+                self.compose("exec", "-T", "worker", "test", "-f", WORKER_READY_FILE, timeout=10)
+            except ComposeError:
+                return False
+            return True
+        return True  # postgres and redis: the backend's /health vouches for them
+
+    def wait_ready(self, ports: dict[str, int], deadline_s: float = DEADLINE_S) -> None:
+        waiting = list(SERVICES)
+        deadline = time.monotonic() + deadline_s
+        while waiting:
+            stopped = [s for s in self.status() if not s.running]
+            if stopped:
+                name = stopped[0].name
+                raise ComposeError(f"{name}: container exited", self._logs(name))
+            waiting = [service for service in waiting if not self._ready(service, ports)]
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                name = waiting[0]
+                raise ComposeError(f"{name}: not ready after {deadline_s:.0f} s", self._logs(name))
+            time.sleep(POLL_S)
+
+    def _logs(self, service: str) -> str:
+        try:
+            return self.compose("logs", "--no-color", "--tail", "20", service)
+        except ComposeError as exc:
+            return "\n".join(exc.log_tail)
+
+    def down(self) -> None:
+        """Remove every container, the network and the volumes of the project."""
+        self.compose("down", "--volumes", "--remove-orphans", "--timeout", "10")
+
+    def status(self) -> list[ServiceStatus]:
+        containers = self._containers()
+        result = []
+        for service in SERVICES:
+            entry = containers.get(service)
+            running = entry is not None and entry.get("State") == "running"
+            port = None
+            for publisher in (entry or {}).get("Publishers") or []:  # type: ignore[attr-defined]
+                if publisher.get("PublishedPort"):
+                    port = int(publisher["PublishedPort"])
+            name = str(entry["Name"]) if entry else None
+            result.append(ServiceStatus(service, running, name, port))
+        return result
+
+    def write_inventory(self, ports: dict[str, int]) -> Path:
+        import yaml  # only `up` needs it
+
+        secret = self.layout.secret_file
+        inventory = {
+            "name": "compose",
+            "compose": {
+                "project": self.project,
+                "file": str(self.compose_file),
+                "docker_host": self.docker_host,
+            },
+            "http": {
+                "backend": {
+                    "kind": "backend",
+                    "url": f"http://127.0.0.1:{ports['backend']}",
+                    "service": "backend",
+                },
+                "frontend": {
+                    "kind": "frontend",
+                    "url": f"http://127.0.0.1:{ports['frontend']}",
+                    "service": "frontend",
+                },
+                "prometheus": {
+                    "kind": "prometheus",
+                    "url": f"http://127.0.0.1:{ports['prometheus']}",
+                    "health_path": "/-/healthy",
+                    "service": "prometheus",
+                },
+            },
+            "postgres": {
+                "chatdb": {
+                    "host": "127.0.0.1",
+                    "port": ports["postgres"],
+                    "database": "chatdb",
+                    "user": MONITOR_ROLE,
+                    "password": {"file": str(secret(MONITOR_ROLE))},
+                    "sslmode": "disable",
+                    "service": "postgres",
+                    "admin": {"user": ADMIN_ROLE, "password": {"file": str(secret(ADMIN_ROLE))}},
+                }
+            },
+            "redis": {
+                "queue": {
+                    "url": f"redis://opsbook@127.0.0.1:{ports['redis']}/0",
+                    "password": {"file": str(secret(secret_name("opsbook")))},
+                    "service": "redis",
+                    "admin": {
+                        "user": "default",
+                        "password": {"file": str(secret(secret_name("default")))},
+                    },
+                }
+            },
+            "hosts": {"local": {"spec": "local://", "filesystems": [str(self.dir)]}},
+        }
+        text = "# Written by `python -m opsbook sandbox up --engine compose`; rewritten by up.\n"
+        text += yaml.safe_dump(inventory, sort_keys=False, default_flow_style=False)
+        self.inventory_path.write_text(text, encoding="utf-8")
+        return self.inventory_path
