@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Podman's socket unless the caller has a Docker engine of its own; testcontainers' Ryuk image
+# cannot be pulled here, and /.dockerenv would make it look for a gateway that is not there.
+CONTAINER_ENV := DOCKER_HOST=$${DOCKER_HOST:-unix:///run/podman/podman.sock} \
+	TESTCONTAINERS_RYUK_DISABLED=true TESTCONTAINERS_CONNECTION_MODE=docker_host
 
-.PHONY: setup demo test lint sandbox-up sandbox-down bench clean
+.PHONY: setup engine demo test test-containers lint sandbox-up sandbox-down bench clean
 
 setup: $(STAMP)
 	scripts/install-system-packages
@@ -21,8 +25,16 @@ demo: setup
 	$(BIN)/pytest -m daily; status=$$?; \
 	  echo "report: $(CURDIR)/reports/latest/report.html"; exit $$status
 
-test: setup lint
-	$(BIN)/pytest tests
+# A container engine (Podman's Docker API here, Docker elsewhere) for the compose tests.
+engine: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" scripts/setup-container-engine
+
+# The project's tests, container scenarios included (they skip, saying why, without an engine).
+test: setup engine lint
+	$(CONTAINER_ENV) $(BIN)/pytest tests
+
+test-containers: setup engine
+	$(CONTAINER_ENV) $(BIN)/pytest tests -m containers
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

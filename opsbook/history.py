@@ -25,17 +25,20 @@ def _key(row: dict[str, Any]) -> Key:
 
 
 def earlier_runs(reports_dir: Path, selection: str | None, before: str) -> list[dict[str, Any]]:
-    """findings.json of earlier runs with the same selection, oldest first (at most KEEP_RUNS)."""
+    """findings.json of runs with the same selection that started before `before` (an ISO
+    time), oldest first, at most KEEP_RUNS."""
     runs = []
-    for folder in sorted(p for p in reports_dir.iterdir() if p.is_dir() and p.name < before):
-        if folder.name.startswith(".") or folder.is_symlink():
+    for folder in reports_dir.iterdir():
+        if folder.name.startswith(".") or folder.is_symlink() or not folder.is_dir():
             continue
         try:
             document = json.loads((folder / "findings.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue  # a folder that is not a finished run
-        if document.get("run", {}).get("selection") == selection:
+        run = document.get("run", {})
+        if run.get("selection") == selection and str(run.get("started", "")) < before:
             runs.append(document)
+    runs.sort(key=lambda document: str(document["run"]["started"]))
     return runs[-KEEP_RUNS:]
 
 

@@ -79,7 +79,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not _wanted(config):
         return
     reports_dir = Path(config.getoption("reports_dir") or config.rootpath / "reports")
-    run = Run(secrets.token_hex(4), datetime.now(UTC).replace(microsecond=0), reports_dir)
+    run = Run(secrets.token_hex(4), datetime.now(UTC), reports_dir)
     run.staging.mkdir(parents=True)
     config.stash[RUN] = run
     # A person's own --junitxml / --html wins; ours go into the run folder otherwise.
@@ -117,7 +117,8 @@ def _summary(config: pytest.Config, run: Run, exit_status: int) -> dict[str, Any
 def _changes(config: pytest.Config, run: Run) -> Changes:
     """Compared once per run, with earlier runs of the same selection."""
     if CHANGES not in config.stash:
-        earlier = earlier_runs(run.reports_dir, config.option.markexpr or None, run.name)
+        selection = config.option.markexpr or None
+        earlier = earlier_runs(run.reports_dir, selection, run.started.isoformat())
         config.stash[CHANGES] = compare(list(config.stash[FINDINGS].rows.values()), earlier)
     return config.stash[CHANGES]
 
