@@ -16,6 +16,7 @@ from opsbook.probes.queue import (
     processed_between,
 )
 from opsbook.targets import PostgresTarget, RedisTarget
+from remediation import queue
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -92,7 +93,7 @@ def test_redis_memory_below_limit(
     )
 
 
-@check("QUEUE-003", Severity.HIGH)
+@check("QUEUE-003", Severity.HIGH, remediation=queue.scale_workers)
 def test_message_queue_backlog_is_small(
     redis: Redis, redis_target: RedisTarget, thresholds, finding
 ) -> None:
@@ -112,7 +113,7 @@ def test_message_queue_backlog_is_small(
     )
 
 
-@check("QUEUE-004", Severity.MEDIUM)
+@check("QUEUE-004", Severity.MEDIUM, remediation=queue.reprocess_dead_letters)
 def test_dead_letter_queue_is_small(
     redis: Redis, redis_target: RedisTarget, thresholds, finding
 ) -> None:
@@ -167,7 +168,7 @@ def test_oldest_message_is_recent(
     )
 
 
-@check("QUEUE-006", Severity.CRITICAL)
+@check("QUEUE-006", Severity.CRITICAL, remediation=queue.restart_worker)
 def test_message_queue_is_draining(
     redis: Redis, redis_target: RedisTarget, thresholds, finding
 ) -> None:

@@ -1,4 +1,4 @@
-"""`python -m opsbook sandbox up|status|down|start|stop|restart|recreate`.
+"""`python -m opsbook sandbox up|status|down|start|stop|restart|recreate|scale`.
 
 `up`, `status` and `down` take `--engine compose` to run the stack as a compose project on a
 container engine (compose.yaml; docs/compose.md) instead of native processes.
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from opsbook.sandbox.process import ComponentError, SandboxError
-from opsbook.sandbox.stack import COMPONENTS, Stack
+from opsbook.sandbox.stack import COMPONENTS, SCALABLE, Stack
 
 ENV_SANDBOX_DIR = "OPSBOOK_SANDBOX_DIR"
 DEFAULT_SANDBOX_DIR = Path(".opsbook/sandbox")
@@ -54,6 +54,9 @@ def register(commands: Any) -> None:
     for action in ("start", "stop", "restart", "recreate"):
         one = actions.add_parser(action, help=f"{action} one component", parents=[where])
         one.add_argument("component", choices=COMPONENTS)
+    scale = actions.add_parser("scale", help="run N processes of a component", parents=[where])
+    scale.add_argument("component", choices=SCALABLE)
+    scale.add_argument("count", type=int)
 
 
 def _sandbox_dir(given: Path | None) -> Path:
@@ -83,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
             stack.start(args.component)
         elif args.action == "stop":
             stack.stop(args.component)
+        elif args.action == "scale":
+            stack.scale(args.component, args.count)
         elif args.action == "recreate":
             stack.recreate(args.component)
         else:

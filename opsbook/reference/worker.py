@@ -1,14 +1,19 @@
 """The reference queue worker: moves messages from Redis into the messages table.
 
-    python -m opsbook.reference.worker --config DIR/app.json [--ready-file PATH]
+    python -m opsbook.reference.worker --config DIR/app.json [--name NAME] [--ready-file PATH]
     python -m opsbook.reference.worker process-dlq --config DIR/app.json
 
-Reliable queue: a message is BLMOVEd from message_queue (right) to message_queue:processing
-(left), stored (INSERT ... ON CONFLICT (id) DO NOTHING, so a redelivery never duplicates),
+Reliable queue: a message is BLMOVEd from message_queue (right) to the worker's own processing
+list (left), stored (INSERT ... ON CONFLICT (id) DO NOTHING, so a redelivery never duplicates),
 its id pushed onto processed_messages, and only then removed from processing. A message that can
-never be stored goes, raw, to dead_letter_queue. At start, whatever a previous run left in
-processing goes back to message_queue. If the database is down, the message goes back to the
-queue and the worker waits.
+never be stored goes, raw, to dead_letter_queue. At start, whatever a previous run of the same
+worker left in its processing list goes back to message_queue. If the database is down, the
+message goes back to the queue and the worker waits.
+
+Several workers may run side by side, each with its own --name: worker `worker` keeps the
+runbook's message_queue:processing, worker `worker-2` uses message_queue:processing:worker-2, and
+so on. A worker recovers only its own list, so a worker that starts never takes the messages
+another live worker holds in flight (they would be delivered twice).
 """
 
 from __future__ import annotations
@@ -38,7 +43,23 @@ from opsbook.reference.config import (
 
 BLOCK_S = 1
 RETRY_PAUSE_S = 1.0
-log = logging.getLogger("worker")
+FIRST_WORKER = "worker"
+
+
+def processing_list(name: str) -> str:
+    """The in-flight list of the worker called `name`."""
+    return PROCESSING if name == FIRST_WORKER else f"{PROCESSING}:{name}"
+
+
+def requeue_in_flight(client: redis.Redis, name: str) -> int:
+    """Move what worker `name` holds in flight back to message_queue (oldest first).
+
+    Only for a worker that is not running: its own start, or after it was stopped for good.
+    """
+    moved = 0
+    while client.lmove(processing_list(name), PENDING, "LEFT", "RIGHT") is not None:
+        moved += 1
+    return moved
 
 
 class PoisonMessage(Exception):
@@ -84,8 +105,11 @@ class Message:
 
 
 class Worker:
-    def __init__(self, config: AppConfig) -> None:
+    def __init__(self, config: AppConfig, name: str = FIRST_WORKER) -> None:
         self.config = config
+        self.name = name
+        self.processing = processing_list(name)
+        self.log = logging.getLogger(name)
         # Longer than the BLMOVE block, so that an empty queue is not a socket timeout.
         self.redis = config.redis_client(timeout_s=BLOCK_S + 4)
         self.db: psycopg.Connection[tuple[Any, ...]] | None = None
@@ -100,11 +124,9 @@ class Worker:
 
     def recover(self) -> int:
         """Move what a previous run left in processing back to the queue (oldest first)."""
-        moved = 0
-        while self.redis.lmove(PROCESSING, PENDING, "LEFT", "RIGHT") is not None:
-            moved += 1
+        moved = requeue_in_flight(self.redis, self.name)
         if moved:
-            log.info("recovered %d in-flight messages from %s", moved, PROCESSING)
+            self.log.info("recovered %d in-flight messages from %s", moved, self.processing)
         self.recovered = True
         return moved
 
@@ -124,43 +146,43 @@ class Worker:
             message = Message.parse(raw)
             self.store(message)
         except PoisonMessage as exc:
-            log.error("dead letter (%s): moved to %s", exc, DEAD_LETTER)
+            self.log.error("dead letter (%s): moved to %s", exc, DEAD_LETTER)
             self.redis.lpush(DEAD_LETTER, raw)
-            self.redis.lrem(PROCESSING, 1, raw)
+            self.redis.lrem(self.processing, 1, raw)
             return
         except psycopg.Error as exc:
-            log.error("database unavailable, message returned to %s: %s", PENDING, exc)
+            self.log.error("database unavailable, message returned to %s: %s", PENDING, exc)
             self.db = None
             # Back to the consuming end, then out of processing: at worst it is delivered twice.
             self.redis.rpush(PENDING, raw)
-            self.redis.lrem(PROCESSING, 1, raw)
+            self.redis.lrem(self.processing, 1, raw)
             time.sleep(RETRY_PAUSE_S)
             return
         self.redis.lpush(PROCESSED, str(message.id))
-        self.redis.lrem(PROCESSING, 1, raw)
-        log.info("stored message %s", message.id)
+        self.redis.lrem(self.processing, 1, raw)
+        self.log.info("stored message %s", message.id)
 
     def run(self, ready_file: Path | None) -> None:
         try:
             self.recover()
         except redis.RedisError as exc:
-            log.error("cannot recover in-flight messages yet: %s", exc)
+            self.log.error("cannot recover in-flight messages yet: %s", exc)
         if ready_file is not None:
             ready_file.write_text("ready\n", encoding="ascii")
-        log.info("worker started")
+        self.log.info("worker started")
         while not self.stopping:
             try:
                 if not self.recovered:
                     self.recover()
-                raw = self.redis.blmove(PENDING, PROCESSING, BLOCK_S, "RIGHT", "LEFT")
+                raw = self.redis.blmove(PENDING, self.processing, BLOCK_S, "RIGHT", "LEFT")
                 if raw is not None:
                     self.handle(str(raw))
             except redis.RedisError as exc:
-                log.error("redis unavailable: %s", exc)
+                self.log.error("redis unavailable: %s", exc)
                 time.sleep(RETRY_PAUSE_S)
         if self.db is not None:
             self.db.close()
-        log.info("worker stopped")
+        self.log.info("worker stopped")
 
     def stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
@@ -183,6 +205,9 @@ def main() -> int:
     parser.add_argument("command", nargs="?", choices=["run", "process-dlq"], default="run")
     parser.add_argument("--config", type=Path, required=True, help="path to app.json")
     parser.add_argument("--ready-file", type=Path, help="written once the worker is running")
+    parser.add_argument(
+        "--name", default=FIRST_WORKER, help="this worker's name, unique among those running"
+    )
     args = parser.parse_args()
     setup_logging()
     config = AppConfig.load(args.config)
@@ -194,7 +219,7 @@ def main() -> int:
             return 1
         print(f"moved {moved} dead letters from {DEAD_LETTER} to {PENDING}")
         return 0
-    worker = Worker(config)
+    worker = Worker(config, args.name)
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)
     worker.run(args.ready_file)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from opsbook.inventory import Admin, Inventory
 from opsbook.remediate.plan import Gate
@@ -80,8 +81,12 @@ class Context:
         import redis
 
         spec, admin = self.spec(), self._admin()
+        # The URL names the checker (redis://opsbook@host): from_url would let that user win
+        # over `username`, so the admin's password would be tried for the checker.
+        url = urlsplit(spec.url)
+        url = url._replace(netloc=url.netloc.rpartition("@")[2])
         return redis.Redis.from_url(
-            spec.url, username=admin.user,
+            url.geturl(), username=admin.user,
             password=admin.password.resolve().reveal() if admin.password else None,
             socket_timeout=self.thresholds.timeout_s, decode_responses=True,
         )  # fmt: skip

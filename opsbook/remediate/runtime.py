@@ -16,10 +16,12 @@ from opsbook.inventory import Inventory
 class Runtime(Protocol):
     name: str
 
-    def command(self, verb: str, service: str) -> str: ...
+    def command(self, verb: str, service: str, *args: str) -> str: ...
     def is_running(self, service: str) -> bool: ...
     def restart(self, service: str) -> None: ...
     def recreate(self, service: str) -> None: ...
+    def replicas(self, service: str) -> int: ...
+    def scale(self, service: str, count: int) -> None: ...
 
 
 class SandboxRuntime:
@@ -32,8 +34,9 @@ class SandboxRuntime:
 
         self.stack = Stack(directory)
 
-    def command(self, verb: str, service: str) -> str:
-        return f"python -m opsbook sandbox {verb} {service} --dir {self.stack.dir}"
+    def command(self, verb: str, service: str, *args: str) -> str:
+        words = " ".join((verb, service, *args))
+        return f"python -m opsbook sandbox {words} --dir {self.stack.dir}"
 
     def is_running(self, service: str) -> bool:
         return self.stack.component(service).is_running()
@@ -43,6 +46,13 @@ class SandboxRuntime:
 
     def recreate(self, service: str) -> None:
         self.stack.recreate(service)
+
+    def replicas(self, service: str) -> int:
+        """How many processes of the service run (0 when it is stopped)."""
+        return self.stack.replicas(service)
+
+    def scale(self, service: str, count: int) -> None:
+        self.stack.scale(service, count)
 
 
 def runtime_for(inventory: Inventory) -> Runtime | None:

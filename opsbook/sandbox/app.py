@@ -14,7 +14,7 @@ from pathlib import Path
 import opsbook
 from opsbook.sandbox.base import Component, Layout, http_status, require_port
 from opsbook.sandbox.postgres import APP_ROLE, DATABASE
-from opsbook.sandbox.process import Process
+from opsbook.sandbox.process import Process, SandboxError
 from opsbook.sandbox.redis import secret_name
 
 # The directory that holds the opsbook package, so that the children import this very copy.
@@ -73,7 +73,19 @@ class Backend(Component):
 
 
 class Worker(Component):
+    """A queue worker. `Worker(layout, None)` is the worker; `replica=2` and up are the extra
+    workers of `Stack.scale`, each its own process named worker-N, with its own in-flight list
+    (see opsbook.reference.worker) and pid and ready files, logging into the same worker.log
+    (so that the log check reads every worker's lines)."""
+
     name = "worker"
+
+    def __init__(self, layout: Layout, port: int | None, replica: int = 1) -> None:
+        if replica < 1:
+            raise ValueError(f"worker replica {replica}: replicas count from 1")
+        self.replica = replica
+        self.name = "worker" if replica == 1 else f"worker-{replica}"
+        super().__init__(layout, port)
 
     def _process(self) -> Process:
         return Process(
@@ -81,9 +93,10 @@ class Worker(Component):
             argv=[
                 sys.executable, "-m", "opsbook.reference.worker",
                 "--config", str(self.layout.app_config),
+                "--name", self.name,
                 "--ready-file", str(self.ready_file),
             ],
-            log=self.layout.log(self.name),
+            log=self.layout.log("worker"),
             pid_file=self.layout.pid_file(self.name),
             env=_python_env(),
             cwd=self.layout.dir,
@@ -91,7 +104,7 @@ class Worker(Component):
 
     @property
     def ready_file(self) -> Path:
-        return self.layout.run / "worker.ready"
+        return self.layout.run / f"{self.name}.ready"
 
     def prepare(self) -> None:
         self.ready_file.unlink(missing_ok=True)
@@ -99,3 +112,26 @@ class Worker(Component):
     def ready(self) -> bool:
         # The worker writes this file once it has recovered its in-flight messages.
         return self.ready_file.exists()
+
+    def requeue_in_flight(self) -> int:
+        """Hand what this (stopped) worker holds in flight back to message_queue.
+
+        For an extra worker stopped for good by a scale-down: no later start of its own would
+        recover its list. Never for a running worker (its messages would be delivered twice).
+        """
+        import redis
+
+        from opsbook.reference.config import AppConfig
+        from opsbook.reference.worker import requeue_in_flight
+
+        if self.is_running():
+            raise SandboxError(f"{self.name} runs: its in-flight messages are its own")
+        client = AppConfig.load(self.layout.app_config).redis_client()
+        try:
+            return requeue_in_flight(client, self.name)
+        except redis.RedisError as exc:
+            raise SandboxError(
+                f"{self.name}: cannot hand its in-flight messages back to message_queue: {exc}"
+            ) from None
+        finally:
+            client.close()

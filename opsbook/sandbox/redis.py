@@ -18,6 +18,7 @@ from opsbook.sandbox.process import Process
 QUEUE_KEYS = (
     "message_queue",
     "message_queue:processing",
+    "message_queue:processing:*",  # one in-flight list per extra worker (`sandbox scale`)
     "dead_letter_queue",
     "processed_messages",
 )

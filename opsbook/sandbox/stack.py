@@ -3,6 +3,7 @@
     stack = Stack(Path("/tmp/sandbox"))
     inventory = stack.up()          # start what is not running; write inventory.yaml
     stack.stop("redis"); stack.start("redis"); stack.restart("worker")
+    stack.scale("worker", 3)        # worker, worker-2 and worker-3 run; scale to 1 stops 2 and 3
     stack.status()                  # [ComponentStatus(name, running, pid, port), ...]
     stack.down()                    # stop everything; no process is left behind
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,13 +22,17 @@ from opsbook.sandbox.app import Backend, Worker, write_app_config
 from opsbook.sandbox.base import Component, Layout, free_port
 from opsbook.sandbox.nginx import Nginx
 from opsbook.sandbox.postgres import ADMIN_ROLE, MONITOR_ROLE, Postgres
-from opsbook.sandbox.process import SandboxError
+from opsbook.sandbox.process import ComponentError, SandboxError
 from opsbook.sandbox.prometheus import Prometheus
 from opsbook.sandbox.redis import Redis, secret_name
 
 # In start order; `down` stops them in reverse.
 COMPONENTS = ("postgres", "redis", "backend", "worker", "nginx", "prometheus")
 PORTED = ("postgres", "redis", "backend", "nginx", "prometheus")
+# Components that may run as several processes (`scale`): worker, worker-2, worker-3, ...
+SCALABLE = ("worker",)
+MAX_REPLICAS = 8
+_REPLICA = re.compile(r"(?P<base>[a-z]+)-(?P<replica>[0-9]+)")
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,9 @@ class Stack:
         return self._state
 
     def component(self, name: str) -> Component:
+        replica = _REPLICA.fullmatch(name)
+        if replica and replica["base"] in SCALABLE and 2 <= int(replica["replica"]) <= MAX_REPLICAS:
+            return Worker(self.layout, None, replica=int(replica["replica"]))
         if name not in COMPONENTS:
             raise SandboxError(f"unknown component {name!r} (one of {', '.join(COMPONENTS)})")
         ports = self.state.ports
@@ -146,12 +155,68 @@ class Stack:
         self._prepare_dir()
         self.component(name).start()
 
+    def extra_replicas(self, name: str) -> list[str]:
+        """The extra processes of a scalable component that have a pid file (worker-2, ...),
+        running or left behind by a crash."""
+        if name not in SCALABLE:
+            return []
+        found = []
+        for replica in range(2, MAX_REPLICAS + 1):
+            if self.layout.pid_file(f"{name}-{replica}").exists():
+                found.append(f"{name}-{replica}")
+        return found
+
+    def replicas(self, name: str) -> int:
+        """How many processes of the component run (the component itself and its extras)."""
+        names = [name, *self.extra_replicas(name)]
+        return sum(1 for each in names if self.component(each).is_running())
+
+    def scale(self, name: str, count: int) -> None:
+        """Run exactly `count` processes of a scalable component: NAME, NAME-2 ... NAME-count.
+
+        Extra processes are started together and waited for; those above `count` are stopped
+        (SIGTERM: a worker finishes the message in hand), and whatever one still held in
+        flight is handed back to message_queue, since nothing would recover it later.
+        """
+        if name not in SCALABLE:
+            raise SandboxError(f"{name} cannot be scaled (only {', '.join(SCALABLE)})")
+        if not 1 <= count <= MAX_REPLICAS:
+            raise SandboxError(f"cannot scale {name} to {count} (1 to {MAX_REPLICAS})")
+        self._prepare_dir()
+        wanted = [name, *(f"{name}-{replica}" for replica in range(2, count + 1))]
+        starting = [self.component(each) for each in wanted]
+        starting = [component for component in starting if not component.is_running()]
+        for component in starting:
+            component.prepare()
+            try:
+                component.process.spawn()
+            except OSError as exc:
+                problem = f"cannot run {component.process.argv[0]}: {exc.strerror}"
+                raise ComponentError(component.name, problem, None) from None
+        for component in starting:
+            component.wait_ready()
+        for extra in self.extra_replicas(name):
+            if extra not in wanted:
+                self._retire(extra)
+
+    def _retire(self, name: str) -> None:
+        worker = self.component(name)
+        assert isinstance(worker, Worker)
+        worker.stop()
+        worker.requeue_in_flight()
+
     def down(self) -> None:
         """Stop every component, last started first; raise after trying them all."""
         if not self.layout.state_file.exists():
             return
         errors = []
         for name in reversed(COMPONENTS):
+            # Extra workers first, while Redis still runs to take back what they held.
+            for extra in reversed(self.extra_replicas(name)):
+                try:
+                    self._retire(extra)
+                except SandboxError as exc:
+                    errors.append(exc)
             try:
                 self.stop(name)
             except SandboxError as exc:
@@ -160,11 +225,13 @@ class Stack:
             raise errors[0]
 
     def status(self) -> list[ComponentStatus]:
+        """One line per component, and one per extra process of a scaled one."""
         result = []
         for name in COMPONENTS:
-            component = self.component(name)
-            pid = component.pid()
-            result.append(ComponentStatus(name, pid is not None, pid, component.port))
+            for each in (name, *self.extra_replicas(name)):
+                component = self.component(each)
+                pid = component.pid()
+                result.append(ComponentStatus(each, pid is not None, pid, component.port))
         return result
 
     def write_inventory(self) -> Path:
