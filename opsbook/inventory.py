@@ -270,6 +270,25 @@ class Tuning(_Model):
     stats_max_age_s: Annotated[float, Field(gt=0)] = 7 * 86400
 
 
+class Backup(_Model):
+    """Where opsbook's backups go, what they hold, and how old the newest may be."""
+
+    dir: Path
+    max_age_s: Annotated[float, Field(gt=0)] = 86400
+    data_paths: tuple[Path, ...] = ()  # application data to tar alongside the dumps
+    retention_days: Annotated[int, Field(ge=1)] = 30
+
+
+class Deploy(_Model):
+    """How the stack is deployed, for the pre- and post-deploy gates and rollback."""
+
+    repo: Path | None = None  # the release's git working tree (must be clean)
+    compose_file: Path | None = None
+    releases_dir: Path | None = None  # the sandbox's releases (current -> the deployed one)
+    min_free_mb: Annotated[int, Field(ge=0)] = 1024
+    readiness_deadline_s: Annotated[float, Field(gt=0, le=3600)] = 120
+
+
 class Thresholds(_Model):
     """Limits from the runbooks; every check reads its limit here."""
 
@@ -304,6 +323,8 @@ class Inventory(_Model):
     remediation: Remediation = Remediation()
     audit: Audit = Audit()
     tuning: Tuning = Tuning()
+    backup: Backup | None = None
+    deploy: Deploy = Deploy()
 
     def endpoints(self, *kinds: str) -> dict[str, HttpEndpoint]:
         return {name: ep for name, ep in self.http.items() if ep.kind in kinds}
