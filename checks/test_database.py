@@ -6,7 +6,7 @@ import pytest
 
 from opsbook import Severity, TargetUnreachable, check
 from opsbook.targets import PostgresTarget
-from remediation import services
+from remediation import database, services
 
 pytestmark = [pytest.mark.daily, pytest.mark.database]
 
@@ -56,7 +56,7 @@ def test_connections_below_limit(postgres: PostgresTarget, thresholds, finding) 
     )
 
 
-@check("DB-003", Severity.HIGH)
+@check("DB-003", Severity.HIGH, remediation=database.end_idle_transactions)
 def test_no_long_idle_transactions(postgres: PostgresTarget, thresholds, finding) -> None:
     """No session sits idle in a transaction for too long.
 
@@ -102,3 +102,35 @@ def test_chatdb_tables_exist(postgres: PostgresTarget, finding) -> None:
         f"postgres {postgres.name}: missing table(s) {', '.join(missing)} "
         f"in {postgres.spec.database}"
     )
+
+
+@check("DB-005", Severity.MEDIUM, remediation=database.create_indexes)
+def test_tuning_indexes_exist(postgres: PostgresTarget, finding) -> None:
+    """The tuning runbook's indexes exist.
+
+    Risk: without them, a user's conversations, recent messages and active agents are found by
+    reading whole tables; the chat slows down as the data grows.
+    """
+    rows = postgres.query(database.INDEXES_SQL, database.index_query_params())
+    states = database.index_states(rows)
+    finding.observe(
+        "; ".join(state.index.describe() for state in states if state.present),
+        expected="; ".join(state.index.describe() for state in states),
+    )
+    problems = []
+    for state in states:
+        if state.present:
+            continue
+        what = state.index.describe()
+        if state.building:
+            building = ", ".join(f"{name} by pid {pid}" for name, pid in state.building)
+            problems.append(f"{what} is still being built ({building})")
+        elif state.invalid:
+            problems.append(
+                f"{what} is INVALID, left by a failed concurrent build ({', '.join(state.invalid)})"
+            )
+        else:
+            problems.append(f"{what} has no index")
+    if problems:
+        finding.attach("b-tree indexes (table, index, valid, columns, pid building it)", rows)
+    assert not problems, f"postgres {postgres.name}: " + "; ".join(problems)

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from opsbook import Severity, check
+from remediation import disk
 
 pytestmark = [pytest.mark.daily, pytest.mark.resources]
 
@@ -14,7 +15,7 @@ pytestmark = [pytest.mark.daily, pytest.mark.resources]
 _DF_LINE = re.compile(r"\s(?P<percent>\d+)%\s+(?P<mount>/.*)$")
 
 
-@check("RES-001", Severity.HIGH)
+@check("RES-001", Severity.HIGH, remediation=disk.delete_past_retention)
 def test_data_filesystems_have_room(host, request, inventory, thresholds, finding) -> None:
     """Data filesystems are below the disk use limit.
 

@@ -1,0 +1,115 @@
+"""Maintenance mode, switched by a person with `python -m opsbook maintenance on|off`: the
+frontend answers 503 everywhere, /health included, and then serves the site again.
+
+The command is run in-process through its own register()/run(), as opsbook.cli wires it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from support import RunChecks
+
+from opsbook.commands import maintenance as command
+from opsbook.inventory import load_inventory
+from opsbook.remediate.context import Context
+from opsbook.sandbox.stack import Stack
+from remediation.maintenance import MaintenanceUnsupported, maintenance_on
+
+pytestmark = pytest.mark.sandbox
+
+
+def opsbook_maintenance(*args: str) -> int:
+    parser = argparse.ArgumentParser(prog="python -m opsbook")
+    command.register(parser.add_subparsers(dest="command", required=True))
+    parsed = parser.parse_args(["maintenance", *args])
+    return int(parsed.run(parsed))
+
+
+def frontend_health(stack: Stack) -> int:
+    url = f"http://127.0.0.1:{stack.state.ports['nginx']}/health"
+    return requests.get(url, timeout=3).status_code
+
+
+def test_maintenance_on_and_off(
+    breakable_sandbox: Stack,
+    run_checks: RunChecks,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    stack = breakable_sandbox
+    flag = stack.dir / "nginx" / "maintenance.on"
+    where = ["--inventory", str(stack.inventory_path), "--reports-dir", str(tmp_path)]
+
+    assert opsbook_maintenance("on", *where) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [
+        "maintenance on: plan",
+        f"  [maintenance-mode] turn maintenance mode on (503 everywhere): touch {flag}",
+        "maintenance on: remediation.maintenance.maintenance_on: applied",
+        f"  [maintenance-mode] turn maintenance mode on (503 everywhere): touch {flag}"
+        " -> frontend /health answers 503",
+    ]
+    assert frontend_health(stack) == 503
+    run = run_checks("--check=HEALTH-001")
+    assert run.row("HEALTH-001", "frontend")["message"] == (
+        "frontend: GET /health answered 503 (expected 200)"
+    )
+    assert run.outcome("HEALTH-001", "backend") == "passed"
+
+    assert opsbook_maintenance("on", *where) == 0
+    assert capsys.readouterr().out.splitlines()[1] == (
+        f"  nothing to do: maintenance mode is already on ({flag} exists)"
+    )
+
+    assert opsbook_maintenance("off", *where) == 0
+    assert (
+        capsys.readouterr()
+        .out.splitlines()[-1]
+        .endswith(f"rm {flag} -> frontend /health answers 200")
+    )
+    assert frontend_health(stack) == 200
+    assert run_checks("--check=HEALTH-001").exit_code == 0
+
+    assert opsbook_maintenance("off", *where) == 0
+    assert capsys.readouterr().out.splitlines()[1] == (
+        f"  nothing to do: maintenance mode is already off ({flag} does not exist)"
+    )
+    # Both switches are in the audit log, as applied remediations are.
+    audit = [line for line in (tmp_path / "audit.log").read_text().splitlines() if line]
+    assert len(audit) == 2
+
+
+def test_plan_changes_nothing(sandbox: Stack) -> None:
+    ctx = Context(load_inventory(sandbox.inventory_path, environ={}), "maintenance", "http",
+                  "frontend")  # fmt: skip
+    plan = maintenance_on(ctx, apply=False)
+    assert not plan.applied
+    assert plan.steps[0].result is None
+    assert not (sandbox.dir / "nginx" / "maintenance.on").exists()
+    assert frontend_health(sandbox) == 200
+
+
+def test_other_runtimes_are_refused_clearly(
+    sandbox: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = yaml.safe_load(sandbox.inventory_path.read_text())
+    del raw["sandbox"]
+    raw["compose"] = {"project": "chat"}
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(yaml.safe_dump(raw))
+
+    assert opsbook_maintenance("on", "--inventory", str(inventory)) == 2
+    assert capsys.readouterr().err == (
+        "maintenance: maintenance mode is switched by opsbook for the sandbox runtime only "
+        "(this inventory's runtime: compose project chat); switch nginx to its maintenance page "
+        "by hand, as the maintenance-window runbook says\n"
+    )
+    ctx = Context(load_inventory(inventory, environ={}), "maintenance", "http", "frontend")
+    with pytest.raises(MaintenanceUnsupported):
+        maintenance_on(ctx, apply=False)
+    assert frontend_health(sandbox) == 200
