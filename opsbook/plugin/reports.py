@@ -10,7 +10,6 @@ import json
 import os
 import secrets
 import shutil
-import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -263,7 +262,17 @@ def pytest_html_results_summary(
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_html_report_title(report: Any) -> None:
-    report.title = "opsbook report"
+    config = getattr(report, "config", None)
+    run = config.stash.get(RUN, None) if config is not None else None
+    inventory = config.stash.get(INVENTORY, None) if config is not None else None
+    parts = ["opsbook report"]
+    if inventory is not None:
+        parts.append(inventory.name)
+    if config is not None and config.option.markexpr:
+        parts.append(f"-m {config.option.markexpr}")
+    if run is not None:
+        parts.append(f"run {run.name}")
+    report.title = " · ".join(parts)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -276,6 +285,3 @@ def pytest_metadata(metadata: dict[str, Any], config: pytest.Config) -> None:
             del metadata[key]
     inventory = config.stash.get(INVENTORY, None)
     metadata["Inventory"] = inventory.name if inventory is not None else "(none)"
-    run = config.stash.get(RUN, None)
-    metadata["Run"] = run.name if run is not None else ""
-    metadata["Started"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
