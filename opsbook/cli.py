@@ -4,6 +4,7 @@
     remediate   show or apply the fix of a check that failed in a finished run
     audit-log   verify the remediation audit log
     maintenance turn maintenance mode on or off (nginx serves the maintenance page)
+    status      the health dashboard of the last run
 
 Bad usage exits 2 with one line (argparse); each command documents its other exit codes.
 """
@@ -13,13 +14,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from opsbook.commands import audit_log, maintenance, remediate, sandbox
+from opsbook.commands import audit_log, maintenance, remediate, sandbox, status
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m opsbook", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (sandbox, remediate, audit_log, maintenance):
+    for command in (sandbox, remediate, audit_log, maintenance, status):
         command.register(commands)
     return parser
 

@@ -221,7 +221,7 @@ class Budget(_Model):
     per_s: Annotated[float, Field(gt=0, le=30 * 86400)]
 
 
-RISKY_KINDS = ("restart", "recreate", "end-sessions", "delete-files")
+RISKY_KINDS = ("restart", "recreate", "end-sessions", "delete-files", "alter-system")
 
 
 class Remediation(_Model):
@@ -233,6 +233,7 @@ class Remediation(_Model):
         "recreate": Budget(count=1, per_s=3600),
         "end-sessions": Budget(count=3, per_s=3600),
         "delete-files": Budget(count=1, per_s=86400),
+        "alter-system": Budget(count=1, per_s=86400),
     }
     verify_timeout_s: Seconds = 30
     retention_days: Annotated[int, Field(ge=1)] = 30

@@ -28,7 +28,13 @@ from typing import Any
 
 import psycopg
 import redis
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from opsbook.reference.config import PENDING, AppConfig, setup_logging
@@ -44,6 +50,8 @@ class Backend:
         self.config = config
         self.redis = config.redis_client()
         self.registry = CollectorRegistry()
+        # process_resident_memory_bytes and friends, for the HighMemoryUsage alert.
+        ProcessCollector(registry=self.registry)
         self.requests = Counter(
             "http_requests", "HTTP requests answered, by status code", ["status"],
             registry=self.registry,

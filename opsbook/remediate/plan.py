@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Kinds that change a running system in ways that need a person's explicit allow-list.
-RISKY = frozenset({"restart", "recreate", "end-sessions", "delete-files"})
+RISKY = frozenset({"restart", "recreate", "end-sessions", "delete-files", "alter-system"})
 
 
 class Refused(Exception):

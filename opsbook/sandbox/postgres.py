@@ -28,8 +28,10 @@ DATABASE = "chatdb"
 APP_ROLE = "chat_app"
 MONITOR_ROLE = "opsbook_monitor"
 # Remediation's role: owns the tables (VACUUM, CREATE INDEX) and may end other sessions
-# (pg_signal_backend); not a superuser.
+# (pg_signal_backend); not a superuser. It may ALTER SYSTEM only the tuning runbook's settings
+# (PostgreSQL 15's per-parameter grant) and reload the configuration.
 ADMIN_ROLE = "opsbook_admin"
+TUNED_SETTINGS = ("shared_buffers", "effective_cache_size", "maintenance_work_mem")
 SUPERUSER = "postgres"
 SOCKET_PATH_MAX = 107  # sun_path in struct sockaddr_un, less the final NUL
 COMMAND_TIMEOUT_S = 60
@@ -171,6 +173,9 @@ class Postgres(Component):
                     "log_line_prefix = '%m [%p] %q%u@%d '",
                     "max_connections = 50",
                     "shared_buffers = 32MB",
+                    # The tuning runbook reads the slowest queries from pg_stat_statements
+                    # (TUNE-001); the library must be loaded at server start.
+                    "shared_preload_libraries = 'pg_stat_statements'",
                     "",
                 ]
             ),
@@ -237,12 +242,16 @@ class Postgres(Component):
             f"GRANT CONNECT ON DATABASE {DATABASE} TO {APP_ROLE}, {MONITOR_ROLE}, {ADMIN_ROLE};\n"
             f"GRANT pg_monitor TO {MONITOR_ROLE};\n"
             f"GRANT pg_monitor, pg_signal_backend TO {ADMIN_ROLE};\n"
+            f"GRANT ALTER SYSTEM ON PARAMETER {', '.join(TUNED_SETTINGS)} TO {ADMIN_ROLE};\n"
         )
         self.psql("".join(statements))
         schema = resources.files("opsbook.reference").joinpath("schema.sql").read_text("utf-8")
         tables = "conversations, messages, agents"
         self.psql(
             schema
+            + "CREATE EXTENSION IF NOT EXISTS pg_stat_statements;\n"
+            # Function privileges are per database: the admin reloads from chatdb.
+            + f"GRANT EXECUTE ON FUNCTION pg_reload_conf() TO {ADMIN_ROLE};\n"
             + "REVOKE ALL ON SCHEMA public FROM PUBLIC;\n"
             + f"GRANT USAGE ON SCHEMA public TO {APP_ROLE}, {MONITOR_ROLE};\n"
             + f"GRANT SELECT, INSERT, UPDATE, DELETE ON {tables} TO {APP_ROLE};\n"

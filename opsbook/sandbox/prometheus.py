@@ -1,13 +1,21 @@
-"""Prometheus: scrapes the backend and itself every 2 s; rule files from DIR/prometheus/rules/."""
+"""Prometheus: scrapes the backend and itself every 2 s; rule files from DIR/prometheus/rules/.
+
+The repository's alert rules (alerts/*.yml) are copied into the rules dir at every start, as
+they are: the same file, with the production `for:` durations, that a deployment ships.
+"""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import opsbook
 from opsbook.sandbox.base import Component, Layout, http_json, http_status, require_port
-from opsbook.sandbox.process import Process
+from opsbook.sandbox.process import Process, SandboxError
 
 BINARY = "/usr/bin/prometheus"
+# The repository's alerts/ dir, next to the opsbook package (an editable install or a checkout).
+ALERTS = Path(opsbook.__file__).resolve().parent.parent / "alerts"
 
 
 class Prometheus(Component):
@@ -65,6 +73,11 @@ scrape_configs:
 
     def prepare(self) -> None:
         self.rules.mkdir(parents=True, exist_ok=True)
+        shipped = sorted(ALERTS.glob("*.yml"))
+        if not shipped:
+            raise SandboxError(f"prometheus: no alert rules files in {ALERTS}")
+        for path in shipped:
+            shutil.copyfile(path, self.rules / path.name)
         self.config.write_text(self.render(), encoding="utf-8")
 
     def ready(self) -> bool:

@@ -1,0 +1,187 @@
+"""`python -m opsbook status [--reports-dir DIR]`: the runbook's health dashboard, in the terminal.
+
+Read from the last finished run (DIR/latest/findings.json), nothing is probed again:
+
+    service status    up or down per target, from the readiness checks
+    resource use      disk, memory, Redis memory, database connections (observed vs limit)
+    recent activity   queue depth, messages stored in the window, dead letters, draining
+    recent errors     every failed check, or one that could not be evaluated, with its message
+    quick actions     the remediate command of each failed check that has a linked fix
+
+Exit codes: 0 printed; 2 no finished run under the reports directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import unicodedata
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+EXIT_NO_RUN = 2
+DEFAULT_REPORTS = Path("reports")
+
+# (check id, what the line is about); a check run per target gives one line per target.
+SERVICES = (
+    ("HEALTH-001", "http"),
+    ("DB-001", "postgres"),
+    ("QUEUE-001", "redis"),
+    ("OBS-001", "prometheus"),
+    ("OBS-003", "grafana"),
+)
+RESOURCES = (
+    ("RES-001", "disk used"),
+    ("RES-002", "memory used"),
+    ("QUEUE-002", "redis memory"),
+    ("DB-002", "db connections"),
+)
+ACTIVITY = (
+    ("QUEUE-003", "queue depth"),
+    ("QUEUE-007", "stored in window"),
+    ("QUEUE-006", "draining"),
+    ("QUEUE-004", "dead letters"),
+)
+PROBLEMS = ("failed", "error")
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser("status", help="the health dashboard of the last run")
+    parser.set_defaults(run=run)
+    parser.add_argument("--reports-dir", type=Path, default=DEFAULT_REPORTS)
+
+
+def _text(value: object) -> str:
+    """One printable line: a finding can hold anything a target answered (escape sequences)."""
+    line = " ".join(str(value).split())
+    return "".join(ch if unicodedata.category(ch)[0] != "C" else "?" for ch in line)
+
+
+def _value(observed: str | None) -> str:
+    if observed is None:
+        return "-"
+    try:
+        decoded = json.loads(observed)
+    except ValueError:
+        return _text(observed)
+    if isinstance(decoded, dict):
+        return ", ".join(f"{k}={v}" for k, v in decoded.items())
+    return _text(decoded)
+
+
+def _rows(findings: list[dict[str, Any]], check_id: str) -> list[dict[str, Any]]:
+    return [row for row in findings if row["check_id"] == check_id]
+
+
+def _where(row: dict[str, Any]) -> str:
+    return row["target"] or "-"
+
+
+STATES = {"passed": "UP", "fixed": "UP (fixed)", "failed": "DOWN", "error": "UNKNOWN"}
+
+
+def _state(row: dict[str, Any]) -> str:
+    outcome = str(row["outcome"])
+    return STATES.get(outcome, outcome)
+
+
+def _service_lines(findings: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for check_id, kind in SERVICES:
+        for row in _rows(findings, check_id):
+            if row["outcome"] == "skipped":
+                continue  # no such target in the inventory (Grafana in the sandbox), or waived
+            detail = (
+                _text(row["message"]) if row["outcome"] != "passed" else _value(row["observed"])
+            )
+            lines.append(f"  {kind:<10} {_where(row):<12} {_state(row):<11} {check_id}: {detail}")
+    return lines
+
+
+def _measure_lines(
+    findings: list[dict[str, Any]], wanted: tuple[tuple[str, str], ...]
+) -> list[str]:
+    lines = []
+    for check_id, label in wanted:
+        for row in _rows(findings, check_id):
+            if row["outcome"] == "skipped":
+                continue
+            limit = f" (expected {_text(row['expected'])})" if row["expected"] else ""
+            flag = "  <- " + row["outcome"].upper() if row["outcome"] in PROBLEMS else ""
+            lines.append(f"  {label:<17} {_where(row):<12} {_value(row['observed'])}{limit}{flag}")
+    return lines
+
+
+def _error_lines(problems: list[dict[str, Any]]) -> list[str]:
+    return [
+        f"  [{row['severity'].upper()}] {row['check_id']} {_where(row)}: "
+        f"{_text(row['message']) or row['outcome']}"
+        for row in problems
+    ]
+
+
+def _action_lines(problems: list[dict[str, Any]], reports: Path) -> list[str]:
+    where = "" if reports == DEFAULT_REPORTS else f" --reports-dir {reports}"
+    lines = []
+    for row in problems:
+        if not row.get("remediation"):
+            continue
+        target = f" --target {row['target']}" if row["target"] else ""
+        command = f"python -m opsbook remediate latest --check {row['check_id']}{target}{where}"
+        lines.append(f"  {command}")
+        lines.append(f"      {row['remediation']} (add --apply to carry out the plan)")
+    return lines
+
+
+def _age(finished: str) -> str:
+    try:
+        seconds = (datetime.now(UTC) - datetime.fromisoformat(finished)).total_seconds()
+    except ValueError:
+        return "?"
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def render(document: dict[str, Any], reports: Path) -> str:
+    """The dashboard of one findings.json document."""
+    summary, findings = document["run"], document["findings"]
+    counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(summary["counts"].items()))
+    problems = [row for row in findings if row["outcome"] in PROBLEMS]
+    sections = [
+        ("SERVICE STATUS", _service_lines(findings)),
+        ("RESOURCE USE", _measure_lines(findings, RESOURCES)),
+        ("RECENT ACTIVITY", _measure_lines(findings, ACTIVITY)),
+        ("RECENT ERRORS", _error_lines(problems)),
+        ("QUICK ACTIONS", _action_lines(problems, reports)),
+    ]
+    out = [
+        f"opsbook status: {_text(summary.get('inventory') or '?')}, run {summary['run_id']} "
+        f"finished {summary['finished']} ({_age(summary['finished'])})",
+        f"  {counts or 'no checks'}; selection: {_text(summary.get('selection') or 'all')}",
+    ]
+    for title, lines in sections:
+        out.append("")
+        out.append(title)
+        out.extend(
+            lines
+            or [
+                "  (none)" if title in ("RECENT ERRORS", "QUICK ACTIONS") else "  (not in this run)"
+            ]
+        )
+    return "\n".join(out) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    latest = args.reports_dir / "latest" / "findings.json"
+    try:
+        document = json.loads(latest.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        print(f"status: no finished run under {args.reports_dir} (no {latest})", file=sys.stderr)
+        return EXIT_NO_RUN
+    sys.stdout.write(render(document, args.reports_dir))
+    return 0

@@ -1,0 +1,244 @@
+"""Alert rules: ALERT-001..003 fail on a really broken rules setup and pass once it is restored,
+and the runbook's alerts go pending in the real Prometheus when the real condition happens.
+
+Breakage is done to the sandbox's copy of the rules (DIR/prometheus/rules), never to the
+repository's file; Prometheus rereads it on POST /-/reload.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+import yaml
+from support import RunChecks
+
+from opsbook.sandbox.stack import Stack
+
+pytestmark = pytest.mark.sandbox
+
+RULES = "chat-system.rules.yml"
+TIMEOUT_S = 3
+
+
+def eventually(condition: Callable[[], bool], deadline_s: float = 20.0) -> None:
+    end = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < end, f"not within {deadline_s}s: {condition.__doc__}"
+        time.sleep(0.2)
+
+
+def prometheus_url(sandbox: Stack) -> str:
+    return f"http://127.0.0.1:{sandbox.state.ports['prometheus']}"
+
+
+def loaded_rules(sandbox: Stack) -> set[str]:
+    answer = requests.get(f"{prometheus_url(sandbox)}/api/v1/rules", timeout=TIMEOUT_S).json()
+    return {rule["name"] for group in answer["data"]["groups"] for rule in group["rules"]}
+
+
+def alert_states(sandbox: Stack, name: str) -> set[str]:
+    answer = requests.get(f"{prometheus_url(sandbox)}/api/v1/alerts", timeout=TIMEOUT_S).json()
+    return {a["state"] for a in answer["data"]["alerts"] if a["labels"]["alertname"] == name}
+
+
+def reload_prometheus(sandbox: Stack) -> None:
+    response = requests.post(f"{prometheus_url(sandbox)}/-/reload", timeout=10)
+    assert response.status_code == 200, response.text
+
+
+@pytest.fixture
+def loaded_rules_file(breakable_sandbox: Stack) -> Iterator[Path]:
+    """The rules file the sandbox's Prometheus loads; put back as shipped (and reloaded) after."""
+    path = breakable_sandbox.dir / "prometheus" / "rules" / RULES
+    original = path.read_text()
+    yield path
+    path.write_text(original)
+    reload_prometheus(breakable_sandbox)
+
+    def restored() -> bool:
+        """Prometheus has the shipped rules again"""
+        return {"QueueBacklog", "HighErrorRate"} <= loaded_rules(breakable_sandbox)
+
+    eventually(restored)
+
+
+def test_healthy_rules_pass(sandbox: Stack, run_checks: RunChecks) -> None:
+    run = run_checks("-m", "observability")
+    for check_id in ("ALERT-001", "ALERT-002", "ALERT-003"):
+        assert run.outcome(check_id, "prometheus") == "passed", run.output
+    assert run.row("ALERT-001")["observed"] == "2/2 valid"  # shipped file and loaded copy
+    metrics = run.row("ALERT-003")["evidence"]["metrics"]
+    # Nothing exports the opsbook run metrics yet: their absence is alerted, not a failure.
+    assert "its absence fires OpsbookRunMissing" in metrics
+
+
+def test_invalid_rules_file_fails(loaded_rules_file: Path, run_checks: RunChecks) -> None:
+    text = loaded_rules_file.read_text()
+    loaded_rules_file.write_text(
+        text.replace("expr: queue_pending_messages > 1000", "expr: queue_pending_messages > > 1")
+    )
+    row = run_checks("--check=ALERT-001").row("ALERT-001")
+    assert row["outcome"] == "failed"
+    assert row["observed"] == "1/2 valid"
+    assert row["message"].startswith("prometheus prometheus: invalid rules: ")
+    assert f"{loaded_rules_file}: " in row["message"]
+    assert '"QueueBacklog": could not parse expression' in row["message"]
+    loaded_rules_file.write_text(text)
+    assert run_checks("--check=ALERT-001").exit_code == 0
+
+
+def test_yaml_error_in_rules_file_fails(loaded_rules_file: Path, run_checks: RunChecks) -> None:
+    loaded_rules_file.write_text(loaded_rules_file.read_text() + "\n  - name: [unclosed\n")
+    row = run_checks("--check=ALERT-001").row("ALERT-001")
+    assert row["outcome"] == "failed"
+    assert "yaml:" in row["message"]
+
+
+def test_promtool_missing_skips(sandbox: Stack, run_checks: RunChecks, tmp_path: Path) -> None:
+    run = run_checks("--check=ALERT-001", env={"PATH": str(tmp_path)})
+    row = run.row("ALERT-001")
+    assert row["outcome"] == "skipped"
+    assert row["message"] == (
+        "promtool is not installed on this host: cannot validate the rules files"
+    )
+
+
+def _edit_rules(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    document = yaml.safe_load(path.read_text())
+    edit(document)
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+def test_rule_not_loaded_fails(
+    breakable_sandbox: Stack, loaded_rules_file: Path, run_checks: RunChecks
+) -> None:
+    def drop_queue_backlog(document: dict[str, Any]) -> None:
+        rules = document["groups"][0]["rules"]
+        rules[:] = [rule for rule in rules if rule.get("alert") != "QueueBacklog"]
+
+    _edit_rules(loaded_rules_file, drop_queue_backlog)
+    reload_prometheus(breakable_sandbox)
+
+    def dropped() -> bool:
+        """Prometheus dropped QueueBacklog"""
+        return "QueueBacklog" not in loaded_rules(breakable_sandbox)
+
+    eventually(dropped)
+    row = run_checks("--check=ALERT-002").row("ALERT-002")
+    assert row["outcome"] == "failed"
+    assert row["message"] == (
+        "prometheus prometheus: not loaded: chat-system/QueueBacklog (expected every rule of "
+        f"{Path(__file__).resolve().parent.parent / 'alerts'}/*.yml)"
+    )
+    assert row["observed"] == '["chat-system/QueueBacklog"]'
+
+
+def test_expression_over_missing_series_fails(
+    breakable_sandbox: Stack, loaded_rules_file: Path, run_checks: RunChecks
+) -> None:
+    def add_typo(document: dict[str, Any]) -> None:
+        document["groups"][0]["rules"].append(
+            {"alert": "TypoErrorRate", "expr": 'rate(http_request_total{status="500"}[1m]) > 0'}
+        )
+
+    _edit_rules(loaded_rules_file, add_typo)
+    reload_prometheus(breakable_sandbox)
+
+    def loaded() -> bool:
+        """Prometheus loaded TypoErrorRate"""
+        return "TypoErrorRate" in loaded_rules(breakable_sandbox)
+
+    eventually(loaded)
+    run = run_checks("--check=ALERT-003", "--check=ALERT-002")
+    row = run.row("ALERT-003")
+    assert row["outcome"] == "failed"
+    assert row["message"] == (
+        "prometheus prometheus: no series for http_request_total (used by TypoErrorRate)"
+    )
+    # A rule loaded beyond the shipped ones is not ALERT-002's business.
+    assert run.outcome("ALERT-002") == "passed"
+
+
+# The runbook's alerts, driven by the real condition. Production `for:` durations stay: the
+# alert is `pending` from the first evaluation at which its expression holds.
+
+STORM_REQUESTS = 2000
+STORM_DEADLINE_S = 45.0
+
+
+def test_5xx_storm_makes_high_error_rate_pending(fresh_sandbox: Stack) -> None:
+    """Redis stopped, the backend's /health answers 503; requested in a loop (loopback only,
+    bounded in count and time) until Prometheus shows HighErrorRate pending or firing.
+    A fresh sandbox: the backend logs an error per request (LOG-001's window)."""
+    assert alert_states(fresh_sandbox, "HighErrorRate") == set()
+    health = f"http://127.0.0.1:{fresh_sandbox.state.ports['backend']}/health"
+    fresh_sandbox.stop("redis")
+    states: set[str] = set()
+    sent = 0
+    started = time.monotonic()
+    try:
+        with requests.Session() as session:
+            while sent < STORM_REQUESTS and time.monotonic() - started < STORM_DEADLINE_S:
+                for _ in range(20):
+                    assert session.get(health, timeout=TIMEOUT_S).status_code == 503
+                    sent += 1
+                states = alert_states(fresh_sandbox, "HighErrorRate")
+                if states & {"pending", "firing"}:
+                    break
+                time.sleep(0.2)
+    finally:
+        fresh_sandbox.start("redis")
+    assert states & {"pending", "firing"}, (
+        f"HighErrorRate not pending after {sent} requests in {time.monotonic() - started:.0f}s"
+    )
+    answer = requests.get(f"{prometheus_url(fresh_sandbox)}/api/v1/alerts", timeout=TIMEOUT_S)
+    (alert,) = [
+        a for a in answer.json()["data"]["alerts"] if a["labels"]["alertname"] == "HighErrorRate"
+    ]
+    assert alert["labels"]["job"] == "backend"
+    assert float(alert["value"]) > 0.1
+
+
+BACKLOG = 1100
+
+
+def _queue_admin(sandbox: Stack) -> redis.Redis:
+    inventory = yaml.safe_load(sandbox.inventory_path.read_text())["redis"]["queue"]
+    password = Path(inventory["admin"]["password"]["file"]).read_text().strip()
+    return redis.Redis(
+        port=sandbox.state.ports["redis"], username=inventory["admin"]["user"],
+        password=password, socket_timeout=TIMEOUT_S, decode_responses=True,
+    )  # fmt: skip
+
+
+def test_queue_backlog_makes_queue_backlog_pending(breakable_sandbox: Stack) -> None:
+    """Worker stopped, 1100 messages pushed: QueueBacklog goes pending; the pushed messages are
+    taken out again before the worker comes back."""
+    breakable_sandbox.stop("worker")
+    client = _queue_admin(breakable_sandbox)
+    before = client.llen("message_queue")
+    try:
+        client.lpush("message_queue", *(f"opsbook-test-backlog-{n}" for n in range(BACKLOG)))
+
+        def pending() -> bool:
+            """QueueBacklog is pending or firing"""
+            return bool(alert_states(breakable_sandbox, "QueueBacklog") & {"pending", "firing"})
+
+        eventually(pending, deadline_s=30)
+    finally:
+        # Ours are the BACKLOG newest, at the left (the worker takes from the right).
+        client.ltrim("message_queue", BACKLOG, -1)
+        assert client.llen("message_queue") == before
+        client.close()
+
+    def resolved() -> bool:
+        """QueueBacklog resolved once the queue is short again"""
+        return alert_states(breakable_sandbox, "QueueBacklog") == set()
+
+    eventually(resolved, deadline_s=30)
