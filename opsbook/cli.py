@@ -5,6 +5,7 @@
     audit-log   verify the remediation audit log
     maintenance turn maintenance mode on or off (nginx serves the maintenance page)
     status      the health dashboard of the last run
+    incident    collect the incident runbook's evidence (logs, status, sockets, a dump)
 
 Bad usage exits 2 with one line (argparse); each command documents its other exit codes.
 """
@@ -14,13 +15,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from opsbook.commands import audit_log, maintenance, remediate, sandbox, status
+from opsbook.commands import audit_log, incident, maintenance, remediate, sandbox, status
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m opsbook", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (sandbox, remediate, audit_log, maintenance, status):
+    for command in (sandbox, remediate, audit_log, maintenance, status, incident):
         command.register(commands)
     return parser
 

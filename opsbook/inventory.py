@@ -259,6 +259,7 @@ class Audit(_Model):
     redis_app_users: tuple[str, ...] = ("chat_app",)
     require_ssl: bool = False  # PostgreSQL traffic leaves the host
     log_window_s: Annotated[float, Field(gt=0)] = 86400  # incident log audit looks back this far
+    logs: tuple[str, ...] = ()  # logs the log audit reads on every host, besides hosts' logs
 
 
 class Tuning(_Model):

@@ -257,6 +257,9 @@ class Postgres(Component):
             + f"GRANT SELECT, INSERT, UPDATE, DELETE ON {tables} TO {APP_ROLE};\n"
             + f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {APP_ROLE};\n"
             + f"GRANT SELECT ON {tables} TO {MONITOR_ROLE};\n"
+            # The audit reads pg_hba.conf's rules (SEC-010); per database in PG15.
+            + f"GRANT SELECT ON pg_hba_file_rules TO {MONITOR_ROLE};\n"
+            + f"GRANT EXECUTE ON FUNCTION pg_hba_file_rules() TO {MONITOR_ROLE};\n"
             + f"GRANT USAGE, CREATE ON SCHEMA public TO {ADMIN_ROLE};\n"
             + "".join(
                 f"ALTER TABLE {table} OWNER TO {ADMIN_ROLE};\n" for table in tables.split(", ")

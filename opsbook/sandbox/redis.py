@@ -26,9 +26,15 @@ USERS = ("default", "chat_app", "opsbook")
 
 ACL_RULES = {
     "default": "~* &* +@all",
-    "chat_app": " ".join(f"~{key}" for key in QUEUE_KEYS) + " -@all +@list +@connection",
+    # -@dangerous after +@connection: the app has no business with CLIENT KILL (SEC-022).
+    "chat_app": " ".join(f"~{key}" for key in QUEUE_KEYS)
+    + " -@all +@list +@connection -@dangerous",
     # Read-only. INFO, CLIENT LIST and SLOWLOG GET are "dangerous" but only read; added back.
-    "opsbook": ("~* -@all +@read -@dangerous +ping +info +client|list +memory|usage +slowlog|get"),
+    # ACL GETUSER / DRYRUN let the audit see who may do what (SEC-021, SEC-022).
+    "opsbook": (
+        "~* -@all +@read -@dangerous +ping +info +client|list +memory|usage +slowlog|get"
+        " +acl|getuser +acl|dryrun"
+    ),
 }
 
 

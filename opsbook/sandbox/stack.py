@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from opsbook.sandbox.app import Backend, Worker, write_app_config
+from opsbook.sandbox.audit_defaults import audit_section, ensure_env_file
 from opsbook.sandbox.base import Component, Layout, free_port
 from opsbook.sandbox.nginx import Nginx
 from opsbook.sandbox.postgres import ADMIN_ROLE, MONITOR_ROLE, Postgres
@@ -128,6 +129,7 @@ class Stack:
         for sub in (self.layout.logs, self.layout.run):
             sub.mkdir(exist_ok=True)
         self.layout.secrets.mkdir(mode=0o700, exist_ok=True)
+        ensure_env_file(self.dir)
         write_app_config(self.layout, self.state.ports)
 
     def up(self) -> Path:
@@ -282,6 +284,16 @@ class Stack:
                         "password": {"file": str(secret(secret_name("default")))},
                     },
                 }
+            },
+            "audit": {
+                **audit_section(self.dir, self.state.ports),
+                # More logs for the log audit (SEC-050) only: LOG-001 would take their
+                # routine FATAL lines (a terminated session) for service errors.
+                "logs": [
+                    str(self.layout.log("postgres")),
+                    str(self.layout.log("redis")),
+                    str(self.dir / "nginx" / "logs" / "access.log"),
+                ],
             },
             "hosts": {
                 "local": {

@@ -1,0 +1,225 @@
+"""`python -m opsbook incident collect`: gather the incident runbook's evidence into one folder.
+
+    python -m opsbook incident collect [--inventory PATH] [--out DIR] [--dump-database]
+
+Collected, for every host of the inventory: its service logs (and, for a sandbox, every log of
+the sandbox), the processes (`ps`), the listening sockets (`ss -ltnp`); the status of the
+stack's components (the sandbox's, or the compose project's containers through `docker ps`
+when the engine answers); with --dump-database, a `pg_dump -Fc` of each database made as its
+admin role, named `*.incident-backup.dump`. Everything goes into DIR (default
+reports/incident-<UTC stamp>, mode 0700) with manifest.json: SHA-256 and size of every file and
+what could not be collected. Nothing is stopped or changed.
+
+The dump is opt-in: it reads every table of a database that may already be struggling, and it
+copies every chat into the evidence folder.
+
+Exit codes: 0 everything collected; 1 some evidence could not be collected (each on stderr;
+the folder and its manifest are still written); 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from opsbook.inventory import Inventory, InventoryError, load_inventory
+
+EXIT_INCOMPLETE = 1
+LOG_BYTES = 64 * 1024 * 1024  # the tail of each log: a day of a busy service
+COMMAND_TIMEOUT_S = 30
+DUMP_TIMEOUT_S = 3600
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser("incident", help="collect the incident runbook's evidence")
+    parser.set_defaults(run=run)
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    collect = actions.add_parser("collect", help="logs, status, sockets (and a dump) into DIR")
+    collect.add_argument("--inventory", type=Path, default=None, help="inventory YAML")
+    collect.add_argument("--out", type=Path, default=None, help="evidence folder to create")
+    collect.add_argument(
+        "--dump-database", action="store_true", help="also pg_dump each database (admin role)"
+    )
+
+
+def _inventory_path(given: Path | None) -> Path:
+    if given is not None:
+        return given
+    if os.environ.get("OPSBOOK_INVENTORY"):
+        return Path(os.environ["OPSBOOK_INVENTORY"])
+    base = os.environ.get("OPSBOOK_SANDBOX_DIR") or ".opsbook/sandbox"
+    return Path(base) / "inventory.yaml"
+
+
+class _Evidence:
+    """The folder being filled, and the notes about what could not be collected."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.missing: list[str] = []
+        root.mkdir(mode=0o700, parents=True, exist_ok=False)
+
+    def write(self, relative: str, data: bytes) -> None:
+        path = self.root / relative
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(data)
+
+    def note(self, problem: str) -> None:
+        self.missing.append(problem)
+
+    def manifest(self, inventory: Inventory, started: datetime) -> dict[str, Any]:
+        files = []
+        for path in sorted(p for p in self.root.rglob("*") if p.is_file()):
+            digest = hashlib.sha256()
+            with path.open("rb") as stream:
+                for block in iter(lambda: stream.read(1 << 20), b""):
+                    digest.update(block)
+            files.append(
+                {
+                    "path": str(path.relative_to(self.root)),
+                    "sha256": digest.hexdigest(),
+                    "bytes": path.stat().st_size,
+                }
+            )
+        return {
+            "kind": "opsbook incident evidence",
+            "inventory": inventory.name,
+            "started": started.isoformat(timespec="seconds"),
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            "stopped_anything": False,
+            "files": files,
+            "not_collected": self.missing,
+        }
+
+
+def _safe_name(path: str) -> str:
+    return path.strip("/").replace("/", "__") or "root"
+
+
+def _host_evidence(evidence: _Evidence, name: str, spec: str, logs: list[str]) -> None:
+    import testinfra
+
+    try:
+        host = testinfra.get_host(spec)
+        host.run("true")
+    except Exception as exc:  # testinfra raises its backends' own errors
+        evidence.note(f"host {name}: cannot reach {spec}: {exc}")
+        return
+    for what, command in (("processes.txt", "ps auxww"), ("sockets.txt", "ss -ltnp")):
+        done = host.run(command)
+        if done.rc == 0:
+            evidence.write(f"hosts/{name}/{what}", done.stdout_bytes)
+        else:
+            evidence.note(f"host {name}: {command} failed: {done.stderr.strip()[:200]}")
+    for log in logs:
+        done = host.run("tail -c %s -- %s", str(LOG_BYTES), log)
+        if done.rc == 0:
+            evidence.write(f"hosts/{name}/logs/{_safe_name(log)}", done.stdout_bytes)
+        else:
+            evidence.note(f"host {name}: log {log}: {done.stderr.strip()[:200]}")
+
+
+def _sandbox_logs(directory: Path) -> list[str]:
+    found = [*directory.glob("logs/*.log"), *directory.glob("nginx/logs/*.log")]
+    return sorted(str(p) for p in found)
+
+
+def _stack_status(evidence: _Evidence, inventory: Inventory) -> None:
+    if inventory.sandbox is not None:
+        from opsbook.sandbox.stack import Stack
+
+        lines = [status.line() for status in Stack(inventory.sandbox.dir).status()]
+        evidence.write("status/sandbox.txt", ("\n".join(lines) + "\n").encode())
+    if inventory.compose is not None:
+        env = dict(os.environ)
+        if inventory.compose.docker_host:
+            env["DOCKER_HOST"] = inventory.compose.docker_host
+        command = [
+            "docker", "ps", "--all", "--no-trunc",
+            "--filter", f"label=com.docker.compose.project={inventory.compose.project}",
+        ]  # fmt: skip
+        try:
+            done = subprocess.run(
+                command, capture_output=True, timeout=COMMAND_TIMEOUT_S, env=env, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            evidence.note(f"compose {inventory.compose.project}: docker ps: {exc}")
+            return
+        if done.returncode != 0:
+            reason = done.stderr.decode("utf-8", "replace").strip()[:200]
+            evidence.note(f"compose {inventory.compose.project}: docker ps failed: {reason}")
+            return
+        evidence.write("status/containers.txt", done.stdout)
+
+
+def _dump_databases(evidence: _Evidence, inventory: Inventory) -> None:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for name, pg in inventory.postgres.items():
+        if pg.admin is None or pg.admin.password is None:
+            evidence.note(f"postgres {name}: no admin credentials in the inventory: no dump")
+            continue
+        relative = f"database/{name}-{pg.database}-{stamp}.incident-backup.dump"
+        target = evidence.root / relative
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # The password travels in the environment, never on the command line (ps shows argv).
+        env = {**os.environ, "PGPASSWORD": pg.admin.password.resolve().reveal()}
+        command = [
+            "pg_dump", "--format=custom", f"--file={target}",
+            f"--host={pg.host}", f"--port={pg.port}", f"--username={pg.admin.user}",
+            f"--dbname={pg.database}", "--no-password",
+        ]  # fmt: skip
+        try:
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=DUMP_TIMEOUT_S, env=env,
+                check=False,
+            )  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            evidence.note(f"postgres {name}: pg_dump: {exc}")
+            continue
+        if done.returncode != 0:
+            target.unlink(missing_ok=True)
+            evidence.note(f"postgres {name}: pg_dump failed: {done.stderr.strip()[:300]}")
+        else:
+            target.chmod(0o600)
+
+
+def run(args: argparse.Namespace) -> int:
+    started = datetime.now(UTC)
+    path = _inventory_path(args.inventory)
+    try:
+        inventory = load_inventory(path)
+    except InventoryError as exc:
+        print(f"incident collect: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or Path("reports") / f"incident-{started.strftime('%Y%m%dT%H%M%SZ')}"
+    try:
+        evidence = _Evidence(out)
+    except OSError as exc:
+        print(f"incident collect: cannot create {out}: {exc.strerror}", file=sys.stderr)
+        return 2
+    extra = _sandbox_logs(inventory.sandbox.dir) if inventory.sandbox is not None else []
+    for name, host in inventory.hosts.items():
+        logs = list(dict.fromkeys([*host.logs, *(extra if host.spec == "local://" else [])]))
+        _host_evidence(evidence, name, host.spec, logs)
+    _stack_status(evidence, inventory)
+    if args.dump_database:
+        _dump_databases(evidence, inventory)
+    else:
+        evidence.note("database dump: not taken (add --dump-database)")
+    manifest = evidence.manifest(inventory, started)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    (out / "manifest.json").chmod(0o600)
+    print(f"{out}: {len(manifest['files'])} files, manifest.json")
+    problems = [p for p in evidence.missing if not p.startswith("database dump: not taken")]
+    for problem in evidence.missing:
+        print(f"  not collected: {problem}", file=sys.stderr)
+    return EXIT_INCOMPLETE if problems else 0
