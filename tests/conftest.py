@@ -98,7 +98,9 @@ def run_checks(sandbox: Stack, tmp_path: Path) -> RunChecks:
     ) -> CheckRun:
         # Each run its own reports dir, unless a test shares one (audit log, budgets, lock).
         reports = reports or tmp_path / f"reports-{next(counter)}"
-        selection = [] if any(a.startswith("-m") for a in args) else ["-m", "daily"]
+        # `-m daily` unless the test selects itself (by marker, or by check id).
+        chosen = any(a.startswith(("-m", "--check")) for a in args)
+        selection = [] if chosen else ["-m", "daily"]
         command = [
             sys.executable, "-m", "pytest", "-q", "-p", "no:randomly",
             f"--inventory={inventory or sandbox.inventory_path}",
