@@ -7,6 +7,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -97,3 +98,69 @@ def test_an_unreachable_pushgateway_is_one_line_not_a_crash(suite: pytest.Pytest
     result = suite.runpytest("-m", "daily", f"--pushgateway=http://127.0.0.1:{closed}")
     assert result.ret == 1  # the checks' verdict, not the push's
     result.stdout.fnmatch_lines(["opsbook: could not push metrics to http://127.0.0.1:*"])
+
+
+@pytest.fixture
+def prometheus_on(pushgateway: str) -> Iterator[str]:
+    """A real Prometheus scraping the Pushgateway every second, with the shipped alert rules."""
+    root = Path(__file__).resolve().parent.parent
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = Path(tempfile.mkdtemp(prefix="opsbook-prometheus-"))
+    (home / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"rule_files: [{root / 'alerts' / 'chat-system.rules.yml'}]\n"
+        "scrape_configs:\n"
+        "  - job_name: pushgateway\n"
+        "    honor_labels: true\n"
+        f"    static_configs: [{{targets: ['{pushgateway.removeprefix('http://')}']}}]\n"
+    )
+    process = subprocess.Popen(
+        ["prometheus", f"--config.file={home / 'prometheus.yml'}",
+         f"--storage.tsdb.path={home / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(f"{url}/-/ready")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def _wait_ready(url: str, deadline_s: float = 20) -> None:
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            if requests.get(url, timeout=1).ok:
+                return
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < end, f"{url} did not become ready"
+        time.sleep(0.1)
+
+
+def _alert_state(prometheus: str, name: str) -> str | None:
+    alerts = requests.get(f"{prometheus}/api/v1/alerts", timeout=3).json()["data"]["alerts"]
+    states = [a["state"] for a in alerts if a["labels"]["alertname"] == name]
+    return states[0] if states else None
+
+
+def test_a_failing_run_fires_the_shipped_alert(
+    suite: pytest.Pytester, pushgateway: str, prometheus_on: str
+) -> None:
+    """The alert rule shipped for failing cron runs really fires on opsbook's own metrics."""
+    assert suite.runpytest("-m", "daily", f"--pushgateway={pushgateway}").ret == 1
+    deadline = time.monotonic() + 30
+    while _alert_state(prometheus_on, "OpsbookRunFailing") != "firing":
+        assert time.monotonic() < deadline, "OpsbookRunFailing did not fire within 30 s"
+        time.sleep(0.5)
+    # A passing run clears it.
+    suite.makepyfile(test_m=CHECKS.replace('assert False, "x: broken (expected fine)"', "pass"))
+    assert suite.runpytest("-m", "daily", f"--pushgateway={pushgateway}").ret == 0
+    deadline = time.monotonic() + 30
+    while _alert_state(prometheus_on, "OpsbookRunFailing") is not None:
+        assert time.monotonic() < deadline, "OpsbookRunFailing did not resolve within 30 s"
+        time.sleep(0.5)
