@@ -14,6 +14,7 @@ CHATDB_TABLES = ("agents", "conversations", "messages")
 
 
 @pytest.mark.postdeploy
+@pytest.mark.predeploy
 @check("DB-001", Severity.CRITICAL, remediation=services.restart_service)
 def test_postgres_accepts_connections(postgres_target: PostgresTarget, finding) -> None:
     """PostgreSQL accepts connections as the monitoring role.
@@ -83,6 +84,7 @@ def test_no_long_idle_transactions(postgres: PostgresTarget, thresholds, finding
 
 
 @pytest.mark.postdeploy
+@pytest.mark.predeploy
 @check("DB-004", Severity.CRITICAL)
 def test_chatdb_tables_exist(postgres: PostgresTarget, finding) -> None:
     """The chat database has its tables: messages, conversations, agents.

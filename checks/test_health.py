@@ -12,6 +12,7 @@ from remediation import services
 pytestmark = [pytest.mark.daily, pytest.mark.health, pytest.mark.postdeploy]
 
 
+@pytest.mark.predeploy
 @check("HEALTH-001", Severity.CRITICAL, remediation=services.restart_service)
 def test_health_endpoint_answers_ok(http_service: HttpTarget, finding) -> None:
     """Service /health answers 200.
@@ -32,6 +33,7 @@ def test_health_endpoint_answers_ok(http_service: HttpTarget, finding) -> None:
     )
 
 
+@pytest.mark.predeploy
 @check("HEALTH-002", Severity.HIGH)
 def test_health_answers_within_budget(http_service: HttpTarget, thresholds, finding) -> None:
     """Service /health answers within the response-time budget.

@@ -33,6 +33,7 @@ def _excerpt(raw: str) -> str:
     return raw if len(raw) <= EVIDENCE_CHARS else raw[:EVIDENCE_CHARS] + "..."
 
 
+@pytest.mark.predeploy
 @check("QUEUE-001", Severity.CRITICAL)
 def test_redis_answers_ping(redis_target: RedisTarget, finding) -> None:
     """Redis answers PING.
@@ -168,6 +169,7 @@ def test_oldest_message_is_recent(
     )
 
 
+@pytest.mark.predeploy
 @check("QUEUE-006", Severity.CRITICAL, remediation=queue.restart_worker)
 def test_message_queue_is_draining(
     redis: Redis, redis_target: RedisTarget, thresholds, finding

@@ -6,6 +6,7 @@
     maintenance turn maintenance mode on or off (nginx serves the maintenance page)
     status      the health dashboard of the last run
     incident    collect the incident runbook's evidence (logs, status, sockets, a dump)
+    backup      back up PostgreSQL, Redis and the data paths (with a manifest)
 
 Bad usage exits 2 with one line (argparse); each command documents its other exit codes.
 """
@@ -15,13 +16,21 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from opsbook.commands import audit_log, incident, maintenance, remediate, sandbox, status
+from opsbook.commands import (
+    audit_log,
+    backup,
+    incident,
+    maintenance,
+    remediate,
+    sandbox,
+    status,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m opsbook", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (sandbox, remediate, audit_log, maintenance, status, incident):
+    for command in (sandbox, remediate, audit_log, maintenance, status, incident, backup):
         command.register(commands)
     return parser
 

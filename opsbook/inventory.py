@@ -221,7 +221,9 @@ class Budget(_Model):
     per_s: Annotated[float, Field(gt=0, le=30 * 86400)]
 
 
-RISKY_KINDS = ("restart", "recreate", "end-sessions", "delete-files", "alter-system")
+RISKY_KINDS = (
+    "restart", "recreate", "end-sessions", "delete-files", "alter-system", "restore", "rollback",
+)  # fmt: skip
 
 
 class Remediation(_Model):
@@ -234,6 +236,8 @@ class Remediation(_Model):
         "end-sessions": Budget(count=3, per_s=3600),
         "delete-files": Budget(count=1, per_s=86400),
         "alter-system": Budget(count=1, per_s=86400),
+        "restore": Budget(count=1, per_s=86400),
+        "rollback": Budget(count=2, per_s=3600),
     }
     verify_timeout_s: Seconds = 30
     retention_days: Annotated[int, Field(ge=1)] = 30

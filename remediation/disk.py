@@ -3,11 +3,10 @@
 Only two kinds of files are ever deleted, and only when older than the inventory's
 `remediation.retention_days`:
 
-- opsbook's own backups: regular files named `opsbook-backup-*` directly in the directory
-  `backups` of a data filesystem the inventory lists for the host (`hosts.NAME.filesystems`),
-  e.g. `/srv/chat/backups/opsbook-backup-2024-05-01T02:00.sql.gz`. Whatever writes opsbook's
-  backups puts them there (`backups_dir(filesystem)` and `BACKUP_PREFIX`), so that this fix
-  can find them; anything else in that directory is not opsbook's and is left alone.
+- opsbook's own backups: the folders (`python -m opsbook backup` writes
+  `opsbook-backup-<UTC stamp>/`) or files named so, directly in the directory `backups` of a
+  data filesystem the inventory lists for the host (`hosts.NAME.filesystems`), never the
+  newest one; anything else in that directory is not opsbook's and is left alone.
 - rotated logs next to a log the inventory lists (`hosts.NAME.logs`): for `worker.log`, the
   regular files `worker.log.1`, `worker.log.2.gz`, `worker.log-20240501`,
   `worker.log.2024-05-01.gz` in the same directory, never the live `worker.log`.
@@ -24,12 +23,12 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
+from opsbook.backup import BACKUP_PREFIX, NAME
 from opsbook.inventory import Host
 from opsbook.remediate.context import Context
 from opsbook.remediate.plan import Plan
 
 BACKUPS_DIR = "backups"
-BACKUP_PREFIX = "opsbook-backup-"
 # What logrotate and Python's rotating handlers append: .1, .1.gz, -20240501, .2024-05-01.gz
 ROTATED_SUFFIX = re.compile(r"[.-]\d[\d.-]*(\.(gz|xz|bz2|zst))?")
 # The last line of `df -P PATH` (as RES-001 reads it): use percent and mount point.
@@ -51,6 +50,7 @@ class OldFile:
     path: str
     size: int
     age_days: float
+    is_dir: bool = False
 
 
 def _df(host: Any, path: str, timeout_s: float) -> tuple[int, str] | None:
@@ -62,17 +62,24 @@ def _df(host: Any, path: str, timeout_s: float) -> tuple[int, str] | None:
 
 
 def _files(host: Any, directory: str, now: float) -> list[OldFile]:
-    """The regular files directly in directory (symlinks are not followed nor listed)."""
+    """The regular files and folders directly in directory (symlinks: neither followed nor
+    listed); a folder's size is what `du` counts."""
     if host.run("test -d %s", directory).rc != 0:
         return []
-    found = host.run("find %s -mindepth 1 -maxdepth 1 -type f -printf '%%T@ %%s %%p\\0'", directory)
+    found = host.run(
+        "find %s -mindepth 1 -maxdepth 1 \\( -type f -o -type d \\) -printf '%%y %%T@ %%s %%p\\0'",
+        directory,
+    )
     if found.rc != 0:
         raise RuntimeError(f"cannot list {directory}: {found.stderr.strip()}")
     files = []
     for entry in found.stdout.split("\0"):
         if entry:
-            mtime, size, path = entry.split(" ", 2)
-            files.append(OldFile(path, int(size), (now - float(mtime)) / 86400))
+            kind, mtime, size, path = entry.split(" ", 3)
+            if kind == "d":
+                du = host.run("du -sb -- %s", path)
+                size = du.stdout.split()[0] if du.rc == 0 and du.stdout.split() else size
+            files.append(OldFile(path, int(size), (now - float(mtime)) / 86400, kind == "d"))
     return files
 
 
@@ -115,16 +122,22 @@ def delete_past_retention(ctx: Context, *, apply: bool) -> Plan:
     for filesystem in spec.filesystems:
         directory = backups_dir(filesystem)
         if on_full_filesystem(directory):
-            for file in _files(host, directory, now):
-                name = posixpath.basename(file.path)
-                if name.startswith(BACKUP_PREFIX) and file.age_days > days:
+            backups = [
+                f
+                for f in _files(host, directory, now)
+                if (NAME.fullmatch(posixpath.basename(f.path)) if f.is_dir
+                    else posixpath.basename(f.path).startswith(BACKUP_PREFIX))
+            ]  # fmt: skip
+            newest = min(backups, key=lambda f: f.age_days, default=None)
+            for file in backups:
+                if file is not newest and file.age_days > days:
                     old[file.path] = file
     for log in spec.logs:
         directory, log_name = posixpath.split(log)
         if on_full_filesystem(directory):
             for file in _files(host, directory, now):
                 name = posixpath.basename(file.path)
-                if is_rotated_log(log_name, name) and file.age_days > days:
+                if not file.is_dir and is_rotated_log(log_name, name) and file.age_days > days:
                     old[file.path] = file
     where = ", ".join(f"{path} ({used[0]}%)" for path, used in full.items())
     if not old:
@@ -139,7 +152,8 @@ def delete_past_retention(ctx: Context, *, apply: bool) -> Plan:
     def delete() -> str:
         for start in range(0, len(files), RM_BATCH):
             batch = [f.path for f in files[start : start + RM_BATCH]]
-            done = host.run("rm -- " + " ".join(["%s"] * len(batch)), *batch)
+            # -r only reaches opsbook's backup folders: nothing else listed is a folder.
+            done = host.run("rm -r -- " + " ".join(["%s"] * len(batch)), *batch)
             if done.rc != 0:
                 raise RuntimeError(
                     f"rm exited {done.rc} after {start} file(s) were deleted: {done.stderr.strip()}"
@@ -149,7 +163,7 @@ def delete_past_retention(ctx: Context, *, apply: bool) -> Plan:
     plan.add(
         f"delete {len(files)} file(s), {_size(total)}, older than {days} days on {where}: "
         + listing,
-        "rm -- " + " ".join(shlex.quote(f.path) for f in files),
+        "rm -r -- " + " ".join(shlex.quote(f.path) for f in files),
         "delete-files",
         delete,
     )

@@ -19,7 +19,7 @@ def test_daily_run_passes_on_the_healthy_sandbox(
     # compose project, and (until the sandbox takes backups) the backup checks.
     for row in run.rows:
         if row["outcome"] == "skipped":
-            assert "in the inventory" in row["message"], row
+            assert "inventory" in row["message"], row
     assert set(run.outcomes().values()) <= {"passed", "skipped"}, run.outcomes()
 
 

@@ -75,7 +75,7 @@ def test_old_backups_and_rotated_logs_are_deleted(
     assert step.startswith(
         f"[delete-files] delete 4 file(s), 1.7 MiB, older than 30 days on {data} ("
     )
-    assert step.endswith(": rm -- " + " ".join(str(p) for p in sorted(old)))
+    assert step.endswith(": rm -r -- " + " ".join(str(p) for p in sorted(old)))
     assert all(path.exists() for path in old + kept)
 
     refused = run_checks("--check=RES-001", "--remediate=apply", inventory=inventory)

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Kinds that change a running system in ways that need a person's explicit allow-list.
-RISKY = frozenset({"restart", "recreate", "end-sessions", "delete-files", "alter-system"})
+RISKY = frozenset(
+    {"restart", "recreate", "end-sessions", "delete-files", "alter-system", "restore", "rollback"}
+)
 
 
 class Refused(Exception):

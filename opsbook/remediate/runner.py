@@ -88,13 +88,18 @@ class Remediator:
             self._lock = None
 
     def _gate(self, ctx: Context) -> Callable[[Step], None]:
+        spent: set[str] = set()  # one application of a fix spends each kind's budget once
+
         def gate(step: Step) -> None:
             refusal = self._not_allowed([step])
             if refusal:
                 raise Refused(refusal)
+            if step.kind in spent:
+                return
             reason = self.budgets.spend(step.kind, f"{ctx.target_kind}/{ctx.target}")
             if reason:
                 raise Refused(reason)
+            spent.add(step.kind)
 
         return gate
 

@@ -55,12 +55,12 @@ class Backend(Component):
     name = "backend"
 
     def _process(self) -> Process:
+        from opsbook.releases import backend_argv  # releases imports this module
+
         return Process(
             name=self.name,
-            argv=[
-                sys.executable, "-m", "opsbook.reference.backend",
-                "--config", str(self.layout.app_config),
-            ],
+            # From the deployed release (DIR/releases/current) once there is one.
+            argv=[*backend_argv(self.layout.dir), "--config", str(self.layout.app_config)],
             log=self.layout.log(self.name),
             pid_file=self.layout.pid_file(self.name),
             env=_python_env(),

@@ -73,6 +73,8 @@ class Redis(Component):
             f"logfile {self.layout.log(self.name)}",
             'save ""',
             "appendonly no",
+            # `redis-cli --rdb` (the backup) would otherwise wait 5 s for replicas that never come.
+            "repl-diskless-sync-delay 0",
             "maxmemory 64mb",
             "maxmemory-policy noeviction",
         ]

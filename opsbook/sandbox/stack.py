@@ -17,6 +17,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from opsbook.sandbox.app import Backend, Worker, write_app_config
 from opsbook.sandbox.audit_defaults import audit_section, ensure_env_file
@@ -133,11 +134,28 @@ class Stack:
         write_app_config(self.layout, self.state.ports)
 
     def up(self) -> Path:
-        """Start every component that is not running; write and return the inventory path."""
+        """Start every component that is not running; write and return the inventory path.
+
+        A first backup is taken when there is none: a healthy deployment has one (BACKUP-001).
+        """
         self._prepare_dir()
         for name in COMPONENTS:
             self.component(name).start()
-        return self.write_inventory()
+        inventory_path = self.write_inventory()
+        self._first_backup(inventory_path)
+        return inventory_path
+
+    def _first_backup(self, inventory_path: Path) -> None:
+        from opsbook.backup import BackupError, latest_backup, take_backup
+        from opsbook.inventory import load_inventory
+
+        inventory = load_inventory(inventory_path, environ={})
+        if inventory.backup is None or latest_backup(inventory.backup.dir) is not None:
+            return
+        try:
+            take_backup(inventory)
+        except BackupError as exc:
+            raise SandboxError(f"first backup: {exc}") from None
 
     def start(self, name: str) -> None:
         self._prepare_dir()
@@ -241,7 +259,7 @@ class Stack:
 
         ports = self.state.ports
         secret = self.layout.secret_file
-        inventory = {
+        inventory: dict[str, Any] = {
             "name": "sandbox",
             "sandbox": {"dir": str(self.dir)},
             "http": {
@@ -307,6 +325,9 @@ class Stack:
                 }
             },
         }
+        from opsbook.releases import sandbox_inventory_sections
+
+        inventory.update(sandbox_inventory_sections(self.dir))
         text = "# Written by `python -m opsbook sandbox up`; rewritten on every up.\n"
         text += yaml.safe_dump(inventory, sort_keys=False, default_flow_style=False)
         self.inventory_path.write_text(text, encoding="utf-8")

@@ -1,0 +1,287 @@
+"""The end-to-end canary and the readiness wait of the deploy gates.
+
+The canary posts one message through the frontend (nginx) and follows it: backend (202) ->
+message_queue -> worker -> PostgreSQL (the row) -> processed_messages -> back out through the
+API (GET /api/messages/<id>), timing each hop. Afterwards it deletes what it made, as the
+admins: its message and conversation rows, its processed_messages entry, and the message itself
+if it is still queued. Everything uses connections of its own, with timeouts.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+from urllib.parse import urlsplit
+
+from opsbook.inventory import HttpEndpoint, Inventory, Postgres, Redis
+
+POLL_S = 0.1
+CANARY_USER = "opsbook-canary"
+
+
+@dataclass
+class Readiness:
+    """What waiting for the stack found: how long it took, and what was still not ready."""
+
+    ready: bool
+    waited_s: float
+    not_ready: dict[str, str] = field(default_factory=dict)
+
+
+def _http_problem(spec: HttpEndpoint, timeout: float) -> str | None:
+    import requests
+
+    auth = (spec.user, spec.password.reveal()) if spec.user and spec.password else None
+    try:
+        response = requests.get(spec.url + spec.health_path, timeout=timeout, auth=auth)
+    except requests.RequestException as exc:
+        return f"GET {spec.health_path}: {type(exc).__name__}"
+    return None if response.status_code == 200 else f"GET {spec.health_path} {response.status_code}"
+
+
+def monitor_connection(spec: Postgres, timeout: float) -> Any:
+    import psycopg
+
+    return psycopg.connect(
+        host=spec.host, port=spec.port, dbname=spec.database, user=spec.user,
+        password=spec.password.reveal() if spec.password else None, sslmode=spec.sslmode,
+        connect_timeout=max(2, round(timeout)), application_name="opsbook-canary",
+        autocommit=True,
+    )  # fmt: skip
+
+
+def admin_connection(spec: Postgres, timeout: float) -> Any:
+    import psycopg
+
+    if spec.admin is None:
+        raise PermissionError("postgres has no admin credentials in the inventory")
+    password = spec.admin.password.resolve().reveal() if spec.admin.password else None
+    return psycopg.connect(
+        host=spec.host, port=spec.port, dbname=spec.database, user=spec.admin.user,
+        password=password, sslmode=spec.sslmode, connect_timeout=max(2, round(timeout)),
+        application_name="opsbook-canary", autocommit=True,
+    )  # fmt: skip
+
+
+def checker_client(spec: Redis, timeout: float) -> Any:
+    import redis
+
+    return redis.Redis.from_url(
+        spec.url, password=spec.password.reveal() if spec.password else None,
+        socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True,
+    )  # fmt: skip
+
+
+def admin_client(spec: Redis, timeout: float) -> Any:
+    import redis
+
+    if spec.admin is None:
+        raise PermissionError("redis has no admin credentials in the inventory")
+    url = urlsplit(spec.url)
+    plain = url._replace(netloc=url.netloc.rpartition("@")[2]).geturl()
+    return redis.Redis.from_url(
+        plain, username=spec.admin.user,
+        password=spec.admin.password.resolve().reveal() if spec.admin.password else None,
+        socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True,
+    )  # fmt: skip
+
+
+def _postgres_problem(spec: Postgres, timeout: float) -> str | None:
+    try:
+        with monitor_connection(spec, timeout) as conn:
+            conn.execute("SELECT 1")
+    except Exception as exc:
+        return f"SELECT 1: {type(exc).__name__}"
+    return None
+
+
+def _redis_problem(spec: Redis, timeout: float) -> str | None:
+    client = checker_client(spec, timeout)
+    try:
+        client.ping()
+    except Exception as exc:
+        return f"PING: {type(exc).__name__}"
+    finally:
+        client.close()
+    return None
+
+
+def wait_ready(inventory: Inventory, deadline_s: float) -> Readiness:
+    """Poll every HTTP /health, PostgreSQL and Redis of the inventory until all answer, or the
+    deadline passes: a gate right after a deploy must not fail on a service still starting."""
+    timeout = inventory.thresholds.timeout_s
+    probes: dict[str, Callable[[], str | None]] = {}
+    for name, endpoint in inventory.http.items():
+        probes[f"http {name}"] = partial(_http_problem, endpoint, timeout)
+    for name, spec in inventory.postgres.items():
+        probes[f"postgres {name}"] = partial(_postgres_problem, spec, timeout)
+    for name, redis_spec in inventory.redis.items():
+        probes[f"redis {name}"] = partial(_redis_problem, redis_spec, timeout)
+    began = time.monotonic()
+    pending = dict(probes)
+    problems: dict[str, str] = {}
+    while True:
+        for what, probe in list(pending.items()):
+            problem = probe()
+            if problem is None:
+                del pending[what]
+                problems.pop(what, None)
+            else:
+                problems[what] = problem
+        waited = time.monotonic() - began
+        if not pending:
+            return Readiness(True, waited)
+        if waited >= deadline_s:
+            return Readiness(False, waited, problems)
+        time.sleep(0.5)
+
+
+@dataclass
+class CanaryResult:
+    message_id: str | None = None
+    hops_ms: dict[str, float] = field(default_factory=dict)
+    failed_hop: str | None = None
+    problem: str = ""
+    cleanup: list[str] = field(default_factory=list)  # what was deleted, or why it could not be
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+def _until(condition: Callable[[], bool], deadline_s: float) -> bool:
+    end = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() >= end:
+            return False
+        time.sleep(POLL_S)
+    return True
+
+
+def run_canary(inventory: Inventory, hop_deadline_s: float) -> CanaryResult:
+    """Send one canary message end to end; each hop must complete within hop_deadline_s."""
+    import requests
+
+    result = CanaryResult()
+    front = inventory.endpoints("frontend") or inventory.endpoints("backend")
+    if not front or not inventory.postgres or not inventory.redis:
+        result.failed_hop, result.problem = "setup", "needs a frontend, a PostgreSQL and a Redis"
+        return result
+    endpoint = next(iter(front.values()))
+    pg_spec = next(iter(inventory.postgres.values()))
+    redis_spec = next(iter(inventory.redis.values()))
+    timeout = inventory.thresholds.timeout_s
+    content = f"opsbook canary {uuid.uuid4()}"
+    conversation = str(uuid.uuid4())
+    began = time.monotonic()
+    try:
+        try:
+            answer = requests.post(
+                endpoint.url + "/api/messages",
+                json={"content": content, "user_id": CANARY_USER, "conversation_id": conversation},
+                timeout=timeout,
+            )
+        except requests.RequestException as exc:
+            result.failed_hop, result.problem = "post", f"POST /api/messages: {type(exc).__name__}"
+            return result
+        result.hops_ms["post"] = _ms(time.monotonic() - began)
+        if answer.status_code != 202:
+            result.failed_hop = "post"
+            result.problem = f"POST /api/messages answered {answer.status_code} (expected 202)"
+            return result
+        result.message_id = str(answer.json()["id"])
+        with monitor_connection(pg_spec, timeout) as conn:
+            mark = time.monotonic()
+
+            def stored() -> bool:
+                row = conn.execute("SELECT 1 FROM messages WHERE id = %s", (result.message_id,))
+                return row.fetchone() is not None
+
+            if not _until(stored, hop_deadline_s):
+                result.failed_hop = "stored"
+                result.problem = (
+                    f"message {result.message_id} not in PostgreSQL after {hop_deadline_s:g} s "
+                    "(queue or worker)"
+                )
+                return result
+            result.hops_ms["stored"] = _ms(time.monotonic() - mark)
+        checker = checker_client(redis_spec, timeout)
+        try:
+            mark = time.monotonic()
+            processed = redis_spec.queues.processed
+            if not _until(lambda: checker.lpos(processed, result.message_id) is not None,
+                          hop_deadline_s):  # fmt: skip
+                result.failed_hop = "processed"
+                result.problem = (
+                    f"{result.message_id} not in {processed} after {hop_deadline_s:g} s"
+                )
+                return result
+            result.hops_ms["processed"] = _ms(time.monotonic() - mark)
+        finally:
+            checker.close()
+        mark = time.monotonic()
+        try:
+            back = requests.get(f"{endpoint.url}/api/messages/{result.message_id}", timeout=timeout)
+        except requests.RequestException as exc:
+            result.failed_hop, result.problem = (
+                "read",
+                f"GET /api/messages/ID: {type(exc).__name__}",
+            )
+            return result
+        result.hops_ms["read"] = _ms(time.monotonic() - mark)
+        if back.status_code != 200 or content not in back.text:
+            result.failed_hop = "read"
+            result.problem = f"GET /api/messages/{result.message_id} answered {back.status_code}"
+            return result
+        result.hops_ms["total"] = _ms(time.monotonic() - began)
+        return result
+    finally:
+        result.cleanup = cleanup(inventory, conversation, result.message_id, timeout)
+
+
+def cleanup(
+    inventory: Inventory, conversation: str, message_id: str | None, timeout: float
+) -> list[str]:
+    """Delete the canary's queue entries and rows as the admins; what was done, or why not.
+
+    A message still queued is taken off the queue first, so that no worker stores it after
+    its conversation is gone (it would end as a dead letter)."""
+    done = []
+    pg_spec = next(iter(inventory.postgres.values()))
+    redis_spec = next(iter(inventory.redis.values()))
+    queues = redis_spec.queues
+    client = None
+    try:
+        client = admin_client(redis_spec, timeout)
+        removed = 0
+        if message_id is not None:
+            for raw in client.lrange(queues.pending, 0, -1):
+                if message_id in raw:
+                    removed += int(client.lrem(queues.pending, 0, raw))
+    except Exception as exc:
+        done.append(f"could not take the canary off {queues.pending}: {type(exc).__name__}: {exc}")
+    try:
+        with admin_connection(pg_spec, timeout) as conn:
+            messages = conn.execute(
+                "DELETE FROM messages WHERE conversation_id = %s", (conversation,)
+            ).rowcount
+            conversations = conn.execute(
+                "DELETE FROM conversations WHERE id = %s AND user_id = %s",
+                (conversation, CANARY_USER),
+            ).rowcount
+        done.append(f"deleted {messages} message and {conversations} conversation row(s)")
+    except Exception as exc:
+        done.append(f"could not delete the canary's rows: {type(exc).__name__}: {exc}")
+    if client is not None and message_id is not None:
+        try:
+            removed += int(client.lrem(queues.processed, 0, message_id))
+            done.append(f"removed {removed} queue entr{'y' if removed == 1 else 'ies'}")
+        except Exception as exc:
+            done.append(f"could not remove the canary from Redis: {type(exc).__name__}: {exc}")
+    if client is not None:
+        client.close()
+    return done

@@ -1,0 +1,168 @@
+"""The sandbox's releases: how a backend release is deployed, and rolled back.
+
+    DIR/releases/<tag>/backend.py   the release: a copy of the backend's code
+    DIR/releases/<tag>/RELEASE      what it is: tag, when it was made, from where, SHA-256
+    DIR/releases/current -> <tag>   the deployed release; the backend runs from here
+    DIR/releases/history            the tags deployed, one a line, oldest first
+
+    create(releases, "v2")          copy the reference backend (or a given file) into v2/
+    deploy(stack, releases, "v2")   current -> v2 (atomically), append to history, restart
+    rollback(stack, releases)       drop the newest history line, current -> the one before
+
+Without a `current` link the backend runs from the opsbook package, as before releases existed.
+A compose deployment rolls back by image tag instead; that is not done here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+
+from opsbook.sandbox.stack import Stack
+
+CURRENT = "current"
+HISTORY = "history"
+ENTRY = "backend.py"
+TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class ReleaseError(Exception):
+    """A release cannot be made, deployed or rolled back; one line saying why."""
+
+
+def releases_dir(sandbox_dir: Path) -> Path:
+    return sandbox_dir / "releases"
+
+
+def backend_argv(sandbox_dir: Path) -> list[str]:
+    """How the sandbox starts its backend: from `current` when a release is deployed.
+
+    The path goes through the `current` link (not resolved), so a restart after a switch runs
+    the newly deployed release.
+    """
+    entry = releases_dir(sandbox_dir) / CURRENT / ENTRY
+    if entry.is_file():
+        return [sys.executable, str(entry)]
+    return [sys.executable, "-m", "opsbook.reference.backend"]
+
+
+def restart_backend(stack: Stack) -> None:
+    stack.restart("backend")
+
+
+@dataclass(frozen=True)
+class Release:
+    tag: str
+    path: Path
+
+
+def _check_tag(tag: str) -> str:
+    if not TAG.fullmatch(tag) or tag in (CURRENT, HISTORY):
+        raise ReleaseError(f"bad release tag {tag!r} (letters, digits, . _ -; not {CURRENT})")
+    return tag
+
+
+def create(releases: Path, tag: str, source: Path | None = None) -> Release:
+    """Make release `tag` from a backend file (default: the reference backend)."""
+    target = releases / _check_tag(tag)
+    if target.exists():
+        raise ReleaseError(f"release {tag} already exists in {releases}")
+    code = (
+        source.read_bytes()
+        if source is not None
+        else resources.files("opsbook.reference").joinpath("backend.py").read_bytes()
+    )
+    staging = releases / f".{tag}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    (staging / ENTRY).write_bytes(code)
+    (staging / "RELEASE").write_text(
+        json.dumps(
+            {
+                "tag": tag,
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "source": str(source) if source else "opsbook.reference.backend",
+                "sha256": hashlib.sha256(code).hexdigest(),
+            },
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    staging.rename(target)
+    return Release(tag, target)
+
+
+def current(releases: Path) -> str | None:
+    link = releases / CURRENT
+    return os.readlink(link) if link.is_symlink() else None
+
+
+def history(releases: Path) -> list[str]:
+    try:
+        text = (releases / HISTORY).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def previous(releases: Path) -> str | None:
+    """The release a rollback would go back to."""
+    deployed = history(releases)
+    return deployed[-2] if len(deployed) >= 2 else None
+
+
+def _switch(releases: Path, tag: str) -> None:
+    if not (releases / tag / ENTRY).is_file():
+        raise ReleaseError(f"no release {tag} in {releases}")
+    staged = releases / f".{CURRENT}.new"
+    staged.unlink(missing_ok=True)
+    staged.symlink_to(tag)
+    os.replace(staged, releases / CURRENT)  # atomic: a restart sees the old or the new one
+
+
+def _write_history(releases: Path, tags: list[str]) -> None:
+    staged = releases / f".{HISTORY}.new"
+    staged.write_text("".join(f"{tag}\n" for tag in tags), encoding="utf-8")
+    os.replace(staged, releases / HISTORY)
+
+
+def deploy(stack: Stack, releases: Path, tag: str) -> None:
+    """Switch `current` to release `tag` and restart the backend from it."""
+    _switch(releases, _check_tag(tag))
+    _write_history(releases, [*history(releases), tag])
+    restart_backend(stack)
+
+
+def rollback(stack: Stack, releases: Path) -> tuple[str, str]:
+    """Go back to the release deployed before the current one; (from, to)."""
+    deployed = history(releases)
+    if len(deployed) < 2:
+        raise ReleaseError(f"no earlier release to roll back to in {releases}")
+    _switch(releases, deployed[-2])
+    _write_history(releases, deployed[:-1])
+    restart_backend(stack)
+    return deployed[-1], deployed[-2]
+
+
+def sandbox_inventory_sections(sandbox_dir: Path) -> dict[str, object]:
+    """The `backup:` and `deploy:` sections of the sandbox's inventory.
+
+    Backups go to DIR/backups: `backups/` on the data filesystem the inventory lists for the
+    host (DIR), where remediation/disk.py's retention looks for opsbook's backups.
+    """
+    return {
+        "backup": {
+            "dir": str(sandbox_dir / "backups"),
+            "data_paths": [str(sandbox_dir / "nginx" / "html")],
+        },
+        "deploy": {"releases_dir": str(releases_dir(sandbox_dir)), "min_free_mb": 100},
+    }
