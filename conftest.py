@@ -4,4 +4,4 @@ The project's own tests live in tests/ with their own pytest.ini, so this file i
 for them.
 """
 
-pytest_plugins = ["opsbook.plugin", "fixtures.targets"]
+pytest_plugins = ["opsbook.plugin", "fixtures.targets", "fixtures.containers"]

@@ -190,6 +190,7 @@ class Compose(_Model):
     project: str
     file: Path | None = None
     docker_host: str | None = None
+    dir: Path | None = None  # where the stack's secret files are (OPSBOOK_COMPOSE_DIR)
 
 
 class Egress(_Model):
@@ -310,6 +311,8 @@ class Thresholds(_Model):
     pg_connections_percent: Percent = 80
     idle_in_transaction_s: Seconds = 300
     log_window_s: Seconds = 300
+    container_restarts_max: Annotated[int, Field(ge=0)] = 3
+    container_cpu_percent: Percent = 90
     processed_window_s: Seconds = 3600
     drain_sample_s: Annotated[float, Field(gt=0, le=60)] = 0.5  # a healthy worker takes a message
 

@@ -280,3 +280,9 @@ class Targets:
         for group in (self.http, self.postgres, self.redis):
             for target in group.values():
                 target.close()
+
+    def reset(self) -> None:
+        """Forget what the run learned about every target (after a fix changed the stack)."""
+        for group in (self.http, self.postgres, self.redis):
+            for target in group.values():
+                target.reset()

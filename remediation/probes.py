@@ -13,6 +13,8 @@ POLL_S = 0.25
 
 def healthy(ctx: Context) -> bool:
     """Whether the failing target answers now (a new connection, not the run's cached one)."""
+    if ctx.target_kind == "compose":
+        return ctx.runtime().is_running(ctx.service())
     spec, timeout = ctx.spec(), ctx.thresholds.timeout_s
     try:
         if ctx.target_kind == "http":

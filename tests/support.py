@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +16,11 @@ class CheckRun:
     def __init__(self, process: subprocess.CompletedProcess[str], reports: Path) -> None:
         self.exit_code = process.returncode
         self.output = process.stdout + process.stderr
-        latest = reports / "latest" / "findings.json"
-        self.document = json.loads(latest.read_text()) if latest.exists() else {}
+        # This run's own folder, as it printed it: `latest` may already be another run's.
+        printed = re.search(r"opsbook report: (\S+)/report\.html", self.output)
+        folder = Path(printed[1]) if printed else reports / "latest"
+        found = folder / "findings.json"
+        self.document = json.loads(found.read_text()) if found.exists() else {}
         self.rows: list[dict[str, Any]] = self.document.get("findings", [])
 
     def row(self, check_id: str, target: str | None = None) -> dict[str, Any]:

@@ -4,6 +4,7 @@ their fixes (remediation.tuning) are applied for real and are idempotent.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -114,7 +115,8 @@ def test_dead_tuples_fail(sandbox: Stack, run_checks: RunChecks) -> None:
         superuser(sandbox, "ALTER TABLE agents RESET (autovacuum_enabled)")
         superuser(sandbox, "VACUUM (ANALYZE) agents")
     assert row["outcome"] == "failed"
-    assert row["message"].startswith("postgres chatdb: agents has 300 dead rows of ")
+    # 300 and more: other tests on the shared sandbox may have left a dead row or two.
+    assert re.match(r"postgres chatdb: agents has 3\d\d dead rows of \d+ ", row["message"])
     assert row["message"].endswith("(max 20%)")
     history = row["evidence"][
         "vacuum history (table, last vacuum, last autovacuum, autovacuum enabled)"

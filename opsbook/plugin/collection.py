@@ -35,6 +35,9 @@ TARGET_KINDS = {
     "postgres_target": "postgres",
     "redis_target": "redis",
     "host": "host",
+    "compose_service": "compose",
+    "limited_compose_service": "compose",
+    "unpublished_service": "compose",
 }
 
 

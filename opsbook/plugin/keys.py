@@ -12,6 +12,7 @@ from opsbook.secrets import Redactor
 
 if TYPE_CHECKING:
     from opsbook.inventory import Inventory
+    from opsbook.targets import Targets
 
 
 @dataclass(frozen=True)
@@ -42,3 +43,6 @@ INVENTORY: pytest.StashKey[Inventory | None] = pytest.StashKey()
 REDACTOR = pytest.StashKey[Redactor]()
 CHECK = pytest.StashKey[CheckInfo]()
 FINDINGS = pytest.StashKey[Findings]()
+# The run's targets, once the first check needed them (fixtures/targets.py): a fix resets them
+# all, since what one check cached about a target may no longer be true.
+TARGETS: pytest.StashKey[Targets] = pytest.StashKey()

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from opsbook.errors import TargetUnreachable
-from opsbook.plugin.keys import CHECK, INVENTORY, REDACTOR
+from opsbook.plugin.keys import CHECK, INVENTORY, REDACTOR, TARGETS
 
 MODES = ("off", "plan", "apply")
 VERIFY_INTERVAL_S = 0.5
@@ -55,10 +55,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _reset_targets(item: pytest.Item) -> None:
-    for value in getattr(item, "funcargs", {}).values():
-        reset = getattr(value, "reset", None)
-        if callable(reset) and getattr(type(value), "__module__", "") == "opsbook.targets":
-            reset()
+    targets = item.config.stash.get(TARGETS, None)
+    if targets is not None:
+        targets.reset()
 
 
 def _verify(item: pytest.Item, deadline_s: float) -> tuple[bool, str]:
@@ -77,6 +76,15 @@ def _verify(item: pytest.Item, deadline_s: float) -> tuple[bool, str]:
         if time.monotonic() >= end:
             return False, message
         time.sleep(VERIFY_INTERVAL_S)
+
+
+def _take_new_properties(report: pytest.TestReport, item: pytest.Item) -> None:
+    """The check ran again: its properties (observed value, evidence) are the new run's."""
+    new = dict(item.user_properties)
+    report.user_properties = [
+        *item.user_properties,
+        *[(k, v) for k, v in report.user_properties if k not in new],
+    ]
 
 
 class _RemediationPlugin:
@@ -118,16 +126,21 @@ class _RemediationPlugin:
         )
         attempt = self.remediator.run(info.spec.remediation, ctx, apply=self.mode == "apply")
         before = str(report.longrepr) if report.longrepr else ""
+        if attempt.status == "nothing-to-do":
+            # The target is fine now (an earlier fix in this run, or it recovered): what the
+            # run cached about it is stale, so the check looks again, once.
+            recovered, _ = _verify(item, 0)
+            if recovered:
+                attempt.after = "passed"
+                report.outcome = "passed"
+                report.longrepr = None
+                _take_new_properties(report, item)
         if attempt.status == "applied":
             deadline = self.remediator.inventory.remediation.verify_timeout_s
             fixed, after = _verify(item, deadline)
             attempt.verdict = "FIXED" if fixed else "NOT FIXED"
             attempt.after = redact(after) if after else "passed"
-            # The check's properties (observed value) are now those of the second run.
-            report.user_properties = [
-                *item.user_properties,
-                *[(k, v) for k, v in report.user_properties if k not in dict(item.user_properties)],
-            ]
+            _take_new_properties(report, item)
             if fixed:
                 report.outcome = "passed"
                 report.longrepr = None

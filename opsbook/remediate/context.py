@@ -36,7 +36,9 @@ class Context:
         return self.inventory.thresholds
 
     def spec(self) -> Any:
-        """The inventory entry of the failing target."""
+        """The inventory entry of the failing target (for a compose service: the project)."""
+        if self.target_kind == "compose":
+            return self.inventory.compose
         sections: dict[str, dict[str, Any]] = {
             "http": dict(self.inventory.http),
             "postgres": dict(self.inventory.postgres),
@@ -47,6 +49,8 @@ class Context:
 
     def service(self) -> str:
         """The runtime's name for the target's service."""
+        if self.target_kind == "compose":
+            return self.target
         return getattr(self.spec(), "service", None) or self.target
 
     def runtime(self) -> Runtime:

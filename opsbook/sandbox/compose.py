@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,15 +126,22 @@ class ComposeStack:
             env["DOCKER_HOST"] = self.docker_host
         return env
 
-    def compose(self, *args: str, timeout: float = COMMAND_TIMEOUT_S) -> str:
-        """Run `docker compose -p PROJECT -f FILE ARGS...`; its stdout, or ComposeError."""
+    def compose(
+        self,
+        *args: str,
+        timeout: float = COMMAND_TIMEOUT_S,
+        env: Mapping[str, str] | None = None,
+    ) -> str:
+        """Run `docker compose -p PROJECT -f FILE ARGS...`; its stdout, or ComposeError.
+
+        `env` adds variables for this command only (`OPSBOOK_PORT_BACKEND=...`)."""
         if shutil.which("docker") is None:
             raise ComposeError("compose: the docker CLI is not installed")
         argv = ["docker", "compose", "-p", self.project, "-f", str(self.compose_file), *args]
         try:
             done = subprocess.run(
                 argv,
-                env=self._env(),
+                env={**self._env(), **(env or {})},
                 capture_output=True,
                 text=True,
                 timeout=timeout,
@@ -220,9 +228,21 @@ class ComposeStack:
             except ComposeError:
                 return False
             return True
-        return True  # postgres and redis: the backend's /health vouches for them
+        # PostgreSQL listens on TCP only once its entrypoint has provisioned chatdb; Redis
+        # answers PING (NOAUTH counts: it is up) once it has loaded its ACL users.
+        probe = {
+            "postgres": ["pg_isready", "-q", "-h", "127.0.0.1", "-p", "5432"],
+            "redis": ["redis-cli", "ping"],
+        }[service]
+        try:
+            self.compose("exec", "-T", service, *probe, timeout=10)
+        except ComposeError:
+            return False
+        return True
 
     def wait_ready(self, ports: dict[str, int], deadline_s: float = DEADLINE_S) -> None:
+        """Wait for each service in turn: asking the backend for /health before its database
+        is provisioned would make it log errors that the log checks then report."""
         waiting = list(SERVICES)
         deadline = time.monotonic() + deadline_s
         while waiting:
@@ -230,7 +250,8 @@ class ComposeStack:
             if stopped:
                 name = stopped[0].name
                 raise ComposeError(f"{name}: container exited", self._logs(name))
-            waiting = [service for service in waiting if not self._ready(service, ports)]
+            while waiting and self._ready(waiting[0], ports):
+                waiting.pop(0)
             if not waiting:
                 return
             if time.monotonic() > deadline:
@@ -272,6 +293,7 @@ class ComposeStack:
                 "project": self.project,
                 "file": str(self.compose_file),
                 "docker_host": self.docker_host,
+                "dir": str(self.dir),
             },
             "http": {
                 "backend": {

@@ -1,0 +1,196 @@
+"""Remediation on a real compose stack, through ComposeRuntime: a stopped backend restarted by
+`pytest -m daily --remediate=apply --allow=restart`, a backend killed by a tiny memory limit
+brought back by the escalation to a recreate, the backend scaled to 3 and back, and the queue's
+scale_workers run on the compose project.
+
+Needs a Docker API and `docker compose`; skipped, with the reason, when either is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+from test_compose_checks import (  # one stack per module, built the same way
+    SHORT_LOG_WINDOW,
+    compose_stack,
+    container,
+    docker,
+    eventually,
+    failed,
+    passed,
+    run_compose,
+    runtime,
+)
+
+from opsbook.inventory import load_inventory
+from opsbook.remediate.context import Context
+from opsbook.remediate.runtime import ComposeRuntime
+from opsbook.sandbox.compose import ComposeStack
+from remediation import queue
+
+pytestmark = pytest.mark.containers
+
+__all__ = ["compose_stack", "run_compose", "runtime"]  # fixtures, used by name
+
+
+def attempt(run, check_id: str, target: str) -> dict[str, object]:
+    return run.row(check_id, target).get("remediation_attempt") or {}
+
+
+def test_plan_shows_the_exact_compose_commands(
+    compose_stack: ComposeStack, runtime: ComposeRuntime, run_compose
+) -> None:
+    docker(compose_stack, "stop", "--time", "5", container(compose_stack, "backend"))
+    try:
+        run = run_compose("--check=HEALTH-001", "--remediate=plan")
+        plan = attempt(run, "HEALTH-001", "backend")
+        assert plan["status"] == "planned", run.output
+        base = (
+            f"DOCKER_HOST={compose_stack.docker_host} docker compose -p {compose_stack.project} "
+            f"-f {compose_stack.compose_file}"
+        )
+        port = runtime.ports["backend"]
+        assert plan["plan"] == [
+            f"[restart] restart backend: {base} restart backend",
+            f"[recreate] recreate backend (only if backend is still unhealthy): "
+            f"DOCKER_HOST={compose_stack.docker_host} OPSBOOK_COMPOSE_DIR={compose_stack.dir} "
+            f"OPSBOOK_PORT_BACKEND={port} docker compose -p {compose_stack.project} "
+            f"-f {compose_stack.compose_file} up --detach --force-recreate --no-deps backend",
+        ], plan
+        assert not runtime.is_running("backend")  # planning changed nothing
+    finally:
+        runtime.restart("backend")
+
+
+def test_stopped_backend_is_restarted_by_the_daily_run(
+    compose_stack: ComposeStack, runtime: ComposeRuntime, run_compose
+) -> None:
+    docker(compose_stack, "stop", "--time", "5", container(compose_stack, "backend"))
+    run = run_compose("--remediate=apply", "--allow=restart", env=SHORT_LOG_WINDOW)
+    # COMPOSE-001 runs first and is linked to restart_service: it sees the container exited
+    # and restarts it; the checks after it find the backend answering again.
+    row = run.row("COMPOSE-001", "backend")
+    assert row["outcome"] == "fixed", run.output
+    assert "is exited" in row["message"]
+    fixed = row["remediation_attempt"]
+    assert (fixed["status"], fixed["verdict"]) == ("applied", "FIXED"), run.output
+    assert fixed["plan"][0].endswith("restart backend -> healthy"), fixed
+    assert run.outcome("HEALTH-001", "backend") in ("passed", "fixed")
+    again = run_compose(env=SHORT_LOG_WINDOW)
+    passed(again, "COMPOSE-001", "backend")
+    passed(again, "HEALTH-001", "backend")
+
+
+def _squeeze_backend(stack: ComposeStack, runtime: ComposeRuntime, tmp_path: Path) -> None:
+    """Recreate the backend with a 16 MiB memory limit (no swap): it is killed as it starts."""
+    override = tmp_path / "tiny-memory.yaml"
+    override.write_text(
+        "services:\n  backend:\n    memswap_limit: 16M\n"
+        "    deploy: {resources: {limits: {cpus: '0.50', memory: 16M}}}\n"
+    )
+    subprocess.run(
+        [
+            "docker", "compose", "-p", stack.project, "-f", str(stack.compose_file),
+            "-f", str(override), "up", "-d", "--force-recreate", "--no-deps", "backend",
+        ],
+        env={**stack._env(), "OPSBOOK_PORT_BACKEND": str(runtime.ports["backend"])},
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+
+
+def test_memory_squeezed_backend_is_recreated(
+    compose_stack: ComposeStack, runtime: ComposeRuntime, run_compose, tmp_path: Path
+) -> None:
+    _squeeze_backend(compose_stack, runtime, tmp_path)
+    name = container(compose_stack, "backend")
+    eventually(lambda: not runtime.is_running("backend"), "the squeezed backend is killed")
+    run = run_compose("--check=COMPOSE-002,COMPOSE-001")
+    message = failed(run, "COMPOSE-002", "backend")
+    assert f"{name} was killed: exit code 137, by its memory limit (16 MiB) or SIGKILL" in message
+    assert f"{name} is exited with exit code 137" in failed(run, "COMPOSE-001", "backend")
+    # A restart keeps the tiny limit and dies again; the recreate restores compose.yaml's.
+    run = run_compose(
+        "--check=HEALTH-001", "--remediate=apply", "--allow=restart,recreate",
+        env=SHORT_LOG_WINDOW,
+    )  # fmt: skip
+    fixed = attempt(run, "HEALTH-001", "backend")
+    assert (fixed["status"], fixed["verdict"]) == ("applied", "FIXED"), run.output
+    assert fixed["plan"][0].endswith("-> still unhealthy"), fixed
+    assert fixed["plan"][1].endswith("up --detach --force-recreate --no-deps backend -> done")
+    again = run_compose("--check=COMPOSE-001,COMPOSE-002,COMPOSE-005,HEALTH-001")
+    assert again.exit_code == 0, again.output
+    assert "memory=256 MiB" in again.row("COMPOSE-005", "backend")["observed"]
+
+
+def test_backend_scales_to_three_and_back(
+    compose_stack: ComposeStack, runtime: ComposeRuntime, run_compose
+) -> None:
+    try:
+        runtime.scale("backend", 3)
+        assert runtime.replicas("backend") == 3
+        out = compose_stack.compose("ps", "--format", "json", "backend")
+        ports = [
+            (p["URL"], p["PublishedPort"])
+            for entry in (json.loads(line) for line in out.splitlines() if line.strip())
+            for p in entry.get("Publishers") or []
+            if p.get("PublishedPort")
+        ]
+        assert len({port for _, port in ports}) == 3, ports
+        assert {url for url, _ in ports} == {"127.0.0.1"}, ports
+        assert ("127.0.0.1", runtime.ports["backend"]) in ports  # the first kept its port
+        run = run_compose("--check=COMPOSE-001,HEALTH-001")
+        assert run.exit_code == 0, run.output
+        assert run.row("COMPOSE-001", "backend")["observed"].count(" running") == 3
+    finally:
+        runtime.scale("backend", 1)
+    assert runtime.replicas("backend") == 1
+    again = run_compose("--check=COMPOSE-001,HEALTH-001")
+    assert again.exit_code == 0, again.output
+
+
+def test_scale_workers_runs_on_the_compose_project(
+    compose_stack: ComposeStack, runtime: ComposeRuntime
+) -> None:
+    inventory = load_inventory(compose_stack.inventory_path, environ={})
+    low = inventory.thresholds.model_copy(update={"queue_backlog": 10})
+    inventory = inventory.model_copy(update={"thresholds": low})
+    ctx = Context(inventory, "QUEUE-003", "redis", "queue", _runtime=runtime)
+    spec = inventory.redis["queue"]
+    admin_password = spec.admin.password.resolve().reveal()
+    port = int(spec.url.rsplit(":", 1)[1].split("/")[0])
+    client = redis.Redis(
+        host="127.0.0.1", port=port, username="default", password=admin_password,
+        socket_timeout=5, decode_responses=True,
+    )  # fmt: skip
+    docker(compose_stack, "stop", "--time", "5", container(compose_stack, "worker"))
+    try:
+        tag = f"compose scale {uuid.uuid4()}"
+        pipe = client.pipeline(transaction=False)
+        for _ in range(50):
+            pipe.lpush(
+                "message_queue",
+                json.dumps({
+                    "id": str(uuid.uuid4()), "conversation_id": None, "user_id": "opsbook-test",
+                    "role": "user", "content": tag, "enqueued_at": time.time(),
+                }),
+            )  # fmt: skip
+        pipe.execute()
+        plan = queue.scale_workers(ctx, apply=False)
+        assert plan.lines()[0].startswith(
+            "[scale] scale worker from 0 to 3: message_queue holds 50 (max 10): "
+        ), plan.lines()
+        assert "--scale worker=3 worker" in plan.lines()[0]
+        done = queue.scale_workers(ctx, apply=True)
+        assert done.steps[0].result == "3 workers run", done.lines()
+        assert done.steps[1].result == "1 worker runs", done.lines()
+        assert client.llen("message_queue") == 0
+        assert runtime.replicas("worker") == 1
+    finally:
+        client.close()
+        runtime.scale("worker", 1)
