@@ -1,5 +1,9 @@
 """The inventory: one YAML file describing a deployment, validated once at start.
 
+The models are msgspec structs: validation is as strict as with the heavier libraries, and
+defining and loading them costs about a millisecond, which matters for a run that must start
+in well under a second.
+
 The format is documented in docs/inventory.md. Values can be overridden from the environment
 with `OPSBOOK__<SECTION>__<NAME>__<KEY>=value` (for example `OPSBOOK__POSTGRES__CHATDB__PORT=5433`
 or `OPSBOOK__THRESHOLDS__QUEUE_BACKLOG=500`); the value is read as a YAML scalar.
@@ -11,19 +15,12 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
+import msgspec
 import yaml
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    ValidationError,
-    field_validator,
-)
+from msgspec import Meta
 
 from opsbook.secrets import Secret
 
@@ -78,34 +75,26 @@ class SecretReference:
         return f"SecretReference({self.reference})"
 
 
-LazySecretRef = Annotated[
-    SecretReference,
-    BeforeValidator(_check_reference),
-    PlainSerializer(lambda s: repr(s), return_type=str),
-]
-
-SecretRef = Annotated[
-    Secret,
-    BeforeValidator(_resolve_secret),
-    PlainSerializer(lambda s: repr(s), return_type=str),
-]
-Port = Annotated[int, Field(ge=1, le=65535)]
-Seconds = Annotated[float, Field(gt=0, le=3600)]
-Percent = Annotated[float, Field(gt=0, le=100)]
+Port = Annotated[int, Meta(ge=1, le=65535)]
+Seconds = Annotated[float, Meta(gt=0, le=3600)]
+Percent = Annotated[float, Meta(gt=0, le=100)]
+Count = Annotated[int, Meta(ge=0)]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+class _Model(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """A section of the inventory: unknown keys are refused, values cannot be changed.
+
+    Subclasses say `frozen=True` again for the type checkers' sake."""
 
 
-class Admin(_Model):
+class Admin(_Model, frozen=True):
     """Credentials for remediation only: read when a fix is applied, never for checking."""
 
     user: str
-    password: LazySecretRef | None = None
+    password: SecretReference | None = None
 
 
-class HttpEndpoint(_Model):
+class HttpEndpoint(_Model, frozen=True):
     """An HTTP service: the backend, the frontend, Prometheus or Grafana."""
 
     kind: Literal["backend", "frontend", "prometheus", "grafana", "other"]
@@ -113,33 +102,31 @@ class HttpEndpoint(_Model):
     service: str | None = None  # the runtime's name for it (compose service, sandbox component)
     health_path: str = "/health"
     user: str | None = None
-    password: SecretRef | None = None
+    password: Secret | None = None
 
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, url: str) -> str:
-        parts = urlsplit(url)
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url!r}")
+            raise ValueError(f"url: not an http(s) URL: {self.url!r}")
         if parts.password:
-            raise ValueError("the URL holds a password; give it as password: {env: NAME}")
-        return url.rstrip("/")
+            raise ValueError("url: the URL holds a password; give it as password: {env: NAME}")
+        msgspec.structs.force_setattr(self, "url", self.url.rstrip("/"))
 
 
-class Postgres(_Model):
+class Postgres(_Model, frozen=True):
     """A PostgreSQL server and the database the checks read, as the monitoring role."""
 
     host: str = "127.0.0.1"
     port: Port = 5432
     database: str = "chatdb"
     user: str = "opsbook_monitor"
-    password: SecretRef | None = None
+    password: Secret | None = None
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
     service: str | None = None
     admin: Admin | None = None
 
 
-class Queues(_Model):
+class Queues(_Model, frozen=True):
     """The Redis lists that make up the message queue."""
 
     pending: str = "message_queue"
@@ -147,44 +134,38 @@ class Queues(_Model):
     processed: str = "processed_messages"
 
 
-class Redis(_Model):
+class Redis(_Model, frozen=True):
     """A Redis server used as the message queue."""
 
     url: str = "redis://127.0.0.1:6379/0"
-    password: SecretRef | None = None
-    queues: Queues = Queues()
+    password: Secret | None = None
+    queues: Queues = msgspec.field(default_factory=Queues)
     service: str | None = None
     admin: Admin | None = None
 
-    @field_validator("url")
-    @classmethod
-    def _redis_url(cls, url: str) -> str:
-        parts = urlsplit(url)
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
         if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-            raise ValueError(f"not a redis:// URL: {url!r}")
+            raise ValueError(f"url: not a redis:// URL: {self.url!r}")
         if parts.password:
-            raise ValueError("the URL holds a password; give it as password: {env: NAME}")
-        return url
+            raise ValueError("url: the URL holds a password; give it as password: {env: NAME}")
 
 
-class Host(_Model):
+class Host(_Model, frozen=True):
     """A machine for host-level checks, reached through a testinfra host spec."""
 
     spec: str = "local://"
     filesystems: tuple[str, ...] = ("/",)
     logs: tuple[str, ...] = ()
 
-    @field_validator("spec")
-    @classmethod
-    def _spec(cls, spec: str) -> str:
-        if not re.match(r"^[a-z+]+://", spec):
+    def __post_init__(self) -> None:
+        if not re.match(r"^[a-z+]+://", self.spec):
             raise ValueError(
-                f"not a testinfra host spec (local://, ssh://, docker://...): {spec!r}"
+                f"spec: not a testinfra host spec (local://, ssh://, docker://...): {self.spec!r}"
             )
-        return spec
 
 
-class Compose(_Model):
+class Compose(_Model, frozen=True):
     """The compose project, when the stack runs on a container engine."""
 
     project: str
@@ -193,33 +174,30 @@ class Compose(_Model):
     dir: Path | None = None  # where the stack's secret files are (OPSBOOK_COMPOSE_DIR)
 
 
-class Egress(_Model):
+class Egress(_Model, frozen=True):
     """A destination outside the stack that must stay reachable (opt-in check NET-001)."""
 
     url: str
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, url: str) -> str:
-        parts = urlsplit(url)
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https", "tcp") or not parts.hostname:
-            raise ValueError(f"not an http(s):// or tcp://host:port URL: {url!r}")
+            raise ValueError(f"url: not an http(s):// or tcp://host:port URL: {self.url!r}")
         if parts.scheme == "tcp" and not parts.port:
-            raise ValueError(f"a tcp:// URL needs a port: {url!r}")
-        return url
+            raise ValueError(f"url: a tcp:// URL needs a port: {self.url!r}")
 
 
-class Sandbox(_Model):
+class Sandbox(_Model, frozen=True):
     """Set by `python -m opsbook sandbox up`: the sandbox's state directory."""
 
     dir: Path
 
 
-class Budget(_Model):
+class Budget(_Model, frozen=True):
     """At most `count` applications of a kind of fix per target within `per_s` seconds."""
 
-    count: Annotated[int, Field(ge=0)]
-    per_s: Annotated[float, Field(gt=0, le=30 * 86400)]
+    count: Count
+    per_s: Annotated[float, Meta(gt=0, le=30 * 86400)]
 
 
 RISKY_KINDS = (
@@ -227,32 +205,34 @@ RISKY_KINDS = (
 )  # fmt: skip
 
 
-class Remediation(_Model):
+DEFAULT_BUDGETS = {
+    "restart": Budget(count=2, per_s=3600),
+    "recreate": Budget(count=1, per_s=3600),
+    "end-sessions": Budget(count=3, per_s=3600),
+    "delete-files": Budget(count=1, per_s=86400),
+    "alter-system": Budget(count=1, per_s=86400),
+    "restore": Budget(count=1, per_s=86400),
+    "rollback": Budget(count=2, per_s=3600),
+}
+
+
+class Remediation(_Model, frozen=True):
     """What automatic fixes may do. Risky kinds need to be allowed here or with --allow."""
 
     allow: tuple[str, ...] = ()
-    budgets: dict[str, Budget] = {
-        "restart": Budget(count=2, per_s=3600),
-        "recreate": Budget(count=1, per_s=3600),
-        "end-sessions": Budget(count=3, per_s=3600),
-        "delete-files": Budget(count=1, per_s=86400),
-        "alter-system": Budget(count=1, per_s=86400),
-        "restore": Budget(count=1, per_s=86400),
-        "rollback": Budget(count=2, per_s=3600),
-    }
+    budgets: dict[str, Budget] = msgspec.field(default_factory=lambda: dict(DEFAULT_BUDGETS))
     verify_timeout_s: Seconds = 30
-    retention_days: Annotated[int, Field(ge=1)] = 30
+    retention_days: Annotated[int, Meta(ge=1)] = 30
 
-    @field_validator("allow")
-    @classmethod
-    def _known(cls, allow: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = sorted(set(allow) - set(RISKY_KINDS))
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.allow) - set(RISKY_KINDS))
         if unknown:
-            raise ValueError(f"unknown kind(s) {unknown}; risky kinds are {list(RISKY_KINDS)}")
-        return allow
+            raise ValueError(
+                f"allow: unknown kind(s) {unknown}; risky kinds are {list(RISKY_KINDS)}"
+            )
 
 
-class Audit(_Model):
+class Audit(_Model, frozen=True):
     """What the security and access audit expects (`pytest -m audit`)."""
 
     secret_files: tuple[str, ...] = ()  # globs on every host: .env, *.key, *.pem files
@@ -263,40 +243,40 @@ class Audit(_Model):
     app_roles: tuple[str, ...] = ("chat_app",)  # PostgreSQL roles of the application
     redis_app_users: tuple[str, ...] = ("chat_app",)
     require_ssl: bool = False  # PostgreSQL traffic leaves the host
-    log_window_s: Annotated[float, Field(gt=0)] = 86400  # incident log audit looks back this far
+    log_window_s: Annotated[float, Meta(gt=0)] = 86400  # incident log audit looks back this far
     logs: tuple[str, ...] = ()  # logs the log audit reads on every host, besides hosts' logs
 
 
-class Tuning(_Model):
+class Tuning(_Model, frozen=True):
     """The performance-tuning runbook's expectations of PostgreSQL (unset: not checked)."""
 
     shared_buffers: str | None = None  # as SHOW prints it, e.g. "256MB"
     effective_cache_size: str | None = None
     maintenance_work_mem: str | None = None
     dead_tuple_percent: Percent = 20
-    stats_max_age_s: Annotated[float, Field(gt=0)] = 7 * 86400
+    stats_max_age_s: Annotated[float, Meta(gt=0)] = 7 * 86400
 
 
-class Backup(_Model):
+class Backup(_Model, frozen=True):
     """Where opsbook's backups go, what they hold, and how old the newest may be."""
 
     dir: Path
-    max_age_s: Annotated[float, Field(gt=0)] = 86400
+    max_age_s: Annotated[float, Meta(gt=0)] = 86400
     data_paths: tuple[Path, ...] = ()  # application data to tar alongside the dumps
-    retention_days: Annotated[int, Field(ge=1)] = 30
+    retention_days: Annotated[int, Meta(ge=1)] = 30
 
 
-class Deploy(_Model):
+class Deploy(_Model, frozen=True):
     """How the stack is deployed, for the pre- and post-deploy gates and rollback."""
 
     repo: Path | None = None  # the release's git working tree (must be clean)
     compose_file: Path | None = None
     releases_dir: Path | None = None  # the sandbox's releases (current -> the deployed one)
-    min_free_mb: Annotated[int, Field(ge=0)] = 1024
-    readiness_deadline_s: Annotated[float, Field(gt=0, le=3600)] = 120
+    min_free_mb: Count = 1024
+    readiness_deadline_s: Annotated[float, Meta(gt=0, le=3600)] = 120
 
 
-class Thresholds(_Model):
+class Thresholds(_Model, frozen=True):
     """Limits from the runbooks; every check reads its limit here."""
 
     timeout_s: Seconds = 3.0
@@ -304,20 +284,20 @@ class Thresholds(_Model):
     disk_used_percent: Percent = 80
     memory_used_percent: Percent = 90
     redis_memory_percent: Percent = 90
-    queue_backlog: Annotated[int, Field(ge=0)] = 1000
-    dead_letter_max: Annotated[int, Field(ge=0)] = 10
+    queue_backlog: Count = 1000
+    dead_letter_max: Count = 10
     oldest_message_age_s: Seconds = 300
-    http_5xx_rate: Annotated[float, Field(ge=0)] = 0.1
+    http_5xx_rate: Annotated[float, Meta(ge=0)] = 0.1
     pg_connections_percent: Percent = 80
     idle_in_transaction_s: Seconds = 300
     log_window_s: Seconds = 300
-    container_restarts_max: Annotated[int, Field(ge=0)] = 3
+    container_restarts_max: Count = 3
     container_cpu_percent: Percent = 90
     processed_window_s: Seconds = 3600
-    drain_sample_s: Annotated[float, Field(gt=0, le=60)] = 0.5  # a healthy worker takes a message
+    drain_sample_s: Annotated[float, Meta(gt=0, le=60)] = 0.5  # a healthy worker takes a message
 
 
-class Inventory(_Model):
+class Inventory(_Model, frozen=True):
     """One deployment of the AI chat system."""
 
     name: str
@@ -328,12 +308,12 @@ class Inventory(_Model):
     egress: dict[str, Egress] = {}
     compose: Compose | None = None
     sandbox: Sandbox | None = None
-    thresholds: Thresholds = Thresholds()
-    remediation: Remediation = Remediation()
-    audit: Audit = Audit()
-    tuning: Tuning = Tuning()
+    thresholds: Thresholds = msgspec.field(default_factory=Thresholds)
+    remediation: Remediation = msgspec.field(default_factory=Remediation)
+    audit: Audit = msgspec.field(default_factory=Audit)
+    tuning: Tuning = msgspec.field(default_factory=Tuning)
     backup: Backup | None = None
-    deploy: Deploy = Deploy()
+    deploy: Deploy = msgspec.field(default_factory=Deploy)
 
     def endpoints(self, *kinds: str) -> dict[str, HttpEndpoint]:
         return {name: ep for name, ep in self.http.items() if ep.kind in kinds}
@@ -365,15 +345,72 @@ def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> list[
     return applied
 
 
-def _describe(error: ValidationError) -> str:
-    parts = []
-    for detail in error.errors():
-        key = ".".join(str(p) for p in detail["loc"]) or "(top level)"
-        message = detail["msg"].removeprefix("Value error, ")
-        if detail["type"] == "extra_forbidden":
-            message = "unknown key"
-        parts.append(f"{key}: {message}")
-    return "; ".join(parts)
+T = TypeVar("T")
+_AT = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_FIELD = re.compile(r"^Object (?P<what>contains unknown|missing required) field `(?P<name>[^`]+)`$")
+
+
+def _decode(kind: type, value: object) -> object:
+    """msgspec's hook for the types it does not know: secrets by reference, paths."""
+    if kind is Secret:
+        return _resolve_secret(value)
+    if kind is SecretReference:
+        return _check_reference(value)
+    if kind is Path and isinstance(value, str):
+        return Path(value)
+    raise NotImplementedError(kind)
+
+
+def _walk(raw: Any, path: str) -> Any:
+    for part in re.findall(r"\.(\w+)|\[(\d+)\]", path):
+        raw = raw[part[0]] if part[0] else raw[int(part[1])]
+    return raw
+
+
+def _located(error: msgspec.ValidationError) -> tuple[str, str]:
+    match = _AT.match(str(error))
+    assert match is not None
+    return match["message"], match["path"] or ""
+
+
+def _name_keys(raw: Any, kind: type, path: str) -> str:
+    """msgspec writes a mapping's key as `[...]`: find which key it was, by trying each alone."""
+    import copy
+
+    while "[...]" in path:
+        prefix, _, rest = path.partition("[...]")
+        container = _walk(raw, prefix)
+        for key in container:
+            trial = copy.deepcopy(raw)
+            parent = _walk(trial, prefix.rsplit(".", 1)[0]) if "." in prefix else trial
+            parent[prefix.rsplit(".", 1)[-1]] = {key: container[key]}
+            try:
+                msgspec.convert(trial, kind, dec_hook=_decode)
+            except msgspec.ValidationError as exc:
+                if _located(exc)[1].startswith(prefix + "[...]"):
+                    path = f"{prefix}.{key}{rest}"
+                    break
+        else:
+            break
+    return path
+
+
+def convert(raw: Any, kind: type[T], what: str) -> T:
+    """Validate raw data into `kind`; an InventoryError naming the key when it is wrong."""
+    try:
+        return msgspec.convert(raw, kind, dec_hook=_decode)
+    except msgspec.ValidationError as exc:
+        message, path = _located(exc)
+        path = _name_keys(raw, kind, path)
+        field = _FIELD.match(message)
+        if field:
+            path = f"{path}.{field['name']}"
+            message = "unknown key" if field["what"] == "contains unknown" else "required"
+        named = re.match(r"^(\w+): (.*)$", message, re.S)  # from a struct's own check
+        if named:
+            path, message = f"{path}.{named[1]}", named[2]
+        key = path.lstrip(".") or "(top level)"
+        raise InventoryError(f"{what}: {key}: {message}") from None
 
 
 def load_inventory(path: Path, environ: Mapping[str, str] | None = None) -> Inventory:
@@ -394,9 +431,6 @@ def load_inventory(path: Path, environ: Mapping[str, str] | None = None) -> Inve
         raise InventoryError(f"inventory {path}: expected a mapping at the top level")
     try:
         _apply_environment(raw, environ)
-        inventory = Inventory.model_validate(raw)
     except InventoryError as exc:
         raise InventoryError(f"inventory {path}: {exc}") from None
-    except ValidationError as exc:
-        raise InventoryError(f"inventory {path}: {_describe(exc)}") from None
-    return inventory
+    return convert(raw, Inventory, f"inventory {path}")

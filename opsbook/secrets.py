@@ -2,7 +2,7 @@
 
 An inventory never holds a secret itself: it says where to read it (`{env: NAME}` or
 `{file: PATH}`). The value is read once, at load, into a `Secret`, which prints as
-`***` everywhere (repr, str, f-strings, pydantic dumps, `--showlocals`).
+`***` everywhere (repr, str, f-strings, `--showlocals`).
 """
 
 from __future__ import annotations

@@ -19,16 +19,14 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import msgspec
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from opsbook.check import CHECK_ID
-from opsbook.inventory import InventoryError, _describe
+from opsbook.inventory import InventoryError, convert
 
 
-class Waiver(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class Waiver(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     check: str
     target: str | None = None
     owner: str
@@ -36,19 +34,12 @@ class Waiver(BaseModel):
     ticket: str
     expires: dt.date
 
-    @field_validator("check")
-    @classmethod
-    def _check_id(cls, value: str) -> str:
-        if not CHECK_ID.match(value):
-            raise ValueError(f"not a check id: {value!r}")
-        return value
-
-    @field_validator("owner", "reason", "ticket")
-    @classmethod
-    def _not_empty(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        return value
+    def __post_init__(self) -> None:
+        if not CHECK_ID.match(self.check):
+            raise ValueError(f"check: not a check id: {self.check!r}")
+        for name in ("owner", "reason", "ticket"):
+            if not getattr(self, name).strip():
+                raise ValueError(f"{name}: must not be empty")
 
     def covers(self, check_id: str, target: str | None) -> bool:
         return self.check == check_id and self.target in (None, target)
@@ -60,9 +51,7 @@ class Waiver(BaseModel):
         return f"{self.owner}, {self.ticket}, until {self.expires}: {self.reason}"
 
 
-class Waivers(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class Waivers(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     waivers: tuple[Waiver, ...] = ()
 
     def find(self, check_id: str, target: str | None) -> Waiver | None:
@@ -80,7 +69,4 @@ def load_waivers(path: Path) -> Waivers:
         raise InventoryError(f"waivers {path}: cannot read: {exc.strerror}") from None
     except yaml.YAMLError:
         raise InventoryError(f"waivers {path}: not valid YAML") from None
-    try:
-        return Waivers.model_validate(raw)
-    except ValidationError as exc:
-        raise InventoryError(f"waivers {path}: {_describe(exc)}") from None
+    return convert(raw, Waivers, f"waivers {path}")

@@ -14,6 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
+import msgspec
 import pytest
 import redis
 from test_compose_checks import (  # one stack per module, built the same way
@@ -158,8 +159,8 @@ def test_scale_workers_runs_on_the_compose_project(
     compose_stack: ComposeStack, runtime: ComposeRuntime
 ) -> None:
     inventory = load_inventory(compose_stack.inventory_path, environ={})
-    low = inventory.thresholds.model_copy(update={"queue_backlog": 10})
-    inventory = inventory.model_copy(update={"thresholds": low})
+    low = msgspec.structs.replace(inventory.thresholds, queue_backlog=10)
+    inventory = msgspec.structs.replace(inventory, thresholds=low)
     ctx = Context(inventory, "QUEUE-003", "redis", "queue", _runtime=runtime)
     spec = inventory.redis["queue"]
     admin_password = spec.admin.password.resolve().reveal()

@@ -366,7 +366,7 @@ def test_a_bad_waivers_file_exits_4_with_one_line(suite: pytest.Pytester) -> Non
     assert result.ret == 4
     lines = [line for line in result.stderr.lines if line.strip()]
     assert len(lines) == 1
-    assert "waivers.0.reason: Field required" in lines[0]
+    assert "waivers[0].reason: required" in lines[0]
 
 
 FLIPPING_CHECK = '''

@@ -75,7 +75,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     if explicit and not path.is_file():
         raise pytest.UsageError(f"inventory {path}: no such file")
-    from opsbook.inventory import InventoryError, load_inventory  # pydantic is slow to import
+    from opsbook.inventory import InventoryError, load_inventory
 
     try:
         inventory = load_inventory(path)
