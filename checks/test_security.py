@@ -351,15 +351,6 @@ def _frontend(http_service: HttpTarget) -> HttpTarget:
     return http_service
 
 
-def _get(target: HttpTarget, path: str) -> Any:
-    import requests
-
-    try:
-        return target.get(path, allow_redirects=False)
-    except requests.RequestException as exc:
-        raise TargetUnreachable("http", target.name, target.where, str(exc)[:200]) from None
-
-
 @check("SEC-030", Severity.LOW)
 def test_nginx_hides_its_version(http_service: HttpTarget, finding) -> None:
     """nginx does not tell its version (server_tokens off).
@@ -367,7 +358,7 @@ def test_nginx_hides_its_version(http_service: HttpTarget, finding) -> None:
     Risk: a version number tells an attacker which known exploit to try.
     """
     frontend = _frontend(http_service)
-    response = _get(frontend, "/opsbook-audit-missing-page")
+    response = frontend.get("/opsbook-audit-missing-page")
     in_header = server_version(response.headers)
     in_page = "nginx/" in response.text
     finding.observe(response.headers.get("Server", "(no Server header)"), expected="no version")
@@ -388,7 +379,7 @@ def test_nginx_sends_security_headers(http_service: HttpTarget, finding) -> None
     (clickjacking) and leak chat URLs to other sites.
     """
     frontend = _frontend(http_service)
-    response = _get(frontend, "/")
+    response = frontend.get("/")
     problems = header_problems(response.headers)
     finding.observe(len(problems), expected=0)
     finding.attach("headers of GET /", "\n".join(f"{k}: {v}" for k, v in response.headers.items()))

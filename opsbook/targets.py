@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from opsbook.errors import TargetUnreachable
+from opsbook.http import Client, HttpError, Response
 from opsbook.inventory import HttpEndpoint, Inventory, Postgres, Redis
 
 if TYPE_CHECKING:
     import psycopg
     import redis
-    import requests
 
 C = TypeVar("C")
 
@@ -67,14 +67,12 @@ class HttpTarget:
     name: str
     spec: HttpEndpoint
     timeout: float
-    _session: _Once[requests.Session] = field(init=False, repr=False)
-
+    _client: _Once[Client] = field(init=False, repr=False)
     _reach: _Once[bool] = field(init=False, repr=False)
-
-    _health: _Once[requests.Response] = field(init=False, repr=False)
+    _health: _Once[Response] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._session = _Once(self._new_session)
+        self._client = _Once(self._new_client)
         self._reach = _Once(self._probe)
         self._health = _Once(self._get_health)
 
@@ -96,37 +94,31 @@ class HttpTarget:
         """Raise TargetUnreachable (cached) when nothing accepts connections at the URL."""
         self._reach.get()
 
-    def _new_session(self) -> requests.Session:
-        import requests
-
-        session = requests.Session()
+    def _new_client(self) -> Client:
+        auth = None
         if self.spec.user and self.spec.password is not None:
-            session.auth = (self.spec.user, self.spec.password.reveal())
-        return session
+            auth = (self.spec.user, self.spec.password.reveal())
+        return Client(self.spec.url, self.timeout, auth)
 
-    def get(self, path: str, **kwargs: Any) -> requests.Response:
-        """GET a path; raises TargetUnreachable, or requests' errors (the check decides)."""
+    def get(self, path: str, params: dict[str, str] | None = None) -> Response:
+        """GET a path (redirects are not followed); TargetUnreachable when there is no answer."""
         self.reachable()
-        return self._session.get().get(self.spec.url + path, timeout=self.timeout, **kwargs)
-
-    def _get_health(self) -> requests.Response:
-        import requests
-
         try:
-            return self.get(self.spec.health_path)
-        except requests.Timeout:
-            reason = f"no answer within {self.timeout:g}s"
-        except requests.RequestException as exc:
-            reason = _short(exc)
-        raise TargetUnreachable("http", self.name, self.where, reason)
+            return self._client.get().get(path, params)
+        except HttpError as exc:
+            reason = f"no answer within {self.timeout:g}s" if exc.timed_out else str(exc)
+            raise TargetUnreachable("http", self.name, self.where, reason) from None
 
-    def health(self) -> requests.Response:
+    def _get_health(self) -> Response:
+        return self.get(self.spec.health_path)
+
+    def health(self) -> Response:
         """The answer to GET health_path, fetched once per run and shared by the checks."""
         return self._health.get()
 
     def close(self) -> None:
-        if self._session.opened is not None:
-            self._session.opened.close()
+        if self._client.opened is not None:
+            self._client.opened.close()
 
     def reset(self) -> None:
         """Forget what this run learned, so that a check run again after a fix looks afresh."""

@@ -1,0 +1,532 @@
+"""What the container part of the security audit reads from `docker inspect`, as pure functions.
+
+checks/test_containers_security.py fetches a container's and its image's attributes through the
+docker SDK and `docker compose config --format json`; these functions say what they mean.
+Nothing here talks to an engine.
+
+Engines tell the same facts differently, and these readers judge what a container holds, not how
+it was asked for:
+
+- capabilities: Docker shows `cap_drop: [ALL]` as CapDrop ["ALL"]; Podman's Docker API expands it
+  into the list of Docker's default capabilities it dropped. Both are read as "the set held".
+- Config.User: Podman copies the image's USER into it; Docker leaves it empty, and then the
+  image's USER applies.
+- PidsLimit: Podman sets 2048 when nothing asks for a limit (containers.conf); Docker leaves it 0.
+- IpcMode: Podman 4.3 reports `shareable` even for a container in the host's IPC namespace, so a
+  host IPC namespace cannot be seen through its API.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+# --- capabilities -----------------------------------------------------------------------------
+
+# What Docker gives every container (moby's oci/caps/defaults.go); Podman gives fewer and reports
+# CapAdd/CapDrop against this set.
+DOCKER_DEFAULT_CAPS = frozenset(
+    {
+        "AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
+        "NET_BIND_SERVICE", "NET_RAW", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
+    }
+)  # fmt: skip
+# What a service may add back after dropping all: binding a port below 1024, and what an
+# entrypoint needs to hand files and the process to its own user before it drops privileges.
+NEEDED_CAPS = frozenset(
+    {"NET_BIND_SERVICE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL"}
+)
+# Each of these is a known way out of the container or into the host's other processes
+# (CIS Docker Benchmark 5.3; SYS_ADMIN is "the new root").
+DANGEROUS_CAPS = frozenset(
+    {
+        "SYS_ADMIN", "NET_ADMIN", "SYS_PTRACE", "SYS_MODULE", "SYS_RAWIO", "DAC_READ_SEARCH",
+        "SYS_BOOT", "SYS_TIME", "MAC_ADMIN", "MAC_OVERRIDE", "BPF", "PERFMON", "SYSLOG",
+        "LINUX_IMMUTABLE", "AUDIT_CONTROL", "SYS_RESOURCE", "NET_RAW", "MKNOD", "SETFCAP",
+    }
+)  # fmt: skip
+ALL = "ALL"
+
+
+def capability(name: str) -> str:
+    """`cap_sys_admin`, `CAP_SYS_ADMIN` and `SYS_ADMIN` are one capability: `SYS_ADMIN`."""
+    upper = name.strip().upper()
+    return upper.removeprefix("CAP_")
+
+
+def held_capabilities(cap_add: Iterable[str] | None, cap_drop: Iterable[str] | None) -> set[str]:
+    """The capabilities a container holds, from its HostConfig's CapAdd and CapDrop (or compose's
+    cap_add and cap_drop): ALL stands for every capability."""
+    added = {capability(c) for c in cap_add or ()}
+    dropped = {capability(c) for c in cap_drop or ()}
+    if ALL in added:
+        return {ALL}
+    if ALL in dropped:
+        return added
+    return (DOCKER_DEFAULT_CAPS - dropped) | added
+
+
+def capability_problems(held: set[str]) -> list[str]:
+    """What is wrong with the capabilities held: dangerous ones, then defaults not dropped."""
+    if ALL in held:
+        return ["holds ALL capabilities (cap_add: [ALL])"]
+    problems = []
+    dangerous = sorted(held & DANGEROUS_CAPS)
+    if dangerous:
+        problems.append(f"holds dangerous {', '.join(dangerous)}")
+    kept = sorted(held - NEEDED_CAPS - DANGEROUS_CAPS)
+    if kept:
+        problems.append(f"keeps {', '.join(kept)} (capabilities not dropped)")
+    return problems
+
+
+_OPTION = re.compile(r"^\s*(?P<key>[^:=]+?)\s*(?:[:=]\s*(?P<value>.*?))?\s*$")
+
+
+def no_new_privileges(security_opt: Iterable[str] | None) -> bool:
+    """`no-new-privileges`, `no-new-privileges:true` or `=true` in SecurityOpt / security_opt."""
+    for option in security_opt or ():
+        match = _OPTION.match(option)
+        if match and match["key"] == "no-new-privileges":
+            return (match["value"] or "true").lower() in ("true", "1")
+    return False
+
+
+def security_options(security_opt: Iterable[str] | None) -> set[str]:
+    """SecurityOpt as a comparable set: `no-new-privileges:true` and `no-new-privileges` are one."""
+    result = set()
+    for option in security_opt or ():
+        if option.startswith("no-new-privileges"):
+            if no_new_privileges([option]):
+                result.add("no-new-privileges")
+            continue
+        result.add(option.replace("=", ":", 1))
+    return result
+
+
+# --- users ------------------------------------------------------------------------------------
+
+
+def effective_user(container_user: str | None, image_user: str | None) -> str:
+    """Who the container's process runs as: its own User, else its image's USER, else root."""
+    return (container_user or "").strip() or (image_user or "").strip() or "root"
+
+
+def runs_as_root(user: str) -> bool:
+    """`root`, `0`, `root:GROUP`, `0:GROUP` or nothing at all (the engine's default is root)."""
+    name = user.strip().split(":", 1)[0]
+    return name in ("", "root", "0")
+
+
+# --- mounts and namespaces --------------------------------------------------------------------
+
+ENGINE_SOCKETS = ("docker.sock", "podman.sock", "containerd.sock", "crio.sock")
+# Directories that hold an engine's socket: mounting one mounts the socket with it.
+SOCKET_DIRECTORIES = frozenset(
+    {"/run", "/var/run", "/run/docker", "/var/run/docker", "/run/podman", "/var/run/podman",
+     "/run/containerd", "/var/run/containerd", "/run/user"}
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    destination: str
+    read_only: bool
+
+    def line(self) -> str:
+        return f"{self.source or '(volume)'}:{self.destination}{':ro' if self.read_only else ''}"
+
+
+def mounts(attrs: Mapping[str, Any]) -> list[Mount]:
+    return [
+        Mount(str(m.get("Source") or ""), str(m.get("Destination") or ""), not m.get("RW", True))
+        for m in attrs.get("Mounts") or []
+    ]
+
+
+def engine_socket_mounts(found: Iterable[Mount]) -> list[Mount]:
+    """Mounts that hand the container the engine's API: a socket by its name, on either side, or
+    a directory that holds one. Read-only does not help: a socket is written by connecting."""
+    risky = []
+    for mount in found:
+        names = (mount.source.rsplit("/", 1)[-1], mount.destination.rsplit("/", 1)[-1])
+        if any(n in ENGINE_SOCKETS for n in names) or mount.source.rstrip("/") in (
+            SOCKET_DIRECTORIES
+        ):
+            risky.append(mount)
+    return risky
+
+
+# Which namespace each HostConfig field shares with the host when it says `host`.
+NAMESPACE_FIELDS = (("network", "NetworkMode"), ("PID", "PidMode"), ("IPC", "IpcMode"))
+
+
+def host_namespaces(host_config: Mapping[str, Any]) -> list[str]:
+    """`network (NetworkMode=host)` for each namespace the container shares with the host."""
+    return [
+        f"{what} ({key}=host)"
+        for what, key in NAMESPACE_FIELDS
+        if str(host_config.get(key) or "") == "host"
+    ]
+
+
+# --- published ports --------------------------------------------------------------------------
+
+ALL_INTERFACES = frozenset({"", "0.0.0.0", "::", "[::]"})  # noqa: S104 (what is looked for)
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One published port: `127.0.0.1:43017->8080/tcp`."""
+
+    host_ip: str
+    host_port: str
+    container_port: str  # 8080/tcp
+
+    def line(self) -> str:
+        host = self.host_ip or "0.0.0.0"  # noqa: S104 (how docker ps shows an empty HostIp)
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{host}:{self.host_port or '(any)'}->{self.container_port}"
+
+    @property
+    def all_interfaces(self) -> bool:
+        return self.host_ip in ALL_INTERFACES
+
+    @property
+    def loopback(self) -> bool:
+        try:
+            return ipaddress.ip_address(self.host_ip.strip("[]")).is_loopback
+        except ValueError:
+            return self.host_ip == "localhost"
+
+
+def bindings(host_config: Mapping[str, Any]) -> list[Binding]:
+    """HostConfig.PortBindings; a port the image EXPOSEs without publishing it maps to null."""
+    result = []
+    for port, published in sorted((host_config.get("PortBindings") or {}).items()):
+        for entry in published or []:
+            result.append(
+                Binding(str(entry.get("HostIp") or ""), str(entry.get("HostPort") or ""), port)
+            )
+    return result
+
+
+def binding_problem(binding: Binding, public: bool) -> str | None:
+    """Why a published port is exposed too widely, or None."""
+    if binding.all_interfaces:
+        return f"publishes {binding.line()} on all interfaces (expected a specific address)"
+    if not public and not binding.loopback:
+        return (
+            f"publishes {binding.line()} beyond loopback (expected 127.0.0.1: only the public "
+            "entry point may be reachable from other hosts)"
+        )
+    return None
+
+
+# --- secrets in the environment ---------------------------------------------------------------
+
+SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|KEY|CREDENTIAL", re.IGNORECASE)
+# Names that match but hold no secret: public keys and key fingerprints (official images set
+# GPG_KEY to the fingerprint that verified their download), and pointers to secret files.
+NOT_SECRET_NAME = re.compile(r"PUBLIC|GPG_KEYS?$|_(FILE|PATH|DIR)$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class SecretVariable:
+    """An environment variable that holds a secret in clear. The value is kept only to be masked
+    in every report; it is left out of repr (`--showlocals`) and of every message."""
+
+    name: str
+    source: str  # image, container
+    length: int
+    value: str = field(repr=False, compare=False)
+
+    def line(self) -> str:
+        return f"{self.source} ENV {self.name}=<redacted, {self.length} chars>"
+
+
+def is_file_reference(value: str) -> bool:
+    """An absolute path or a file: URL names where the secret is; it is not the secret."""
+    text = value.strip()
+    return text.startswith(("/", "file:")) and not any(c.isspace() for c in text)
+
+
+def secret_variables(env: Sequence[str] | None, source: str) -> list[SecretVariable]:
+    """The `NAME=value` entries of an ENV list whose name says secret and whose value is one."""
+    found = []
+    for entry in env or ():
+        name, _, value = entry.partition("=")
+        if not SECRET_NAME.search(name) or NOT_SECRET_NAME.search(name):
+            continue
+        if not value.strip() or is_file_reference(value):
+            continue
+        found.append(SecretVariable(name, source, len(value), value))
+    return found
+
+
+def env_value(env: Sequence[str] | None, name: str) -> str | None:
+    """The value of one variable of an ENV list (the last one wins, as in the engine)."""
+    value = None
+    for entry in env or ():
+        key, sep, rest = entry.partition("=")
+        if key == name and sep:
+            value = rest
+    return value
+
+
+# --- NODE_OPTIONS against the memory limit ----------------------------------------------------
+
+# V8's old space is only part of a Node process: the young generation, code space, Buffers and
+# ArrayBuffers (outside the V8 heap), thread stacks, libuv's pool and the binary itself need the
+# rest. With the heap at most 75% of the limit, V8 collects hard and fails with a readable "heap
+# out of memory" before the kernel's OOM killer sends SIGKILL, which leaves no trace.
+NODE_HEAP_SHARE = 0.75
+_MAX_OLD_SPACE = re.compile(r"^--max[-_]old[-_]space[-_]size(?:=(?P<value>.*))?$")
+
+
+def max_old_space_mib(node_options: str) -> int | None:
+    """`--max-old-space-size=N` (or `... N`, or with underscores) in NODE_OPTIONS, in MiB; the
+    last one wins, as in Node. None when absent; ValueError when not a number."""
+    words = shlex.split(node_options)
+    found = None
+    for index, word in enumerate(words):
+        match = _MAX_OLD_SPACE.match(word)
+        if not match:
+            continue
+        value = match["value"]
+        if value is None:
+            value = words[index + 1] if index + 1 < len(words) else ""
+        if not value.strip().isdigit():
+            raise ValueError(f"--max-old-space-size has no number of MiB: {word} {value}".strip())
+        found = int(value)
+    return found
+
+
+def heap_budget_mib(memory_limit: int) -> int:
+    """The largest max-old-space-size (MiB) that fits a memory limit of that many bytes."""
+    return int(memory_limit * NODE_HEAP_SHARE) // 2**20
+
+
+# --- one container, as the audit sees it ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ContainerFacts:
+    """What the audit reads of one container and its image. No environment value is kept, except
+    NODE_OPTIONS; secret values only inside SecretVariable, masked."""
+
+    name: str
+    service: str
+    status: str
+    image: str  # Config.Image: the name it was created from
+    privileged: bool
+    held_caps: frozenset[str]
+    security_opt: frozenset[str]
+    user: str  # effective: the container's, else the image's
+    user_from: str  # container, image, default
+    mounts: tuple[Mount, ...]
+    host_namespaces: tuple[str, ...]
+    bindings: tuple[Binding, ...]
+    memory_limit: int | None  # bytes
+    cpu_limit: float | None  # CPUs
+    pids_limit: int | None
+    read_only: bool
+    secrets: tuple[SecretVariable, ...]
+    node_options: str | None
+
+    @property
+    def no_new_privileges(self) -> bool:
+        return "no-new-privileges" in self.security_opt
+
+
+def container_facts(
+    attrs: Mapping[str, Any], image_config: Mapping[str, Any] | None
+) -> ContainerFacts:
+    """The facts of `docker inspect CONTAINER` and the Config of `docker image inspect`."""
+    host_config = attrs.get("HostConfig") or {}
+    config = attrs.get("Config") or {}
+    image = image_config or {}
+    labels = config.get("Labels") or {}
+    container_user = str(config.get("User") or "").strip()
+    image_user = str(image.get("User") or "").strip()
+    user_from = "container" if container_user else "image" if image_user else "default"
+    memory = int(host_config.get("Memory") or 0)
+    pids = int(host_config.get("PidsLimit") or 0)
+    nano = int(host_config.get("NanoCpus") or 0)
+    quota, period = host_config.get("CpuQuota") or 0, host_config.get("CpuPeriod") or 0
+    cpus = nano / 1e9 if nano > 0 else (quota / period if quota > 0 and period > 0 else None)
+    image_env = image.get("Env") or []
+    container_env = config.get("Env") or []
+    # The container's ENV repeats the image's: a secret baked into the image is named once, as
+    # the image's; one given at run time (or changed) as the container's.
+    in_image = secret_variables(image_env, "image")
+    baked = {(s.name, s.value) for s in in_image}
+    in_container = [
+        s for s in secret_variables(container_env, "container") if (s.name, s.value) not in baked
+    ]
+    return ContainerFacts(
+        name=str(attrs.get("Name", "")).lstrip("/"),
+        service=str(labels.get("com.docker.compose.service", "")),
+        status=str((attrs.get("State") or {}).get("Status") or "unknown"),
+        image=str(config.get("Image") or ""),
+        privileged=bool(host_config.get("Privileged")),
+        held_caps=frozenset(
+            held_capabilities(host_config.get("CapAdd"), host_config.get("CapDrop"))
+        ),
+        security_opt=frozenset(security_options(host_config.get("SecurityOpt"))),
+        user=effective_user(container_user, image_user),
+        user_from=user_from,
+        mounts=tuple(mounts(attrs)),
+        host_namespaces=tuple(host_namespaces(host_config)),
+        bindings=tuple(bindings(host_config)),
+        memory_limit=memory if memory > 0 else None,
+        cpu_limit=cpus,
+        pids_limit=pids if pids > 0 else None,
+        read_only=bool(host_config.get("ReadonlyRootfs")),
+        secrets=(*in_image, *in_container),
+        node_options=env_value(container_env, "NODE_OPTIONS"),
+    )
+
+
+# --- the compose file against what runs -------------------------------------------------------
+
+
+def image_name(name: str) -> str:
+    """`redis`, `docker.io/library/redis:latest` and `redis:latest` are one image name."""
+    text = name.strip()
+    for prefix in ("docker.io/library/", "docker.io/", "index.docker.io/library/"):
+        text = text.removeprefix(prefix)
+    if "@" not in text and ":" not in text.rsplit("/", 1)[-1]:
+        text += ":latest"
+    return text
+
+
+def _bytes(value: Any) -> int | None:
+    """compose config's memory ("268435456", or "256M" from an older compose) in bytes."""
+    if value in (None, "", 0, "0"):
+        return None
+    text = str(value).strip().lower()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", text)
+    if not match:
+        raise ValueError(f"not a size: {value!r}")
+    power = " kmgt".index(match[2] or " ")
+    return int(float(match[1]) * 1024**power)
+
+
+@dataclass(frozen=True)
+class Declared:
+    """What `docker compose config --format json` declares for one service (the parts compared)."""
+
+    image: str | None
+    user: str | None
+    ports: tuple[tuple[str, str, str], ...]  # (host_ip, published or "", "8000/tcp")
+    memory_limit: int | None
+    cpu_limit: float | None
+    pids_limit: int | None
+    held_caps: frozenset[str]
+    security_opt: frozenset[str]
+    privileged: bool
+    read_only: bool
+    namespaces: tuple[str, ...]
+
+
+def declared(service: Mapping[str, Any]) -> Declared:
+    """One service of `docker compose config --format json` (interpolated, long syntax)."""
+    limits = ((service.get("deploy") or {}).get("resources") or {}).get("limits") or {}
+    memory = _bytes(limits.get("memory")) or _bytes(service.get("mem_limit"))
+    cpus = limits.get("cpus") or service.get("cpus")
+    pids = limits.get("pids") or service.get("pids_limit")
+    ports = []
+    for port in service.get("ports") or []:
+        host_ip = str(port.get("host_ip") or "")
+        published = str(port.get("published") or "")
+        ports.append((host_ip, published, f"{port.get('target')}/{port.get('protocol') or 'tcp'}"))
+    namespaces = host_namespaces(
+        {
+            "NetworkMode": service.get("network_mode"),
+            "PidMode": service.get("pid"),
+            "IpcMode": service.get("ipc"),
+        }
+    )
+    return Declared(
+        image=str(service["image"]) if service.get("image") else None,
+        user=str(service["user"]) if service.get("user") is not None else None,
+        ports=tuple(sorted(ports)),
+        memory_limit=memory,
+        cpu_limit=float(cpus) if cpus else None,
+        pids_limit=int(pids) if pids and int(pids) > 0 else None,
+        held_caps=frozenset(held_capabilities(service.get("cap_add"), service.get("cap_drop"))),
+        security_opt=frozenset(security_options(service.get("security_opt"))),
+        privileged=bool(service.get("privileged")),
+        read_only=bool(service.get("read_only")),
+        namespaces=tuple(namespaces),
+    )
+
+
+def _caps(caps: Iterable[str]) -> str:
+    return ",".join(sorted(caps)) or "none"
+
+
+def _mib(count: int | None) -> str:
+    return f"{count / 2**20:g} MiB" if count else "none"
+
+
+def _port_matches(declared_port: tuple[str, str, str], binding: Binding) -> bool:
+    host_ip, published, target = declared_port
+    same_ip = (host_ip in ALL_INTERFACES and binding.all_interfaces) or host_ip == binding.host_ip
+    return same_ip and target == binding.container_port and published in ("", binding.host_port)
+
+
+def drift(want: Declared, running: ContainerFacts) -> list[str]:
+    """Where a running container differs from its service in the compose file:
+    `memory limit: declared 256 MiB, running none`."""
+    found = []
+
+    def differs(what: str, declared_value: object, running_value: object) -> None:
+        found.append(f"{what}: declared {declared_value}, running {running_value}")
+
+    if want.image and image_name(want.image) != image_name(running.image):
+        differs("image", want.image, running.image)
+    if want.user is not None and want.user != running.user:
+        differs("user", want.user, running.user)
+    for port in want.ports:
+        if not any(_port_matches(port, b) for b in running.bindings):
+            host_ip, published, target = port
+            shown = f"{host_ip or '0.0.0.0'}:{published or '(any)'}->{target}"  # noqa: S104
+            differs("port", shown, "not published")
+    for binding in running.bindings:
+        if not any(_port_matches(port, binding) for port in want.ports):
+            differs("port", "nothing", binding.line())
+    if want.memory_limit != running.memory_limit:
+        differs("memory limit", _mib(want.memory_limit), _mib(running.memory_limit))
+    if (want.cpu_limit or None) != (running.cpu_limit or None) and not (
+        want.cpu_limit and running.cpu_limit and abs(want.cpu_limit - running.cpu_limit) < 1e-3
+    ):
+        differs("cpu limit", want.cpu_limit or "none", running.cpu_limit or "none")
+    # Without a declared PID limit the engine picks its own (Podman 2048): only a declared one
+    # can drift.
+    if want.pids_limit is not None and want.pids_limit != running.pids_limit:
+        differs("pids limit", want.pids_limit, running.pids_limit or "none")
+    if want.held_caps != running.held_caps:
+        differs("capabilities held", _caps(want.held_caps), _caps(running.held_caps))
+    if want.security_opt != running.security_opt:
+        differs(
+            "security_opt", _caps(want.security_opt) or "none", _caps(running.security_opt)
+        )
+    if want.privileged != running.privileged:
+        differs("privileged", str(want.privileged).lower(), str(running.privileged).lower())
+    if want.read_only != running.read_only:
+        differs("read_only", str(want.read_only).lower(), str(running.read_only).lower())
+    if set(want.namespaces) != set(running.host_namespaces):
+        differs(
+            "host namespaces",
+            ", ".join(want.namespaces) or "none",
+            ", ".join(running.host_namespaces) or "none",
+        )
+    return found
