@@ -60,9 +60,30 @@ class _Once(Generic[C]):
         return self._value
 
 
+class _Target:
+    """What every target does with the connection it opened once (its `_Once` in `_OPENED`)."""
+
+    _OPENED = ""
+
+    def __post_init__(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        opened = getattr(self, self._OPENED).opened
+        if opened is not None:
+            opened.close()
+
+    def reset(self) -> None:
+        """Forget what this run learned, so that a check run again after a fix looks afresh."""
+        self.close()
+        self.__post_init__()
+
+
 @dataclass
-class HttpTarget:
+class HttpTarget(_Target):
     """An HTTP service from the inventory."""
+
+    _OPENED = "_client"
 
     name: str
     spec: HttpEndpoint
@@ -116,19 +137,12 @@ class HttpTarget:
         """The answer to GET health_path, fetched once per run and shared by the checks."""
         return self._health.get()
 
-    def close(self) -> None:
-        if self._client.opened is not None:
-            self._client.opened.close()
-
-    def reset(self) -> None:
-        """Forget what this run learned, so that a check run again after a fix looks afresh."""
-        self.close()
-        self.__post_init__()
-
 
 @dataclass
-class PostgresTarget:
+class PostgresTarget(_Target):
     """A PostgreSQL server, reached as the inventory's (monitoring) role."""
+
+    _OPENED = "_connection"
 
     name: str
     spec: Postgres
@@ -172,19 +186,12 @@ class PostgresTarget:
             cursor.execute(sql.encode(), params)
             return cursor.fetchall() if cursor.description else []
 
-    def close(self) -> None:
-        if self._connection.opened is not None:
-            self._connection.opened.close()
-
-    def reset(self) -> None:
-        """Forget what this run learned, so that a check run again after a fix looks afresh."""
-        self.close()
-        self.__post_init__()
-
 
 @dataclass
-class RedisTarget:
+class RedisTarget(_Target):
     """A Redis server used as the message queue."""
+
+    _OPENED = "_client"
 
     name: str
     spec: Redis
@@ -220,15 +227,6 @@ class RedisTarget:
     def client(self) -> redis.Redis:
         """The run's one client, already PINGed; raises TargetUnreachable (cached)."""
         return self._client.get()
-
-    def close(self) -> None:
-        if self._client.opened is not None:
-            self._client.opened.close()
-
-    def reset(self) -> None:
-        """Forget what this run learned, so that a check run again after a fix looks afresh."""
-        self.close()
-        self.__post_init__()
 
 
 @dataclass

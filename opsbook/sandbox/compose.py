@@ -30,6 +30,7 @@ from opsbook.sandbox.base import Layout, http_json, http_status
 from opsbook.sandbox.postgres import ADMIN_ROLE, APP_ROLE, MONITOR_ROLE
 from opsbook.sandbox.process import SandboxError
 from opsbook.sandbox.redis import USERS, secret_name
+from opsbook.sandbox.targets_section import target_sections
 
 # The repository holding compose.yaml, containers/ and the opsbook package the images copy.
 SOURCE_ROOT = Path(opsbook.__file__).resolve().parent.parent
@@ -286,7 +287,6 @@ class ComposeStack:
     def write_inventory(self, ports: dict[str, int]) -> Path:
         import yaml  # only `up` needs it
 
-        secret = self.layout.secret_file
         inventory = {
             "name": "compose",
             "compose": {
@@ -295,47 +295,11 @@ class ComposeStack:
                 "docker_host": self.docker_host,
                 "dir": str(self.dir),
             },
-            "http": {
-                "backend": {
-                    "kind": "backend",
-                    "url": f"http://127.0.0.1:{ports['backend']}",
-                    "service": "backend",
-                },
-                "frontend": {
-                    "kind": "frontend",
-                    "url": f"http://127.0.0.1:{ports['frontend']}",
-                    "service": "frontend",
-                },
-                "prometheus": {
-                    "kind": "prometheus",
-                    "url": f"http://127.0.0.1:{ports['prometheus']}",
-                    "health_path": "/-/healthy",
-                    "service": "prometheus",
-                },
-            },
-            "postgres": {
-                "chatdb": {
-                    "host": "127.0.0.1",
-                    "port": ports["postgres"],
-                    "database": "chatdb",
-                    "user": MONITOR_ROLE,
-                    "password": {"file": str(secret(MONITOR_ROLE))},
-                    "sslmode": "disable",
-                    "service": "postgres",
-                    "admin": {"user": ADMIN_ROLE, "password": {"file": str(secret(ADMIN_ROLE))}},
-                }
-            },
-            "redis": {
-                "queue": {
-                    "url": f"redis://opsbook@127.0.0.1:{ports['redis']}/0",
-                    "password": {"file": str(secret(secret_name("opsbook")))},
-                    "service": "redis",
-                    "admin": {
-                        "user": "default",
-                        "password": {"file": str(secret(secret_name("default")))},
-                    },
-                }
-            },
+            **target_sections(
+                self.layout,
+                ports,
+                {name: name for name in ("backend", "frontend", "prometheus", "postgres", "redis")},
+            ),
             "hosts": {"local": {"spec": "local://", "filesystems": [str(self.dir)]}},
         }
         text = "# Written by `python -m opsbook sandbox up --engine compose`; rewritten by up.\n"

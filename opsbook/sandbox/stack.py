@@ -23,10 +23,11 @@ from opsbook.sandbox.app import Backend, Worker, write_app_config
 from opsbook.sandbox.audit_defaults import audit_section, ensure_env_file
 from opsbook.sandbox.base import Component, Layout, free_port
 from opsbook.sandbox.nginx import Nginx
-from opsbook.sandbox.postgres import ADMIN_ROLE, MONITOR_ROLE, Postgres
+from opsbook.sandbox.postgres import Postgres
 from opsbook.sandbox.process import ComponentError, SandboxError
 from opsbook.sandbox.prometheus import Prometheus
-from opsbook.sandbox.redis import Redis, secret_name
+from opsbook.sandbox.redis import Redis
+from opsbook.sandbox.targets_section import target_sections
 
 # In start order; `down` stops them in reverse.
 COMPONENTS = ("postgres", "redis", "backend", "worker", "nginx", "prometheus")
@@ -258,51 +259,20 @@ class Stack:
         import yaml  # only `up` needs it; keeps the CLI quick to start
 
         ports = self.state.ports
-        secret = self.layout.secret_file
         inventory: dict[str, Any] = {
             "name": "sandbox",
             "sandbox": {"dir": str(self.dir)},
-            "http": {
-                "backend": {
-                    "kind": "backend",
-                    "url": f"http://127.0.0.1:{ports['backend']}",
-                    "service": "backend",
+            **target_sections(
+                self.layout,
+                {**ports, "frontend": ports["nginx"]},
+                {
+                    "backend": "backend",
+                    "frontend": "nginx",
+                    "prometheus": "prometheus",
+                    "postgres": "postgres",
+                    "redis": "redis",
                 },
-                "frontend": {
-                    "kind": "frontend",
-                    "url": f"http://127.0.0.1:{ports['nginx']}",
-                    "service": "nginx",
-                },
-                "prometheus": {
-                    "kind": "prometheus",
-                    "url": f"http://127.0.0.1:{ports['prometheus']}",
-                    "health_path": "/-/healthy",
-                    "service": "prometheus",
-                },
-            },
-            "postgres": {
-                "chatdb": {
-                    "host": "127.0.0.1",
-                    "port": ports["postgres"],
-                    "database": "chatdb",
-                    "user": MONITOR_ROLE,
-                    "password": {"file": str(secret(MONITOR_ROLE))},
-                    "sslmode": "disable",
-                    "service": "postgres",
-                    "admin": {"user": ADMIN_ROLE, "password": {"file": str(secret(ADMIN_ROLE))}},
-                }
-            },
-            "redis": {
-                "queue": {
-                    "url": f"redis://opsbook@127.0.0.1:{ports['redis']}/0",
-                    "password": {"file": str(secret(secret_name("opsbook")))},
-                    "service": "redis",
-                    "admin": {
-                        "user": "default",
-                        "password": {"file": str(secret(secret_name("default")))},
-                    },
-                }
-            },
+            ),
             "audit": {
                 **audit_section(self.dir, self.state.ports),
                 # More logs for the log audit (SEC-050) only: LOG-001 would take their

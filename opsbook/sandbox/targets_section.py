@@ -1,0 +1,61 @@
+"""The target sections (http, postgres, redis) of an inventory for a stack the sandbox runs,
+natively or as a compose project: the same services, ports and credentials files."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opsbook.sandbox.base import Layout
+from opsbook.sandbox.postgres import ADMIN_ROLE, MONITOR_ROLE
+from opsbook.sandbox.redis import secret_name
+
+
+def target_sections(
+    layout: Layout, ports: dict[str, int], services: dict[str, str]
+) -> dict[str, Any]:
+    """`ports` and `services` are keyed by backend, frontend, prometheus, postgres, redis:
+    where each answers on 127.0.0.1, and the runtime's name for it."""
+    secret = layout.secret_file
+    return {
+        "http": {
+            "backend": {
+                "kind": "backend",
+                "url": f"http://127.0.0.1:{ports['backend']}",
+                "service": services["backend"],
+            },
+            "frontend": {
+                "kind": "frontend",
+                "url": f"http://127.0.0.1:{ports['frontend']}",
+                "service": services["frontend"],
+            },
+            "prometheus": {
+                "kind": "prometheus",
+                "url": f"http://127.0.0.1:{ports['prometheus']}",
+                "health_path": "/-/healthy",
+                "service": services["prometheus"],
+            },
+        },
+        "postgres": {
+            "chatdb": {
+                "host": "127.0.0.1",
+                "port": ports["postgres"],
+                "database": "chatdb",
+                "user": MONITOR_ROLE,
+                "password": {"file": str(secret(MONITOR_ROLE))},
+                "sslmode": "disable",
+                "service": services["postgres"],
+                "admin": {"user": ADMIN_ROLE, "password": {"file": str(secret(ADMIN_ROLE))}},
+            }
+        },
+        "redis": {
+            "queue": {
+                "url": f"redis://opsbook@127.0.0.1:{ports['redis']}/0",
+                "password": {"file": str(secret(secret_name("opsbook")))},
+                "service": services["redis"],
+                "admin": {
+                    "user": "default",
+                    "password": {"file": str(secret(secret_name("default")))},
+                },
+            }
+        },
+    }
