@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from support import CheckRun, RunChecks
 
 from opsbook.inventory import Inventory, load_inventory
@@ -63,6 +64,18 @@ def fresh_sandbox() -> Iterator[Stack]:
 @pytest.fixture(scope="session")
 def sandbox_inventory(sandbox: Stack) -> Inventory:
     return load_inventory(sandbox.inventory_path, environ={})
+
+
+@pytest.fixture
+def admin_redis(sandbox: Stack) -> Iterator[redis.Redis]:
+    """The sandbox's Redis as `default`, the admin user: to plant and clean up messages."""
+    password = (sandbox.dir / "secrets" / "redis-default.password").read_text().strip()
+    client = redis.Redis(
+        port=sandbox.state.ports["redis"], password=password, socket_timeout=3.0,
+        decode_responses=True,
+    )  # fmt: skip
+    yield client
+    client.close()
 
 
 @pytest.fixture

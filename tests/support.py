@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,3 +39,14 @@ class CheckRun:
 
 
 RunChecks = Callable[..., CheckRun]
+
+
+def eventually(
+    condition: Callable[[], object], what: str | None = None, deadline_s: float = 20.0
+) -> None:
+    """Wait until condition() is true; fail the test, saying what, after deadline_s."""
+    end = time.monotonic() + deadline_s
+    while not condition():
+        said = what or condition.__doc__ or getattr(condition, "__name__", "condition")
+        assert time.monotonic() < end, f"not within {deadline_s:g} s: {said}"
+        time.sleep(0.1)

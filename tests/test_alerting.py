@@ -16,7 +16,7 @@ import pytest
 import redis
 import requests
 import yaml
-from support import RunChecks
+from support import RunChecks, eventually
 
 from opsbook.sandbox.stack import Stack
 
@@ -24,13 +24,6 @@ pytestmark = pytest.mark.sandbox
 
 RULES = "chat-system.rules.yml"
 TIMEOUT_S = 3
-
-
-def eventually(condition: Callable[[], bool], deadline_s: float = 20.0) -> None:
-    end = time.monotonic() + deadline_s
-    while not condition():
-        assert time.monotonic() < end, f"not within {deadline_s}s: {condition.__doc__}"
-        time.sleep(0.2)
 
 
 def prometheus_url(sandbox: Stack) -> str:

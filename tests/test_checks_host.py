@@ -12,7 +12,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -20,18 +20,11 @@ from typing import Any
 import pytest
 import redis
 import yaml
-from support import RunChecks
+from support import RunChecks, eventually
 
 from opsbook.sandbox.stack import Stack
 
 pytestmark = pytest.mark.sandbox
-
-
-def eventually(condition: Callable[[], bool], deadline_s: float = 20.0) -> None:
-    end = time.monotonic() + deadline_s
-    while not condition():
-        assert time.monotonic() < end, f"not within {deadline_s}s: {condition.__doc__}"
-        time.sleep(0.2)
 
 
 def inventory_copy(stack: Stack, directory: Path, **changes: Any) -> Path:
@@ -168,7 +161,9 @@ def test_error_in_the_worker_log_fails(fresh_sandbox: Stack, run_checks: RunChec
 
 def test_missing_log_fails(sandbox: Stack, run_checks: RunChecks, tmp_path: Path) -> None:
     """A log that is not where the inventory says cannot be vouched for: a failure."""
-    logs = [str(sandbox.dir / "logs" / "worker.log"), str(tmp_path / "gone.log")]
+    # A quiet log of its own: the shared sandbox's logs may hold other tests' error lines.
+    (tmp_path / "quiet.log").write_text("")
+    logs = [str(tmp_path / "quiet.log"), str(tmp_path / "gone.log")]
     inventory = inventory_copy(sandbox, tmp_path, local={"logs": logs})
     run = run_checks("--check=LOG-001", inventory=inventory)
     assert run.row("LOG-001", "local")["message"] == (

@@ -12,12 +12,11 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
 
 import pytest
 import redis
 import requests
-from support import RunChecks
+from support import RunChecks, eventually
 
 from opsbook.inventory import Inventory
 from opsbook.sandbox.stack import Stack
@@ -28,18 +27,6 @@ PENDING = "message_queue"
 PROCESSING = "message_queue:processing"
 DEAD_LETTER = "dead_letter_queue"
 TIMEOUT_S = 3.0
-
-
-@pytest.fixture
-def admin_redis(sandbox: Stack) -> Iterator[redis.Redis]:
-    """Redis as `default`, the admin user: to push messages and change the config."""
-    password = (sandbox.dir / "secrets" / "redis-default.password").read_text().strip()
-    client = redis.Redis(
-        port=sandbox.state.ports["redis"], password=password, socket_timeout=TIMEOUT_S,
-        decode_responses=True,
-    )  # fmt: skip
-    yield client
-    client.close()
 
 
 @pytest.fixture
@@ -78,14 +65,6 @@ def push(client: redis.Redis, key: str, payloads: list[str]) -> None:
     for payload in payloads:
         pipe.lpush(key, payload)
     pipe.execute()
-
-
-def eventually(condition: Callable[[], object], what: str, deadline_s: float = 30.0) -> None:
-    end = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > end:
-            pytest.fail(f"not within {deadline_s:g} s: {what}")
-        time.sleep(0.05)
 
 
 def restore_queue(stack: Stack, client: redis.Redis, *keys: str) -> None:

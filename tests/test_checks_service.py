@@ -12,7 +12,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -20,18 +20,11 @@ import psycopg
 import pytest
 import requests
 import yaml
-from support import RunChecks
+from support import RunChecks, eventually
 
 from opsbook.sandbox.stack import Stack
 
 pytestmark = pytest.mark.sandbox
-
-
-def eventually(condition: Callable[[], bool], deadline_s: float = 20.0) -> None:
-    end = time.monotonic() + deadline_s
-    while not condition():
-        assert time.monotonic() < end, f"not within {deadline_s}s: {condition.__doc__}"
-        time.sleep(0.2)
 
 
 def app_connection(sandbox: Stack) -> psycopg.Connection[tuple[object, ...]]:

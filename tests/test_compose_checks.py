@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import CheckRun
+from support import CheckRun, eventually
 from test_compose_stack import _engine_problem
 
 from opsbook.remediate.runtime import ComposeRuntime, published_ports
@@ -104,13 +104,6 @@ def failed(run: CheckRun, check_id: str, target: str) -> str:
 def passed(run: CheckRun, check_id: str, target: str) -> None:
     row = run.row(check_id, target)
     assert row["outcome"] == "passed", f"{check_id}[{target}]: {row}\n{run.output}"
-
-
-def eventually(condition: Callable[[], bool], what: str, deadline_s: float = 30) -> None:
-    end = time.monotonic() + deadline_s
-    while not condition():
-        assert time.monotonic() < end, f"not within {deadline_s:g} s: {what}"
-        time.sleep(0.3)
 
 
 # The backend logs "database check failed" while PostgreSQL initialises during `up`: real error

@@ -6,11 +6,10 @@ nothing to do.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import psycopg
 import pytest
-from support import RunChecks
+from support import RunChecks, eventually
 
 from opsbook.inventory import load_inventory
 from opsbook.remediate.context import Context
@@ -21,13 +20,6 @@ from remediation import database
 pytestmark = pytest.mark.sandbox
 
 IDLE_LIMIT = {"OPSBOOK__THRESHOLDS__IDLE_IN_TRANSACTION_S": "1"}
-
-
-def eventually(condition: Callable[[], bool], deadline_s: float = 10.0) -> None:
-    end = time.monotonic() + deadline_s
-    while not condition():
-        assert time.monotonic() < end, f"not within {deadline_s}s: {condition.__doc__}"
-        time.sleep(0.2)
 
 
 def chatdb_context(stack: Stack, check_id: str, env: dict[str, str] | None = None) -> Context:

@@ -16,13 +16,12 @@ import signal
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
 import redis
 import requests
-from support import CheckRun, RunChecks
+from support import CheckRun, RunChecks, eventually
 
 from opsbook.inventory import load_inventory
 from opsbook.remediate.context import Context
@@ -46,21 +45,6 @@ def admin_client(stack: Stack) -> redis.Redis:
         port=stack.state.ports["redis"], password=password, socket_timeout=TIMEOUT_S,
         decode_responses=True,
     )  # fmt: skip
-
-
-@pytest.fixture
-def admin_redis(sandbox: Stack) -> Iterator[redis.Redis]:
-    client = admin_client(sandbox)
-    yield client
-    client.close()
-
-
-def eventually(condition: Callable[[], object], what: str, deadline_s: float = 30.0) -> None:
-    end = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > end:
-            pytest.fail(f"not within {deadline_s:g} s: {what}")
-        time.sleep(0.05)
 
 
 def start_conversation(stack: Stack, client: redis.Redis) -> str:

@@ -15,13 +15,14 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 import redis
 import requests
+from support import eventually
 
 from opsbook.inventory import Inventory, load_inventory
 from opsbook.sandbox.process import group_members
@@ -45,28 +46,8 @@ def cli(*args: str, sandbox_dir: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def eventually(condition: Callable[[], object], deadline_s: float = 15.0) -> None:
-    end = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > end:
-            pytest.fail(f"condition not met within {deadline_s} s: {condition.__doc__}")
-        time.sleep(0.1)
-
-
 def url(inventory: Inventory, name: str, path: str) -> str:
     return inventory.http[name].url + path
-
-
-@pytest.fixture
-def admin_redis(sandbox: Stack) -> Iterator[redis.Redis]:
-    """Redis as `default` (the admin user remediation uses), to plant and clean up messages."""
-    password = (sandbox.dir / "secrets" / "redis-default.password").read_text().strip()
-    client = redis.Redis(
-        port=sandbox.state.ports["redis"], password=password, socket_timeout=TIMEOUT_S,
-        decode_responses=True,
-    )  # fmt: skip
-    yield client
-    client.close()
 
 
 @pytest.fixture
