@@ -137,7 +137,9 @@ def test_killed_worker_fails_running_and_kill_checks(
     assert failed(run, "COMPOSE-001", "worker").startswith(
         f"worker: {name} is exited with exit code 137 (expected running)"
     )
-    assert f"{name} was killed: exit code 137, by SIGKILL" in failed(run, "COMPOSE-002", "worker")
+    assert f"{name} was killed: exit code 137, by its memory limit (256 MiB) or SIGKILL" in failed(
+        run, "COMPOSE-002", "worker"
+    )
     passed(run, "COMPOSE-001", "backend")
     runtime.restart("worker")
     assert runtime.replicas("worker") == 1

@@ -18,6 +18,7 @@ it was asked for:
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 import shlex
@@ -67,13 +68,13 @@ def held_capabilities(cap_add: Iterable[str] | None, cap_drop: Iterable[str] | N
         return {ALL}
     if ALL in dropped:
         return added
-    return (DOCKER_DEFAULT_CAPS - dropped) | added
+    return set(DOCKER_DEFAULT_CAPS - dropped) | added
 
 
 def capability_problems(held: set[str]) -> list[str]:
     """What is wrong with the capabilities held: dangerous ones, then defaults not dropped."""
     if ALL in held:
-        return ["holds ALL capabilities (cap_add: [ALL])"]
+        return ["holds ALL capabilities (privileged, or cap_add: [ALL])"]
     problems = []
     dangerous = sorted(held & DANGEROUS_CAPS)
     if dangerous:
@@ -248,7 +249,8 @@ class SecretVariable:
     value: str = field(repr=False, compare=False)
 
     def line(self) -> str:
-        return f"{self.source} ENV {self.name}=<redacted, {self.length} chars>"
+        # Never `NAME=...`: the reports' redactor would take even a placeholder for a value.
+        return f"{self.source} ENV {self.name} (value redacted, {self.length} chars)"
 
 
 def is_file_reference(value: str) -> bool:
@@ -268,6 +270,30 @@ def secret_variables(env: Sequence[str] | None, source: str) -> list[SecretVaria
             continue
         found.append(SecretVariable(name, source, len(value), value))
     return found
+
+
+# What engines add to every container's ENV on their own (Podman: TERM, container, HOME).
+ENGINE_VARIABLES = frozenset({"HOSTNAME", "HOME", "TERM", "container", "PATH"})
+
+
+def digest(value: str) -> str:
+    """A short fingerprint of a value, to compare two values without keeping either."""
+    return hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+def added_environment(env: Sequence[str] | None, image_env: Sequence[str] | None) -> tuple[
+    tuple[str, str], ...
+]:  # fmt: skip
+    """The container's variables that its image does not set to the same value (the engine's own
+    left out), as sorted (name, digest of the value) pairs."""
+    from_image = {entry.partition("=")[0]: entry.partition("=")[2] for entry in image_env or ()}
+    added = {}
+    for entry in env or ():
+        name, _, value = entry.partition("=")
+        if name in ENGINE_VARIABLES or from_image.get(name) == value:
+            continue
+        added[name] = digest(value)
+    return tuple(sorted(added.items()))
 
 
 def env_value(env: Sequence[str] | None, name: str) -> str | None:
@@ -330,6 +356,7 @@ class ContainerFacts:
     security_opt: frozenset[str]
     user: str  # effective: the container's, else the image's
     user_from: str  # container, image, default
+    image_user: str  # the image's USER ("" when it sets none)
     mounts: tuple[Mount, ...]
     host_namespaces: tuple[str, ...]
     bindings: tuple[Binding, ...]
@@ -339,6 +366,10 @@ class ContainerFacts:
     read_only: bool
     secrets: tuple[SecretVariable, ...]
     node_options: str | None
+    # The variables the container sets beyond its image's, as name -> digest of the value: what
+    # the compose file's `environment` is compared with, without keeping a value.
+    environment: tuple[tuple[str, str], ...] = ()
+    image_environment: tuple[tuple[str, str], ...] = ()  # the image's ENV, the same way
 
     @property
     def no_new_privileges(self) -> bool:
@@ -376,12 +407,16 @@ def container_facts(
         status=str((attrs.get("State") or {}).get("Status") or "unknown"),
         image=str(config.get("Image") or ""),
         privileged=bool(host_config.get("Privileged")),
+        # Privileged holds every capability, whatever CapDrop says (Podman shows one dropped).
         held_caps=frozenset(
-            held_capabilities(host_config.get("CapAdd"), host_config.get("CapDrop"))
+            {ALL}
+            if host_config.get("Privileged")
+            else held_capabilities(host_config.get("CapAdd"), host_config.get("CapDrop"))
         ),
         security_opt=frozenset(security_options(host_config.get("SecurityOpt"))),
         user=effective_user(container_user, image_user),
         user_from=user_from,
+        image_user=image_user,
         mounts=tuple(mounts(attrs)),
         host_namespaces=tuple(host_namespaces(host_config)),
         bindings=tuple(bindings(host_config)),
@@ -391,6 +426,8 @@ def container_facts(
         read_only=bool(host_config.get("ReadonlyRootfs")),
         secrets=(*in_image, *in_container),
         node_options=env_value(container_env, "NODE_OPTIONS"),
+        environment=added_environment(container_env, image_env),
+        image_environment=added_environment(image_env, ()),
     )
 
 
@@ -434,6 +471,7 @@ class Declared:
     privileged: bool
     read_only: bool
     namespaces: tuple[str, ...]
+    environment: tuple[tuple[str, str], ...] = ()  # (name, digest of the value)
 
 
 def declared(service: Mapping[str, Any]) -> Declared:
@@ -466,6 +504,12 @@ def declared(service: Mapping[str, Any]) -> Declared:
         privileged=bool(service.get("privileged")),
         read_only=bool(service.get("read_only")),
         namespaces=tuple(namespaces),
+        environment=tuple(
+            sorted(
+                (str(name), digest("" if value is None else str(value)))
+                for name, value in (service.get("environment") or {}).items()
+            )
+        ),
     )
 
 
@@ -493,8 +537,11 @@ def drift(want: Declared, running: ContainerFacts) -> list[str]:
 
     if want.image and image_name(want.image) != image_name(running.image):
         differs("image", want.image, running.image)
-    if want.user is not None and want.user != running.user:
-        differs("user", want.user, running.user)
+    # Without a declared user, the image's USER is what was reviewed.
+    want_user = want.user if want.user is not None else running.image_user or "root"
+    if want_user != running.user:
+        shown = want_user if want.user is not None else f"{want_user} (the image's USER)"
+        differs("user", shown, running.user)
     for port in want.ports:
         if not any(_port_matches(port, b) for b in running.bindings):
             host_ip, published, target = port
@@ -516,13 +563,22 @@ def drift(want: Declared, running: ContainerFacts) -> list[str]:
     if want.held_caps != running.held_caps:
         differs("capabilities held", _caps(want.held_caps), _caps(running.held_caps))
     if want.security_opt != running.security_opt:
-        differs(
-            "security_opt", _caps(want.security_opt) or "none", _caps(running.security_opt)
-        )
+        differs("security_opt", _caps(want.security_opt) or "none", _caps(running.security_opt))
     if want.privileged != running.privileged:
         differs("privileged", str(want.privileged).lower(), str(running.privileged).lower())
     if want.read_only != running.read_only:
         differs("read_only", str(want.read_only).lower(), str(running.read_only).lower())
+    # `environment: NAME declared ...`: never `NAME: value`, which reads as a secret to mask.
+    want_env, running_env = dict(want.environment), dict(running.environment)
+    for name in sorted(want_env.keys() | running_env.keys()):
+        if name not in running_env:
+            # The image may set the same value itself: the container then shows nothing added.
+            if dict(running.image_environment).get(name) != want_env[name]:
+                found.append(f"environment: {name} declared set, running not set")
+        elif name not in want_env:
+            found.append(f"environment: {name} declared not set, running set (value not shown)")
+        elif want_env[name] != running_env[name]:
+            found.append(f"environment: {name} declared one value, running another (not shown)")
     if set(want.namespaces) != set(running.host_namespaces):
         differs(
             "host namespaces",
