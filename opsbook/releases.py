@@ -25,8 +25,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from opsbook.sandbox.stack import Stack
+if TYPE_CHECKING:  # the checks import this module; the sandbox only matters when deploying
+    from opsbook.sandbox.stack import Stack
 
 CURRENT = "current"
 HISTORY = "history"
