@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from opsbook.locations import inventory_path
+
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_REFUSED = 3
@@ -39,16 +41,6 @@ def register(commands: Any) -> None:
     parser.add_argument("--reports-dir", type=Path, default=Path("reports"))
 
 
-def _inventory_path(given: Path | None) -> Path:
-    from opsbook.plugin.inventory_option import sandbox_inventory
-
-    if given is not None:
-        return given
-    if os.environ.get("OPSBOOK_INVENTORY"):
-        return Path(os.environ["OPSBOOK_INVENTORY"]).expanduser()
-    return sandbox_inventory(Path.cwd())
-
-
 def _size(total: int) -> str:
     return f"{total / 1024 / 1024:.1f} MiB" if total >= 1024 * 1024 else f"{total / 1024:.0f} KiB"
 
@@ -57,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from opsbook.backup import BackupError
     from opsbook.inventory import InventoryError, load_inventory
 
-    path = _inventory_path(args.inventory)
+    path = inventory_path(args.inventory)
     try:
         inventory = load_inventory(path)
     except InventoryError as exc:

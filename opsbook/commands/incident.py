@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from opsbook.inventory import Inventory, InventoryError, load_inventory
+from opsbook.locations import inventory_path
 
 EXIT_INCOMPLETE = 1
 LOG_BYTES = 64 * 1024 * 1024  # the tail of each log: a day of a busy service
@@ -47,15 +48,6 @@ def register(commands: Any) -> None:
     collect.add_argument(
         "--dump-database", action="store_true", help="also pg_dump each database (admin role)"
     )
-
-
-def _inventory_path(given: Path | None) -> Path:
-    if given is not None:
-        return given
-    if os.environ.get("OPSBOOK_INVENTORY"):
-        return Path(os.environ["OPSBOOK_INVENTORY"])
-    base = os.environ.get("OPSBOOK_SANDBOX_DIR") or ".opsbook/sandbox"
-    return Path(base) / "inventory.yaml"
 
 
 class _Evidence:
@@ -194,7 +186,7 @@ def _dump_databases(evidence: _Evidence, inventory: Inventory) -> None:
 
 def run(args: argparse.Namespace) -> int:
     started = datetime.now(UTC)
-    path = _inventory_path(args.inventory)
+    path = inventory_path(args.inventory)
     try:
         inventory = load_inventory(path)
     except InventoryError as exc:

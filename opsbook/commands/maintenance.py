@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from opsbook.locations import inventory_path
+
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_REFUSED = 3
@@ -34,16 +36,6 @@ def register(commands: Any) -> None:
     parser.add_argument("--reports-dir", type=Path, default=Path("reports"))
 
 
-def _inventory_path(given: Path | None) -> Path:
-    if given is not None:
-        return given
-    if os.environ.get("OPSBOOK_INVENTORY"):
-        return Path(os.environ["OPSBOOK_INVENTORY"]).expanduser()
-    from opsbook.commands.sandbox import DEFAULT_SANDBOX_DIR, ENV_SANDBOX_DIR
-
-    return Path(os.environ.get(ENV_SANDBOX_DIR) or DEFAULT_SANDBOX_DIR) / "inventory.yaml"
-
-
 def run(args: argparse.Namespace) -> int:
     from opsbook.inventory import InventoryError, load_inventory
     from opsbook.remediate.context import Context
@@ -52,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from remediation.maintenance import MaintenanceUnsupported, maintenance_off, maintenance_on
 
     try:
-        inventory = load_inventory(_inventory_path(args.inventory))
+        inventory = load_inventory(inventory_path(args.inventory))
     except InventoryError as exc:
         print(f"maintenance: {exc}", file=sys.stderr)
         return EXIT_USAGE

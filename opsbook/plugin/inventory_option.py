@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from opsbook.locations import sandbox_inventory
 from opsbook.plugin.keys import INVENTORY, REDACTOR
 from opsbook.secrets import Redactor
 
@@ -41,12 +42,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="inventory YAML of the deployment to check (default: $OPSBOOK_INVENTORY, "
         "else the sandbox's inventory)",
     )
-
-
-def sandbox_inventory(rootpath: Path) -> Path:
-    state = os.environ.get("OPSBOOK_SANDBOX_DIR")
-    base = Path(state) if state else rootpath / ".opsbook" / "sandbox"
-    return base / "inventory.yaml"
 
 
 def chosen_inventory_path(config: pytest.Config) -> Path | None:
