@@ -27,8 +27,12 @@ def _key(row: dict[str, Any]) -> Key:
 def earlier_runs(reports_dir: Path, selection: str | None, before: str) -> list[dict[str, Any]]:
     """findings.json of runs with the same selection that started before `before` (an ISO
     time), oldest first, at most KEEP_RUNS."""
-    runs = []
-    for folder in reports_dir.iterdir():
+    runs: list[dict[str, Any]] = []
+    # Newest folders first (their names start with the time), and only as many as are kept:
+    # a cron job's reports folder grows by thousands of runs.
+    for folder in sorted(reports_dir.iterdir(), key=lambda p: p.name, reverse=True):
+        if len(runs) > KEEP_RUNS:
+            break
         if folder.name.startswith(".") or folder.is_symlink() or not folder.is_dir():
             continue
         try:
