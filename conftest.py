@@ -4,4 +4,23 @@ The project's own tests live in tests/ with their own pytest.ini, so this file i
 for them.
 """
 
-pytest_plugins = ["opsbook.plugin", "fixtures.targets", "fixtures.containers"]
+from __future__ import annotations
+
+import pytest
+
+from opsbook.plugin import register
+
+# Plugin autoloading is off (pyproject.toml): these are all the plugins a checks run loads.
+# pytest-html's fixtures module comes before its plugin, which imports it.
+PLUGINS = (
+    "pytest_metadata.plugin",
+    "pytest_html.fixtures",
+    "pytest_html.plugin",
+    "opsbook.plugin",
+    "fixtures.targets",
+    "fixtures.containers",
+)
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    register(pluginmanager, PLUGINS)

@@ -64,7 +64,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         where = f"{item.path.name}::{getattr(function, '__name__', item.name)}"
         title, rationale = _docstring_parts(function)
         markers = tuple(
-            dict.fromkeys(m.name for m in item.iter_markers() if m.name in {**CADENCES, **AREAS})
+            dict.fromkeys(
+                m.name for m in item.iter_markers() if m.name in CADENCES or m.name in AREAS
+            )
         )
         owner = owner_of_id.setdefault(spec.check_id, where)
         if owner != where:
