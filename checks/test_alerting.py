@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from opsbook import Severity, check
+from opsbook import Severity, check, yamltext
 from opsbook.targets import HttpTarget
 
 pytestmark = [pytest.mark.observability]
@@ -73,7 +72,7 @@ def _loaded_files(prometheus: HttpTarget) -> tuple[list[Path], list[str]]:
     """The rules files the running Prometheus names, as found on this host, and the globs that
     matched nothing here (a Prometheus on another host, or a relative path)."""
     answer = prometheus.get("/api/v1/status/config").json()
-    config = yaml.safe_load(answer["data"]["yaml"]) or {}
+    config = yamltext.safe_load(answer["data"]["yaml"]) or {}
     found: list[Path] = []
     unseen: list[str] = []
     for pattern in config.get("rule_files") or []:
@@ -133,7 +132,7 @@ def test_shipped_rules_are_loaded(prometheus: HttpTarget, finding) -> None:
     """
     expected: dict[str, list[str]] = {}
     for path in _shipped_files():
-        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        document = yamltext.safe_load(path.read_text(encoding="utf-8")) or {}
         for group in document.get("groups") or []:
             names = expected.setdefault(group["name"], [])
             names.extend(_rule_name(rule) for rule in group.get("rules") or [])

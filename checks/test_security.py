@@ -546,9 +546,9 @@ FAILING_SEVERITIES = ("HIGH", "CRITICAL")
 
 
 def _compose_images(compose_file: Path) -> list[str]:
-    import yaml
+    from opsbook import yamltext
 
-    document = yaml.safe_load(compose_file.read_text(encoding="utf-8")) or {}
+    document = yamltext.safe_load(compose_file.read_text(encoding="utf-8")) or {}
     services = document.get("services") or {}
     return sorted(
         {str(s["image"]) for s in services.values() if isinstance(s, dict) and s.get("image")}

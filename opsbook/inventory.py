@@ -19,9 +19,9 @@ from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
-import yaml
 from msgspec import Meta
 
+from opsbook import yamltext
 from opsbook.secrets import Secret
 
 ENV_PREFIX = "OPSBOOK__"
@@ -340,7 +340,7 @@ def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> list[
             if not isinstance(child, dict):
                 raise InventoryError(f"{variable}: {part} is not a section")
             node = child
-        node[path[-1]] = yaml.safe_load(value) if value else value
+        node[path[-1]] = yamltext.safe_load(value) if value else value
         applied.append(variable)
     return applied
 
@@ -421,8 +421,8 @@ def load_inventory(path: Path, environ: Mapping[str, str] | None = None) -> Inve
     except OSError as exc:
         raise InventoryError(f"inventory {path}: cannot read: {exc.strerror}") from None
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+        raw = yamltext.safe_load(text)
+    except yamltext.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"

@@ -20,8 +20,8 @@ import datetime as dt
 from pathlib import Path
 
 import msgspec
-import yaml
 
+from opsbook import yamltext
 from opsbook.check import CHECK_ID
 from opsbook.inventory import InventoryError, convert
 
@@ -64,9 +64,9 @@ class Waivers(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=T
 def load_waivers(path: Path) -> Waivers:
     """Read and validate a waivers file; InventoryError (one line) when it is wrong."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yamltext.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as exc:
         raise InventoryError(f"waivers {path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError:
+    except yamltext.YAMLError:
         raise InventoryError(f"waivers {path}: not valid YAML") from None
     return convert(raw, Waivers, f"waivers {path}")
