@@ -19,7 +19,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from opsbook.probes.logs import ERROR, log_lines
+from opsbook.probes import logs
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -30,9 +30,9 @@ KILLED_EXIT_CODE = 137  # 128 + SIGKILL: the kernel's OOM killer, or `docker kil
 def declared_services(compose_file: Path) -> list[str]:
     """The services compose.yaml declares (what `docker compose config --services` lists,
     without the CLI; services behind a profile are left out, as compose leaves them out)."""
-    import yaml
+    from opsbook import yamltext
 
-    document = yaml.safe_load(compose_file.read_text(encoding="utf-8")) or {}
+    document = yamltext.safe_load(compose_file.read_text(encoding="utf-8")) or {}
     services = document.get("services") or {}
     return sorted(name for name, spec in services.items() if not (spec or {}).get("profiles"))
 
@@ -203,6 +203,4 @@ def unpublished_services(inventory: Any, declared: list[str]) -> list[str]:
 def error_lines(text: str) -> list[str]:
     """The error lines of a container log the engine already cut to the window (`since`): the
     runbook's `grep -iE 'error|exception|...'`, without the lines that say info or debug."""
-    return [
-        line.text for line in log_lines(text, UTC) if not line.quiet and ERROR.search(line.text)
-    ]
+    return [line.text for line in logs.error_lines(text, UTC)]
