@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from msgspec import Struct
+
 from opsbook.inventory import Admin, Inventory, Postgres, Redis
 
 PG_BIN = Path(os.environ.get("OPSBOOK_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -84,8 +86,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-@dataclass(frozen=True)
-class BackupInfo:
+class BackupInfo(Struct, frozen=True):
     """One of opsbook's backups on disk, as far as its directory and manifest tell."""
 
     path: Path
@@ -666,8 +667,7 @@ CHATDB_COUNTS = {
 }
 
 
-@dataclass
-class DrillResult:
+class DrillResult(Struct):
     """What the restore drill found in the restored copy."""
 
     restore_s: float

@@ -12,10 +12,11 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
+
+from msgspec import Struct, field
 
 from opsbook.inventory import HttpEndpoint, Inventory, Postgres, Redis
 
@@ -23,8 +24,7 @@ POLL_S = 0.1
 CANARY_USER = "opsbook-canary"
 
 
-@dataclass
-class Readiness:
+class Readiness(Struct):
     """What waiting for the stack found: how long it took, and what was still not ready."""
 
     ready: bool
@@ -140,8 +140,7 @@ def wait_ready(inventory: Inventory, deadline_s: float) -> Readiness:
         time.sleep(0.5)
 
 
-@dataclass
-class CanaryResult:
+class CanaryResult(Struct):
     message_id: str | None = None
     hops_ms: dict[str, float] = field(default_factory=dict)
     failed_hop: str | None = None

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from msgspec import Struct, field
 
 BAD = {"failed", "error"}
 KEEP_RUNS = 20
@@ -54,8 +55,7 @@ def _number(value: object) -> float | None:
     return number if number == number else None  # NaN is no measurement
 
 
-@dataclass
-class Changes:
+class Changes(Struct):
     """What changed since the previous run, and the history behind it."""
 
     previous_run: str | None = None

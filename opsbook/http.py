@@ -12,11 +12,12 @@ import http.client
 import json
 import ssl
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from email.message import Message
 from typing import Any
 from urllib.parse import urlencode, urlsplit
+
+from msgspec import Struct
 
 
 class HttpError(Exception):
@@ -27,8 +28,7 @@ class HttpError(Exception):
         self.timed_out = timed_out
 
 
-@dataclass(frozen=True)
-class Response:
+class Response(Struct, frozen=True):
     """An answer, with the parts of `requests.Response` that checks use."""
 
     url: str

@@ -21,11 +21,12 @@ import os
 import re
 import shutil
 import sys
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from msgspec import Struct
 
 if TYPE_CHECKING:  # the checks import this module; the sandbox only matters when deploying
     from opsbook.sandbox.stack import Stack
@@ -60,8 +61,7 @@ def restart_backend(stack: Stack) -> None:
     stack.restart("backend")
 
 
-@dataclass(frozen=True)
-class Release:
+class Release(Struct, frozen=True):
     tag: str
     path: Path
 

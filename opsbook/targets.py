@@ -2,8 +2,8 @@
 
 A target connects at most once per run and remembers the outcome, so that a target that cannot
 be reached costs one timeout, not one per check. Every network call has a timeout taken from
-the inventory's `thresholds.timeout_s`. Drivers are imported on first use: a run that never
-touches PostgreSQL never pays for importing psycopg.
+the inventory's `thresholds.timeout_s`. Drivers (and the HTTP client) are imported on first
+use: a run that never touches PostgreSQL never pays for importing psycopg.
 """
 
 from __future__ import annotations
@@ -11,18 +11,18 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from opsbook.errors import TargetUnreachable
-from opsbook.http import Client, HttpError, Response
 from opsbook.inventory import HttpEndpoint, Inventory, Postgres, Redis
 
 if TYPE_CHECKING:
     import psycopg
     import redis
+
+    from opsbook.http import Client, Response
 
 C = TypeVar("C")
 
@@ -116,6 +116,8 @@ class HttpTarget(_Target):
         self._reach.get()
 
     def _new_client(self) -> Client:
+        from opsbook.http import Client
+
         auth = None
         if self.spec.user and self.spec.password is not None:
             auth = (self.spec.user, self.spec.password.reveal())
@@ -123,6 +125,8 @@ class HttpTarget(_Target):
 
     def get(self, path: str, params: dict[str, str] | None = None) -> Response:
         """GET a path (redirects are not followed); TargetUnreachable when there is no answer."""
+        from opsbook.http import HttpError
+
         self.reachable()
         try:
             return self._client.get().get(path, params)
@@ -249,11 +253,16 @@ class Targets:
     def preflight(self, wanted: Iterable[tuple[str, str]]) -> None:
         """Reach every wanted (kind, name) target at once, so that a run in which every
         target hangs costs one timeout, not one per target. Outcomes are cached for the checks.
+
+        An HTTP target is asked for its health answer, which the health checks read: the
+        service works on it while this process imports the database drivers.
         """
+        from concurrent.futures import ThreadPoolExecutor
+
         openers: list[Callable[[], object]] = []
         for kind, name in set(wanted):
             if kind == "http" and name in self.http:
-                openers.append(self.http[name].reachable)
+                openers.append(self.http[name].health)
             elif kind == "postgres" and name in self.postgres:
                 openers.append(self.postgres[name].connection)
             elif kind == "redis" and name in self.redis:

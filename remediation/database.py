@@ -7,9 +7,10 @@ autocommit), which owns the chatdb tables and holds pg_signal_backend; none need
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
+
+from msgspec import Struct
 
 from opsbook.remediate.context import Context
 from opsbook.remediate.plan import Plan
@@ -142,8 +143,7 @@ def vacuum_analyze(ctx: Context, *, apply: bool) -> Plan:
 # The performance-tuning runbook's indexes. DB-005 expects them; create_indexes builds them.
 
 
-@dataclass(frozen=True)
-class TuningIndex:
+class TuningIndex(Struct, frozen=True):
     name: str
     table: str
     columns: tuple[str, ...]
@@ -191,8 +191,7 @@ def index_query_params() -> tuple[list[str]]:
     return (sorted({index.table for index in TUNING_INDEXES}),)
 
 
-@dataclass(frozen=True)
-class IndexState:
+class IndexState(Struct, frozen=True):
     """What the database has for one tuning index."""
 
     index: TuningIndex

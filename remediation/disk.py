@@ -20,8 +20,9 @@ from __future__ import annotations
 import posixpath
 import re
 import shlex
-from dataclasses import dataclass
 from typing import Any
+
+from msgspec import Struct
 
 from opsbook.backup import BACKUP_PREFIX, NAME
 from opsbook.inventory import Host
@@ -45,8 +46,7 @@ def is_rotated_log(log_name: str, name: str) -> bool:
     return name.startswith(log_name) and bool(ROTATED_SUFFIX.fullmatch(name[len(log_name) :]))
 
 
-@dataclass(frozen=True)
-class OldFile:
+class OldFile(Struct, frozen=True):
     path: str
     size: int
     age_days: float

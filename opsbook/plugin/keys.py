@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from msgspec import Struct, field
 
 from opsbook.check import CheckSpec
 from opsbook.secrets import Redactor
@@ -15,8 +15,7 @@ if TYPE_CHECKING:
     from opsbook.targets import Targets
 
 
-@dataclass(frozen=True)
-class CheckInfo:
+class CheckInfo(Struct, frozen=True):
     """A collected check: its declaration plus what collection learned about it."""
 
     spec: CheckSpec
@@ -26,8 +25,7 @@ class CheckInfo:
     markers: tuple[str, ...]
 
 
-@dataclass
-class Findings:
+class Findings(Struct):
     """One row per check and target, in the order they finished."""
 
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)

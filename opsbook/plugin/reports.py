@@ -11,13 +11,13 @@ import os
 import secrets
 import shutil
 from collections.abc import Generator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 from typing import Any
 
 import pytest
+from msgspec import Struct
 
 from opsbook.check import Severity
 from opsbook.history import Changes, compare, earlier_runs, sparkline
@@ -26,8 +26,7 @@ from opsbook.plugin.keys import FINDINGS, INVENTORY
 LATEST = "latest"
 
 
-@dataclass
-class Run:
+class Run(Struct):
     """One run's identity and the folder its reports go to."""
 
     run_id: str

@@ -23,8 +23,9 @@ import ipaddress
 import re
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
+
+from msgspec import Struct
 
 # --- capabilities -----------------------------------------------------------------------------
 
@@ -133,8 +134,7 @@ SOCKET_DIRECTORIES = frozenset(
 )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(Struct, frozen=True):
     source: str
     destination: str
     read_only: bool
@@ -181,8 +181,7 @@ def host_namespaces(host_config: Mapping[str, Any]) -> list[str]:
 ALL_INTERFACES = frozenset({"", "0.0.0.0", "::", "[::]"})  # noqa: S104 (what is looked for)
 
 
-@dataclass(frozen=True)
-class Binding:
+class Binding(Struct, frozen=True):
     """One published port: `127.0.0.1:43017->8080/tcp`."""
 
     host_ip: str
@@ -238,15 +237,17 @@ SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|KEY|CREDENTIAL", re.IGNO
 NOT_SECRET_NAME = re.compile(r"PUBLIC|GPG_KEYS?$|_(FILE|PATH|DIR)$", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
-class SecretVariable:
+class SecretVariable(Struct, frozen=True):
     """An environment variable that holds a secret in clear. The value is kept only to be masked
     in every report; it is left out of repr (`--showlocals`) and of every message."""
 
     name: str
     source: str  # image, container
     length: int
-    value: str = field(repr=False, compare=False)
+    value: str
+
+    def __repr__(self) -> str:  # the value never: `--showlocals` prints reprs
+        return f"SecretVariable(name={self.name!r}, source={self.source!r}, length={self.length})"
 
     def line(self) -> str:
         # Never `NAME=...`: the reports' redactor would take even a placeholder for a value.
@@ -342,8 +343,7 @@ def heap_budget_mib(memory_limit: int) -> int:
 # --- one container, as the audit sees it ------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ContainerFacts:
+class ContainerFacts(Struct, frozen=True):
     """What the audit reads of one container and its image. No environment value is kept, except
     NODE_OPTIONS; secret values only inside SecretVariable, masked."""
 
@@ -456,8 +456,7 @@ def _bytes(value: Any) -> int | None:
     return int(float(match[1]) * 1024**power)
 
 
-@dataclass(frozen=True)
-class Declared:
+class Declared(Struct, frozen=True):
     """What `docker compose config --format json` declares for one service (the parts compared)."""
 
     image: str | None

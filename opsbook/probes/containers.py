@@ -14,10 +14,11 @@ from the exit code, never from that flag.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 from typing import Any
+
+from msgspec import Struct
 
 from opsbook.probes import logs
 
@@ -37,8 +38,7 @@ def declared_services(compose_file: Path) -> list[str]:
     return sorted(name for name, spec in services.items() if not (spec or {}).get("profiles"))
 
 
-@dataclass(frozen=True)
-class ContainerState:
+class ContainerState(Struct, frozen=True):
     """One container of a compose service: `docker inspect`'s State and limits."""
 
     name: str
@@ -100,8 +100,7 @@ def container_state(attrs: Mapping[str, Any]) -> ContainerState:
     )
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(Struct, frozen=True):
     """What `docker stats --no-stream` shows for one container; None where the engine left a
     field empty (Podman on hybrid cgroups)."""
 

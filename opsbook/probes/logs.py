@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
+
+from msgspec import Struct
 
 # The words of the runbook's `grep -iE`; nginx's three levels above "error" name none of them.
 ERROR = re.compile(
@@ -43,8 +44,7 @@ _TIMESTAMP = re.compile(
 )
 
 
-@dataclass(frozen=True)
-class LogLine:
+class LogLine(Struct, frozen=True):
     """One line of a log, with the time of the entry it belongs to."""
 
     text: str

@@ -9,15 +9,15 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 
 class UnreadableMessage(ValueError):
     """A queued message whose enqueued_at cannot be read; the text says why."""
 
 
-@dataclass(frozen=True)
-class RedisMemory:
+class RedisMemory(Struct, frozen=True):
     """The part of INFO memory that says how close Redis is to its limit."""
 
     used: int
@@ -64,8 +64,7 @@ def enqueued_at(raw: str) -> float:
     return float(value)
 
 
-@dataclass(frozen=True)
-class DrainSample:
+class DrainSample(Struct, frozen=True):
     """One look at the queue: what was processed so far and what waits."""
 
     processed: int  # LLEN processed_messages

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any
+
+from msgspec import Struct
 
 from opsbook.probes.logs import timestamp
 
@@ -21,8 +22,7 @@ from opsbook.probes.logs import timestamp
 NO_LOGIN_SHELLS = frozenset({"nologin", "false", "sync", "shutdown", "halt"})
 
 
-@dataclass(frozen=True)
-class Account:
+class Account(Struct, frozen=True):
     """One line of /etc/passwd."""
 
     name: str
@@ -52,8 +52,7 @@ def accounts(passwd: str) -> list[Account]:
 # --- files ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FileMode:
+class FileMode(Struct, frozen=True):
     """A file as `stat -c '%a %U %F %n'` shows it."""
 
     path: str
@@ -90,8 +89,7 @@ def stat_lines(output: str) -> list[FileMode]:
 WILDCARDS = frozenset({"0.0.0.0", "::", "*"})  # noqa: S104 - recognised, never bound
 
 
-@dataclass(frozen=True)
-class Listener:
+class Listener(Struct, frozen=True):
     """A listening TCP socket: the address it is bound to, its port and the ss line."""
 
     address: str
@@ -285,8 +283,7 @@ def _when(line: str, local: tzinfo) -> datetime | None:
     return None
 
 
-@dataclass(frozen=True)
-class Suspicious:
+class Suspicious(Struct, frozen=True):
     """A log line the incident runbook wants to see, and why."""
 
     kind: str
@@ -325,8 +322,7 @@ def suspicious_lines(
 # --- image scan (trivy image --format json) ---------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Vulnerability:
+class Vulnerability(Struct, frozen=True):
     target: str
     package: str
     installed: str

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from msgspec import Struct
+
 from opsbook.inventory import Inventory
 from opsbook.remediate.audit import AuditLog
 from opsbook.remediate.budget import Budgets
@@ -28,8 +30,7 @@ def name_of(fix: Remediation) -> str:
     return f"{fix.__module__}.{fix.__qualname__}"
 
 
-@dataclass
-class Attempt:
+class Attempt(Struct):
     """What happened when a remediation was asked for."""
 
     remediation: str
