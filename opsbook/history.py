@@ -8,10 +8,10 @@ read from their findings.json; nothing else is stored.
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from msgspec import Struct, field
 
 BAD = {"failed", "error"}
@@ -37,8 +37,8 @@ def earlier_runs(reports_dir: Path, selection: str | None, before: str) -> list[
         if folder.name.startswith(".") or folder.is_symlink() or not folder.is_dir():
             continue
         try:
-            document = json.loads((folder / "findings.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            document = msgspec.json.decode((folder / "findings.json").read_bytes())
+        except (OSError, msgspec.DecodeError):
             continue  # a folder that is not a finished run
         run = document.get("run", {})
         if run.get("selection") == selection and str(run.get("started", "")) < before:
@@ -84,6 +84,11 @@ def compare(rows: list[dict[str, Any]], earlier: list[dict[str, Any]]) -> Change
         return changes
     previous = {_key(r): r["outcome"] for r in earlier[-1]["findings"]}
     changes.previous_run = earlier[-1]["run"].get("run_id")
+    # Each earlier run indexed once: (failed?, observed) by key.
+    indexed = [
+        {_key(r): (r["outcome"] in BAD, r.get("observed")) for r in run["findings"]}
+        for run in earlier
+    ]
     for row in rows:
         key, now = _key(row), row["outcome"]
         before = previous.get(key)
@@ -91,16 +96,11 @@ def compare(rows: list[dict[str, Any]], earlier: list[dict[str, Any]]) -> Change
             changes.newly_failing.append(key)
         if now not in BAD and before in BAD:
             changes.recovered.append(key)
-        outcomes = [
-            {_key(r): r["outcome"] in BAD for r in run["findings"]}.get(key) for run in earlier
-        ]
-        series = [o for o in outcomes if o is not None] + [now in BAD]
+        seen = [run[key] for run in indexed if key in run]
+        series = [failed for failed, _ in seen] + [now in BAD]
         if sum(a != b for a, b in itertools.pairwise(series)) >= FLAP_CHANGES:
             changes.flapping.append(key)
-        values = [
-            _number({_key(r): r.get("observed") for r in run["findings"]}.get(key))
-            for run in earlier
-        ]
+        values = [_number(observed) for _, observed in seen]
         trend = [v for v in [*values, _number(row.get("observed"))] if v is not None]
         if len(trend) >= 2:
             changes.trends[key] = trend
