@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import ssl
 import subprocess
 import warnings
 from pathlib import Path
@@ -232,6 +231,8 @@ def _unauthenticated_ping(target: RedisTarget) -> bytes:
         with socket.create_connection(address, timeout=target.timeout) as raw:
             stream: socket.socket = raw
             if parts.scheme == "rediss":
+                import ssl  # a weekly audit's need; kept out of every run's start-up
+
                 context = ssl.create_default_context()
                 stream = context.wrap_socket(raw, server_hostname=address[0])
             stream.sendall(b"PING\r\n")
@@ -392,6 +393,8 @@ WEAK_TLS = ("TLSv1", "TLSv1_1")
 
 
 def _accepts(host: str, port: int, version: str, timeout: float) -> bool:
+    import ssl  # a weekly audit's need; kept out of every run's start-up
+
     with warnings.catch_warnings():
         # Offering TLS 1.0/1.1 is the point of the probe; Python deprecates the names.
         warnings.simplefilter("ignore", DeprecationWarning)
