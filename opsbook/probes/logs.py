@@ -89,38 +89,44 @@ def timestamp(line: str, local: tzinfo) -> tuple[datetime, str] | None:
 
 
 class _Entries:
-    """The timestamped lines seen so far; a line's time is read only when a line below asks."""
+    """The lines of a text and, on demand, the entry each belongs to.
 
-    def __init__(self, local: tzinfo) -> None:
+    An entry starts at a timestamped line; the lines below it without one (a traceback) are
+    part of it. Timestamps are read only for the lines asked about: a 256 KiB tail has
+    thousands of lines and, on a good day, no error.
+    """
+
+    def __init__(self, text: str, local: tzinfo, starts_mid_line: bool) -> None:
+        self.lines = text.splitlines()
+        self.first = 1 if starts_mid_line else 0  # a tail's first line is a fragment
         self.local = local
-        self.starts: list[str] = []
-        self.read: dict[int, tuple[datetime, bool] | None] = {}
+        self.entry: dict[int, tuple[datetime, bool] | None] = {}  # by line, once known
 
-    def see(self, line: str) -> None:
-        if _TIMESTAMP.match(line):
-            self.starts.append(line)
-
-    def current(self) -> tuple[datetime, bool] | None:
-        """(written, quiet) of the entry the last line seen belongs to; None before the first.
+    def of(self, index: int) -> tuple[datetime, bool] | None:
+        """(written, quiet) of the entry line `index` belongs to; None above the first stamp.
 
         A line that looks stamped but is not a time (2026-13-45) belongs to the entry above.
+        Every line walked past remembers the answer, so no line is read twice.
         """
-        for index in range(len(self.starts) - 1, -1, -1):
-            if index not in self.read:
-                stamped = timestamp(self.starts[index], self.local)
-                self.read[index] = stamped and (stamped[0], bool(_QUIET.search(stamped[1])))
-            if (known := self.read[index]) is not None:
-                return known
-        return None
+        walked = []
+        found: tuple[datetime, bool] | None = None
+        for at in range(index, self.first - 1, -1):
+            if at in self.entry:
+                found = self.entry[at]
+                break
+            walked.append(at)
+            stamped = timestamp(self.lines[at], self.local)
+            if stamped is not None:
+                found = (stamped[0], bool(_QUIET.search(stamped[1])))
+                break
+        for at in walked:
+            self.entry[at] = found
+        return found
 
-
-def _lines(text: str, local: tzinfo, starts_mid_line: bool) -> Iterator[tuple[str, _Entries]]:
-    lines = text.splitlines()
-    entries = _Entries(local)
-    for line in lines[1:] if starts_mid_line else lines:
-        if line.strip():
-            entries.see(line)
-            yield line, entries
+    def numbered(self) -> Iterator[tuple[int, str]]:
+        for index in range(self.first, len(self.lines)):
+            if self.lines[index].strip():
+                yield index, self.lines[index]
 
 
 def log_lines(text: str, local: tzinfo, *, starts_mid_line: bool = False) -> list[LogLine]:
@@ -128,22 +134,23 @@ def log_lines(text: str, local: tzinfo, *, starts_mid_line: bool = False) -> lis
 
     `starts_mid_line`: the text is the tail of a longer file, so its first line is a fragment.
     """
+    entries = _Entries(text, local, starts_mid_line)
     result = []
-    for line, entries in _lines(text, local, starts_mid_line):
-        written, quiet = entries.current() or (None, False)
+    for index, line in entries.numbered():
+        written, quiet = entries.of(index) or (None, False)
         result.append(LogLine(line, written, quiet))
     return result
 
 
 def error_lines(text: str, local: tzinfo, *, starts_mid_line: bool = False) -> list[LogLine]:
-    """The lines of `text` with an error word whose entry is not debug, info or notice.
-
-    Only their entries' timestamps are read: a 256 KiB tail has thousands of lines and few errors.
-    """
+    """The lines of `text` with an error word whose entry is not debug, info or notice."""
+    if not _ERROR_WORDS.search(text.lower()):
+        return []  # the usual day: one pass over the whole text, no line looked at
+    entries = _Entries(text, local, starts_mid_line)
     result = []
-    for line, entries in _lines(text, local, starts_mid_line):
+    for index, line in entries.numbered():
         if _ERROR_WORDS.search(line.lower()) and ERROR.search(line):
-            written, quiet = entries.current() or (None, False)
+            written, quiet = entries.of(index) or (None, False)
             if not quiet:
                 result.append(LogLine(line, written, quiet))
     return result
