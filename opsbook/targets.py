@@ -254,15 +254,15 @@ class Targets:
         """Reach every wanted (kind, name) target at once, so that a run in which every
         target hangs costs one timeout, not one per target. Outcomes are cached for the checks.
 
-        An HTTP target is asked for its health answer, which the health checks read: the
-        service works on it while this process imports the database drivers.
+        HTTP targets are only connected to, not asked: a GET timed in a thread that competes
+        with the drivers' imports for the interpreter would report the service slower than it is.
         """
         from concurrent.futures import ThreadPoolExecutor
 
         openers: list[Callable[[], object]] = []
         for kind, name in set(wanted):
             if kind == "http" and name in self.http:
-                openers.append(self.http[name].health)
+                openers.append(self.http[name].reachable)
             elif kind == "postgres" and name in self.postgres:
                 openers.append(self.postgres[name].connection)
             elif kind == "redis" and name in self.redis:
