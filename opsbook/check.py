@@ -5,9 +5,8 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
-
-from msgspec import Struct
 
 CHECK_ID = re.compile(r"^[A-Z][A-Z0-9]*(-[A-Z][A-Z0-9]*)*-\d{3}$")
 ATTRIBUTE = "__opsbook_check__"
@@ -28,7 +27,10 @@ class Severity(enum.IntEnum):
         return self.name.lower()
 
 
-class CheckSpec(Struct, frozen=True):
+# A dataclass, not a msgspec Struct like the run's other values: `import opsbook` also happens in
+# the reference app's images (opsbook/reference), which have the stdlib and the drivers only.
+@dataclass(frozen=True)
+class CheckSpec:
     """What a check declares about itself."""
 
     check_id: str
