@@ -310,3 +310,16 @@ def _is_zombie(pid: int) -> bool:
     except OSError:
         return True
     return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
+def test_down_on_a_compose_directory_says_to_add_the_engine(tmp_path: Path) -> None:
+    """`down` without --engine on what `up --engine compose` made stops nothing: it says so."""
+    (tmp_path / "inventory.yaml").write_text("name: compose\ncompose:\n  project: p\n")
+    result = cli("down", sandbox_dir=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"sandbox down: {tmp_path} holds a compose project, not native processes: "
+        "add --engine compose"
+    ]
+    (tmp_path / "inventory.yaml").unlink()
+    assert cli("down", sandbox_dir=tmp_path).returncode == 0  # nothing there: nothing to stop

@@ -65,6 +65,17 @@ def _sandbox_dir(given: Path | None) -> Path:
     return Path(os.environ.get(ENV_SANDBOX_DIR) or DEFAULT_SANDBOX_DIR).absolute()
 
 
+def _holds_compose_project(stack: Stack) -> bool:
+    """The directory was made by `up --engine compose` (its inventory has a compose section)."""
+    if stack.layout.state_file.exists():
+        return False
+    try:
+        text = stack.layout.inventory.read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return any(line.startswith("compose:") for line in text.splitlines())
+
+
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "engine", "native") == "compose":
         return _run_compose(args)
@@ -76,6 +87,13 @@ def run(args: argparse.Namespace) -> int:
                 print(status.line())
             print(inventory)
         elif args.action == "down":
+            if _holds_compose_project(stack):
+                print(
+                    f"sandbox down: {stack.dir} holds a compose project, not native processes: "
+                    "add --engine compose",
+                    file=sys.stderr,
+                )
+                return EXIT_FAILED
             stack.down()
         elif args.action == "status":
             statuses = stack.status()
