@@ -195,3 +195,45 @@ def test_scale_workers_runs_on_the_compose_project(
     finally:
         client.close()
         runtime.scale("worker", 1)
+
+
+def test_a_starting_worker_replica_leaves_another_ones_messages_in_flight(
+    compose_stack: ComposeStack, runtime: ComposeRuntime
+) -> None:
+    """Replicas share a command line: each takes its container's name for its in-flight list,
+    so a replica that starts (and recovers its own list) never requeues what another holds.
+    (When they all ran as `worker`, the runbook's message_queue:processing was everyone's.)"""
+    spec = load_inventory(compose_stack.inventory_path, environ={}).redis["queue"]
+    port = int(spec.url.rsplit(":", 1)[1].split("/")[0])
+    client = redis.Redis(
+        host="127.0.0.1", port=port, username="default",
+        password=spec.admin.password.resolve().reveal(), socket_timeout=5, decode_responses=True,
+    )  # fmt: skip
+    first = docker(compose_stack, "inspect", "-f", "{{.Config.Hostname}}",
+                   container(compose_stack, "worker")).strip()  # fmt: skip
+    held = {
+        key: f"held in flight in {key} {uuid.uuid4()}"
+        for key in ("message_queue:processing", f"message_queue:processing:{first}")
+    }
+    for key, message in held.items():
+        client.lpush(key, message)
+    second = container(compose_stack, "worker").removesuffix("-1") + "-2"
+
+    def second_replica_ready() -> bool:
+        try:
+            docker(compose_stack, "exec", second, "test", "-f", "/tmp/worker.ready")
+        except subprocess.CalledProcessError:
+            return False
+        return True
+
+    try:
+        runtime.scale("worker", 2)
+        eventually(second_replica_ready)
+        for key, message in held.items():
+            assert client.lrange(key, 0, -1) == [message], f"{key} lost what it held"
+        assert not set(held.values()) & set(client.lrange("message_queue", 0, -1))
+    finally:
+        for key, message in held.items():
+            client.lrem(key, 0, message)
+        client.close()
+        runtime.scale("worker", 1)

@@ -1,6 +1,6 @@
 """The reference queue worker: moves messages from Redis into the messages table.
 
-    python -m opsbook.reference.worker --config DIR/app.json [--name NAME] [--ready-file PATH]
+    python -m opsbook.reference.worker --config DIR/app.json [--name NAME|@host] [--ready-file PATH]
     python -m opsbook.reference.worker process-dlq --config DIR/app.json
 
 Reliable queue: a message is BLMOVEd from message_queue (right) to the worker's own processing
@@ -13,7 +13,10 @@ message goes back to the queue and the worker waits.
 Several workers may run side by side, each with its own --name: worker `worker` keeps the
 runbook's message_queue:processing, worker `worker-2` uses message_queue:processing:worker-2, and
 so on. A worker recovers only its own list, so a worker that starts never takes the messages
-another live worker holds in flight (they would be delivered twice).
+another live worker holds in flight (they would be delivered twice). Replicas of one compose
+service run the same command line, so they take `--name @host`: the host's name, which is the
+container's own id. A replica that crashes is restarted in the same container and recovers its
+list; one that is stopped has nothing in flight (a message leaves processing before the next).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import json
 import logging
 import signal
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -60,6 +64,11 @@ def requeue_in_flight(client: redis.Redis, name: str) -> int:
     while client.lmove(processing_list(name), PENDING, "LEFT", "RIGHT") is not None:
         moved += 1
     return moved
+
+
+def worker_name(given: str) -> str:
+    """The name a worker runs under: as given, or `@host` for the host's (container's) name."""
+    return socket.gethostname() if given == "@host" else given
 
 
 class PoisonMessage(Exception):
@@ -206,7 +215,9 @@ def main() -> int:
     parser.add_argument("--config", type=Path, required=True, help="path to app.json")
     parser.add_argument("--ready-file", type=Path, help="written once the worker is running")
     parser.add_argument(
-        "--name", default=FIRST_WORKER, help="this worker's name, unique among those running"
+        "--name",
+        default=FIRST_WORKER,
+        help="this worker's name, unique among those running; @host for the host's name",
     )
     args = parser.parse_args()
     setup_logging()
@@ -219,7 +230,7 @@ def main() -> int:
             return 1
         print(f"moved {moved} dead letters from {DEAD_LETTER} to {PENDING}")
         return 0
-    worker = Worker(config, args.name)
+    worker = Worker(config, worker_name(args.name))
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)
     worker.run(args.ready_file)
