@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from opsbook.sandbox.process import ComponentError, SandboxError
+from opsbook.sandbox.process import SandboxError
 from opsbook.sandbox.stack import COMPONENTS, SCALABLE, Stack
 
 ENV_SANDBOX_DIR = "OPSBOOK_SANDBOX_DIR"
@@ -65,6 +65,14 @@ def _sandbox_dir(given: Path | None) -> Path:
     return Path(os.environ.get(ENV_SANDBOX_DIR) or DEFAULT_SANDBOX_DIR).absolute()
 
 
+def _failed(what: str, exc: Exception) -> int:
+    """One line saying what failed, then the tail of the log behind it when there is one."""
+    print(f"{what}: {exc}", file=sys.stderr)
+    for line in getattr(exc, "log_tail", []):
+        print(f"  | {line}", file=sys.stderr)
+    return EXIT_FAILED
+
+
 def _holds_compose_project(stack: Stack) -> bool:
     """The directory was made by `up --engine compose` (its inventory has a compose section)."""
     if stack.layout.state_file.exists():
@@ -110,19 +118,13 @@ def run(args: argparse.Namespace) -> int:
             stack.recreate(args.component)
         else:
             stack.restart(args.component)
-    except ComponentError as exc:
-        print(f"sandbox {args.action}: {exc}", file=sys.stderr)
-        for line in exc.log_tail:
-            print(f"  | {line}", file=sys.stderr)
-        return EXIT_FAILED
     except (SandboxError, OSError) as exc:
-        print(f"sandbox {args.action}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _failed(f"sandbox {args.action}", exc)
     return 0
 
 
 def _run_compose(args: argparse.Namespace) -> int:
-    from opsbook.sandbox.compose import ComposeError, ComposeStack
+    from opsbook.sandbox.compose import ComposeStack
 
     directory = (args.dir or DEFAULT_COMPOSE_DIR).absolute()
     stack = ComposeStack(directory)
@@ -139,12 +141,6 @@ def _run_compose(args: argparse.Namespace) -> int:
             for status in statuses:
                 print(status.line())
             return 0 if all(s.running for s in statuses) else EXIT_NOT_RUNNING
-    except ComposeError as exc:
-        print(f"sandbox {args.action} --engine compose: {exc}", file=sys.stderr)
-        for line in exc.log_tail:
-            print(f"  | {line}", file=sys.stderr)
-        return EXIT_FAILED
-    except (SandboxError, OSError) as exc:
-        print(f"sandbox {args.action} --engine compose: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    except (SandboxError, OSError) as exc:  # ComposeError is a SandboxError
+        return _failed(f"sandbox {args.action} --engine compose", exc)
     return 0
