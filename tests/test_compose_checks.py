@@ -13,35 +13,23 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 from support import CheckRun, eventually
-from test_compose_stack import _engine_problem
+from test_compose_stack import compose_stack  # one stack per module, built the same way
 
 from opsbook.remediate.runtime import ComposeRuntime, published_ports
-from opsbook.sandbox.compose import ComposeStack, default_docker_host
+from opsbook.sandbox.compose import ComposeStack
 
 pytestmark = pytest.mark.containers
 
+__all__ = ["compose_stack"]  # a fixture, used by name (and imported from here by other modules)
+
 REPO = Path(__file__).resolve().parent.parent
 RunCompose = Callable[..., CheckRun]
-
-
-@pytest.fixture(scope="module")
-def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeStack]:
-    docker_host = default_docker_host()
-    problem = _engine_problem(docker_host)
-    if problem:
-        pytest.skip(problem)
-    stack = ComposeStack(tmp_path_factory.mktemp("compose-checks"), docker_host=docker_host)
-    try:
-        stack.up()
-        yield stack
-    finally:
-        stack.down()
 
 
 @pytest.fixture(scope="module")
