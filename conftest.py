@@ -11,8 +11,10 @@ import pytest
 from opsbook.plugin import register
 
 # Plugin autoloading is off (pyproject.toml): these are all the plugins a checks run loads.
+# The garbage collector's settings come first, to cover the other plugins' imports;
 # pytest-html's fixtures module comes before its plugin, which imports it.
 PLUGINS = (
+    "opsbook.plugin.garbage",
     "pytest_metadata.plugin",
     "pytest_html.fixtures",
     "pytest_html.plugin",

@@ -5,6 +5,7 @@ Unreachable targets here are closed loopback ports; the sandbox tests cover live
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 import xml.etree.ElementTree as ET
@@ -158,6 +159,29 @@ def test_ok():
     )
     assert suite.runpytest("-m", "daily").ret == 0
     assert suite.runpytest("-m", "weekly").ret == 5
+
+
+def test_a_run_collects_garbage_rarely_and_then_puts_the_defaults_back(
+    suite: pytest.Pytester,
+) -> None:
+    suite.makepyfile(
+        test_gc="""
+import gc
+import pytest
+from opsbook import Severity, check
+
+@pytest.mark.daily
+@check("GC-001", Severity.INFO)
+def test_threshold():
+    \"\"\"Collected every 100,000 allocations.\"\"\"
+    assert gc.get_threshold()[0] == 100_000
+    assert gc.get_freeze_count() > 0
+"""
+    )
+    before = gc.get_threshold()
+    assert suite.runpytest("-m", "daily").ret == 0
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from importlib import import_module
 import pytest
 
 MODULES = (
+    "opsbook.plugin.garbage",
     "opsbook.plugin.inventory_option",
     "opsbook.plugin.collection",
     "opsbook.plugin.findings",
