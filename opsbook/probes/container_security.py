@@ -86,13 +86,14 @@ def capability_problems(held: set[str]) -> list[str]:
     return problems
 
 
-_OPTION = re.compile(r"^\s*(?P<key>[^:=]+?)\s*(?:[:=]\s*(?P<value>.*?))?\s*$")
+# Patterns are compiled when first used (re caches them): every run imports this module.
+_OPTION = r"^\s*(?P<key>[^:=]+?)\s*(?:[:=]\s*(?P<value>.*?))?\s*$"
 
 
 def no_new_privileges(security_opt: Iterable[str] | None) -> bool:
     """`no-new-privileges`, `no-new-privileges:true` or `=true` in SecurityOpt / security_opt."""
     for option in security_opt or ():
-        match = _OPTION.match(option)
+        match = re.match(_OPTION, option)
         if match and match["key"] == "no-new-privileges":
             return (match["value"] or "true").lower() in ("true", "1")
     return False
@@ -231,10 +232,11 @@ def binding_problem(binding: Binding, public: bool) -> str | None:
 
 # --- secrets in the environment ---------------------------------------------------------------
 
-SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|KEY|CREDENTIAL", re.IGNORECASE)
+# Patterns of variable names, not secrets (S105).
+SECRET_NAME = r"(?i)PASSWORD|PASSWD|SECRET|TOKEN|KEY|CREDENTIAL"  # noqa: S105
 # Names that match but hold no secret: public keys and key fingerprints (official images set
 # GPG_KEY to the fingerprint that verified their download), and pointers to secret files.
-NOT_SECRET_NAME = re.compile(r"PUBLIC|GPG_KEYS?$|_(FILE|PATH|DIR)$", re.IGNORECASE)
+NOT_SECRET_NAME = r"(?i)PUBLIC|GPG_KEYS?$|_(FILE|PATH|DIR)$"  # noqa: S105
 
 
 class SecretVariable(Struct, frozen=True):
@@ -265,7 +267,7 @@ def secret_variables(env: Sequence[str] | None, source: str) -> list[SecretVaria
     found = []
     for entry in env or ():
         name, _, value = entry.partition("=")
-        if not SECRET_NAME.search(name) or NOT_SECRET_NAME.search(name):
+        if not re.search(SECRET_NAME, name) or re.search(NOT_SECRET_NAME, name):
             continue
         if not value.strip() or is_file_reference(value):
             continue
@@ -314,7 +316,7 @@ def env_value(env: Sequence[str] | None, name: str) -> str | None:
 # rest. With the heap at most 75% of the limit, V8 collects hard and fails with a readable "heap
 # out of memory" before the kernel's OOM killer sends SIGKILL, which leaves no trace.
 NODE_HEAP_SHARE = 0.75
-_MAX_OLD_SPACE = re.compile(r"^--max[-_]old[-_]space[-_]size(?:=(?P<value>.*))?$")
+_MAX_OLD_SPACE = r"^--max[-_]old[-_]space[-_]size(?:=(?P<value>.*))?$"
 
 
 def max_old_space_mib(node_options: str) -> int | None:
@@ -323,7 +325,7 @@ def max_old_space_mib(node_options: str) -> int | None:
     words = shlex.split(node_options)
     found = None
     for index, word in enumerate(words):
-        match = _MAX_OLD_SPACE.match(word)
+        match = re.match(_MAX_OLD_SPACE, word)
         if not match:
             continue
         value = match["value"]

@@ -7,7 +7,7 @@ SQL, Redis or HTTP; these functions say what it means. Nothing here opens a conn
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any
 
@@ -70,14 +70,17 @@ class FileMode(Struct, frozen=True):
         return f"{self.path} mode {self.mode:04o} owner {self.owner} ({self.kind})"
 
 
-_STAT = re.compile(r"^(?P<mode>[0-7]{3,4}) (?P<owner>\S+) (?P<kind>[^/]+?) (?P<path>/.*)$")
+# Patterns are compiled when first used (re caches them), not on import: every run imports
+# this module to collect its checks, and most runs never audit security.
+_STAT = r"^(?P<mode>[0-7]{3,4}) (?P<owner>\S+) (?P<kind>[^/]+?) (?P<path>/.*)$"
 
 
 def stat_lines(output: str) -> list[FileMode]:
     """Parse lines of `stat -c '%a %U %F %n'` (absolute paths only)."""
+    stat = re.compile(_STAT)
     result = []
     for line in output.splitlines():
-        match = _STAT.match(line)
+        match = stat.match(line)
         if match:
             kind = match["kind"].replace("regular empty file", "regular file")
             result.append(FileMode(match["path"], int(match["mode"], 8), match["owner"], kind))
@@ -101,7 +104,7 @@ class Listener(Struct, frozen=True):
         return self.address in WILDCARDS
 
 
-_LOCAL = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^\s%\[\]]+?))(?:%\S+)?:(?P<port>\d+|\*)$")
+_LOCAL = r"^(?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^\s%\[\]]+?))(?:%\S+)?:(?P<port>\d+|\*)$"
 
 
 def listeners(ss_output: str) -> list[Listener]:
@@ -110,12 +113,13 @@ def listeners(ss_output: str) -> list[Listener]:
     Columns: State Recv-Q Send-Q Local-Address:Port Peer-Address:Port [Process]; the local
     address is `0.0.0.0:80`, `[::]:80`, `*:80`, `127.0.0.1%lo:53` or `[::1]:6379`.
     """
+    local = re.compile(_LOCAL)
     result = []
     for line in ss_output.splitlines():
         fields = line.split()
         if len(fields) < 5 or fields[0] != "LISTEN":
             continue
-        match = _LOCAL.match(fields[3])
+        match = local.match(fields[3])
         if match is None or match["port"] == "*":
             continue
         address = match["v6"] if match["v6"] is not None else match["v4"]
@@ -191,13 +195,12 @@ DANGEROUS_COMMANDS: tuple[tuple[str, ...], ...] = (
 # --- HTTP -------------------------------------------------------------------------------------
 
 # The headers the frontend must send on every answer, and what makes a value acceptable.
-SECURITY_HEADERS: dict[str, re.Pattern[str]] = {
-    "X-Content-Type-Options": re.compile(r"^nosniff$", re.I),
-    "X-Frame-Options": re.compile(r"^(?:DENY|SAMEORIGIN)$", re.I),
-    "Referrer-Policy": re.compile(
-        r"^(?:no-referrer|same-origin|strict-origin|strict-origin-when-cross-origin"
-        r"|no-referrer-when-downgrade|origin|origin-when-cross-origin)$",
-        re.I,
+SECURITY_HEADERS: dict[str, str] = {
+    "X-Content-Type-Options": r"(?i)^nosniff$",
+    "X-Frame-Options": r"(?i)^(?:DENY|SAMEORIGIN)$",
+    "Referrer-Policy": (
+        r"(?i)^(?:no-referrer|same-origin|strict-origin|strict-origin-when-cross-origin"
+        r"|no-referrer-when-downgrade|origin|origin-when-cross-origin)$"
     ),
 }
 
@@ -209,37 +212,32 @@ def header_problems(headers: Mapping[str, str]) -> list[str]:
         value = headers.get(name)
         if value is None:
             problems.append(f"{name}: missing")
-        elif not pattern.match(value.strip()):
+        elif not re.match(pattern, value.strip()):
             problems.append(f"{name}: {value.strip()[:80]!r}")
     return problems
-
-
-_VERSION = re.compile(r"\d+\.\d+")
 
 
 def server_version(headers: Mapping[str, str]) -> str | None:
     """The Server header when it gives a version away (`nginx/1.22.1`), else None."""
     value = headers.get("Server")
-    return value if value and _VERSION.search(value) else None
+    return value if value and re.search(r"\d+\.\d+", value) else None
 
 
 # --- logs: the incident runbook's log audit ---------------------------------------------------
 
-SUSPICIOUS: dict[str, re.Pattern[str]] = {
-    "failed login": re.compile(
-        r"password authentication failed|authentication failed for user|no pg_hba\.conf entry"
-        r"|\bWRONGPASS\b|\bNOAUTH\b|invalid username or password|failed password for"
-        r"|login failed",
-        re.I,
+SUSPICIOUS: dict[str, str] = {
+    "failed login": (
+        r"(?i)password authentication failed|authentication failed for user"
+        r"|no pg_hba\.conf entry|\bWRONGPASS\b|\bNOAUTH\b|invalid username or password"
+        r"|failed password for|login failed"
     ),
-    "unauthorized": re.compile(r"\" (?:401|403) \d+ "),  # nginx combined log: status, size
-    "path traversal": re.compile(r"\.\./|\.\.%2f|%2e%2e(?:/|%2f)|/etc/passwd", re.I),
-    "sql injection": re.compile(
-        r"union(?:\s|\+|%20|/\*\*/)+(?:all(?:\s|\+|%20)+)?select|'\s*or\s*'?1'?\s*=\s*'?1"
-        r"|%27(?:\+|%20)*or(?:\+|%20)",
-        re.I,
+    "unauthorized": r"\" (?:401|403) \d+ ",  # nginx combined log: status, size
+    "path traversal": r"(?i)\.\./|\.\.%2f|%2e%2e(?:/|%2f)|/etc/passwd",
+    "sql injection": (
+        r"(?i)union(?:\s|\+|%20|/\*\*/)+(?:all(?:\s|\+|%20)+)?select"
+        r"|'\s*or\s*'?1'?\s*=\s*'?1|%27(?:\+|%20)*or(?:\+|%20)"
     ),
-    "script injection": re.compile(r"<script|%3cscript|javascript:", re.I),
+    "script injection": r"(?i)<script|%3cscript|javascript:",
 }
 
 _MONTHS = {
@@ -249,23 +247,23 @@ _MONTHS = {
     )
 }
 # nginx: 127.0.0.1 - - [27/Nov/2026:12:49:46 +0000] "GET / HTTP/1.1" 200 ...
-_NGINX_TIME = re.compile(
+_NGINX_TIME = (
     r"\[(?P<day>\d{2})/(?P<mon>[A-Z][a-z]{2})/(?P<year>\d{4}):(?P<h>\d{2}):(?P<m>\d{2}):"
     r"(?P<s>\d{2}) (?P<zone>[+-]\d{4})\]"
 )
 # Redis: 27642:M 27 Nov 2026 12:49:45.600 # Server initialized (local time, no zone)
-_REDIS_TIME = re.compile(
+_REDIS_TIME = (
     r"^\d+:[XCSM] (?P<day>\d{1,2}) (?P<mon>[A-Z][a-z]{2}) (?P<year>\d{4}) "
     r"(?P<h>\d{2}):(?P<m>\d{2}):(?P<s>\d{2})"
 )
 
 
-def _when(line: str, local: tzinfo) -> datetime | None:
+def _when(line: str, local: tzinfo, stamps: Sequence[re.Pattern[str]]) -> datetime | None:
     stamped = timestamp(line, local)
     if stamped is not None:
         return stamped[0]
-    for pattern in (_NGINX_TIME, _REDIS_TIME):
-        match = pattern.search(line) if pattern is _NGINX_TIME else pattern.match(line)
+    for pattern in stamps:
+        match = pattern.search(line)
         if match is None or match["mon"] not in _MONTHS:
             continue
         zone: tzinfo = local
@@ -304,15 +302,17 @@ def suspicious_lines(
         raise ValueError("now must carry the host's UTC offset")
     since = now - timedelta(seconds=window_s)
     lines = text.splitlines()[1:] if starts_mid_line else text.splitlines()
+    stamps = (re.compile(_NGINX_TIME), re.compile(_REDIS_TIME))
+    suspicious = {kind: re.compile(pattern) for kind, pattern in SUSPICIOUS.items()}
     found = []
     written: datetime | None = None
     for line in lines:
         if not line.strip():
             continue
-        written = _when(line, local) or written
+        written = _when(line, local, stamps) or written
         if written is None or written < since:
             continue
-        for kind, pattern in SUSPICIOUS.items():
+        for kind, pattern in suspicious.items():
             if pattern.search(line):
                 found.append(Suspicious(kind, line))
                 break
