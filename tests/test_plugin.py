@@ -184,6 +184,23 @@ def test_threshold():
     assert gc.get_freeze_count() == 0
 
 
+def test_only_the_pytest_command_leaves_the_run_frozen_for_a_fast_exit(
+    pytester: pytest.Pytester,
+) -> None:
+    """Frozen objects are not walked at the interpreter's exit; a caller of pytest.main()
+    gets everything unfrozen back (the in-process test above)."""
+    pytester.makepyfile(
+        test_program="""
+from opsbook.plugin.garbage import started_by_the_pytest_command
+
+def test_command():
+    assert started_by_the_pytest_command()
+"""
+    )
+    assert pytester.runpytest_subprocess("-p", "no:cacheprovider").ret == 0
+    assert pytester.runpytest_inprocess("-p", "no:cacheprovider").ret == 1
+
+
 @pytest.mark.parametrize(
     ("source", "problem"),
     [

@@ -6,13 +6,20 @@ container objects) the collector walks those long-lived objects again and again:
 daily run. So, once this plugin is registered, what exists is frozen (never walked again) and
 the young generation is collected every 100,000 allocations: a daily run collects nothing
 after start-up and its peak memory does not change, while a long run (a fix waiting for a
-service) still frees its cycles. pytest_unconfigure puts the defaults back, for callers that
-run pytest in-process.
+service) still frees its cycles.
+
+At the end the defaults come back. When pytest is the program (`pytest`, `python -m pytest`)
+what the run made stays frozen: the interpreter's exit would otherwise walk all of it in
+several full collections, 100-150 ms, only to free memory the process is about to give back.
+When pytest.main() was called by another program (pytester, a script), everything is unfrozen
+so that the caller gets its memory back.
 """
 
 from __future__ import annotations
 
 import gc
+import sys
+from types import FrameType
 
 import pytest
 
@@ -33,9 +40,24 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     global _defaults
     if _defaults is not None:
-        # Back to the defaults without a walk of all the run made: at threshold 700 the next
-        # allocation would collect the young generation, now the run's whole work.
+        # Frozen first: at threshold 700 the next allocation would collect the young
+        # generation, by now the run's whole work.
         gc.freeze()
         gc.set_threshold(*_defaults)
-        gc.unfreeze()
+        if not started_by_the_pytest_command():
+            gc.unfreeze()
         _defaults = None
+
+
+def started_by_the_pytest_command() -> bool:
+    """Whether this run was started by pytest's console entry point (not by pytest.main()
+    called from another program), so that only the interpreter's exit comes after it."""
+    frame: FrameType | None = sys._getframe()
+    while frame is not None:
+        if frame.f_globals.get("__name__") == "_pytest.config":
+            if frame.f_code.co_name == "main":
+                return False
+            if frame.f_code.co_name in ("console_main", "_console_main"):
+                return True
+        frame = frame.f_back
+    return False
