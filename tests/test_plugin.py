@@ -158,7 +158,12 @@ def test_ok():
 '''
     )
     assert suite.runpytest("-m", "daily").ret == 0
-    assert suite.runpytest("-m", "weekly").ret == 5
+    published = sorted((suite.path / "reports").iterdir())
+    nothing = suite.runpytest("-m", "weekly")
+    assert nothing.ret == 5
+    # No report is written for no check, and none is announced.
+    assert sorted((suite.path / "reports").iterdir()) == published
+    assert "generated" not in nothing.stdout.str().lower()
 
 
 def test_a_run_collects_garbage_rarely_and_then_puts_the_defaults_back(

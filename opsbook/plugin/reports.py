@@ -134,16 +134,51 @@ def _point_latest(run: Run) -> None:
     os.replace(temporary, link)
 
 
-def _retarget_html_message(config: pytest.Config, run: Run) -> None:
-    # pytest-html prints "Generated html report: <path>" with the staging path; point its
-    # message at where the file is published. Private attribute, so only if it is there.
-    # Called from the terminal summary, after both files are written.
-    # Same for the junitxml plugin's "generated xml file" line.
+def _staged_reporters(config: pytest.Config, run: Run) -> list[tuple[object, str, str | Path]]:
+    """pytest-html's and junitxml's plugin objects that write into the run's staging folder,
+    with the attribute holding their file (private attributes: only those that are there)."""
+    found = []
     for plugin in config.pluginmanager.get_plugins():
         for attribute in ("_report_path", "logfile"):
             path = getattr(plugin, attribute, None)
             if isinstance(path, str | Path) and Path(path).parent == run.staging:
-                setattr(plugin, attribute, type(path)(run.final / Path(path).name))
+                found.append((plugin, attribute, path))
+    return found
+
+
+def _retarget_html_message(config: pytest.Config, run: Run) -> None:
+    # pytest-html prints "Generated html report: <path>" with the staging path, junitxml
+    # "generated xml file: <path>"; point them at where the files are published. Called from
+    # the terminal summary, after both files are written.
+    for plugin, attribute, path in _staged_reporters(config, run):
+        setattr(plugin, attribute, type(path)(run.final / Path(path).name))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A run that selected no check writes no report folder, and no report file is announced."""
+    config = session.config
+    run = config.stash[RUN]
+    if run is None or session.items or session.testsfailed:
+        return
+    for plugin, _, _ in _staged_reporters(config, run):
+        if _forget_junitxml(config, plugin) or not hasattr(plugin, "logfile"):
+            config.pluginmanager.unregister(plugin)
+    shutil.rmtree(run.staging, ignore_errors=True)
+    config.stash[RUN] = None
+
+
+def _forget_junitxml(config: pytest.Config, plugin: object) -> bool:
+    # junitxml unregisters the plugin object it stashed when pytest unconfigures; unless it is
+    # taken out of the (private) stash first, that would fail on an unregistered plugin.
+    try:
+        from _pytest.junitxml import xml_key
+    except ImportError:
+        return False
+    if config.stash.get(xml_key, None) is not plugin:
+        return False
+    del config.stash[xml_key]
+    return True
 
 
 @pytest.hookimpl(wrapper=True)
