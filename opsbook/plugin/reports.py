@@ -161,9 +161,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     run = config.stash[RUN]
     if run is None or session.items or session.testsfailed:
         return
-    for plugin, _, _ in _staged_reporters(config, run):
-        if _forget_junitxml(config, plugin) or not hasattr(plugin, "logfile"):
-            config.pluginmanager.unregister(plugin)
+    reporters = _staged_reporters(config, run)
+    junitxml = [plugin for plugin, attribute, _ in reporters if attribute == "logfile"]
+    if junitxml and not _forget_junitxml(config, junitxml[0]):
+        return  # it would write into the staging folder: sessionfinish removes it then
+    for plugin, _, _ in reporters:
+        config.pluginmanager.unregister(plugin)
     shutil.rmtree(run.staging, ignore_errors=True)
     config.stash[RUN] = None
 
