@@ -129,3 +129,15 @@ def run_checks(sandbox: Stack, tmp_path: Path) -> RunChecks:
         return CheckRun(process, reports)
 
     return run
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs, mounted for the test (we run as root)."""
+    mount_point = tmp_path / "data"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)], check=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)

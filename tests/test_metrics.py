@@ -97,7 +97,7 @@ def test_an_unreachable_pushgateway_is_one_line_not_a_crash(suite: pytest.Pytest
         closed = s.getsockname()[1]
     result = suite.runpytest("-m", "daily", f"--pushgateway=http://127.0.0.1:{closed}")
     assert result.ret == 1  # the checks' verdict, not the push's
-    result.stdout.fnmatch_lines(["opsbook: could not push metrics to http://127.0.0.1:*"])
+    result.stdout.fnmatch_lines(["*opsbook: could not push metrics to http://127.0.0.1:*"])
 
 
 @pytest.fixture

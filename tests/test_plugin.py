@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import gc
 import json
+import shutil
 import socket
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -187,6 +189,56 @@ def test_threshold():
     assert suite.runpytest("-m", "daily").ret == 0
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
+
+
+OK_CHECK = '''
+import pytest
+from opsbook import Severity, check
+
+@pytest.mark.daily
+@check("OK-001", Severity.INFO)
+def test_ok():
+    """Always fine."""
+'''
+
+
+def test_a_reports_folder_that_cannot_be_made_is_one_line(suite: pytest.Pytester) -> None:
+    suite.makepyfile(test_ok=OK_CHECK)
+    not_a_folder = suite.path / "a-file"
+    not_a_folder.write_text("")
+    result = suite.runpytest("-m", "daily", f"--reports-dir={not_a_folder}")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines([f"ERROR: reports folder {not_a_folder}: Not a directory (*"])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+def fill(filesystem: Path) -> None:
+    """Write zeros until the filesystem has no room left."""
+    filler = filesystem / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
+    assert shutil.disk_usage(filesystem).free == 0
+
+
+def test_on_a_full_disk_the_verdict_stands_and_says_the_reports_are_missing(
+    suite: pytest.Pytester, small_filesystem: Path
+) -> None:
+    """The moment a daily run matters most: the disk check fails because the disk is full."""
+    reports = small_filesystem / "reports"
+    reports.mkdir()
+    fill(small_filesystem)
+    suite.makepyfile(test_ok=OK_CHECK)
+    result = suite.runpytest("-m", "daily", f"--reports-dir={reports}")
+    assert result.ret == 11
+    result.stdout.fnmatch_lines(
+        [f"*opsbook: the run's reports are not in {reports}: No space left on device*"]
+    )
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+    assert list(reports.iterdir()) == []  # nothing half-written left behind
+
+    suite.makepyfile(test_demo=CHECKS)  # one of them fails: that stays the exit code
+    result = suite.runpytest("-m", "daily", f"--reports-dir={reports}")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*depth is 7 (max 5)*", "*reports are not in*"])
 
 
 def test_only_the_pytest_command_leaves_the_run_frozen_for_a_fast_exit(

@@ -44,3 +44,5 @@ FINDINGS = pytest.StashKey[Findings]()
 # The run's targets, once the first check needed them (fixtures/targets.py): a fix resets them
 # all, since what one check cached about a target may no longer be true.
 TARGETS: pytest.StashKey[Targets] = pytest.StashKey()
+# Why the run's report folder could not be written (a full disk, say), when it could not.
+REPORTS_NOT_WRITTEN = pytest.StashKey[str]()

@@ -72,9 +72,11 @@ def _registry(rows: list[dict[str, Any]], selection: str, started: float, status
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[_STARTED] = time.time()
+    session.config.stash[_NOT_SENT] = []
 
 
 _STARTED = pytest.StashKey[float]()
+_NOT_SENT = pytest.StashKey[list[str]]()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -88,11 +90,14 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
         return
     selection = config.option.markexpr or "all"
     registry = _registry(rows, selection, config.stash[_STARTED], int(session.exitstatus))
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
     if textfile:
         from prometheus_client import write_to_textfile
 
-        write_to_textfile(textfile, registry)  # written aside and renamed: never half-read
+        try:
+            write_to_textfile(textfile, registry)  # written aside and renamed: never half-read
+        except OSError as exc:
+            # As for a push: the run's result stands; the stale file shows as a missed run.
+            config.stash[_NOT_SENT].append(f"could not write metrics to {textfile}: {exc}")
     if gateway:
         from prometheus_client import push_to_gateway
 
@@ -105,5 +110,9 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
             )  # fmt: skip
         except OSError as exc:
             # The run's own result stands; a missing push shows as a missed run in alerting.
-            if reporter is not None:
-                reporter.write_line(f"opsbook: could not push metrics to {gateway}: {exc}")
+            config.stash[_NOT_SENT].append(f"could not push metrics to {gateway}: {exc}")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for line in terminalreporter.config.stash.get(_NOT_SENT, []):
+        terminalreporter.write_sep("-", f"opsbook: {line}", yellow=True)

@@ -1,12 +1,14 @@
 """Outcomes: one line for an unreachable target, compact failures, redaction, exit codes.
 
-Exit codes (documented in docs/operating.md) keep "could not evaluate" apart from "failed":
+Exit codes (documented in the README) keep "could not evaluate" apart from "failed":
 
     0  every selected check passed          4  usage error: bad inventory, option or check
     1  at least one check failed            5  no check selected
     2  interrupted (or a check module did not import)
     3  internal error                       10 nothing failed, but some checks could not be
                                                evaluated (unreachable target, broken setup)
+                                            11 nothing failed, but the run's reports could not
+                                               be written (the terminal says where and why)
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import pytest
 
 from opsbook.errors import TargetUnreachable
 from opsbook.plugin.findings import EVIDENCE_PREFIX
-from opsbook.plugin.keys import CHECK, FINDINGS, REDACTOR
+from opsbook.plugin.keys import CHECK, FINDINGS, REDACTOR, REPORTS_NOT_WRITTEN
 
 EXIT_NOT_EVALUATED = 10
+EXIT_REPORTS_NOT_WRITTEN = 11
 
 
 def _assertion_message(excinfo: pytest.ExceptionInfo[BaseException]) -> str:
@@ -66,24 +69,34 @@ def pytest_runtest_makereport(
 
 
 def exit_code(config: pytest.Config, pytest_status: int, failures_outside_checks: bool) -> int:
-    """The run's exit code from the findings, keeping pytest's own codes above 1."""
-    if pytest_status not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+    """The run's exit code from the findings, keeping pytest's own codes above 1.
+
+    A failed check wins over reports that could not be written, which win over checks that
+    could not be evaluated.
+    """
+    if pytest_status not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, EXIT_NOT_EVALUATED):
         return pytest_status
     counts = config.stash[FINDINGS].counts()
     failed, errors = counts.get("failed", 0), counts.get("error", 0)
     if failed or failures_outside_checks:
         return int(pytest.ExitCode.TESTS_FAILED)
+    if REPORTS_NOT_WRITTEN in config.stash:
+        return EXIT_REPORTS_NOT_WRITTEN
     if errors:
         return EXIT_NOT_EVALUATED
     return pytest_status
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]:
-    yield
+def settle_exit_code(session: pytest.Session) -> None:
     counts = session.config.stash[FINDINGS].counts()
     outside = session.testsfailed > counts.get("failed", 0) + counts.get("error", 0)
     session.exitstatus = exit_code(session.config, session.exitstatus, outside)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]:
+    yield
+    settle_exit_code(session)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -21,7 +21,8 @@ from msgspec import Struct
 
 from opsbook.check import Severity
 from opsbook.history import Changes, compare, earlier_runs, sparkline
-from opsbook.plugin.keys import FINDINGS, INVENTORY
+from opsbook.plugin.keys import FINDINGS, INVENTORY, REPORTS_NOT_WRITTEN
+from opsbook.plugin.outcomes import settle_exit_code
 
 LATEST = "latest"
 
@@ -78,7 +79,13 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     reports_dir = Path(config.getoption("reports_dir") or config.rootpath / "reports")
     run = Run(secrets.token_hex(4), datetime.now(UTC), reports_dir)
-    run.staging.mkdir(parents=True)
+    try:
+        run.staging.mkdir(parents=True)
+    except OSError as exc:
+        raise pytest.UsageError(
+            f"reports folder {reports_dir}: {exc.strerror or exc}"
+            " (choose another with --reports-dir=DIR, or run with --no-reports)"
+        ) from None
     config.stash[RUN] = run
     # A person's own --junitxml / --html wins; ours go into the run folder otherwise.
     if not config.option.xmlpath:
@@ -161,14 +168,22 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     run = config.stash[RUN]
     if run is None or session.items or session.testsfailed:
         return
+    if not _drop_reporters(config, run):
+        return  # junitxml would write into the staging folder: sessionfinish removes it then
+    shutil.rmtree(run.staging, ignore_errors=True)
+    config.stash[RUN] = None
+
+
+def _drop_reporters(config: pytest.Config, run: Run) -> bool:
+    """Unregister the reporters that write into the staging folder, so that they neither
+    write nor announce a file; False (and nothing dropped) when junitxml cannot be."""
     reporters = _staged_reporters(config, run)
     junitxml = [plugin for plugin, attribute, _ in reporters if attribute == "logfile"]
     if junitxml and not _forget_junitxml(config, junitxml[0]):
-        return  # it would write into the staging folder: sessionfinish removes it then
+        return False
     for plugin, _, _ in reporters:
         config.pluginmanager.unregister(plugin)
-    shutil.rmtree(run.staging, ignore_errors=True)
-    config.stash[RUN] = None
+    return True
 
 
 def _forget_junitxml(config: pytest.Config, plugin: object) -> bool:
@@ -187,8 +202,17 @@ def _forget_junitxml(config: pytest.Config, plugin: object) -> bool:
 @pytest.hookimpl(wrapper=True)
 def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]:
     """Publish the run folder once junit.xml and report.html are written (inside this wrapper)."""
-    yield
     config = session.config
+    try:
+        yield
+    except OSError as exc:
+        # junitxml or pytest-html could not write (a full disk, say). The checks' outcome
+        # stands and is shown; the exception also skipped the exit code's settling.
+        if config.stash[RUN] is None:
+            raise
+        _not_written(session, exc)
+        settle_exit_code(session)
+        return
     run = config.stash[RUN]
     if run is None:
         return
@@ -206,9 +230,24 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
             key=lambda row: (-Severity[row["severity"].upper()], row["check_id"], row["nodeid"]),
         ),
     }
-    _write_json(run.staging / "findings.json", document)
-    os.replace(run.staging, run.final)
-    _point_latest(run)
+    try:
+        _write_json(run.staging / "findings.json", document)
+        os.replace(run.staging, run.final)
+        _point_latest(run)
+    except OSError as exc:
+        _not_written(session, exc)
+        settle_exit_code(session)
+
+
+def _not_written(session: pytest.Session, exc: OSError) -> None:
+    """Drop what was staged of a run folder that could not be completed, and keep why."""
+    config = session.config
+    run = config.stash[RUN]
+    assert run is not None
+    _drop_reporters(config, run)
+    shutil.rmtree(run.staging, ignore_errors=True)
+    config.stash[RUN] = None
+    config.stash[REPORTS_NOT_WRITTEN] = f"{run.reports_dir}: {exc.strerror or exc}"
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -218,6 +257,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if run is not None and config.stash[FINDINGS].rows:
         _retarget_html_message(config, run)
         terminalreporter.write_sep("-", f"opsbook report: {run.final / 'report.html'}")
+    reason = config.stash.get(REPORTS_NOT_WRITTEN, None)
+    if reason is not None:
+        terminalreporter.write_sep("-", f"opsbook: the run's reports are not in {reason}", red=True)
 
 
 # pytest-html: the columns an operator sorts by, every value escaped.
