@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -50,3 +51,10 @@ def eventually(
         said = what or condition.__doc__ or getattr(condition, "__name__", "condition")
         assert time.monotonic() < end, f"not within {deadline_s:g} s: {said}"
         time.sleep(0.1)
+
+
+def fill(filesystem: Path) -> None:
+    """Write zeros until the filesystem has no room left."""
+    filler = filesystem / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
+    assert shutil.disk_usage(filesystem).free == 0

@@ -10,10 +10,11 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import CheckRun, RunChecks
+from support import CheckRun, RunChecks, fill
 
 from opsbook.remediate.lock import RemediationLock
 from opsbook.sandbox.stack import Stack
@@ -141,6 +142,52 @@ def test_a_second_run_does_not_remediate_while_one_holds_the_lock(
     assert skipped["status"] == "skipped"
     assert skipped["reason"].startswith("another run holds the remediation lock (run held-by-test")
     assert not breakable_sandbox.component("backend").is_running()
+
+
+def test_a_full_disk_applies_nothing_and_says_why(
+    breakable_sandbox: Stack, run_checks: RunChecks, small_filesystem: Path
+) -> None:
+    """Nothing is applied where its audit trail cannot be written."""
+    breakable_sandbox.stop("backend")
+    reports = small_filesystem / "reports"
+    reports.mkdir()
+    fill(small_filesystem)
+    run = run_checks(*HEALTH, "--remediate=apply", "--allow=restart", reports=reports)
+    assert run.exit_code == 1, run.output
+    expected = f"skipped - cannot take the remediation lock in {reports}: No space left on device"
+    assert expected in run.output
+    assert "Traceback" not in run.output
+    assert not breakable_sandbox.component("backend").is_running()
+
+
+@pytest.fixture
+def read_only_audit_log(tmp_path: Path) -> Iterator[Path]:
+    """reports/audit.log on a read-only bind mount: it reads, but takes no entry."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    log = reports / "audit.log"
+    log.touch()
+    subprocess.run(["mount", "--bind", str(log), str(log)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(log)], check=True)
+        yield reports
+    finally:
+        subprocess.run(["umount", str(log)], check=True)
+
+
+def test_a_fix_the_audit_log_cannot_hold_is_reported_as_such(
+    breakable_sandbox: Stack, run_checks: RunChecks, read_only_audit_log: Path
+) -> None:
+    breakable_sandbox.stop("backend")
+    run = run_checks(*HEALTH, "--remediate=apply", "--allow=restart", reports=read_only_audit_log)
+    fixed = attempt(run)
+    assert (fixed["status"], fixed["verdict"]) == ("applied", "FIXED"), run.output
+    log = read_only_audit_log / "audit.log"
+    assert fixed["reason"] == f"NOT in the audit log {log}: Read-only file system"
+    assert run.exit_code == 11  # the check passes again, but the trail has a gap
+    fix = "remediation.services.restart_service"
+    assert f"HEALTH-001[backend]: {fix} applied, NOT in the audit log {log}" in run.output
+    assert log.read_text() == ""
 
 
 def test_two_concurrent_runs_remediate_once(

@@ -44,5 +44,10 @@ FINDINGS = pytest.StashKey[Findings]()
 # The run's targets, once the first check needed them (fixtures/targets.py): a fix resets them
 # all, since what one check cached about a target may no longer be true.
 TARGETS: pytest.StashKey[Targets] = pytest.StashKey()
-# Why the run's report folder could not be written (a full disk, say), when it could not.
-REPORTS_NOT_WRITTEN = pytest.StashKey[str]()
+# What the run could not add to its audit trail, and why: its report folder, an applied fix's
+# audit-log entry (a full disk, say). A line each; the run then exits 11.
+AUDIT_TRAIL_GAPS = pytest.StashKey[list[str]]()
+
+
+def audit_trail_gap(config: pytest.Config, line: str) -> None:
+    config.stash.setdefault(AUDIT_TRAIL_GAPS, []).append(line)

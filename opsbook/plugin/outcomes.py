@@ -7,8 +7,9 @@ Exit codes (documented in the README) keep "could not evaluate" apart from "fail
     2  interrupted (or a check module did not import)
     3  internal error                       10 nothing failed, but some checks could not be
                                                evaluated (unreachable target, broken setup)
-                                            11 nothing failed, but the run's reports could not
-                                               be written (the terminal says where and why)
+                                            11 nothing failed, but the audit trail is not
+                                               complete: reports or an audit-log entry could
+                                               not be written (the terminal says which, why)
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import pytest
 
 from opsbook.errors import TargetUnreachable
 from opsbook.plugin.findings import EVIDENCE_PREFIX
-from opsbook.plugin.keys import CHECK, FINDINGS, REDACTOR, REPORTS_NOT_WRITTEN
+from opsbook.plugin.keys import AUDIT_TRAIL_GAPS, CHECK, FINDINGS, REDACTOR
 
 EXIT_NOT_EVALUATED = 10
-EXIT_REPORTS_NOT_WRITTEN = 11
+EXIT_AUDIT_TRAIL_INCOMPLETE = 11
 
 
 def _assertion_message(excinfo: pytest.ExceptionInfo[BaseException]) -> str:
@@ -71,8 +72,8 @@ def pytest_runtest_makereport(
 def exit_code(config: pytest.Config, pytest_status: int, failures_outside_checks: bool) -> int:
     """The run's exit code from the findings, keeping pytest's own codes above 1.
 
-    A failed check wins over reports that could not be written, which win over checks that
-    could not be evaluated.
+    A failed check wins over an incomplete audit trail, which wins over checks that could not
+    be evaluated.
     """
     if pytest_status not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, EXIT_NOT_EVALUATED):
         return pytest_status
@@ -80,8 +81,8 @@ def exit_code(config: pytest.Config, pytest_status: int, failures_outside_checks
     failed, errors = counts.get("failed", 0), counts.get("error", 0)
     if failed or failures_outside_checks:
         return int(pytest.ExitCode.TESTS_FAILED)
-    if REPORTS_NOT_WRITTEN in config.stash:
-        return EXIT_REPORTS_NOT_WRITTEN
+    if config.stash.get(AUDIT_TRAIL_GAPS, None):
+        return EXIT_AUDIT_TRAIL_INCOMPLETE
     if errors:
         return EXIT_NOT_EVALUATED
     return pytest_status
@@ -105,6 +106,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for row in rows:
         if row["unreachable"]:
             unreachable[row["message"]] = unreachable.get(row["message"], 0) + 1
+    gaps = terminalreporter.config.stash.get(AUDIT_TRAIL_GAPS, [])
+    if gaps:
+        terminalreporter.section("not in the audit trail", sep="-", red=True)
+        for line in gaps:
+            terminalreporter.line(line)
     if unreachable:
         terminalreporter.section("targets that could not be reached", sep="-", yellow=True)
         for line, count in unreachable.items():

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from opsbook.errors import TargetUnreachable
-from opsbook.plugin.keys import CHECK, INVENTORY, REDACTOR, TARGETS
+from opsbook.plugin.keys import CHECK, INVENTORY, REDACTOR, TARGETS, audit_trail_gap
 
 MODES = ("off", "plan", "apply")
 VERIFY_INTERVAL_S = 0.5
@@ -144,7 +144,10 @@ class _RemediationPlugin:
             if fixed:
                 report.outcome = "passed"
                 report.longrepr = None
-        self.remediator.record(attempt, ctx, redact)
+        missing = self.remediator.record(attempt, ctx, redact)
+        if missing:
+            what = f"{info.spec.check_id}[{info.target or '-'}]: {attempt.remediation}"
+            audit_trail_gap(self.config, f"{what} {attempt.status}, {missing}")
         plan_text = "\n".join(attempt.plan.lines()) if attempt.plan else ""
         report.user_properties.extend(
             [

@@ -21,7 +21,7 @@ from msgspec import Struct
 
 from opsbook.check import Severity
 from opsbook.history import Changes, compare, earlier_runs, sparkline
-from opsbook.plugin.keys import FINDINGS, INVENTORY, REPORTS_NOT_WRITTEN
+from opsbook.plugin.keys import FINDINGS, INVENTORY, audit_trail_gap
 from opsbook.plugin.outcomes import settle_exit_code
 
 LATEST = "latest"
@@ -247,7 +247,7 @@ def _not_written(session: pytest.Session, exc: OSError) -> None:
     _drop_reporters(config, run)
     shutil.rmtree(run.staging, ignore_errors=True)
     config.stash[RUN] = None
-    config.stash[REPORTS_NOT_WRITTEN] = f"{run.reports_dir}: {exc.strerror or exc}"
+    audit_trail_gap(config, f"the run's reports, in {run.reports_dir}: {exc.strerror or exc}")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -257,9 +257,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if run is not None and config.stash[FINDINGS].rows:
         _retarget_html_message(config, run)
         terminalreporter.write_sep("-", f"opsbook report: {run.final / 'report.html'}")
-    reason = config.stash.get(REPORTS_NOT_WRITTEN, None)
-    if reason is not None:
-        terminalreporter.write_sep("-", f"opsbook: the run's reports are not in {reason}", red=True)
 
 
 # pytest-html: the columns an operator sorts by, every value escaped.

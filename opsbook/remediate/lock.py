@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
@@ -20,13 +21,18 @@ class RemediationLock:
         stream = self.path.open("a+", encoding="utf-8")
         try:
             fcntl.flock(stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            stream.seek(0)
+            stream.truncate()
+            stream.write(f"{holder} pid {os.getpid()}\n")
+            stream.flush()
         except BlockingIOError:
             stream.close()
             return False
-        stream.seek(0)
-        stream.truncate()
-        stream.write(f"{holder} pid {os.getpid()}\n")
-        stream.flush()
+        except OSError:
+            # No room to say who holds it (a full disk): closed, and the lock with it.
+            with contextlib.suppress(OSError):
+                stream.close()
+            raise
         self._file = stream
         return True
 

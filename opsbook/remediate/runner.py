@@ -77,7 +77,15 @@ class Remediator:
 
     def take_lock(self) -> bool:
         lock = RemediationLock(self.reports_dir / LOCK)
-        if lock.acquire(f"run {self.run_id}"):
+        try:
+            taken = lock.acquire(f"run {self.run_id}")
+        except OSError as exc:
+            # A full disk, say: nothing is applied where its audit trail cannot be written.
+            self._lock_problem = (
+                f"cannot take the remediation lock in {self.reports_dir}: {exc.strerror or exc}"
+            )
+            return False
+        if taken:
             self._lock = lock
             return True
         self._lock_problem = f"another run holds the remediation lock ({lock.holder()})"
@@ -142,19 +150,26 @@ class Remediator:
             return Attempt(name, "nothing-to-do", done.nothing_to_do, done)
         return Attempt(name, "applied", "", done)
 
-    def record(self, attempt: Attempt, ctx: Context, redact: Callable[[str], str]) -> None:
-        """Append an attempt that acted, or tried to, to the audit log."""
+    def record(self, attempt: Attempt, ctx: Context, redact: Callable[[str], str]) -> str | None:
+        """Append an attempt that acted, or tried to, to the audit log; say why not if it
+        cannot be (the attempt's reason says it too)."""
         if attempt.status not in ("applied", "failed", "refused"):
-            return
-        self.audit.append(
-            {
-                "run": self.run_id,
-                "check": ctx.check_id,
-                "target": f"{ctx.target_kind}/{ctx.target}",
-                "remediation": attempt.remediation,
-                "status": attempt.status,
-                "verdict": attempt.verdict,
-                "reason": redact(attempt.reason),
-                "steps": [redact(line) for line in (attempt.plan.lines() if attempt.plan else [])],
-            }
-        )
+            return None
+        entry = {
+            "run": self.run_id,
+            "check": ctx.check_id,
+            "target": f"{ctx.target_kind}/{ctx.target}",
+            "remediation": attempt.remediation,
+            "status": attempt.status,
+            "verdict": attempt.verdict,
+            "reason": redact(attempt.reason),
+            "steps": [redact(line) for line in (attempt.plan.lines() if attempt.plan else [])],
+        }
+        try:
+            self.audit.append(entry)
+        except OSError as exc:
+            # What was done stays done: it must be seen, with why the log does not hold it.
+            missing = f"NOT in the audit log {self.audit.path}: {exc.strerror or exc}"
+            attempt.reason = f"{attempt.reason}; {missing}" if attempt.reason else missing
+            return missing
+        return None
