@@ -188,6 +188,16 @@ def test_a_fix_the_audit_log_cannot_hold_is_reported_as_such(
     fix = "remediation.services.restart_service"
     assert f"HEALTH-001[backend]: {fix} applied, NOT in the audit log {log}" in run.output
     assert log.read_text() == ""
+    # The same through the remediate command, on a finished run's failure.
+    breakable_sandbox.stop("backend")
+    run_checks(*HEALTH, reports=read_only_audit_log)
+    applied = opsbook(
+        "remediate", "latest", "--check=HEALTH-001", "--target=backend", "--apply",
+        "--allow=restart", f"--reports-dir={read_only_audit_log}",
+    )  # fmt: skip
+    assert applied.returncode == 4, applied.stdout + applied.stderr
+    assert f"applied - FIXED - NOT in the audit log {log}" in applied.stdout
+    assert log.read_text() == ""
 
 
 def test_two_concurrent_runs_remediate_once(

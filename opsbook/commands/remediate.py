@@ -9,7 +9,8 @@ run again until it passes or the inventory's `remediation.verify_timeout_s` runs
 
 Exit codes: 0 fixed, planned, or nothing to do; 1 applied but NOT FIXED, or the fix failed;
 2 bad usage (unknown run, check or inventory); 3 refused (not allowed, over budget, or
-another run holds the remediation lock).
+another run holds the remediation lock, or it cannot be written); 4 fixed, but the audit log
+could not take the entry (a full disk, say: the output says why).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 EXIT_NOT_FIXED = 1
 EXIT_USAGE = 2
 EXIT_REFUSED = 3
+EXIT_NOT_AUDITED = 4
 VERIFY_INTERVAL_S = 0.5
 
 
@@ -166,7 +168,7 @@ def _one(
         after = _verify(summary, row, inventory_path, inventory.remediation.verify_timeout_s)
         attempt.verdict = "NOT FIXED" if after else "FIXED"
         attempt.after = redact(after) or "passed"
-    remediator.record(attempt, ctx, redact)
+    missing = remediator.record(attempt, ctx, redact)
     print(redact(f"{where}: {attempt.summary()}"))
     for line in attempt.plan.lines() if attempt.plan else []:
         print(redact(f"  {line}"))
@@ -176,4 +178,4 @@ def _one(
         return EXIT_REFUSED
     if attempt.status == "failed" or attempt.verdict == "NOT FIXED":
         return EXIT_NOT_FIXED
-    return 0
+    return EXIT_NOT_AUDITED if missing else 0
