@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import fill
 
 from opsbook.commands import incident
 from opsbook.sandbox.stack import Stack
@@ -92,3 +93,20 @@ def test_dump_is_opt_in_and_missing_evidence_is_said(
     assert "not collected: compose chat" in capsys.readouterr().err
     # An existing folder is never overwritten: evidence is written once.
     assert collect(f"--inventory={path}", f"--out={out}") == 2
+
+
+def test_a_full_disk_is_said_file_by_file_and_leaves_no_cut_file(
+    sandbox: Stack, small_filesystem: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A full disk is often the incident itself."""
+    out = small_filesystem / "evidence"
+    fill(small_filesystem)
+    assert collect(f"--inventory={sandbox.inventory_path}", f"--out={out}") == 1
+    printed = capsys.readouterr()
+    assert printed.out.startswith(f"{out}: ")
+    assert printed.out.strip().endswith("files, NO manifest.json")
+    assert "  not collected: hosts/local/processes.txt: not written: No space left on device" in (
+        printed.err.splitlines()
+    )
+    assert "Traceback" not in printed.err
+    assert all(path.stat().st_size == 0 for path in out.rglob("*") if path.is_file())

@@ -60,10 +60,15 @@ class _Evidence:
 
     def write(self, relative: str, data: bytes) -> None:
         path = self.root / relative
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as stream:
+                stream.write(data)
+        except OSError as exc:
+            # A full disk, often the incident itself: a cut file would pass for the whole one.
+            path.unlink(missing_ok=True)
+            self.note(f"{relative}: not written: {exc.strerror or exc}")
 
     def note(self, problem: str) -> None:
         self.missing.append(problem)
@@ -208,9 +213,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         evidence.note("database dump: not taken (add --dump-database)")
     manifest = evidence.manifest(inventory, started)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    (out / "manifest.json").chmod(0o600)
-    print(f"{out}: {len(manifest['files'])} files, manifest.json")
+    evidence.write("manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+    written = "manifest.json" if (out / "manifest.json").exists() else "NO manifest.json"
+    print(f"{out}: {len(manifest['files'])} files, {written}")
     problems = [p for p in evidence.missing if not p.startswith("database dump: not taken")]
     for problem in evidence.missing:
         print(f"  not collected: {problem}", file=sys.stderr)
