@@ -237,6 +237,9 @@ def test_audit_log_tampering_is_detected(
     deleted = opsbook("audit-log", "verify", f"--reports-dir={tmp_path}")
     assert deleted.returncode == 1
     assert "newest entr(y/ies) deleted (the last run recorded 2)" in deleted.stderr
+    mistyped = opsbook("audit-log", "verify", f"--reports-dir={tmp_path}-typo")
+    assert mistyped.returncode == 2  # not "intact (0 entries)"
+    assert mistyped.stderr == f"audit-log verify: no reports folder at {tmp_path}-typo\n"
 
 
 def test_remediate_command_fixes_a_finished_runs_failure(

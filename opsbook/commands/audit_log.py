@@ -2,7 +2,8 @@
 
 Checks the hash chain of reports/audit.log, and compares it with the head recorded by the
 newest run (reports/latest/findings.json), which catches deleted newest entries too.
-Exit codes: 0 intact; 1 tampered (each problem on its own line); 2 bad usage.
+Exit codes: 0 intact; 1 tampered (each problem on its own line); 2 bad usage (no such
+reports folder: a mistyped path must not pass for an empty, intact log).
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ def run(args: argparse.Namespace) -> int:
     from opsbook.remediate.audit import verify
     from opsbook.remediate.runner import AUDIT
 
+    if not args.reports_dir.is_dir():
+        # A mistyped path must not read as an intact, empty log.
+        print(f"audit-log verify: no reports folder at {args.reports_dir}", file=sys.stderr)
+        return 2
     path = args.reports_dir / AUDIT
     latest = args.reports_dir / "latest" / "findings.json"
     anchor = None
