@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import gc
 import json
+import signal
 import socket
+import subprocess
+import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -231,6 +235,46 @@ def test_on_a_full_disk_the_verdict_stands_and_says_the_reports_are_missing(
     result = suite.runpytest("-m", "daily", f"--reports-dir={reports}")
     assert result.ret == 1
     result.stdout.fnmatch_lines(["*depth is 7 (max 5)*", "the run's reports, in *"])
+
+
+def test_sigterm_ends_the_run_like_an_interrupt_with_its_report(suite: pytest.Pytester) -> None:
+    """What cron's `timeout` or systemd sends: the checks that ran are reported, exit 2."""
+    suite.makepyfile(
+        test_slow="""
+import pathlib, time
+import pytest
+from opsbook import Severity, check
+
+pytestmark = pytest.mark.daily
+
+@check("FAST-001", Severity.INFO)
+def test_fast():
+    \"\"\"Fast.\"\"\"
+
+@check("SLOW-001", Severity.INFO)
+def test_slow():
+    \"\"\"Slow.\"\"\"
+    pathlib.Path("started").touch()
+    time.sleep(60)
+"""
+    )
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", "daily"]
+    run = suite.popen(command, stdin=subprocess.DEVNULL)
+    started = suite.path / "started"
+    deadline = time.monotonic() + 30
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGTERM)
+    out, _ = run.communicate(timeout=30)
+    assert run.returncode == 2
+    assert b"terminated (SIGTERM)" in out
+    rows = {row["check_id"]: row for row in findings(suite)["findings"]}
+    assert rows["FAST-001"]["outcome"] == "passed"
+    assert (rows["SLOW-001"]["outcome"], rows["SLOW-001"]["message"]) == (
+        "error",
+        "did not finish: the run was interrupted",
+    )
+    assert findings(suite)["run"]["exit_code"] == 2
 
 
 def test_only_the_pytest_command_leaves_the_run_frozen_for_a_fast_exit(

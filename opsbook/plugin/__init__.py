@@ -9,6 +9,7 @@ import pytest
 
 MODULES = (
     "opsbook.plugin.garbage",
+    "opsbook.plugin.termination",
     "opsbook.plugin.inventory_option",
     "opsbook.plugin.collection",
     "opsbook.plugin.findings",

@@ -67,11 +67,13 @@ def _new_row(nodeid: str, properties: dict[str, Any]) -> dict[str, Any]:
         "target": properties["target"] or None,
         "markers": [m for m in properties["markers"].split(",") if m],
         "severity": properties["severity"],
-        "outcome": "passed",
+        # Until the check's call reports: a run interrupted in its setup or its call must
+        # not record it as passed.
+        "outcome": "error",
         "unreachable": False,
         "observed": None,
         "expected": None,
-        "message": "",
+        "message": "did not finish: the run was interrupted",
         "target_kind": properties.get("target_kind") or None,
         "remediation": properties["remediation"] or None,
         "duration_s": 0.0,
