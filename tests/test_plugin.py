@@ -237,10 +237,7 @@ def test_on_a_full_disk_the_verdict_stands_and_says_the_reports_are_missing(
     result.stdout.fnmatch_lines(["*depth is 7 (max 5)*", "the run's reports, in *"])
 
 
-def test_sigterm_ends_the_run_like_an_interrupt_with_its_report(suite: pytest.Pytester) -> None:
-    """What cron's `timeout` or systemd sends: the checks that ran are reported, exit 2."""
-    suite.makepyfile(
-        test_slow="""
+SLOW_CHECKS = """
 import pathlib, time
 import pytest
 from opsbook import Severity, check
@@ -255,26 +252,51 @@ def test_fast():
 def test_slow():
     \"\"\"Slow.\"\"\"
     pathlib.Path("started").touch()
-    time.sleep(60)
+    time.sleep(float(pathlib.Path("sleep").read_text()))
+
+@check("NEXT-001", Severity.INFO)
+def test_next():
+    \"\"\"Next.\"\"\"
 """
-    )
+
+
+def interrupted_run(suite: pytest.Pytester, how: signal.Signals, sleep_s: float) -> bytes:
+    """Run SLOW_CHECKS, send `how` while SLOW-001 runs; the run must end with code 2."""
+    (suite.path / "sleep").write_text(str(sleep_s))
+    (suite.path / "started").unlink(missing_ok=True)
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", "daily"]
     run = suite.popen(command, stdin=subprocess.DEVNULL)
-    started = suite.path / "started"
     deadline = time.monotonic() + 30
-    while not started.exists() and time.monotonic() < deadline:
+    while not (suite.path / "started").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    run.send_signal(signal.SIGTERM)
-    out, _ = run.communicate(timeout=30)
-    assert run.returncode == 2
-    assert b"terminated (SIGTERM)" in out
+    run.send_signal(how)
+    out, _ = run.communicate(timeout=60)
+    assert run.returncode == 2, out
+    assert findings(suite)["run"]["exit_code"] == 2
+    return out
+
+
+def test_sigterm_stops_the_run_after_the_running_check_and_reports_it(
+    suite: pytest.Pytester,
+) -> None:
+    """What cron's `timeout`, systemd or a CI cancel send: the running check ends cleanly."""
+    suite.makepyfile(test_slow=SLOW_CHECKS)
+    out = interrupted_run(suite, signal.SIGTERM, 2)
+    assert b"terminated (SIGTERM): stopped after the check that was running" in out
+    outcomes = {row["check_id"]: row["outcome"] for row in findings(suite)["findings"]}
+    assert outcomes == {"FAST-001": "passed", "SLOW-001": "passed"}  # NEXT-001 never started
+
+
+def test_a_check_cut_off_by_ctrl_c_is_not_recorded_as_passed(suite: pytest.Pytester) -> None:
+    suite.makepyfile(test_slow=SLOW_CHECKS)
+    interrupted_run(suite, signal.SIGINT, 60)
     rows = {row["check_id"]: row for row in findings(suite)["findings"]}
     assert rows["FAST-001"]["outcome"] == "passed"
     assert (rows["SLOW-001"]["outcome"], rows["SLOW-001"]["message"]) == (
         "error",
         "did not finish: the run was interrupted",
     )
-    assert findings(suite)["run"]["exit_code"] == 2
+    assert "NEXT-001" not in rows
 
 
 def test_only_the_pytest_command_leaves_the_run_frozen_for_a_fast_exit(

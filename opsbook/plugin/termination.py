@@ -1,11 +1,12 @@
-"""SIGTERM ends a run the way Ctrl-C does: what ran is reported, and the exit code is 2.
+"""SIGTERM stops a run after the check that is running: what ran is reported, exit code 2.
 
 cron's `timeout`, systemd stopping a timer's service and a CI job's cancel all send SIGTERM.
 By default it kills Python on the spot: no summary, no report folder (only a hidden staging
-folder left behind). From configure until the reports are being written, SIGTERM stops the
-run like an interrupt instead; a second SIGTERM, or one while the reports are written, has its
-default effect. Only when pytest is the program: a program that calls pytest.main() keeps its
-own signal handling.
+folder left behind). Instead, the check that is running finishes (its cleanup included: a
+scratch cluster of the restore drill is stopped and deleted, which an exception raised in the
+middle of that cleanup would skip), no further check starts, and the run ends as interrupted.
+A second SIGTERM has its default effect. Only when pytest is the program: a program that calls
+pytest.main() keeps its own signal handling.
 """
 
 from __future__ import annotations
@@ -17,19 +18,20 @@ import pytest
 
 from opsbook.plugin.garbage import started_by_the_pytest_command
 
+REASON = "terminated (SIGTERM): stopped after the check that was running"
+
 _INSTALLED = pytest.StashKey[bool]()
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one kills
-    pytest.exit("terminated (SIGTERM)", returncode=pytest.ExitCode.INTERRUPTED)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    def stop(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one kills
+        session.shouldstop = REASON  # pytest stops between two checks
 
-
-def pytest_configure(config: pytest.Config) -> None:
     installed = started_by_the_pytest_command()
     if installed:
-        signal.signal(signal.SIGTERM, _terminate)
-    config.stash[_INSTALLED] = installed
+        signal.signal(signal.SIGTERM, stop)
+    session.config.stash[_INSTALLED] = installed
 
 
 @pytest.hookimpl(tryfirst=True)
