@@ -618,19 +618,21 @@ def scratch_redis(rdb: Path) -> Iterator[Any]:
     import redis
 
     home = Path(tempfile.mkdtemp(prefix="opsbook-drill-redis-", dir="/tmp"))
-    shutil.copyfile(rdb, home / "dump.rdb")
     socket_path = home / "redis.sock"
-    process = subprocess.Popen(
-        ["redis-server", "--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "700",
-         "--dir", str(home), "--dbfilename", "dump.rdb", "--save", "", "--appendonly", "no",
-         "--logfile", str(home / "redis.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-    client = redis.Redis(
-        unix_socket_path=str(socket_path), socket_timeout=10, decode_responses=True
-    )
-    try:
+    process: subprocess.Popen[bytes] | None = None
+    client: redis.Redis | None = None
+    try:  # from here on, whatever fails (a full /tmp, say) leaves no folder nor server behind
+        shutil.copyfile(rdb, home / "dump.rdb")
+        process = subprocess.Popen(
+            ["redis-server", "--port", "0", "--unixsocket", str(socket_path),
+             "--unixsocketperm", "700", "--dir", str(home), "--dbfilename", "dump.rdb",
+             "--save", "", "--appendonly", "no", "--logfile", str(home / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        client = redis.Redis(
+            unix_socket_path=str(socket_path), socket_timeout=10, decode_responses=True
+        )
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -649,13 +651,15 @@ def scratch_redis(rdb: Path) -> Iterator[Any]:
             time.sleep(0.05)
         yield client
     finally:
-        client.close()
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        if client is not None:
+            client.close()
+        if process is not None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
         shutil.rmtree(home, ignore_errors=True)
 
 
