@@ -60,14 +60,17 @@ class _Evidence:
 
     def write(self, relative: str, data: bytes) -> None:
         path = self.root / relative
+        created = False
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            created = True
             with os.fdopen(fd, "wb") as stream:
                 stream.write(data)
         except OSError as exc:
             # A full disk, often the incident itself: a cut file would pass for the whole one.
-            path.unlink(missing_ok=True)
+            if created:
+                path.unlink(missing_ok=True)
             self.note(f"{relative}: not written: {exc.strerror or exc}")
 
     def note(self, problem: str) -> None:
