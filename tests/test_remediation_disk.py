@@ -5,9 +5,7 @@ opsbook backups and old rotated logs, next to files the fix must never touch.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,18 +20,6 @@ from remediation import disk
 pytestmark = pytest.mark.sandbox
 
 DAY_S = 86400
-
-
-@pytest.fixture
-def small_filesystem(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs, mounted for the test."""
-    mount_point = tmp_path / "data"
-    mount_point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)], check=True)
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
 
 
 def write(path: Path, kib: int, age_days: float) -> Path:
