@@ -306,7 +306,7 @@ def test_only_the_pytest_command_leaves_the_run_frozen_for_a_fast_exit(
     gets everything unfrozen back (the in-process test above)."""
     pytester.makepyfile(
         test_program="""
-from opsbook.plugin.garbage import started_by_the_pytest_command
+from opsbook.plugin import started_by_the_pytest_command
 
 def test_command():
     assert started_by_the_pytest_command()

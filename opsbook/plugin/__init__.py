@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from importlib import import_module
+from types import FrameType
 
 import pytest
 
@@ -36,3 +38,17 @@ def register(pluginmanager: pytest.PytestPluginManager, names: Iterable[str]) ->
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     register(pluginmanager, MODULES)
+
+
+def started_by_the_pytest_command() -> bool:
+    """Whether this run was started by pytest's console entry point (not by pytest.main()
+    called from another program), so that only the interpreter's exit comes after it."""
+    frame: FrameType | None = sys._getframe()
+    while frame is not None:
+        if frame.f_globals.get("__name__") == "_pytest.config":
+            if frame.f_code.co_name == "main":
+                return False
+            if frame.f_code.co_name in ("console_main", "_console_main"):
+                return True
+        frame = frame.f_back
+    return False

@@ -18,10 +18,10 @@ so that the caller gets its memory back.
 from __future__ import annotations
 
 import gc
-import sys
-from types import FrameType
 
 import pytest
+
+from opsbook.plugin import started_by_the_pytest_command
 
 THRESHOLD = 100_000
 
@@ -47,17 +47,3 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         if not started_by_the_pytest_command():
             gc.unfreeze()
         _defaults = None
-
-
-def started_by_the_pytest_command() -> bool:
-    """Whether this run was started by pytest's console entry point (not by pytest.main()
-    called from another program), so that only the interpreter's exit comes after it."""
-    frame: FrameType | None = sys._getframe()
-    while frame is not None:
-        if frame.f_globals.get("__name__") == "_pytest.config":
-            if frame.f_code.co_name == "main":
-                return False
-            if frame.f_code.co_name in ("console_main", "_console_main"):
-                return True
-        frame = frame.f_back
-    return False

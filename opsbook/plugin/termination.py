@@ -16,7 +16,7 @@ from types import FrameType
 
 import pytest
 
-from opsbook.plugin.garbage import started_by_the_pytest_command
+from opsbook.plugin import started_by_the_pytest_command
 
 REASON = "terminated (SIGTERM): stopped after the check that was running"
 
