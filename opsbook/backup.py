@@ -568,7 +568,7 @@ def scratch_postgres() -> Iterator[Scratch]:
     It listens on no TCP port at all, only on a socket in a 0700 directory of its own, so it
     cannot clash with another server nor be reached by anyone else (`trust` is safe there).
     """
-    from opsbook.sandbox.base import free_port
+    from opsbook.loopback import free_port
 
     home = Path(tempfile.mkdtemp(prefix="opsbook-drill-", dir="/tmp"))
     scratch = Scratch(home, free_port())

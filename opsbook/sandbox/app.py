@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 import opsbook
-from opsbook.sandbox.base import Component, Layout, http_status, require_port
+from opsbook.loopback import http_status
+from opsbook.sandbox.base import Component, Layout, require_port
 from opsbook.sandbox.postgres import APP_ROLE, DATABASE
 from opsbook.sandbox.process import Process, SandboxError
 from opsbook.sandbox.redis import secret_name

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import opsbook
-from opsbook.sandbox.base import Layout, http_json, http_status
+from opsbook.loopback import http_json, http_status
+from opsbook.sandbox.base import Layout
 from opsbook.sandbox.postgres import ADMIN_ROLE, APP_ROLE, MONITOR_ROLE
 from opsbook.sandbox.process import SandboxError
 from opsbook.sandbox.redis import USERS, secret_name

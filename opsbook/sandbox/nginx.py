@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from opsbook.sandbox.base import Component, Layout, http_status, require_port
+from opsbook.loopback import http_status
+from opsbook.sandbox.base import Component, Layout, require_port
 from opsbook.sandbox.process import Process
 
 INDEX_HTML = """<!doctype html>

@@ -10,7 +10,8 @@ import shutil
 from pathlib import Path
 
 import opsbook
-from opsbook.sandbox.base import Component, Layout, http_json, http_status, require_port
+from opsbook.loopback import http_json, http_status
+from opsbook.sandbox.base import Component, Layout, require_port
 from opsbook.sandbox.process import Process, SandboxError
 
 BINARY = "/usr/bin/prometheus"

@@ -12,7 +12,8 @@ import os
 import socket
 from pathlib import Path
 
-from opsbook.sandbox.base import NETWORK_TIMEOUT_S, Component, require_port
+from opsbook.loopback import NETWORK_TIMEOUT_S
+from opsbook.sandbox.base import Component, require_port
 from opsbook.sandbox.process import Process
 
 QUEUE_KEYS = (

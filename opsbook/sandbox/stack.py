@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from opsbook.loopback import free_port
 from opsbook.sandbox.app import Backend, Worker, write_app_config
 from opsbook.sandbox.audit_defaults import audit_section, ensure_env_file
-from opsbook.sandbox.base import Component, Layout, free_port
+from opsbook.sandbox.base import Component, Layout
 from opsbook.sandbox.nginx import Nginx
 from opsbook.sandbox.postgres import Postgres
 from opsbook.sandbox.process import ComponentError, SandboxError
