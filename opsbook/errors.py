@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 
-class TargetUnreachable(Exception):
-    """A target could not be reached, so the checks that need it could not be evaluated.
+class NotEvaluated(Exception):
+    """The check could not reach a verdict: the facts it needs could not be observed.
 
-    The plugin turns it into one ERROR line per check ("could not evaluate"), never a FAIL.
+    The plugin reports it as one ERROR line ("could not evaluate"), never as a FAIL, and never
+    remediates it: nothing is known to be wrong. Raise it from a probe or a check with the
+    reason, already naming the target: `NotEvaluated("host web1: df gave no answer within 3 s")`.
     """
+
+    def line(self) -> str:
+        return str(self)
+
+
+class TargetUnreachable(NotEvaluated):
+    """A target could not be reached, so the checks that need it could not be evaluated."""
 
     def __init__(self, kind: str, name: str, where: str, reason: str) -> None:
         self.kind, self.name, self.where, self.reason = kind, name, where, reason

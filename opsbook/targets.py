@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from opsbook.errors import TargetUnreachable
-from opsbook.inventory import HttpEndpoint, Inventory, Postgres, Redis
+from opsbook.inventory import Host, HttpEndpoint, Inventory, Postgres, Redis
 
 if TYPE_CHECKING:
     import psycopg
@@ -234,6 +234,32 @@ class RedisTarget(_Target):
 
 
 @dataclass
+@dataclass
+class HostTarget:
+    """A machine of the inventory, observed through pytest-testinfra (local, ssh, docker...).
+
+    Probes read its facts with testinfra's own modules (`testinfra.file(path).mode`,
+    `testinfra.socket`, `testinfra.run`); checks name it by its inventory name.
+    """
+
+    name: str
+    spec: Host
+    _host: Any = field(default=None, init=False, repr=False)
+
+    @property
+    def label(self) -> str:
+        return f"host {self.name}"
+
+    @property
+    def testinfra(self) -> Any:
+        """The testinfra host (its backend connects on first use)."""
+        if self._host is None:
+            import testinfra
+
+            self._host = testinfra.get_host(self.spec.spec)
+        return self._host
+
+
 class Targets:
     """Every target of an inventory, by kind and name."""
 

@@ -92,7 +92,7 @@ def test_findings_json_and_junit_carry_each_check(suite: pytest.Pytester) -> Non
     failed = by_id["DEMO-002"]
     assert failed["outcome"] == "failed"
     assert failed["message"] == "demo: depth is 7 (max 5)"
-    assert failed["observed"] == "7"
+    assert failed["observed"] == 7
     assert failed["expected"] == "<= 5"
     assert failed["title"] == "Demo fails with observed vs expected."
     assert failed["markers"] == ["daily", "health"]

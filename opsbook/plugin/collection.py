@@ -8,7 +8,7 @@ import pytest
 
 from opsbook.check import CHECK_ID, Severity, spec_of
 from opsbook.plugin.inventory_option import AREAS, CADENCES
-from opsbook.plugin.keys import CHECK, INVENTORY, CheckInfo
+from opsbook.plugin.keys import CHECK, INVENTORY, CheckInfo, Prop
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -41,21 +41,47 @@ TARGET_KINDS = {
 }
 
 
+# How a failure message names a target of each fixture: "redis queue", "host web1"; an HTTP
+# service or a compose service is known by its own name ("backend").
+LABEL_PREFIXES = {
+    "prometheus": "prometheus ",
+    "grafana": "grafana ",
+    "postgres_target": "postgres ",
+    "redis_target": "redis ",
+    "host": "host ",
+}
+
+
 def _target_of(item: pytest.Item) -> str | None:
     callspec = getattr(item, "callspec", None)
     return callspec.id if callspec is not None else None
 
 
-def _target_kind_of(item: pytest.Item) -> str:
+def _target_args(item: pytest.Item) -> list[str]:
     params = getattr(getattr(item, "callspec", None), "params", {})
-    kinds = [TARGET_KINDS[arg] for arg in params if arg in TARGET_KINDS]
-    return kinds[0] if kinds else ""
+    return [arg for arg in params if arg in TARGET_KINDS]
+
+
+def _target_kind_of(item: pytest.Item) -> str:
+    args = _target_args(item)
+    return TARGET_KINDS[args[0]] if args else ""
+
+
+def _label_of(item: pytest.Item, target: str | None) -> str:
+    args = _target_args(item)
+    if target is None or not args:
+        return target or ""
+    return LABEL_PREFIXES.get(args[0], "") + target
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     problems: list[str] = []
     owner_of_id: dict[str, str] = {}
+    inventory = config.stash[INVENTORY]
+    # The deployment is part of every target's identity: findings, metrics and lock keys
+    # carry it, so that a run over several deployments keeps them apart.
+    deployment = inventory.name if inventory is not None else ""
     for item in items:
         function = getattr(item, "obj", None)
         spec = spec_of(function)
@@ -81,17 +107,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             problems.append(f"{where}: no cadence marker (one of {', '.join(CADENCES)})")
         if spec.remediation is not None and not callable(spec.remediation):
             problems.append(f"{where}: remediation {spec.remediation!r} is not callable")
-        info = CheckInfo(spec, title, rationale, _target_of(item), markers)
+        target = _target_of(item)
+        info = CheckInfo(spec, title, rationale, target, markers, _label_of(item, target))
         item.stash[CHECK] = info
         item.user_properties.extend(
             [
-                ("check_id", spec.check_id),
-                ("title", title),
-                ("severity", str(spec.severity)),
-                ("target", info.target or ""),
-                ("target_kind", _target_kind_of(item)),
-                ("markers", ",".join(markers)),
-                ("remediation", spec.remediation_name or ""),
+                (Prop.CHECK_ID, spec.check_id),
+                (Prop.TITLE, title),
+                (Prop.RISK, rationale),
+                (Prop.SEVERITY, str(spec.severity)),
+                (Prop.TARGET, info.target or ""),
+                (Prop.TARGET_KIND, _target_kind_of(item)),
+                (Prop.DEPLOYMENT, deployment),
+                (Prop.MARKERS, ",".join(markers)),
+                (Prop.REMEDIATION, spec.remediation_name or ""),
             ]
         )
     if problems:
@@ -120,6 +149,10 @@ def _select_check_ids(
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        # `pytest --collect-only` validates every check without touching any target: it
+        # needs no inventory (without one, checks are listed once each, untargeted).
+        return
     selected_checks = [item for item in session.items if CHECK in item.stash]
     if selected_checks and session.config.stash[INVENTORY] is None:
         raise pytest.UsageError(

@@ -1,36 +1,115 @@
-"""The `finding` fixture, and the row each check leaves behind for findings.json."""
+"""The `finding` fixture: how a check records what it observed and reaches its verdict.
+
+A check observes through a probe, then compares once:
+
+    usage = disk_usage(host, path, timeout_s=thresholds.timeout_s)
+    finding.expect(usage.used_percent, f"<= {limit:g}", ok=usage.used_percent <= limit,
+                   unit=Unit.PERCENT)
+
+`expect` records the observed value (typed: numbers stay numbers, with their unit) and the
+expected one for every report, and fails with one message built from the target's label:
+`host web1: 93 % (expected <= 80)`. `expect_none` does the same for a list of problems.
+A check that cannot observe raises `NotEvaluated` (or lets a probe raise it): ERROR, not FAIL.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
+import msgspec
 import pytest
 
-from opsbook.plugin.keys import FINDINGS, REDACTOR, Findings
+from opsbook.errors import NotEvaluated
+from opsbook.outcome import Outcome, Unit
+from opsbook.plugin.keys import (
+    CHECK,
+    EVIDENCE_PREFIX,
+    FINDINGS,
+    REDACTOR,
+    FindingRow,
+    Findings,
+    FixAttempt,
+    Prop,
+)
 from opsbook.secrets import Redactor
 
-EVIDENCE_PREFIX = "evidence:"
 MAX_EVIDENCE_CHARS = 4000
+
+__all__ = ["EVIDENCE_PREFIX", "Finding", "finding"]
 
 
 class Finding:
-    """What a check observed: the measured value and the evidence behind a verdict."""
+    """What a check observed: the measured value, what was expected, and the evidence."""
 
     def __init__(self, node: pytest.Item, redact: Redactor) -> None:
         self._node = node
         self._redact = redact
+        info = node.stash.get(CHECK, None)
+        # How messages name the target ("redis queue"); a check without a target, the run.
+        self.label: str = (info.label if info is not None else "") or node.name
 
-    def _set(self, name: str, value: str) -> None:
+    def _set(self, name: str, value: object) -> None:
         properties = self._node.user_properties
         properties[:] = [(k, v) for k, v in properties if k != name]
-        properties.append((name, self._redact(value)))
+        properties.append((name, self._redacted(value)))
 
-    def observe(self, value: object, *, expected: object = None) -> None:
-        """Record the measured value (and what was expected) for the report."""
-        self._set("observed", value if isinstance(value, str) else json.dumps(value, default=str))
+    def _redacted(self, value: object) -> object:
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        if isinstance(value, str):
+            return self._redact(value)
+        # A structure: redact its JSON text, so that a secret inside any string is masked,
+        # and keep it a structure (JSON objects stay objects in findings.json).
+        text = msgspec.json.encode(value, enc_hook=str).decode()
+        masked = self._redact(text)
+        return (
+            msgspec.json.decode(masked)
+            if masked != text
+            else msgspec.to_builtins(value, enc_hook=str)
+        )
+
+    def observe(self, value: object, *, expected: object = None, unit: Unit | None = None) -> None:
+        """Record the measured value (and what was expected) for the report, without a verdict."""
+        self._set(Prop.OBSERVED, value)
+        if unit is not None:
+            self._set(Prop.UNIT, str(unit))
         if expected is not None:
-            self._set("expected", str(expected))
+            self._set(Prop.EXPECTED, str(expected))
+
+    def expect(
+        self,
+        observed: object,
+        expected: str,
+        *,
+        ok: bool,
+        unit: Unit | None = None,
+        problem: str | None = None,
+    ) -> None:
+        """Record observed and expected; unless `ok`, fail with one line naming the target.
+
+        `problem` says what is wrong in words ("/var is 93 % full"); by default the message is
+        the observed value with its unit.
+        """
+        self.observe(observed, expected=expected, unit=unit)
+        if not ok:
+            shown = problem or _shown(observed, unit)
+            self.fail(f"{shown} (expected {expected})")
+
+    def expect_none(self, problems: Sequence[str], *, expected: str = "none") -> None:
+        """Record the problems found (none is the healthy state); fail listing them all."""
+        self.observe(list(problems), expected=expected)
+        if problems:
+            self.fail("; ".join(problems))
+
+    def fail(self, message: str) -> NoReturn:
+        """A broken expectation: the check FAILs with `<target>: <message>`."""
+        raise AssertionError(f"{self.label}: {message}")
+
+    def not_evaluated(self, reason: str) -> NoReturn:
+        """The facts could not be observed: the check is an ERROR ("could not evaluate")."""
+        raise NotEvaluated(f"{self.label}: {reason}")
 
     def attach(self, name: str, content: object) -> None:
         """Keep evidence (a response body, rows, log lines), redacted and cut to size."""
@@ -38,6 +117,12 @@ class Finding:
         if len(text) > MAX_EVIDENCE_CHARS:
             text = text[:MAX_EVIDENCE_CHARS] + f"\n... ({len(text) - MAX_EVIDENCE_CHARS} more)"
         self._set(EVIDENCE_PREFIX + name, text)
+
+
+def _shown(value: object, unit: Unit | None) -> str:
+    if unit is not None and isinstance(value, int | float) and not isinstance(value, bool):
+        return unit.show(value)
+    return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
 @pytest.fixture
@@ -60,37 +145,30 @@ def _first_line(report: pytest.TestReport) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
-def _new_row(nodeid: str, properties: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "check_id": properties["check_id"],
-        "title": properties["title"],
-        "target": properties["target"] or None,
-        "markers": [m for m in properties["markers"].split(",") if m],
-        "severity": properties["severity"],
-        # Until the check's call reports: a run interrupted in its setup or its call must
-        # not record it as passed.
-        "outcome": "error",
-        "unreachable": False,
-        "observed": None,
-        "expected": None,
-        "message": "did not finish: the run was interrupted",
-        "target_kind": properties.get("target_kind") or None,
-        "remediation": properties["remediation"] or None,
-        "duration_s": 0.0,
-        "evidence": {},
-        "nodeid": nodeid,
-    }
+def _new_row(nodeid: str, properties: dict[str, Any]) -> FindingRow:
+    return FindingRow(
+        check_id=properties[Prop.CHECK_ID],
+        title=properties[Prop.TITLE],
+        risk=properties.get(Prop.RISK, ""),
+        target=properties[Prop.TARGET] or None,
+        deployment=properties.get(Prop.DEPLOYMENT) or None,
+        markers=[m for m in properties[Prop.MARKERS].split(",") if m],
+        severity=properties[Prop.SEVERITY],
+        target_kind=properties.get(Prop.TARGET_KIND) or None,
+        remediation=properties[Prop.REMEDIATION] or None,
+        nodeid=nodeid,
+    )
 
 
-def _attempt(properties: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "status": properties["remediation_status"],
-        "verdict": properties["remediation_verdict"] or None,
-        "reason": properties["remediation_reason"] or None,
-        "plan": [line for line in properties["remediation_plan"].splitlines() if line],
-        "before": properties["before"] or None,
-        "after": properties["after"] or None,
-    }
+def _attempt(properties: dict[str, Any]) -> FixAttempt:
+    return FixAttempt(
+        status=properties[Prop.REMEDIATION_STATUS],
+        verdict=properties[Prop.REMEDIATION_VERDICT] or None,
+        reason=properties[Prop.REMEDIATION_REASON] or None,
+        plan=[line for line in properties[Prop.REMEDIATION_PLAN].splitlines() if line],
+        before=properties[Prop.BEFORE] or None,
+        after=properties[Prop.AFTER] or None,
+    )
 
 
 class _Recorder:
@@ -100,43 +178,46 @@ class _Recorder:
         self.findings = findings
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        properties = dict(report.user_properties)
-        if "check_id" not in properties:
+        properties: dict[str, Any] = dict(report.user_properties)
+        if Prop.CHECK_ID not in properties:
             return
-        row = self.findings.rows.setdefault(report.nodeid, _new_row(report.nodeid, properties))
-        row["duration_s"] = round(row["duration_s"] + report.duration, 4)
-        row["observed"] = properties.get("observed", row["observed"])
-        row["expected"] = properties.get("expected", row["expected"])
-        row["evidence"].update(
+        row = self.findings.rows.get(report.nodeid)
+        if row is None:
+            row = self.findings.rows[report.nodeid] = _new_row(report.nodeid, properties)
+        row.duration_s = round(row.duration_s + report.duration, 4)
+        row.observed = properties.get(Prop.OBSERVED, row.observed)
+        row.expected = properties.get(Prop.EXPECTED, row.expected)
+        row.unit = properties.get(Prop.UNIT, row.unit)
+        row.evidence.update(
             {
-                k.removeprefix(EVIDENCE_PREFIX): v
+                k.removeprefix(EVIDENCE_PREFIX): str(v)
                 for k, v in properties.items()
                 if k.startswith(EVIDENCE_PREFIX)
             }
         )
-        if "unreachable" in properties:
-            row["unreachable"] = True
+        if Prop.UNREACHABLE in properties:
+            row.unreachable = True
         if report.when == "call":
             # A target lost in the middle of a check still means "could not evaluate".
-            unreachable = report.failed and "unreachable" in properties
-            row["outcome"] = "error" if unreachable else report.outcome
-            row["message"] = "" if report.passed else _first_line(report)
-            if "waiver" in properties:
-                row["waiver"] = properties["waiver"]
+            unreachable = report.failed and Prop.UNREACHABLE in properties
+            row.outcome = Outcome.NOT_EVALUATED if unreachable else Outcome(report.outcome)
+            row.message = "" if report.passed else _first_line(report)
+            if Prop.WAIVER in properties:
+                row.waiver = properties[Prop.WAIVER]
                 if report.skipped:
-                    row["outcome"] = "waived"
-                    row["message"] = properties.get("waived_message", "")
-            if "remediation_status" in properties:
-                row["remediation_attempt"] = _attempt(properties)
-                if properties["remediation_verdict"] == "FIXED":
-                    row["outcome"] = "fixed"
-                    row["message"] = properties["before"]
+                    row.outcome = Outcome.WAIVED
+                    row.message = properties.get(Prop.WAIVED_MESSAGE, "")
+            if Prop.REMEDIATION_STATUS in properties:
+                row.remediation_attempt = _attempt(properties)
+                if properties[Prop.REMEDIATION_VERDICT] == "FIXED":
+                    row.outcome = Outcome.FIXED
+                    row.message = properties[Prop.BEFORE]
         elif report.skipped:
-            row["outcome"], row["message"] = "skipped", _first_line(report)
-        elif report.failed and row["outcome"] != "failed":
+            row.outcome, row.message = Outcome.NOT_APPLICABLE, _first_line(report)
+        elif report.failed and row.outcome != Outcome.FAILED:
             # A failing setup or teardown means the check could not be evaluated.
-            row["outcome"], row["message"] = "error", _first_line(report)
+            row.outcome, row.message = Outcome.NOT_EVALUATED, _first_line(report)
 
 
-def rows(config: pytest.Config) -> list[dict[str, Any]]:
+def rows(config: pytest.Config) -> list[FindingRow]:
     return list(config.stash[FINDINGS].rows.values())

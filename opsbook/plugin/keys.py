@@ -2,17 +2,50 @@
 
 from __future__ import annotations
 
+import enum
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from msgspec import Struct, field
 
 from opsbook.check import CheckSpec
+from opsbook.outcome import Outcome
 from opsbook.secrets import Redactor
 
 if TYPE_CHECKING:
     from opsbook.inventory import Inventory
     from opsbook.targets import Targets
+
+
+class Prop(enum.StrEnum):
+    """The keys a check's report carries in `user_properties`: the one channel that reaches
+    JUnit, pytest-html, findings.json, and survives pytest-xdist."""
+
+    CHECK_ID = "check_id"
+    TITLE = "title"
+    RISK = "risk"
+    SEVERITY = "severity"
+    TARGET = "target"
+    TARGET_KIND = "target_kind"
+    DEPLOYMENT = "deployment"
+    MARKERS = "markers"
+    REMEDIATION = "remediation"
+    OBSERVED = "observed"
+    EXPECTED = "expected"
+    UNIT = "unit"
+    UNREACHABLE = "unreachable"
+    WAIVER = "waiver"
+    WAIVED_MESSAGE = "waived_message"
+    REMEDIATION_STATUS = "remediation_status"
+    REMEDIATION_VERDICT = "remediation_verdict"
+    REMEDIATION_REASON = "remediation_reason"
+    REMEDIATION_PLAN = "remediation_plan"
+    BEFORE = "before"
+    AFTER = "after"
+
+
+# A piece of evidence travels as ("evidence:NAME", text).
+EVIDENCE_PREFIX = "evidence:"
 
 
 class CheckInfo(Struct, frozen=True):
@@ -23,18 +56,65 @@ class CheckInfo(Struct, frozen=True):
     rationale: str
     target: str | None
     markers: tuple[str, ...]
+    # How messages name the target: "redis queue", "host web1", "backend".
+    label: str = ""
+
+
+class FixAttempt(Struct, kw_only=True):
+    """What the linked fix of a failing check did, as findings.json records it."""
+
+    status: str
+    verdict: str | None = None
+    reason: str | None = None
+    plan: list[str] = field(default_factory=list)
+    before: str | None = None
+    after: str | None = None
+
+
+class FindingRow(Struct, kw_only=True):
+    """One check on one target: the row findings.json, metrics and `opsbook status` read."""
+
+    check_id: str
+    title: str
+    target: str | None
+    markers: list[str]
+    severity: str
+    nodeid: str
+    # Until the check's call reports: a run interrupted in its setup or its call must not
+    # record it as passed.
+    outcome: Outcome = Outcome.NOT_EVALUATED
+    message: str = "did not finish: the run was interrupted"
+    risk: str = ""
+    deployment: str | None = None
+    target_kind: str | None = None
+    unreachable: bool = False
+    # Typed: a number stays a number (with its unit), a structure an object.
+    observed: Any = None
+    expected: str | None = None
+    unit: str | None = None
+    remediation: str | None = None
+    duration_s: float = 0.0
+    evidence: dict[str, str] = field(default_factory=dict)
+    waiver: str | None = None
+    remediation_attempt: FixAttempt | None = None
 
 
 class Findings(Struct):
     """One row per check and target, in the order they finished."""
 
-    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rows: dict[str, FindingRow] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for row in self.rows.values():
-            counts[row["outcome"]] = counts.get(row["outcome"], 0) + 1
+            counts[row.outcome] = counts.get(row.outcome, 0) + 1
         return counts
+
+    def to_builtins(self) -> list[dict[str, Any]]:
+        """The rows as findings.json writes them."""
+        from msgspec import to_builtins
+
+        return [to_builtins(row) for row in self.rows.values()]
 
 
 INVENTORY: pytest.StashKey[Inventory | None] = pytest.StashKey()

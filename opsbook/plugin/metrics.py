@@ -23,10 +23,11 @@ from typing import Any
 
 import pytest
 
-from opsbook.plugin.keys import FINDINGS, INVENTORY
+from opsbook.outcome import Outcome
+from opsbook.plugin.keys import FINDINGS, INVENTORY, FindingRow
 
-GOOD = {"passed", "fixed", "waived"}
-BAD = {"failed", "error"}
+GOOD = {o for o in Outcome if o.good}
+BAD = {o for o in Outcome if o.bad}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -36,13 +37,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _number(value: object) -> float | None:
-    try:
-        return float(str(value))
-    except (TypeError, ValueError):
-        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
-def _registry(rows: list[dict[str, Any]], selection: str, started: float, status: int) -> Any:
+def _registry(rows: list[FindingRow], selection: str, started: float, status: int) -> Any:
     from prometheus_client import CollectorRegistry, Gauge
 
     registry = CollectorRegistry()
@@ -51,12 +51,12 @@ def _registry(rows: list[dict[str, Any]], selection: str, started: float, status
     duration = Gauge("opsbook_check_duration_seconds", "check duration", labels, registry=registry)
     observed = Gauge("opsbook_check_observed_value", "measured value", labels, registry=registry)
     for row in rows:
-        if row["outcome"] not in GOOD | BAD:
+        if row.outcome not in GOOD | BAD:
             continue
-        key = (selection, row["check_id"], row["target"] or "", row["severity"])
-        success.labels(*key).set(1 if row["outcome"] in GOOD else 0)
-        duration.labels(*key).set(row["duration_s"])
-        value = _number(row["observed"])
+        key = (selection, row.check_id, row.target or "", row.severity)
+        success.labels(*key).set(1 if row.outcome in GOOD else 0)
+        duration.labels(*key).set(row.duration_s)
+        value = _number(row.observed)
         if value is not None:
             observed.labels(*key).set(value)
     run_labels = ["selection"]

@@ -18,9 +18,9 @@ from collections.abc import Generator
 
 import pytest
 
-from opsbook.errors import TargetUnreachable
-from opsbook.plugin.findings import EVIDENCE_PREFIX
-from opsbook.plugin.keys import AUDIT_TRAIL_GAPS, CHECK, FINDINGS, REDACTOR
+from opsbook.errors import NotEvaluated
+from opsbook.outcome import Outcome
+from opsbook.plugin.keys import AUDIT_TRAIL_GAPS, CHECK, EVIDENCE_PREFIX, FINDINGS, REDACTOR, Prop
 
 EXIT_NOT_EVALUATED = 10
 EXIT_AUDIT_TRAIL_INCOMPLETE = 11
@@ -40,10 +40,11 @@ def pytest_runtest_makereport(
     report = yield
     redact = item.config.stash[REDACTOR]
     excinfo = call.excinfo
-    if excinfo is not None and isinstance(excinfo.value, TargetUnreachable):
+    if excinfo is not None and isinstance(excinfo.value, NotEvaluated):
+        # Could not evaluate: one line, and an ERROR however far the check got.
         line = redact(excinfo.value.line())
         report.longrepr = line
-        report.user_properties.append(("unreachable", line))
+        report.user_properties.append((Prop.UNREACHABLE, line))
     elif (
         excinfo is not None
         and CHECK in item.stash
@@ -78,7 +79,8 @@ def exit_code(config: pytest.Config, pytest_status: int, failures_outside_checks
     if pytest_status not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, EXIT_NOT_EVALUATED):
         return pytest_status
     counts = config.stash[FINDINGS].counts()
-    failed, errors = counts.get("failed", 0), counts.get("error", 0)
+    failed = counts.get(Outcome.FAILED, 0)
+    errors = counts.get(Outcome.NOT_EVALUATED, 0) + counts.get(Outcome.BLOCKED, 0)
     if failed or failures_outside_checks:
         return int(pytest.ExitCode.TESTS_FAILED)
     if config.stash.get(AUDIT_TRAIL_GAPS, None):
@@ -90,7 +92,9 @@ def exit_code(config: pytest.Config, pytest_status: int, failures_outside_checks
 
 def settle_exit_code(session: pytest.Session) -> None:
     counts = session.config.stash[FINDINGS].counts()
-    outside = session.testsfailed > counts.get("failed", 0) + counts.get("error", 0)
+    outside = session.testsfailed > counts.get(Outcome.FAILED, 0) + counts.get(
+        Outcome.NOT_EVALUATED, 0
+    )
     session.exitstatus = exit_code(session.config, session.exitstatus, outside)
 
 
@@ -104,8 +108,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     rows = terminalreporter.config.stash[FINDINGS].rows.values()
     unreachable: dict[str, int] = {}
     for row in rows:
-        if row["unreachable"]:
-            unreachable[row["message"]] = unreachable.get(row["message"], 0) + 1
+        if row.unreachable:
+            unreachable[row.message] = unreachable.get(row.message, 0) + 1
     gaps = terminalreporter.config.stash.get(AUDIT_TRAIL_GAPS, [])
     if gaps:
         terminalreporter.section("not in the audit trail", sep="-", red=True)

@@ -21,6 +21,7 @@ from msgspec import Struct
 
 from opsbook.check import Severity
 from opsbook.history import Changes, compare, earlier_runs, sparkline
+from opsbook.outcome import Unit
 from opsbook.plugin.keys import FINDINGS, INVENTORY, audit_trail_gap
 from opsbook.plugin.outcomes import settle_exit_code
 
@@ -124,7 +125,7 @@ def _changes(config: pytest.Config, run: Run) -> Changes:
     if CHANGES not in config.stash:
         selection = config.option.markexpr or None
         earlier = earlier_runs(run.reports_dir, selection, run.started.isoformat())
-        config.stash[CHANGES] = compare(list(config.stash[FINDINGS].rows.values()), earlier)
+        config.stash[CHANGES] = compare(config.stash[FINDINGS].to_builtins(), earlier)
     return config.stash[CHANGES]
 
 
@@ -226,7 +227,7 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
         "run": _summary(config, run, session.exitstatus),
         "changes": _changes(config, run).to_dict(),
         "findings": sorted(
-            findings.rows.values(),
+            findings.to_builtins(),
             key=lambda row: (-Severity[row["severity"].upper()], row["check_id"], row["nodeid"]),
         ),
     }
@@ -275,6 +276,11 @@ def pytest_html_results_table_row(report: pytest.TestReport, cells: list[str]) -
     # Collection errors come here too, and they carry no user properties.
     properties = dict(getattr(report, "user_properties", ()))
     observed = properties.get("observed", "")
+    unit = properties.get("unit")
+    if unit and isinstance(observed, int | float) and not isinstance(observed, bool):
+        observed = Unit(unit).show(observed)
+    elif not isinstance(observed, str):
+        observed = json.dumps(observed, default=str)
     expected = properties.get("expected")
     if expected:
         observed = f"{observed} (expected {expected})"
@@ -293,10 +299,10 @@ def _summary_html(config: pytest.Config, run: Run) -> list[str]:
     head = "".join(f"<th>{escape(o)}</th>" for o in ("severity", *OUTCOME_COLUMNS))
     body = []
     for severity in sorted(Severity, reverse=True):
-        mine = [r for r in rows if r["severity"] == str(severity)]
+        mine = [r for r in rows if r.severity == str(severity)]
         if mine:
             cells = "".join(
-                f"<td>{sum(r['outcome'] == o for r in mine)}</td>" for o in OUTCOME_COLUMNS
+                f"<td>{sum(r.outcome == o for r in mine)}</td>" for o in OUTCOME_COLUMNS
             )
             body.append(f"<tr><td>{escape(str(severity))}</td>{cells}</tr>")
     html = [f"<h2>Findings by severity</h2><table><tr>{head}</tr>{''.join(body)}</table>"]
