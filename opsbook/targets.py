@@ -234,7 +234,6 @@ class RedisTarget(_Target):
 
 
 @dataclass
-@dataclass
 class HostTarget:
     """A machine of the inventory, observed through pytest-testinfra (local, ssh, docker...).
 
@@ -260,6 +259,7 @@ class HostTarget:
         return self._host
 
 
+@dataclass
 class Targets:
     """Every target of an inventory, by kind and name."""
 
