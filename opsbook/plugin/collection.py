@@ -108,7 +108,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if spec.remediation is not None and not callable(spec.remediation):
             problems.append(f"{where}: remediation {spec.remediation!r} is not callable")
         target = _target_of(item)
-        info = CheckInfo(spec, title, rationale, target, markers, _label_of(item, target))
+        # A check of the whole deployment (no target) names the deployment in its messages.
+        label = _label_of(item, target) or deployment
+        info = CheckInfo(spec, title, rationale, target, markers, label)
         item.stash[CHECK] = info
         item.user_properties.extend(
             [
