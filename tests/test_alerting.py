@@ -71,6 +71,7 @@ def test_healthy_rules_pass(sandbox: Stack, run_checks: RunChecks) -> None:
     assert "its absence fires OpsbookRunMissing" in metrics
 
 
+@pytest.mark.breaks("ALERT-001")
 def test_invalid_rules_file_fails(loaded_rules_file: Path, run_checks: RunChecks) -> None:
     text = loaded_rules_file.read_text()
     loaded_rules_file.write_text(
@@ -86,6 +87,7 @@ def test_invalid_rules_file_fails(loaded_rules_file: Path, run_checks: RunChecks
     assert run_checks("--check=ALERT-001").exit_code == 0
 
 
+@pytest.mark.breaks("ALERT-001")
 def test_yaml_error_in_rules_file_fails(loaded_rules_file: Path, run_checks: RunChecks) -> None:
     loaded_rules_file.write_text(loaded_rules_file.read_text() + "\n  - name: [unclosed\n")
     row = run_checks("--check=ALERT-001").row("ALERT-001")
@@ -108,6 +110,7 @@ def _edit_rules(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
     path.write_text(yaml.safe_dump(document, sort_keys=False))
 
 
+@pytest.mark.breaks("ALERT-002")
 def test_rule_not_loaded_fails(
     breakable_sandbox: Stack, loaded_rules_file: Path, run_checks: RunChecks
 ) -> None:
@@ -132,6 +135,7 @@ def test_rule_not_loaded_fails(
     assert row["observed"] == '["chat-system/QueueBacklog"]'
 
 
+@pytest.mark.breaks("ALERT-003")
 def test_expression_over_missing_series_fails(
     breakable_sandbox: Stack, loaded_rules_file: Path, run_checks: RunChecks
 ) -> None:

@@ -103,6 +103,7 @@ def test_default_sandbox_passes_the_audit(inventory_path: Path, run_checks: RunC
     assert "is http: no TLS served to check" in run.row("SEC-032", "frontend")["message"]
 
 
+@pytest.mark.breaks("SEC-001", "SEC-010", "SEC-020", "SEC-021", "SEC-030", "ACCESS-003")
 def test_insecure_variant_fails_each_matching_check(
     fresh_sandbox: Stack, run_checks: RunChecks, tmp_path: Path
 ) -> None:
@@ -158,6 +159,7 @@ def _run_one(run_checks: RunChecks, check_id: str, inventory: Path, **kw: Any) -
     return run_checks("-m", "audit", f"--check={check_id}", inventory=inventory, **kw)
 
 
+@pytest.mark.breaks("SEC-001")
 def test_open_secret_file_and_wrong_owner_fail(
     sandbox: Stack, inventory_path: Path, run_checks: RunChecks
 ) -> None:
@@ -181,6 +183,7 @@ def test_open_secret_file_and_wrong_owner_fail(
     assert _run_one(run_checks, "SEC-001", inventory_path).exit_code == 0
 
 
+@pytest.mark.breaks("SEC-011", "SEC-012", "SEC-013", "SEC-014")
 def test_weak_postgres_settings_fail(
     sandbox: Stack, inventory_path: Path, run_checks: RunChecks
 ) -> None:
@@ -250,6 +253,7 @@ def test_missing_privileges_are_could_not_evaluate(
     )
 
 
+@pytest.mark.breaks("SEC-022")
 def test_app_user_with_dangerous_commands_fails(
     sandbox: Stack, inventory_path: Path, run_checks: RunChecks
 ) -> None:
@@ -276,6 +280,7 @@ def _reload_nginx(stack: Stack) -> None:
     time.sleep(0.5)  # new workers take over asynchronously
 
 
+@pytest.mark.breaks("SEC-031")
 def test_missing_security_header_fails(
     sandbox: Stack, inventory_path: Path, run_checks: RunChecks
 ) -> None:
@@ -347,6 +352,7 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[int, dict[str, ssl.SSLContext]]
     listener.close()
 
 
+@pytest.mark.breaks("SEC-032")
 def test_old_tls_protocols_fail(
     sandbox: Stack, run_checks: RunChecks, tls_server: tuple[int, dict[str, ssl.SSLContext]],
     tmp_path: Path,
@@ -455,6 +461,7 @@ def grafana_replay() -> Iterator[tuple[str, dict[str, bool]]]:
     server.server_close()
 
 
+@pytest.mark.breaks("SEC-040", "SEC-041")
 def test_grafana_default_password_and_anonymous_access_fail(
     sandbox: Stack, run_checks: RunChecks, grafana_replay: tuple[str, dict[str, bool]],
     tmp_path: Path,
@@ -502,6 +509,7 @@ def _failed_login(stack: Stack, user: str) -> None:
         )  # fmt: skip
 
 
+@pytest.mark.breaks("SEC-050")
 def test_log_audit_finds_failed_logins_and_attacks(
     fresh_sandbox: Stack, run_checks: RunChecks, tmp_path: Path
 ) -> None:
@@ -559,6 +567,7 @@ FAKE_TRIVY_REPORT = {
 }
 
 
+@pytest.mark.breaks("SEC-060")
 def test_image_scan_skips_without_trivy_and_runs_it_when_present(
     sandbox: Stack, run_checks: RunChecks, tmp_path: Path
 ) -> None:
@@ -599,6 +608,7 @@ def test_image_scan_skips_without_trivy_and_runs_it_when_present(
     assert _run_one(run_checks, "SEC-060", path, env=env).exit_code == 0
 
 
+@pytest.mark.breaks("ACCESS-001")
 def test_unexpected_login_shell_fails(inventory_path: Path, run_checks: RunChecks) -> None:
     intruder = "opsbook-audit-intruder"
     subprocess.run(
@@ -618,6 +628,7 @@ def test_unexpected_login_shell_fails(inventory_path: Path, run_checks: RunCheck
     assert _run_one(run_checks, "ACCESS-001", inventory_path).exit_code == 0
 
 
+@pytest.mark.breaks("ACCESS-002")
 def test_service_account_with_a_shell_fails(inventory_path: Path, run_checks: RunChecks) -> None:
     original = pwd.getpwnam("nobody").pw_shell
     subprocess.run(["usermod", "--shell", "/bin/bash", "nobody"], check=True, timeout=30)
@@ -631,6 +642,7 @@ def test_service_account_with_a_shell_fails(inventory_path: Path, run_checks: Ru
     assert _run_one(run_checks, "ACCESS-002", inventory_path).exit_code == 0
 
 
+@pytest.mark.breaks("ACCESS-004")
 def test_new_listener_on_all_interfaces_fails(inventory_path: Path, run_checks: RunChecks) -> None:
     # Binding 0.0.0.0 only listens on this machine's addresses; nothing is sent anywhere.
     with socket.socket() as listener:

@@ -111,6 +111,7 @@ def _delete_redis_part(latest: Path) -> str:
 
 
 @pytest.mark.parametrize("corrupt", [_truncate, _flip_a_byte, _delete_redis_part])
+@pytest.mark.breaks("BACKUP-002")
 def test_a_corrupted_backup_fails_the_completeness_check(
     copy: tuple[Path, Path], run_checks: RunChecks, corrupt
 ) -> None:
@@ -124,6 +125,7 @@ def test_a_corrupted_backup_fails_the_completeness_check(
     assert expected in row["message"], row["message"]
 
 
+@pytest.mark.breaks("BACKUP-001")
 def test_an_old_backup_fails_the_age_check(copy: tuple[Path, Path], run_checks: RunChecks) -> None:
     inventory, latest = copy
     old = datetime.now(UTC) - timedelta(days=2)
@@ -139,6 +141,7 @@ def test_an_old_backup_fails_the_age_check(copy: tuple[Path, Path], run_checks: 
     assert result.outcome("BACKUP-002") == "passed"  # old, but still complete
 
 
+@pytest.mark.breaks("BACKUP-001")
 def test_no_backup_at_all_fails_and_no_section_skips(
     sandbox: Stack, tmp_path: Path, run_checks: RunChecks
 ) -> None:

@@ -40,6 +40,7 @@ def inventory_copy(stack: Stack, directory: Path, **changes: Any) -> Path:
 # RES-001
 
 
+@pytest.mark.breaks("RES-001")
 def test_full_data_filesystem_fails(
     sandbox: Stack, run_checks: RunChecks, small_filesystem: Path, tmp_path: Path
 ) -> None:
@@ -106,6 +107,7 @@ def test_memory_above_the_limit_fails(run_checks: RunChecks) -> None:
 # LOG-001
 
 
+@pytest.mark.breaks("LOG-001")
 def test_error_in_the_worker_log_fails(fresh_sandbox: Stack, run_checks: RunChecks) -> None:
     stack = fresh_sandbox
     assert run_checks("--check=LOG-001", inventory=stack.inventory_path).exit_code == 0
@@ -184,6 +186,7 @@ def loopback_http_server(port: int = 0) -> Iterator[int]:
         thread.join()
 
 
+@pytest.mark.breaks("NET-001")
 def test_unreachable_egress_fails(sandbox: Stack, run_checks: RunChecks, tmp_path: Path) -> None:
     # A port that is bound but not listening refuses connections, and no one else can take it.
     closed = socket.socket()

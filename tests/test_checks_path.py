@@ -23,6 +23,7 @@ def test_daily_run_passes_on_the_healthy_sandbox(
     assert set(run.outcomes().values()) <= {"passed", "skipped"}, run.outcomes()
 
 
+@pytest.mark.breaks("HEALTH-001")
 def test_stopped_backend_fails_its_health_check(
     breakable_sandbox: Stack, run_checks: RunChecks
 ) -> None:

@@ -77,6 +77,7 @@ def restore_queue(stack: Stack, client: redis.Redis, *keys: str) -> None:
     )
 
 
+@pytest.mark.breaks("QUEUE-002")
 def test_redis_memory_near_maxmemory_fails_queue_002(
     sandbox: Stack, admin_redis: redis.Redis, run_checks: RunChecks
 ) -> None:
@@ -114,6 +115,7 @@ def test_redis_memory_near_maxmemory_fails_queue_002(
     assert float(run.row("QUEUE-002", "queue")["observed"]) < 90
 
 
+@pytest.mark.breaks("QUEUE-003")
 def test_backlog_over_the_limit_fails_queue_003(
     breakable_sandbox: Stack, admin_redis: redis.Redis, conversation: str, run_checks: RunChecks
 ) -> None:
@@ -138,6 +140,7 @@ def test_backlog_over_the_limit_fails_queue_003(
     assert run.row("QUEUE-003", "queue")["observed"] == "0"
 
 
+@pytest.mark.breaks("QUEUE-004")
 def test_dead_letters_over_the_limit_fail_queue_004(
     sandbox: Stack, admin_redis: redis.Redis, run_checks: RunChecks
 ) -> None:
@@ -162,6 +165,7 @@ def test_dead_letters_over_the_limit_fail_queue_004(
     assert run.row("QUEUE-004", "queue")["observed"] == "0"
 
 
+@pytest.mark.breaks("QUEUE-005")
 def test_old_or_unreadable_oldest_message_fails_queue_005(
     breakable_sandbox: Stack, admin_redis: redis.Redis, conversation: str, run_checks: RunChecks
 ) -> None:
@@ -206,6 +210,7 @@ def test_old_or_unreadable_oldest_message_fails_queue_005(
     assert run.row("QUEUE-005", "queue")["observed"] == "queue empty"
 
 
+@pytest.mark.breaks("QUEUE-006")
 def test_stopped_worker_fails_queue_006_and_a_busy_one_passes(
     breakable_sandbox: Stack, admin_redis: redis.Redis, conversation: str, run_checks: RunChecks
 ) -> None:
@@ -239,6 +244,7 @@ def test_stopped_worker_fails_queue_006_and_a_busy_one_passes(
     assert json.loads(run.row("QUEUE-006", "queue")["observed"])["waiting"] == 0
 
 
+@pytest.mark.breaks("QUEUE-007")
 def test_nothing_stored_while_messages_wait_fails_queue_007(
     breakable_sandbox: Stack, admin_redis: redis.Redis, conversation: str, run_checks: RunChecks
 ) -> None:

@@ -35,6 +35,7 @@ def app_connection(sandbox: Stack) -> psycopg.Connection[tuple[object, ...]]:
     )  # fmt: skip
 
 
+@pytest.mark.breaks("HEALTH-001")
 def test_health_fails_when_a_dependency_is_down(
     breakable_sandbox: Stack, run_checks: RunChecks
 ) -> None:
@@ -49,6 +50,7 @@ def test_health_fails_when_a_dependency_is_down(
     assert run_checks("--check=HEALTH-001").exit_code == 0
 
 
+@pytest.mark.breaks("HEALTH-001")
 def test_maintenance_mode_fails_the_frontend_health(
     breakable_sandbox: Stack, run_checks: RunChecks
 ) -> None:
@@ -60,6 +62,7 @@ def test_maintenance_mode_fails_the_frontend_health(
     assert run_checks("--check=HEALTH-001").exit_code == 0
 
 
+@pytest.mark.breaks("HEALTH-002")
 def test_slow_health_answer_breaks_the_budget(
     breakable_sandbox: Stack, run_checks: RunChecks
 ) -> None:
@@ -82,6 +85,7 @@ def test_slow_health_answer_breaks_the_budget(
     assert run.outcome("HEALTH-002", "frontend") == "passed"
 
 
+@pytest.mark.breaks("HEALTH-003")
 def test_debug_mode_disclosure_is_caught(breakable_sandbox: Stack, run_checks: RunChecks) -> None:
     config_path = breakable_sandbox.dir / "app.json"
     original = config_path.read_text()
@@ -100,6 +104,7 @@ def test_debug_mode_disclosure_is_caught(breakable_sandbox: Stack, run_checks: R
     assert run_checks("--check=HEALTH-003").exit_code == 0
 
 
+@pytest.mark.breaks("DB-002")
 def test_connections_near_the_limit_fail(sandbox: Stack, run_checks: RunChecks) -> None:
     connections = [app_connection(sandbox) for _ in range(40)]  # of max_connections = 50
     try:
@@ -115,6 +120,7 @@ def test_connections_near_the_limit_fail(sandbox: Stack, run_checks: RunChecks) 
     assert run_checks("--check=DB-002").exit_code == 0
 
 
+@pytest.mark.breaks("DB-003")
 def test_idle_transaction_is_caught(sandbox: Stack, run_checks: RunChecks) -> None:
     limit = {"OPSBOOK__THRESHOLDS__IDLE_IN_TRANSACTION_S": "1"}
     with app_connection(sandbox) as connection:
@@ -129,6 +135,7 @@ def test_idle_transaction_is_caught(sandbox: Stack, run_checks: RunChecks) -> No
         assert run_checks("--check=DB-003", env=limit).exit_code == 0
 
 
+@pytest.mark.breaks("DB-004")
 def test_missing_table_is_caught(sandbox: Stack, run_checks: RunChecks) -> None:
     postgres = sandbox.component("postgres")
     postgres.psql("ALTER TABLE agents RENAME TO agents_renamed", database="chatdb")
@@ -140,6 +147,7 @@ def test_missing_table_is_caught(sandbox: Stack, run_checks: RunChecks) -> None:
     assert run_checks("--check=DB-004").exit_code == 0
 
 
+@pytest.mark.breaks("OBS-001")
 def test_prometheus_down_fails(breakable_sandbox: Stack, run_checks: RunChecks) -> None:
     breakable_sandbox.stop("prometheus")
     run = run_checks("--check=OBS-001")
@@ -159,6 +167,7 @@ def _backend_up(sandbox: Stack) -> str | None:
     return series[0]["value"][1] if series else None
 
 
+@pytest.mark.breaks("OBS-002")
 def test_scrape_target_down_fails(breakable_sandbox: Stack, run_checks: RunChecks) -> None:
     breakable_sandbox.stop("backend")
 
@@ -212,6 +221,7 @@ def grafana_replay() -> Iterator[tuple[str, dict[str, tuple[int, dict[str, str]]
     server.server_close()
 
 
+@pytest.mark.breaks("OBS-003")
 def test_grafana_database_failing_is_caught(
     sandbox: Stack, run_checks: RunChecks, grafana_replay: tuple[str, dict], tmp_path: Path
 ) -> None:

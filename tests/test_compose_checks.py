@@ -115,6 +115,7 @@ def test_daily_passes_on_the_healthy_stack(run_compose: RunCompose) -> None:
     assert "reached directly" in run.row("COMPOSE-007", "none")["message"]
 
 
+@pytest.mark.breaks("COMPOSE-001", "COMPOSE-002")
 def test_killed_worker_fails_running_and_kill_checks(
     compose_stack: ComposeStack, runtime: ComposeRuntime, run_compose: RunCompose
 ) -> None:
@@ -140,6 +141,7 @@ def _podman_healthcheck(name: str) -> None:
     subprocess.run(["podman", "healthcheck", "run", name], capture_output=True, timeout=30)
 
 
+@pytest.mark.breaks("COMPOSE-003")
 def test_unhealthy_container_fails_health_check(
     compose_stack: ComposeStack, runtime: ComposeRuntime, run_compose: RunCompose
 ) -> None:
@@ -161,6 +163,7 @@ def test_unhealthy_container_fails_health_check(
     passed(again, "COMPOSE-003", "worker")
 
 
+@pytest.mark.breaks("COMPOSE-004")
 def test_cpu_and_memory_use_against_limits(
     compose_stack: ComposeStack, run_compose: RunCompose
 ) -> None:
@@ -182,6 +185,7 @@ def test_cpu_and_memory_use_against_limits(
     passed(again, "COMPOSE-004", "backend")
 
 
+@pytest.mark.breaks("COMPOSE-005")
 def test_missing_limits_fail_until_recreated(
     compose_stack: ComposeStack, runtime: ComposeRuntime, run_compose: RunCompose, tmp_path: Path
 ) -> None:
@@ -211,6 +215,7 @@ def published_ports_of(stack: ComposeStack) -> dict[str, int]:
     return published_ports(load_inventory(stack.inventory_path, environ={}))
 
 
+@pytest.mark.breaks("COMPOSE-006")
 def test_error_lines_in_a_container_log(
     compose_stack: ComposeStack, runtime: ComposeRuntime, run_compose: RunCompose
 ) -> None:
@@ -228,6 +233,7 @@ def test_error_lines_in_a_container_log(
     assert again.exit_code == 0, again.output
 
 
+@pytest.mark.breaks("COMPOSE-007")
 def test_exec_probes_where_postgres_and_redis_are_not_published(
     compose_stack: ComposeStack, runtime: ComposeRuntime, run_compose: RunCompose, tmp_path: Path
 ) -> None:

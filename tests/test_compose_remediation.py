@@ -69,6 +69,7 @@ def test_plan_shows_the_exact_compose_commands(
         runtime.restart("backend")
 
 
+@pytest.mark.breaks("COMPOSE-001")
 def test_stopped_backend_is_restarted_by_the_daily_run(
     compose_stack: ComposeStack, runtime: ComposeRuntime, run_compose
 ) -> None:
@@ -105,6 +106,7 @@ def _squeeze_backend(stack: ComposeStack, runtime: ComposeRuntime, tmp_path: Pat
     )  # fmt: skip
 
 
+@pytest.mark.breaks("COMPOSE-001", "COMPOSE-002")
 def test_memory_squeezed_backend_is_recreated(
     compose_stack: ComposeStack, runtime: ComposeRuntime, run_compose, tmp_path: Path
 ) -> None:

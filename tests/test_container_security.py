@@ -86,11 +86,13 @@ BREAKAGES = [
             "SEC-073": "holds ALL capabilities",
             "SEC-078": "privileged: declared false, running true",
         },
+        marks=pytest.mark.breaks("SEC-070", "SEC-073", "SEC-078"),
         id="privileged",
     ),
     pytest.param(
         "volumes: ['{dummy}:/var/run/docker.sock:ro']",
         {"SEC-071": ":/var/run/docker.sock:ro (Mounts: the engine's API; expected no engine"},
+        marks=pytest.mark.breaks("SEC-071"),
         id="docker-sock",
     ),
     pytest.param(
@@ -99,6 +101,7 @@ BREAKAGES = [
             "SEC-072": "shares the host's PID (PidMode=host) (expected its own)",
             "SEC-078": "host namespaces: declared none, running PID (PidMode=host)",
         },
+        marks=pytest.mark.breaks("SEC-072", "SEC-078"),
         id="pid-host",
     ),
     pytest.param(
@@ -107,6 +110,7 @@ BREAKAGES = [
             "SEC-073": "holds dangerous SYS_ADMIN (HostConfig.CapAdd/CapDrop",
             "SEC-078": "capabilities held: declared none, running SYS_ADMIN",
         },
+        marks=pytest.mark.breaks("SEC-073", "SEC-078"),
         id="cap-sys-admin",
     ),
     pytest.param(
@@ -115,6 +119,7 @@ BREAKAGES = [
             "SEC-073": "lacks no-new-privileges (HostConfig.SecurityOpt: none",
             "SEC-078": "security_opt: declared no-new-privileges, running none",
         },
+        marks=pytest.mark.breaks("SEC-073", "SEC-078"),
         id="no-new-privileges-off",
     ),
     pytest.param(
@@ -123,6 +128,7 @@ BREAKAGES = [
             "SEC-074": "runs as root (Config.User; expected a non-root user)",
             "SEC-078": "user: declared app (the image's USER), running root",
         },
+        marks=pytest.mark.breaks("SEC-074", "SEC-078"),
         id="user-root",
     ),
     pytest.param(
@@ -131,6 +137,7 @@ BREAKAGES = [
             "SEC-075": "has no memory limit (HostConfig.Memory=0",
             "SEC-078": "memory limit: declared 256 MiB, running none",
         },
+        marks=pytest.mark.breaks("SEC-075", "SEC-078"),
         id="no-memory-limit",
     ),
     pytest.param(
@@ -139,6 +146,7 @@ BREAKAGES = [
             "SEC-076": "->9999/tcp on all interfaces (expected a specific address)",
             "SEC-078": "port: declared nothing, running 0.0.0.0:",
         },
+        marks=pytest.mark.breaks("SEC-076", "SEC-078"),
         id="port-all-interfaces",
     ),
     pytest.param(
@@ -148,6 +156,7 @@ BREAKAGES = [
             "redacted",
             "SEC-078": "environment: SECRET_TOKEN declared not set, running set (value not shown)",
         },
+        marks=pytest.mark.breaks("SEC-077", "SEC-078"),
         id="secret-env",
     ),
 ]
@@ -206,6 +215,7 @@ def run_files(run: CheckRun) -> list[Path]:
     return [p for p in Path(printed[1]).rglob("*") if p.is_file()]
 
 
+@pytest.mark.breaks("SEC-080")
 def test_node_heap_against_the_backend_memory_limit(
     compose_stack: ComposeStack, runtime: ComposeRuntime, run_compose, tmp_path: Path
 ) -> None:
@@ -239,6 +249,7 @@ def test_node_heap_against_the_backend_memory_limit(
     assert again.row("SEC-080", "backend")["observed"] == f"{name}: NODE_OPTIONS not set"
 
 
+@pytest.mark.breaks("SEC-079")
 def test_undeclared_container_in_the_project_fails(
     compose_stack: ComposeStack, runtime: ComposeRuntime, run_compose, tmp_path: Path
 ) -> None:

@@ -35,6 +35,7 @@ def _broken_backend(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.breaks("HEALTH-001", "DEPLOY-005", "DEPLOY-006", "ROLLBACK-001")
 def test_broken_deploy_is_caught_and_rolled_back(
     fresh_sandbox: Stack, tmp_path: Path, run_checks: RunChecks
 ) -> None:
@@ -90,6 +91,7 @@ def test_broken_deploy_is_caught_and_rolled_back(
     assert back.outcome("DEPLOY-006") == "passed"
 
 
+@pytest.mark.breaks("DEPLOY-001")
 def test_dirty_release_tree_fails_the_predeploy_gate(
     sandbox: Stack, tmp_path: Path, run_checks: RunChecks
 ) -> None:

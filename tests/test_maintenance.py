@@ -35,6 +35,7 @@ def frontend_health(stack: Stack) -> int:
     return requests.get(url, timeout=3).status_code
 
 
+@pytest.mark.breaks("HEALTH-001")
 def test_maintenance_on_and_off(
     breakable_sandbox: Stack,
     run_checks: RunChecks,

@@ -66,6 +66,7 @@ def test_risky_fix_needs_the_allow_list(
     assert not breakable_sandbox.component("backend").is_running()
 
 
+@pytest.mark.breaks("HEALTH-001")
 def test_apply_restarts_verifies_and_audits(
     breakable_sandbox: Stack, run_checks: RunChecks, tmp_path: Path
 ) -> None:

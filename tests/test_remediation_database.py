@@ -43,6 +43,7 @@ def superuser(stack: Stack, sql: str) -> str:
 # DB-003: end_idle_transactions
 
 
+@pytest.mark.breaks("DB-003")
 def test_idle_transaction_is_ended(sandbox: Stack, run_checks: RunChecks) -> None:
     connection = app_connection(sandbox)
     try:
@@ -138,6 +139,7 @@ CREATE INDEX IF NOT EXISTS idx_agents_status_last_active ON agents (status, last
 INDEX_EXISTS = "SELECT count(*) FROM pg_indexes WHERE indexname = 'idx_conversations_user_id'"
 
 
+@pytest.mark.breaks("DB-005")
 def test_missing_index_is_created(sandbox: Stack, run_checks: RunChecks) -> None:
     superuser(sandbox, "DROP INDEX idx_conversations_user_id")
     try:
@@ -168,6 +170,7 @@ def test_missing_index_is_created(sandbox: Stack, run_checks: RunChecks) -> None
         superuser(sandbox, RESTORE_INDEXES)
 
 
+@pytest.mark.breaks("DB-005")
 def test_invalid_index_is_rebuilt(sandbox: Stack, run_checks: RunChecks) -> None:
     """A unique concurrent build over duplicate rows fails, as a concurrent build does when it
     is cancelled or times out: it leaves an INVALID index under the runbook's name."""
@@ -215,6 +218,7 @@ def test_invalid_index_is_rebuilt(sandbox: Stack, run_checks: RunChecks) -> None
         )
 
 
+@pytest.mark.breaks("DB-005")
 def test_index_name_taken_by_another_index_fails_loudly(
     sandbox: Stack, run_checks: RunChecks
 ) -> None:
@@ -241,6 +245,7 @@ def test_index_name_taken_by_another_index_fails_loudly(
 # DB-001: restart_service (remediation.services), proven on the database
 
 
+@pytest.mark.breaks("DB-001")
 def test_stopped_postgres_is_restarted(fresh_sandbox: Stack, run_checks: RunChecks) -> None:
     """A fresh sandbox: while PostgreSQL is down the backend logs errors, which would fail
     LOG-001 on the shared sandbox for the next five minutes."""

@@ -164,6 +164,7 @@ def nothing_to_do(plan: Plan) -> str:
     return plan.nothing_to_do
 
 
+@pytest.mark.breaks("QUEUE-004")
 def test_dead_letters_are_stored_after_reprocessing_queue_004(
     sandbox: Stack, admin_redis: redis.Redis, run_checks: RunChecks
 ) -> None:
@@ -206,6 +207,7 @@ def test_dead_letters_are_stored_after_reprocessing_queue_004(
     assert run_checks("--check=QUEUE-004").exit_code == 0
 
 
+@pytest.mark.breaks("QUEUE-004")
 def test_poison_dead_letters_come_back_and_the_report_says_not_fixed(
     fresh_sandbox: Stack, run_checks: RunChecks
 ) -> None:
@@ -236,6 +238,7 @@ def test_poison_dead_letters_come_back_and_the_report_says_not_fixed(
         client.close()
 
 
+@pytest.mark.breaks("QUEUE-006")
 def test_stopped_worker_is_restarted_and_drains_queue_006(
     breakable_sandbox: Stack, admin_redis: redis.Redis, run_checks: RunChecks
 ) -> None:
@@ -279,6 +282,7 @@ def test_stopped_worker_is_restarted_and_drains_queue_006(
         breakable_sandbox.start("worker")
 
 
+@pytest.mark.breaks("QUEUE-003")
 def test_backlog_scales_workers_up_and_back_to_one_queue_003(
     breakable_sandbox: Stack, admin_redis: redis.Redis, run_checks: RunChecks
 ) -> None:

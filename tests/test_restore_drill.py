@@ -68,6 +68,7 @@ def test_drill_restores_the_latest_backup_into_a_scratch_cluster(
     assert not list(Path("/tmp").glob("opsbook-drill-*")), "the scratch cluster was left behind"
 
 
+@pytest.mark.breaks("BACKUP-003")
 def test_drill_fails_on_a_dump_that_does_not_restore(
     sandbox: Stack, tmp_path: Path, run_checks: RunChecks
 ) -> None:

@@ -28,6 +28,7 @@ def context(inventory_path: Path, check_id: str, **environ: str) -> Context:
     return Context(inventory, check_id, "postgres", "chatdb")
 
 
+@pytest.mark.breaks("TUNE-001")
 def test_missing_pg_stat_statements_fails(sandbox: Stack, run_checks: RunChecks) -> None:
     superuser(sandbox, "DROP EXTENSION pg_stat_statements")
     try:
@@ -44,6 +45,7 @@ def test_missing_pg_stat_statements_fails(sandbox: Stack, run_checks: RunChecks)
     assert " ms mean, " in row["evidence"]["slowest 5 statements by mean time"]
 
 
+@pytest.mark.breaks("TUNE-001")
 def test_pg_stat_statements_unreadable_fails(sandbox: Stack, run_checks: RunChecks) -> None:
     """Installed but not readable by the monitoring role (its SELECT revoked from PUBLIC)."""
     superuser(sandbox, "REVOKE SELECT ON pg_stat_statements FROM PUBLIC")
@@ -58,6 +60,7 @@ def test_pg_stat_statements_unreadable_fails(sandbox: Stack, run_checks: RunChec
     assert run_checks("--check=TUNE-001").exit_code == 0
 
 
+@pytest.mark.breaks("TUNE-002")
 def test_stale_statistics_fail_and_analyze_fixes_them(
     fresh_sandbox: Stack, run_checks: RunChecks
 ) -> None:
@@ -101,6 +104,7 @@ def test_stale_statistics_fail_and_analyze_fixes_them(
     superuser(fresh_sandbox, "ALTER TABLE agents RESET (autovacuum_enabled)")
 
 
+@pytest.mark.breaks("TUNE-003")
 def test_dead_tuples_fail(sandbox: Stack, run_checks: RunChecks) -> None:
     superuser(sandbox, "ALTER TABLE agents SET (autovacuum_enabled = off)")
     try:
