@@ -22,6 +22,7 @@ import msgspec
 from msgspec import Meta
 
 from opsbook import yamltext
+from opsbook.remediate.plan import risky_kinds
 from opsbook.secrets import Secret
 
 ENV_PREFIX = "OPSBOOK__"
@@ -165,6 +166,47 @@ class Host(_Model, frozen=True):
             )
 
 
+RUNTIMES = ("sandbox", "compose", "systemd", "command")
+ROLES = ("proxy", "frontend", "api", "consumer", "database", "queue", "monitoring", "other")
+
+
+class ServiceCommands(_Model, frozen=True):
+    """The `command` runtime: how to drive a service that no other runtime knows."""
+
+    start: str
+    stop: str
+    status: str  # exits 0 when the service runs
+    restart: str | None = None  # default: stop, then start
+    reload: str | None = None
+
+
+class Service(_Model, frozen=True):
+    """A service of the deployment: how it runs, where, what it serves and what it needs.
+
+    Direction: a service is blocked by what it `depends_on`; when a dependency fails, the
+    dependent's failures are reported as blocked by it and only the dependency is fixed.
+    """
+
+    runtime: Literal["sandbox", "compose", "systemd", "command"] | None = None
+    host: str | None = None  # an entry of `hosts:` where systemd/command run (default: local)
+    targets: tuple[str, ...] = ()  # entries of http/postgres/redis this service serves
+    depends_on: tuple[str, ...] = ()
+    role: Literal[
+        "proxy", "frontend", "api", "consumer", "database", "queue", "monitoring", "other"
+    ] = "other"
+    unit: str | None = None  # systemd: the unit (default: <name>.service)
+    commands: ServiceCommands | None = None  # command: required
+    sudo: bool = False  # systemd/command: run through sudo on the host
+
+    def __post_init__(self) -> None:
+        if self.runtime == "command" and self.commands is None:
+            raise ValueError("commands: required with runtime: command")
+        if self.commands is not None and self.runtime != "command":
+            raise ValueError("commands: only with runtime: command")
+        if self.unit is not None and self.runtime != "systemd":
+            raise ValueError("unit: only with runtime: systemd")
+
+
 class Compose(_Model, frozen=True):
     """The compose project, when the stack runs on a container engine."""
 
@@ -200,9 +242,8 @@ class Budget(_Model, frozen=True):
     per_s: Annotated[float, Meta(gt=0, le=30 * 86400)]
 
 
-RISKY_KINDS = (
-    "restart", "recreate", "end-sessions", "delete-files", "alter-system", "restore", "rollback",
-)  # fmt: skip
+# The one list of kinds is opsbook.remediate.plan.StepKind.
+RISKY_KINDS = tuple(kind.value for kind in risky_kinds())
 
 
 DEFAULT_BUDGETS = {
@@ -314,6 +355,51 @@ class Inventory(_Model, frozen=True):
     tuning: Tuning = msgspec.field(default_factory=Tuning)
     backup: Backup | None = None
     deploy: Deploy = msgspec.field(default_factory=Deploy)
+    services: dict[str, Service] = {}
+
+    def __post_init__(self) -> None:
+        problem = _services_problem(self)
+        if problem:
+            raise ValueError(f"services: {problem}")
+
+    def runtime_of(self, service: str) -> str | None:
+        """The runtime that drives `service`: its own, else the deployment's (sandbox or
+        compose), else None (nothing here can restart it)."""
+        declared = self.services.get(service)
+        if declared is not None and declared.runtime is not None:
+            return declared.runtime
+        if self.sandbox is not None:
+            return "sandbox"
+        if self.compose is not None:
+            return "compose"
+        return None
+
+    def service_of(self, target: str) -> str:
+        """The service that serves an entry of http/postgres/redis (by name).
+
+        The service whose `targets` list it; else the entry's own `service:` key; else a
+        service of the same name; else the target's name (the runtime's name for it)."""
+        for name, service in self.services.items():
+            if target in service.targets:
+                return name
+        section: Mapping[str, object] = {**self.http, **self.postgres, **self.redis}
+        declared = getattr(section.get(target), "service", None)
+        return declared if isinstance(declared, str) else target
+
+    def dependencies(self, service: str) -> tuple[str, ...]:
+        """Everything `service` depends on, directly or not, nearest first."""
+        seen: dict[str, None] = {}
+        queue = list(self.services[service].depends_on) if service in self.services else []
+        while queue:
+            name = queue.pop(0)
+            if name not in seen:
+                seen[name] = None
+                queue.extend(self.services[name].depends_on)
+        return tuple(seen)
+
+    def with_role(self, role: str) -> tuple[str, ...]:
+        """The services of a role, e.g. the queue's consumers."""
+        return tuple(name for name, s in self.services.items() if s.role == role)
 
     def endpoints(self, *kinds: str) -> dict[str, HttpEndpoint]:
         return {name: ep for name, ep in self.http.items() if ep.kind in kinds}
@@ -324,6 +410,51 @@ class Inventory(_Model, frozen=True):
             for target in section.values():
                 if target.password is not None:
                     yield target.password
+
+
+def _services_problem(inventory: Inventory) -> str | None:
+    """What is wrong with the services graph, in one line (None when it is sound)."""
+    services = inventory.services
+    entries = {**inventory.http, **inventory.postgres, **inventory.redis}
+    for name, service in services.items():
+        unknown = [d for d in service.depends_on if d not in services]
+        if unknown:
+            return f"{name}.depends_on: no such service: {', '.join(unknown)}"
+        if name in service.depends_on:
+            return f"{name}.depends_on: a service cannot depend on itself"
+        missing = [t for t in service.targets if t not in entries]
+        if missing:
+            return f"{name}.targets: no such http, postgres or redis entry: {', '.join(missing)}"
+        if service.host is not None and service.host not in inventory.hosts:
+            return f"{name}.host: no such entry in hosts: {service.host}"
+    served: dict[str, str] = {}
+    for name, service in services.items():
+        for target in service.targets:
+            if target in served:
+                return f"{name}.targets: {target} is already served by {served[target]}"
+            served[target] = name
+    # A cycle would make "blocked by" circular: every service would wait for another.
+    state: dict[str, int] = {}
+
+    def cycle_from(name: str, path: tuple[str, ...]) -> tuple[str, ...] | None:
+        if state.get(name) == 1:
+            return (*path, name)
+        if state.get(name) == 2:
+            return None
+        state[name] = 1
+        for dependency in services[name].depends_on:
+            found = cycle_from(dependency, (*path, name))
+            if found:
+                return found
+        state[name] = 2
+        return None
+
+    for name in services:
+        found = cycle_from(name, ())
+        if found:
+            start = found.index(found[-1])
+            return f"dependency cycle: {' -> '.join(found[start:])}"
+    return None
 
 
 def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
