@@ -17,6 +17,7 @@ def target_sections(
     where each answers on 127.0.0.1, and the runtime's name for it."""
     secret = layout.secret_file
     return {
+        "services": services_graph(services),
         "http": {
             "backend": {
                 "kind": "backend",
@@ -58,4 +59,18 @@ def target_sections(
                 },
             }
         },
+    }
+
+
+def services_graph(services: dict[str, str]) -> dict[str, Any]:
+    """The chat system's services and what each depends on (the inventory's `services:`):
+    frontend -> backend -> postgres, redis; worker -> redis, postgres."""
+    backend, postgres, redis = services["backend"], services["postgres"], services["redis"]
+    return {
+        services["frontend"]: {"targets": ["frontend"], "depends_on": [backend], "role": "proxy"},
+        backend: {"targets": ["backend"], "depends_on": [postgres, redis], "role": "api"},
+        "worker": {"depends_on": [redis, postgres], "role": "consumer"},
+        postgres: {"targets": ["chatdb"], "role": "database"},
+        redis: {"targets": ["queue"], "role": "queue"},
+        services["prometheus"]: {"targets": ["prometheus"], "role": "monitoring"},
     }
