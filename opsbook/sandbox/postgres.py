@@ -12,18 +12,16 @@ import base64
 import hashlib
 import hmac
 import os
-import pwd
 import secrets
 import shutil
 import signal
-import subprocess
 from importlib import resources
 from pathlib import Path
 
+from opsbook.postgres_cluster import SUPERUSER, Cluster, ClusterError, server_os_user
 from opsbook.sandbox.base import Component, require_port
 from opsbook.sandbox.process import ComponentError, Process, SandboxError
 
-BIN = Path(os.environ.get("OPSBOOK_PG_BIN", "/usr/lib/postgresql/15/bin"))
 DATABASE = "chatdb"
 APP_ROLE = "chat_app"
 MONITOR_ROLE = "opsbook_monitor"
@@ -32,9 +30,7 @@ MONITOR_ROLE = "opsbook_monitor"
 # (PostgreSQL 15's per-parameter grant) and reload the configuration.
 ADMIN_ROLE = "opsbook_admin"
 TUNED_SETTINGS = ("shared_buffers", "effective_cache_size", "maintenance_work_mem")
-SUPERUSER = "postgres"
 SOCKET_PATH_MAX = 107  # sun_path in struct sockaddr_un, less the final NUL
-COMMAND_TIMEOUT_S = 60
 
 
 def scram_verifier(password: str, iterations: int = 4096) -> str:
@@ -59,6 +55,10 @@ class Postgres(Component):
         return self.layout.dir / "postgres"
 
     @property
+    def cluster(self) -> Cluster:
+        return Cluster(self.home, require_port(self))
+
+    @property
     def data(self) -> Path:
         return self.home / "data"
 
@@ -69,18 +69,15 @@ class Postgres(Component):
     @property
     def os_user(self) -> str:
         """The OS user that runs the server (and is mapped to the superuser)."""
-        return SUPERUSER if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
-
-    def _run_as(self) -> str | None:
-        return SUPERUSER if os.geteuid() == 0 else None
+        return server_os_user()
 
     def _process(self) -> Process:
         return Process(
             name=self.name,
-            argv=[str(BIN / "postgres"), "-D", str(self.data)],
+            argv=Cluster(self.home, self.port or 0).server_argv(),
             log=self.layout.log(self.name),
             pid_file=self.layout.pid_file(self.name),
-            user=self._run_as(),
+            user=SUPERUSER if os.geteuid() == 0 else None,
             # SIGINT is PostgreSQL's "fast" shutdown; SIGTERM would wait for every client.
             stop_signal=signal.SIGINT,
         )
@@ -100,63 +97,28 @@ class Postgres(Component):
                 f"postgres: socket path too long (max {SOCKET_PATH_MAX}): {socket_path}"
             )
 
-    def _owned_dir(self, path: Path, mode: int) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        path.chmod(mode)
-        if os.geteuid() == 0:
-            shutil.chown(path, SUPERUSER, SUPERUSER)
-
-    def _command(self, argv: list[str], stdin: str | None = None) -> str:
-        run_as = self._run_as()
-        drop: dict[str, object] = {}
-        if run_as is not None:
-            entry = pwd.getpwnam(run_as)
-            drop = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
-        try:
-            done = subprocess.run(  # type: ignore[call-overload]
-                argv,
-                input=stdin,
-                capture_output=True,
-                text=True,
-                timeout=COMMAND_TIMEOUT_S,
-                cwd=self.home,
-                check=False,
-                **drop,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ComponentError(self.name, f"{Path(argv[0]).name} failed: {exc}", None) from None
-        assert isinstance(done, subprocess.CompletedProcess)
-        if done.returncode != 0:
-            # The command's own error output is the useful tail here.
-            self.layout.logs.mkdir(parents=True, exist_ok=True)
-            with self.layout.log(self.name).open("a", encoding="utf-8") as log:
-                log.write(done.stdout + done.stderr)
-            raise ComponentError(
-                self.name,
-                f"{Path(argv[0]).name} exited with code {done.returncode}",
-                self.layout.log(self.name),
-            )
-        return str(done.stdout)
+    def _failed(self, exc: ClusterError) -> ComponentError:
+        """The component's error for a failed PostgreSQL program; its output goes to the log,
+        whose tail is the useful part."""
+        if not exc.output:
+            return ComponentError(self.name, exc.problem, None)
+        self.layout.logs.mkdir(parents=True, exist_ok=True)
+        with self.layout.log(self.name).open("a", encoding="utf-8") as log:
+            log.write(exc.output)
+        return ComponentError(self.name, exc.problem, self.layout.log(self.name))
 
     def prepare(self) -> None:
         port = require_port(self)
+        cluster = self.cluster
         self._check_reachable()
-        self._owned_dir(self.home, 0o755)
-        self._owned_dir(self.socket_dir, 0o755)
-        if not (self.data / "PG_VERSION").exists():
-            self._owned_dir(self.data, 0o700)
-            self._command(
-                [
-                    str(BIN / "initdb"),
-                    "-D", str(self.data),
-                    "-U", SUPERUSER,
-                    "--auth-local=peer",
-                    "--auth-host=scram-sha-256",
-                    "--encoding=UTF8",
-                    "--locale=C",
-                    "--no-sync",  # a throwaway cluster: skip initdb's fsyncs
-                ]
-            )  # fmt: skip
+        cluster.owned_dir(self.home, 0o755)
+        cluster.owned_dir(self.socket_dir, 0o755)
+        if not cluster.initialised:
+            cluster.owned_dir(self.data, 0o700)
+            try:
+                cluster.initdb("--auth-local=peer", "--auth-host=scram-sha-256")
+            except ClusterError as exc:
+                raise self._failed(exc) from None
             with (self.data / "postgresql.conf").open("a", encoding="utf-8") as conf:
                 conf.write("\ninclude 'opsbook.conf'\n")
         files = {
@@ -194,30 +156,14 @@ class Postgres(Component):
                 shutil.chown(path, SUPERUSER, SUPERUSER)
 
     def ready(self) -> bool:
-        try:
-            done = subprocess.run(
-                [str(BIN / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port), "-t", "1"],
-                capture_output=True,
-                timeout=5,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return False
-        return done.returncode == 0
+        return self.cluster.ready("127.0.0.1")
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL as the superuser over the unix socket; stops at the first error."""
-        return self._command(
-            [
-                str(BIN / "psql"), "-X", "-q", "-A", "-t",
-                "-v", "ON_ERROR_STOP=1",
-                "-h", str(self.socket_dir),
-                "-p", str(require_port(self)),
-                "-U", SUPERUSER,
-                "-d", database,
-            ],
-            stdin=sql,
-        )  # fmt: skip
+        try:
+            return self.cluster.psql(sql, database)
+        except ClusterError as exc:
+            raise self._failed(exc) from None
 
     def provision(self) -> None:
         """Create chatdb, its schema and the two roles; idempotent (passwords follow the files)."""
