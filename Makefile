@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 CONTAINER_ENV := DOCKER_HOST=$${DOCKER_HOST:-unix:///run/podman/podman.sock} \
 	TESTCONTAINERS_RYUK_DISABLED=true TESTCONTAINERS_CONNECTION_MODE=docker_host
 
-.PHONY: setup engine demo test test-containers lint sandbox-up sandbox-down bench clean
+.PHONY: setup engine demo test test-fast test-sandbox test-containers lint sandbox-up sandbox-down bench clean
 
 setup: $(STAMP)
 	scripts/install-system-packages
@@ -29,9 +29,16 @@ demo: setup
 engine: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" scripts/setup-container-engine
 
-# The project's tests, container scenarios included (they skip, saying why, without an engine).
-test: setup engine lint
-	$(CONTAINER_ENV) $(BIN)/pytest tests
+# The project's tests in four stages, each of which also runs alone: lint and types; fast
+# tests (pytester, probes on local facts: no sandbox); sandbox scenarios (one native stack for
+# the stage); containers (a real engine: Podman's Docker API here, Docker elsewhere).
+test: setup engine lint test-fast test-sandbox test-containers
+
+test-fast: setup
+	$(BIN)/pytest tests -m "not sandbox and not containers"
+
+test-sandbox: setup
+	$(BIN)/pytest tests -m "sandbox and not containers"
 
 test-containers: setup engine
 	$(CONTAINER_ENV) $(BIN)/pytest tests -m containers

@@ -45,6 +45,17 @@ def _running_stack(prefix: str) -> Iterator[Stack]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+# Fixtures that start a native sandbox stack: a test that uses one (directly or through another
+# fixture) is a sandbox scenario, the third stage of `make test`.
+SANDBOX_FIXTURES = {"sandbox", "fresh_sandbox", "breakable_sandbox"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SANDBOX_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.sandbox)
+
+
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[Stack]:
     """A running sandbox (all six components); `sandbox.inventory_path` is its inventory."""
