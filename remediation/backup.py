@@ -15,9 +15,9 @@ from pathlib import Path
 from opsbook import backup
 from opsbook.inventory import Postgres, Redis
 from opsbook.remediate.context import Context
-from opsbook.remediate.plan import RISKY, Plan, Refused
+from opsbook.remediate.plan import RISKY, Plan, Refused, StepKind
 
-RESTORE = "restore"
+RESTORE = StepKind.RESTORE
 
 
 def _require_risky(kind: str) -> None:
@@ -62,7 +62,7 @@ def take_backup(ctx: Context, *, apply: bool) -> Plan:
     access to backup.dir.
     Undo: delete the new backup directory; deleted old backups cannot be brought back.
     """
-    plan = Plan("remediation.backup.take_backup", "backup")
+    plan = Plan.for_fix(ctx, "backup")
     settings = ctx.inventory.backup
     if settings is None:
         return plan.nothing("the inventory has no backup: section")
@@ -82,14 +82,17 @@ def take_backup(ctx: Context, *, apply: bool) -> Plan:
         return f"wrote {info.name} ({len(info.parts())} parts)"
 
     plan.add(
-        f"take a backup: {why}", " && ".join(backup.plan_backup(ctx.inventory)), "backup", take
+        f"take a backup: {why}",
+        " && ".join(backup.plan_backup(ctx.inventory)),
+        StepKind.BACKUP,
+        take,
     )
     old = backup.past_retention(settings.dir, settings.retention_days)
     plan.add(
         f"delete opsbook's backups older than {settings.retention_days} days "
         f"(now: {', '.join(info.name for info in old) or 'none'})",
         f"rm -r {settings.dir}/{backup.BACKUP_PREFIX}*  (only those past retention)",
-        "delete-files",
+        StepKind.DELETE_FILES,
         lambda: f"deleted {', '.join(backup.prune(settings.dir, settings.retention_days))}",
         only_if=(
             "if backups are past retention",
@@ -114,7 +117,7 @@ def restore_backup(ctx: Context, *, apply: bool) -> Plan:
     """
     settings = ctx.inventory.backup
     name = ctx.target or "latest"
-    plan = Plan("remediation.backup.restore_backup", f"backup/{name}")
+    plan = Plan.for_fix(ctx, f"backup/{name}")
     if settings is None:
         return plan.nothing("the inventory has no backup: section")
     info = backup.find_backup(settings.dir, name)

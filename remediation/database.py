@@ -13,7 +13,7 @@ from typing import Any
 from msgspec import Struct
 
 from opsbook.remediate.context import Context
-from opsbook.remediate.plan import Plan
+from opsbook.remediate.plan import Plan, StepKind
 
 CHATDB_TABLES = ("agents", "conversations", "messages")
 
@@ -50,7 +50,7 @@ def end_idle_transactions(ctx: Context, *, apply: bool) -> Plan:
     that fails and is reported).
     Undo: none; the rolled-back work is lost, and the client must reconnect and retry.
     """
-    plan = Plan("remediation.database.end_idle_transactions", f"{ctx.target_kind}/{ctx.target}")
+    plan = Plan.for_fix(ctx)
     limit = ctx.thresholds.idle_in_transaction_s
     with ctx.postgres_admin() as connection:
         stuck = connection.execute(
@@ -84,7 +84,7 @@ def end_idle_transactions(ctx: Context, *, apply: bool) -> Plan:
             f"end {len(stuck)} session(s) idle in transaction for more than {limit:g}s: "
             + sessions,
             sql,
-            "end-sessions",
+            StepKind.END_SESSIONS,
             terminate,
         )
         return plan.finish(apply, ctx.gate)
@@ -101,7 +101,7 @@ def vacuum_analyze(ctx: Context, *, apply: bool) -> Plan:
     Privileges: the admin role, owner of the tables.
     Undo: nothing to undo; running it again is harmless.
     """
-    plan = Plan("remediation.database.vacuum_analyze", f"{ctx.target_kind}/{ctx.target}")
+    plan = Plan.for_fix(ctx)
     with ctx.postgres_admin() as connection:
 
         def run(sql: str) -> None:
@@ -132,7 +132,7 @@ def vacuum_analyze(ctx: Context, *, apply: bool) -> Plan:
             plan.add(
                 f"vacuum and analyze {table}: {', '.join(reasons)}",
                 sql,
-                "maintenance",
+                StepKind.MAINTENANCE,
                 partial(run, sql),
             )
         if not plan.steps:
@@ -238,7 +238,7 @@ def create_indexes(ctx: Context, *, apply: bool) -> Plan:
     Privileges: the admin role, owner of the tables (CREATE on schema public).
     Undo: DROP INDEX CONCURRENTLY NAME (the data is not touched).
     """
-    plan = Plan("remediation.database.create_indexes", f"{ctx.target_kind}/{ctx.target}")
+    plan = Plan.for_fix(ctx)
     with ctx.postgres_admin() as connection:
         states = index_states(connection.execute(INDEXES_SQL, index_query_params()).fetchall())
         wanted = [state for state in states if not state.present and not state.building]
@@ -284,14 +284,14 @@ def create_indexes(ctx: Context, *, apply: bool) -> Plan:
                     f"drop {name}, the INVALID leftover of a failed concurrent build of "
                     f"{state.index.describe()}",
                     f"{limit}; {sql}",
-                    "create-index",
+                    StepKind.CREATE_INDEX,
                     partial(run, sql),
                 )
             sql = state.index.create_sql()
             plan.add(
                 f"create index {state.index.name} on {state.index.describe()}",
                 f"{limit}; {sql}",
-                "create-index",
+                StepKind.CREATE_INDEX,
                 partial(run, sql),
             )
         return plan.finish(apply, ctx.gate)

@@ -25,9 +25,8 @@ from typing import Any
 from msgspec import Struct
 
 from opsbook.backup import BACKUP_PREFIX, NAME
-from opsbook.inventory import Host
 from opsbook.remediate.context import Context
-from opsbook.remediate.plan import Plan
+from opsbook.remediate.plan import Plan, StepKind
 
 BACKUPS_DIR = "backups"
 # What logrotate and Python's rotating handlers append: .1, .1.gz, -20240501, .2024-05-01.gz
@@ -101,8 +100,8 @@ def delete_past_retention(ctx: Context, *, apply: bool) -> Plan:
     """
     import testinfra  # slow to import; only a disk fix needs it
 
-    plan = Plan("remediation.disk.delete_past_retention", f"{ctx.target_kind}/{ctx.target}")
-    spec: Host = ctx.spec()
+    plan = Plan.for_fix(ctx)
+    spec = ctx.host_spec()
     host = testinfra.get_host(spec.spec)
     limit = ctx.thresholds.disk_used_percent
     days = ctx.inventory.remediation.retention_days
@@ -164,7 +163,7 @@ def delete_past_retention(ctx: Context, *, apply: bool) -> Plan:
         f"delete {len(files)} file(s), {_size(total)}, older than {days} days on {where}: "
         + listing,
         "rm -r -- " + " ".join(shlex.quote(f.path) for f in files),
-        "delete-files",
+        StepKind.DELETE_FILES,
         delete,
     )
     return plan.finish(apply, ctx.gate)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from opsbook.inventory import Inventory
 from opsbook.remediate.context import Context
-from opsbook.remediate.plan import Plan
+from opsbook.remediate.plan import Plan, StepKind
 from opsbook.targets import HttpTarget
 
-KIND = "maintenance-mode"
+KIND = StepKind.MAINTENANCE_MODE
 
 
 class MaintenanceUnsupported(Exception):
@@ -64,7 +64,7 @@ def maintenance_on(ctx: Context, *, apply: bool) -> Plan:
     Privileges: write access to the sandbox directory (its owner).
     Undo: maintenance_off (`python -m opsbook maintenance off`).
     """
-    plan = Plan("remediation.maintenance.maintenance_on", f"{ctx.target_kind}/{ctx.target}")
+    plan = Plan.for_fix(ctx)
     flag = _flag(ctx.inventory)
     if flag.exists():
         return plan.nothing(f"maintenance mode is already on ({flag} exists)")
@@ -88,7 +88,7 @@ def maintenance_off(ctx: Context, *, apply: bool) -> Plan:
     Privileges: write access to the sandbox directory (its owner).
     Undo: maintenance_on.
     """
-    plan = Plan("remediation.maintenance.maintenance_off", f"{ctx.target_kind}/{ctx.target}")
+    plan = Plan.for_fix(ctx)
     flag = _flag(ctx.inventory)
     if not flag.exists():
         return plan.nothing(f"maintenance mode is already off ({flag} does not exist)")

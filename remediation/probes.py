@@ -15,18 +15,18 @@ def healthy(ctx: Context) -> bool:
     """Whether the failing target answers now (a new connection, not the run's cached one)."""
     if ctx.target_kind == "compose":
         return ctx.runtime().is_running(ctx.service())
-    spec, timeout = ctx.spec(), ctx.thresholds.timeout_s
+    timeout = ctx.thresholds.timeout_s
     try:
         if ctx.target_kind == "http":
-            return HttpTarget(ctx.target, spec, timeout).health().status_code == 200
+            return HttpTarget(ctx.target, ctx.http_spec(), timeout).health().status_code == 200
         if ctx.target_kind == "postgres":
-            target = PostgresTarget(ctx.target, spec, timeout)
+            target = PostgresTarget(ctx.target, ctx.postgres_spec(), timeout)
             try:
                 return target.query("SELECT 1") == [(1,)]
             finally:
                 target.close()
         if ctx.target_kind == "redis":
-            redis_target = RedisTarget(ctx.target, spec, timeout)
+            redis_target = RedisTarget(ctx.target, ctx.redis_spec(), timeout)
             try:
                 return bool(redis_target.client().ping())
             finally:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from opsbook.probes.queue import DrainSample, processed_between
 from opsbook.remediate.context import Context
-from opsbook.remediate.plan import Plan
+from opsbook.remediate.plan import Plan, StepKind
 from opsbook.targets import RedisTarget
 
 if TYPE_CHECKING:
@@ -59,8 +59,8 @@ def reprocess_dead_letters(ctx: Context, *, apply: bool) -> Plan:
     Undo: not needed and not possible per message: a letter that can be stored is stored (the
     same as if it had never failed); one that cannot goes back to dead_letter_queue.
     """
-    plan = Plan("remediation.queue.reprocess_dead_letters", f"{ctx.target_kind}/{ctx.target}")
-    queues = ctx.spec().queues
+    plan = Plan.for_fix(ctx)
+    queues = ctx.redis_spec().queues
     dead, pending = queues.dead_letter, queues.pending
     client = ctx.redis_admin()
     try:
@@ -98,7 +98,7 @@ def reprocess_dead_letters(ctx: Context, *, apply: bool) -> Plan:
         plan.add(
             f"move the {letters} dead letters back to {pending}, one atomic LMOVE each",
             f"LMOVE {dead} {pending} RIGHT LEFT  (x {letters}, as the Redis admin)",
-            "requeue",
+            StepKind.REQUEUE,
             requeue,
         )
         return plan.finish(apply, ctx.gate)
@@ -127,7 +127,7 @@ def _draining(client: Redis, queues: Queues, sample_s: float) -> tuple[int, int]
 
 def _checker(ctx: Context) -> RedisTarget:
     """The queue as the checker reads it (read-only credentials)."""
-    return RedisTarget(ctx.target, ctx.spec(), ctx.thresholds.timeout_s)
+    return RedisTarget(ctx.target, ctx.redis_spec(), ctx.thresholds.timeout_s)
 
 
 def restart_worker(ctx: Context, *, apply: bool) -> Plan:
@@ -140,8 +140,8 @@ def restart_worker(ctx: Context, *, apply: bool) -> Plan:
     Privileges: read access to the queue (the checker's credentials); control of the runtime.
     Undo: nothing to undo; the worker runs the same configuration as before.
     """
-    plan = Plan("remediation.queue.restart_worker", f"{ctx.target_kind}/{ctx.target}")
-    queues, sample_s = ctx.spec().queues, ctx.thresholds.drain_sample_s
+    plan = Plan.for_fix(ctx)
+    queues, sample_s = ctx.redis_spec().queues, ctx.thresholds.drain_sample_s
     target = _checker(ctx)
     try:
         client = target.client()
@@ -170,7 +170,7 @@ def restart_worker(ctx: Context, *, apply: bool) -> Plan:
             f"restart {WORKER}: {waiting} messages wait in {queues.pending}, "
             f"0 processed in {sample_s:g} s",
             runtime.command("restart", WORKER),
-            "restart",
+            StepKind.RESTART,
             restart,
         )
         return plan.finish(apply, ctx.gate)
@@ -192,8 +192,8 @@ def scale_workers(ctx: Context, *, apply: bool) -> Plan:
     Undo: scale by hand (`python -m opsbook sandbox scale worker N`, or the compose project's
     `--scale worker=N`).
     """
-    plan = Plan("remediation.queue.scale_workers", f"{ctx.target_kind}/{ctx.target}")
-    pending, limit = ctx.spec().queues.pending, ctx.thresholds.queue_backlog
+    plan = Plan.for_fix(ctx)
+    pending, limit = ctx.redis_spec().queues.pending, ctx.thresholds.queue_backlog
     target = _checker(ctx)
     try:
         client = target.client()
@@ -210,7 +210,7 @@ def scale_workers(ctx: Context, *, apply: bool) -> Plan:
                 plan.add(
                     f"scale {WORKER} from {running} back to 1: {pending} is empty",
                     runtime.command("scale", WORKER, "1"),
-                    "scale",
+                    StepKind.SCALE,
                     scale_down,
                 )
                 return plan.finish(apply, ctx.gate)
@@ -243,13 +243,13 @@ def scale_workers(ctx: Context, *, apply: bool) -> Plan:
             f"scale {WORKER} from {running} to {SCALE_UP_TO}: {pending} holds {depth} "
             f"(max {limit})",
             runtime.command("scale", WORKER, str(SCALE_UP_TO)),
-            "scale",
+            StepKind.SCALE,
             scale_up,
         )
         plan.add(
             f"scale {WORKER} back to 1 once {pending} is empty (waits up to {DRAIN_WAIT_S:g} s)",
             runtime.command("scale", WORKER, "1"),
-            "scale",
+            StepKind.SCALE,
             scale_down_once_drained,
         )
         return plan.finish(apply, ctx.gate)

@@ -7,9 +7,9 @@ import shlex
 from opsbook import releases
 from opsbook.canary import run_canary, wait_ready
 from opsbook.remediate.context import Context
-from opsbook.remediate.plan import RISKY, Plan, Refused
+from opsbook.remediate.plan import RISKY, Plan, Refused, StepKind
 
-ROLLBACK = "rollback"
+ROLLBACK = StepKind.ROLLBACK
 CANARY_HOP_S = 10.0
 
 
@@ -26,7 +26,7 @@ def rollback_release(ctx: Context, *, apply: bool) -> Plan:
     credentials for the canary's cleanup.
     Undo: deploy the rolled-back release again (`opsbook.releases.deploy`).
     """
-    plan = Plan("remediation.releases.rollback_release", "releases")
+    plan = Plan.for_fix(ctx, "releases")
     sandbox = ctx.inventory.sandbox
     if sandbox is None:
         return plan.nothing(

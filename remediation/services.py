@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from opsbook.remediate.context import Context
-from opsbook.remediate.plan import Plan
+from opsbook.remediate.plan import Plan, StepKind
 from remediation.probes import healthy, healthy_within
 
 READY_DEADLINE_S = 20.0
@@ -18,7 +18,7 @@ def restart_service(ctx: Context, *, apply: bool) -> Plan:
     Privileges: control of the runtime (the sandbox owner, or access to the Docker API).
     Undo: nothing to undo; the service runs the same configuration as before.
     """
-    plan = Plan("remediation.services.restart_service", f"{ctx.target_kind}/{ctx.target}")
+    plan = Plan.for_fix(ctx)
     if healthy(ctx):
         return plan.nothing(f"{ctx.target} answers now")
     runtime, service = ctx.runtime(), ctx.service()
@@ -27,11 +27,11 @@ def restart_service(ctx: Context, *, apply: bool) -> Plan:
         runtime.restart(service)
         return "healthy" if healthy_within(ctx, READY_DEADLINE_S) else "still unhealthy"
 
-    plan.add(f"restart {service}", runtime.command("restart", service), "restart", restart)
+    plan.add(f"restart {service}", runtime.command("restart", service), StepKind.RESTART, restart)
     plan.add(
         f"recreate {service}",
         runtime.command("recreate", service),
-        "recreate",
+        StepKind.RECREATE,
         lambda: runtime.recreate(service),
         only_if=(f"if {ctx.target} is still unhealthy", lambda: not healthy(ctx)),
     )

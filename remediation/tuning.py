@@ -14,7 +14,7 @@ from typing import Any
 
 from opsbook.inventory import Tuning
 from opsbook.remediate.context import Context
-from opsbook.remediate.plan import Plan
+from opsbook.remediate.plan import Plan, StepKind
 from remediation.database import CHATDB_TABLES
 
 # Per chat table: rows, changes since the last analyze, when (NULL: never), how long ago, and
@@ -70,7 +70,7 @@ def analyze_tables(ctx: Context, *, apply: bool) -> Plan:
     Privileges: the admin role, owner of the tables.
     Undo: nothing to undo; running it again is harmless.
     """
-    plan = Plan("remediation.tuning.analyze_tables", f"{ctx.target_kind}/{ctx.target}")
+    plan = Plan.for_fix(ctx)
     max_age_s = ctx.inventory.tuning.stats_max_age_s
     with ctx.postgres_admin() as connection:
 
@@ -86,7 +86,7 @@ def analyze_tables(ctx: Context, *, apply: bool) -> Plan:
             plan.add(
                 f"analyze {table}: it {reason}",
                 sql,
-                "maintenance",
+                StepKind.MAINTENANCE,
                 functools.partial(run, sql),
             )
         return plan.finish(apply, ctx.gate)
@@ -172,7 +172,7 @@ def apply_settings(ctx: Context, *, apply: bool) -> Plan:
     `GRANT EXECUTE ON FUNCTION pg_reload_conf() TO <admin>` in the checked database).
     Undo: `ALTER SYSTEM RESET <name>` and pg_reload_conf() (a restart for shared_buffers).
     """
-    plan = Plan("remediation.tuning.apply_settings", f"{ctx.target_kind}/{ctx.target}")
+    plan = Plan.for_fix(ctx)
     expected = expected_settings(ctx.inventory.tuning)
     if not expected:
         return plan.nothing("the inventory's tuning section sets no memory setting")
@@ -199,7 +199,7 @@ def apply_settings(ctx: Context, *, apply: bool) -> Plan:
             plan.add(
                 f"set {name} from {current[name].shown} to {value} ({when})",
                 sql,
-                "alter-system",
+                StepKind.ALTER_SYSTEM,
                 functools.partial(run, sql),
             )
         applied = [name for name in different if not current[name].needs_restart]
@@ -214,7 +214,7 @@ def apply_settings(ctx: Context, *, apply: bool) -> Plan:
         plan.add(
             summary,
             "SELECT pg_reload_conf()",
-            "alter-system",
+            StepKind.ALTER_SYSTEM,
             lambda: run("SELECT pg_reload_conf()"),
         )
         return plan.finish(apply, ctx.gate)

@@ -2,21 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from opsbook.inventory import Admin, Inventory
-from opsbook.remediate.plan import Gate
+from opsbook.inventory import (
+    Admin,
+    Compose,
+    Host,
+    HttpEndpoint,
+    Inventory,
+    Postgres,
+    Redis,
+    Thresholds,
+)
+from opsbook.remediate.plan import Gate, name_of
 from opsbook.remediate.runtime import Runtime, runtime_for
 
 if TYPE_CHECKING:
     import psycopg
     import redis
 
+    from opsbook.remediate.plan import Plan
+
+SpecT = TypeVar("SpecT")
+
 
 class NoRuntime(Exception):
     """The inventory names no runtime, so services cannot be restarted from here."""
+
+
+class WrongTargetKind(TypeError):
+    """A fix asked for a kind of target the failing check is not about (a bug in the fix, or
+    the fix is linked to the wrong check)."""
 
 
 @dataclass
@@ -25,33 +44,69 @@ class Context:
 
     inventory: Inventory
     check_id: str
-    target_kind: str  # http, postgres, redis, host
+    target_kind: str  # http, postgres, redis, host, compose
     target: str
     run_id: str = ""
     gate: Gate = field(default=lambda step: None, repr=False)
     _runtime: Runtime | None = field(default=None, repr=False)
+    # The fix being run (the runner sets it): its plan is named after it.
+    fix: Callable[..., Plan] | None = field(default=None, repr=False)
 
     @property
-    def thresholds(self) -> Any:
+    def fix_name(self) -> str:
+        """`remediation.services.restart_service`; empty when a fix is called directly."""
+        return name_of(self.fix) if self.fix is not None else ""
+
+    @property
+    def thresholds(self) -> Thresholds:
         return self.inventory.thresholds
 
-    def spec(self) -> Any:
-        """The inventory entry of the failing target (for a compose service: the project)."""
-        if self.target_kind == "compose":
-            return self.inventory.compose
-        sections: dict[str, dict[str, Any]] = {
-            "http": dict(self.inventory.http),
-            "postgres": dict(self.inventory.postgres),
-            "redis": dict(self.inventory.redis),
-            "host": dict(self.inventory.hosts),
-        }
-        return sections[self.target_kind][self.target]
+    def _spec(self, kind: str, section: dict[str, SpecT]) -> SpecT:
+        if self.target_kind != kind:
+            raise WrongTargetKind(
+                f"{self.fix_name or 'the fix'} wants a {kind} target, but {self.check_id} "
+                f"failed on {self.target_kind or 'a'} target {self.target!r}"
+            )
+        try:
+            return section[self.target]
+        except KeyError:
+            raise WrongTargetKind(
+                f"the inventory has no {kind} target {self.target!r} (its {kind} targets: "
+                f"{', '.join(sorted(section)) or 'none'})"
+            ) from None
+
+    def postgres_spec(self) -> Postgres:
+        """The inventory entry of the failing PostgreSQL target (WrongTargetKind otherwise)."""
+        return self._spec("postgres", self.inventory.postgres)
+
+    def redis_spec(self) -> Redis:
+        """The inventory entry of the failing Redis target (WrongTargetKind otherwise)."""
+        return self._spec("redis", self.inventory.redis)
+
+    def http_spec(self) -> HttpEndpoint:
+        """The inventory entry of the failing HTTP endpoint (WrongTargetKind otherwise)."""
+        return self._spec("http", self.inventory.http)
+
+    def host_spec(self) -> Host:
+        """The inventory entry of the failing host (WrongTargetKind otherwise)."""
+        return self._spec("host", self.inventory.hosts)
+
+    def compose_spec(self) -> Compose:
+        """The compose project of the failing compose service (WrongTargetKind otherwise)."""
+        if self.target_kind != "compose" or self.inventory.compose is None:
+            raise WrongTargetKind(
+                f"{self.fix_name or 'the fix'} wants a compose service, but {self.check_id} "
+                f"failed on {self.target_kind or 'a'} target {self.target!r}"
+            )
+        return self.inventory.compose
 
     def service(self) -> str:
         """The runtime's name for the target's service."""
-        if self.target_kind == "compose":
-            return self.target
-        return getattr(self.spec(), "service", None) or self.target
+        specs: dict[str, Callable[[], HttpEndpoint | Postgres | Redis]] = {
+            "http": self.http_spec, "postgres": self.postgres_spec, "redis": self.redis_spec,
+        }  # fmt: skip
+        spec = specs.get(self.target_kind)
+        return (spec().service if spec else None) or self.target
 
     def runtime(self) -> Runtime:
         if self._runtime is None:
@@ -60,20 +115,20 @@ class Context:
             raise NoRuntime("the inventory names no runtime (sandbox or compose)")
         return self._runtime
 
-    def _admin(self) -> Admin:
-        admin = getattr(self.spec(), "admin", None)
+    def _admin(self, spec: Postgres | Redis) -> Admin:
+        admin = spec.admin
         if admin is None:
             raise PermissionError(
                 f"{self.target_kind} {self.target} has no admin credentials in the inventory"
             )
-        assert isinstance(admin, Admin)
         return admin
 
     def postgres_admin(self) -> psycopg.Connection[Any]:
         """A connection with the remediation role (credentials read now, not at start)."""
         import psycopg
 
-        spec, admin = self.spec(), self._admin()
+        spec = self.postgres_spec()
+        admin = self._admin(spec)
         return psycopg.connect(
             host=spec.host, port=spec.port, dbname=spec.database, user=admin.user,
             password=admin.password.resolve().reveal() if admin.password else None,
@@ -84,7 +139,8 @@ class Context:
     def redis_admin(self) -> redis.Redis:
         import redis
 
-        spec, admin = self.spec(), self._admin()
+        spec = self.redis_spec()
+        admin = self._admin(spec)
         # The URL names the checker (redis://opsbook@host): from_url would let that user win
         # over `username`, so the admin's password would be tried for the checker.
         url = urlsplit(spec.url)

@@ -2,14 +2,88 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import enum
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-# Kinds that change a running system in ways that need a person's explicit allow-list.
-RISKY = frozenset(
-    {"restart", "recreate", "end-sessions", "delete-files", "alter-system", "restore", "rollback"}
-)
+if TYPE_CHECKING:
+    from opsbook.remediate.context import Context
+
+
+class StepKind(enum.StrEnum):
+    """What a step changes: the one list of kinds, for the allow-list, the budgets, the docs.
+
+    A risky kind changes a running system in a way that needs a person's explicit allow-list
+    (`--allow=KIND` or the inventory's `remediation.allow`). Members are their names as
+    strings ("restart"), which is how plans, budgets and the audit log spell them.
+    """
+
+    RESTART = "restart", True, "restart a service through the runtime (in-flight work is lost)"
+    RECREATE = "recreate", True, "recreate a service's container or process from scratch"
+    SCALE = "scale", False, "change how many replicas of a service run"
+    END_SESSIONS = "end-sessions", True, "end database sessions (open transactions roll back)"
+    DELETE_FILES = "delete-files", True, "delete files (cannot be undone)"
+    ALTER_SYSTEM = "alter-system", True, "change PostgreSQL's server settings (ALTER SYSTEM)"
+    MAINTENANCE = "maintenance", False, "VACUUM or ANALYZE tables (reads and writes go on)"
+    CREATE_INDEX = "create-index", False, "build or rebuild an index without blocking writes"
+    REQUEUE = "requeue", False, "move queued messages between lists, losing or doubling none"
+    BACKUP = "backup", False, "take a backup (production data is only read)"
+    RESTORE = "restore", True, "overwrite databases and queues with a backup's contents"
+    ROLLBACK = "rollback", True, "deploy the previous release again"
+    MAINTENANCE_MODE = "maintenance-mode", False, "switch the frontend's maintenance page"
+
+    risky: bool
+    description: str
+
+    def __new__(cls, value: str, risky: bool, description: str) -> StepKind:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.risky = risky
+        member.description = description
+        return member
+
+    @classmethod
+    def named(cls, name: str) -> StepKind:
+        """The kind spelled `name` ("end-sessions"); ValueError naming the known ones."""
+        for kind in cls:
+            if kind.value == name:
+                return kind
+        raise ValueError(f"no such kind of step: {name} (known: {', '.join(cls)})")
+
+
+def name_of(fix: Callable[..., Any]) -> str:
+    """A fix's name as reports and the audit log give it: `remediation.services.restart_service`."""
+    return f"{fix.__module__}.{fix.__qualname__}"
+
+
+def risky_kinds() -> list[StepKind]:
+    return [kind for kind in StepKind if kind.risky]
+
+
+# The risky kinds by name, for code that only has a string.
+RISKY = frozenset(kind.value for kind in risky_kinds())
+
+
+def parse_allow(given: Iterable[str]) -> set[StepKind]:
+    """The kinds of `--allow` values (repeated, or comma-separated); ValueError for a kind
+    that does not exist, naming the risky ones (the only ones an allow-list changes)."""
+    names = {name.strip() for value in given for name in value.split(",")} - {""}
+    unknown = sorted(name for name in names if name not in set(StepKind))
+    if unknown:
+        raise ValueError(
+            f"--allow: no such kind of step: {', '.join(unknown)} "
+            f"(risky kinds: {', '.join(risky_kinds())})"
+        )
+    return {StepKind.named(name) for name in names}
+
+
+def kinds_table() -> str:
+    """The kinds as the Markdown table docs/remediation.md shows (a test keeps them equal)."""
+    rows = [
+        f"| `{kind}` | {'yes' if kind.risky else 'no'} | {kind.description} |" for kind in StepKind
+    ]
+    return "\n".join(["| kind | risky | what it does |", "|---|---|---|", *rows])
 
 
 class Refused(Exception):
@@ -27,7 +101,7 @@ class Step:
 
     summary: str
     command: str
-    kind: str
+    kind: StepKind
     action: Callable[[], object] = field(repr=False, compare=False)
     when: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
     condition: str | None = None  # shown in the plan: "if backend is still unhealthy"
@@ -52,11 +126,17 @@ class Plan:
     nothing_to_do: str | None = None
     applied: bool = False
 
+    @classmethod
+    def for_fix(cls, ctx: Context, target: str | None = None) -> Plan:
+        """The empty plan of the fix that `ctx` runs, named after the fix's function; its
+        target is the failing one (`postgres/chatdb`) unless the fix says otherwise."""
+        return cls(ctx.fix_name, f"{ctx.target_kind}/{ctx.target}" if target is None else target)
+
     def add(
         self,
         summary: str,
         command: str,
-        kind: str,
+        kind: StepKind,
         action: Callable[[], object],
         *,
         only_if: tuple[str, Callable[[], bool]] | None = None,
@@ -90,7 +170,7 @@ class Plan:
             except Exception as exc:
                 done = "; ".join(s.line() for s in self.steps[:index]) or "nothing"
                 raise RemediationFailed(
-                    f"{self.remediation} on {self.target}: step '{step.summary}' failed: "
+                    f"{self.remediation or 'fix'} on {self.target}: step '{step.summary}' failed: "
                     f"{type(exc).__name__}: {exc} (before it: {done})"
                 ) from exc
             step.result = "done" if outcome is None else str(outcome)

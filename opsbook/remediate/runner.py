@@ -17,17 +17,13 @@ from opsbook.remediate.audit import AuditLog
 from opsbook.remediate.budget import Budgets
 from opsbook.remediate.context import Context
 from opsbook.remediate.lock import RemediationLock
-from opsbook.remediate.plan import RISKY, Plan, Refused, RemediationFailed, Step
+from opsbook.remediate.plan import Plan, Refused, RemediationFailed, Step, name_of
 
 Remediation = Callable[..., Plan]
 
 LOCK = ".remediation.lock"
 BUDGETS = "remediation-budgets.json"
 AUDIT = "audit.log"
-
-
-def name_of(fix: Remediation) -> str:
-    return f"{fix.__module__}.{fix.__qualname__}"
 
 
 class Attempt(Struct):
@@ -113,7 +109,7 @@ class Remediator:
         return gate
 
     def _not_allowed(self, steps: list[Step]) -> str | None:
-        kinds = sorted({s.kind for s in steps if s.kind in RISKY and s.kind not in self.allow})
+        kinds = sorted({s.kind for s in steps if s.kind.risky and s.kind not in self.allow})
         if not kinds:
             return None
         flags = " ".join(f"--allow={kind}" for kind in kinds)
@@ -122,6 +118,7 @@ class Remediator:
     def run(self, fix: Remediation, ctx: Context, *, apply: bool) -> Attempt:
         name = name_of(fix)
         ctx.run_id = self.run_id
+        ctx.fix = fix
         try:
             plan = fix(ctx, apply=False)
         except Exception as exc:
