@@ -9,6 +9,7 @@ import pytest
 from opsbook.check import CHECK_ID, Severity, spec_of
 from opsbook.plugin.inventory_option import AREAS, CADENCES
 from opsbook.plugin.keys import CHECK, INVENTORY, CheckInfo, Prop
+from opsbook.remediate.contract import problems as fix_problems
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -105,8 +106,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             problems.append(f"{where}: a check needs a docstring; its first line is the title")
         if not any(m in CADENCES for m in markers):
             problems.append(f"{where}: no cadence marker (one of {', '.join(CADENCES)})")
-        if spec.remediation is not None and not callable(spec.remediation):
-            problems.append(f"{where}: remediation {spec.remediation!r} is not callable")
+        if spec.remediation is not None:
+            problems.extend(f"{where}: {problem}" for problem in fix_problems(spec.remediation))
         target = _target_of(item)
         # A check of the whole deployment (no target) names the deployment in its messages.
         label = _label_of(item, target) or deployment
