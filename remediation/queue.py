@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from opsbook.probes.queue import DrainSample, processed_between
+from opsbook.probes import queue as probe
 from opsbook.remediate.context import Context
 from opsbook.remediate.plan import Plan, StepKind
 from opsbook.targets import RedisTarget
@@ -62,11 +62,15 @@ def reprocess_dead_letters(ctx: Context, *, apply: bool) -> Plan:
     plan = Plan.for_fix(ctx)
     queues = ctx.redis_spec().queues
     dead, pending = queues.dead_letter, queues.pending
+    checker = _checker(ctx)
+    try:
+        letters = probe.depth(checker, dead)
+    finally:
+        checker.close()
+    if letters == 0:
+        return plan.nothing(f"{dead} is empty")
     client = ctx.redis_admin()
     try:
-        letters = int(client.llen(dead))
-        if letters == 0:
-            return plan.nothing(f"{dead} is empty")
 
         def requeue() -> str:
             # Counted again now: the plan was made a moment ago.
@@ -106,25 +110,6 @@ def reprocess_dead_letters(ctx: Context, *, apply: bool) -> Plan:
         client.close()
 
 
-def _sample(client: Redis, queues: Queues) -> DrainSample:
-    pipe = client.pipeline(transaction=False)
-    pipe.llen(queues.processed)
-    pipe.lindex(queues.processed, 0)
-    pipe.llen(queues.pending)
-    processed, newest, waiting = pipe.execute()
-    return DrainSample(processed, newest, waiting)
-
-
-def _draining(client: Redis, queues: Queues, sample_s: float) -> tuple[int, int]:
-    """(processed, waiting) over one sample of `sample_s`, as check QUEUE-006 measures it."""
-    before = _sample(client, queues)
-    if before.waiting == 0:
-        return 0, 0
-    time.sleep(sample_s)
-    after = _sample(client, queues)
-    return processed_between(before, after), after.waiting
-
-
 def _checker(ctx: Context) -> RedisTarget:
     """The queue as the checker reads it (read-only credentials)."""
     return RedisTarget(ctx.target, ctx.redis_spec(), ctx.thresholds.timeout_s)
@@ -144,27 +129,28 @@ def restart_worker(ctx: Context, *, apply: bool) -> Plan:
     queues, sample_s = ctx.redis_spec().queues, ctx.thresholds.drain_sample_s
     target = _checker(ctx)
     try:
-        client = target.client()
-        processed, waiting = _draining(client, queues, sample_s)
+        # QUEUE-006's own measure, so that the fix acts exactly when the check fails.
+        drain = probe.drain(target, queues, sample_s)
+        waiting = drain.waiting
         if waiting == 0:
             return plan.nothing(f"{queues.pending} is empty")
-        if processed > 0:
+        if not drain.stalled:
             return plan.nothing(
-                f"{queues.pending} is draining: {processed} processed in {sample_s:g} s"
+                f"{queues.pending} is draining: {drain.processed} processed in {sample_s:g} s"
             )
         runtime = ctx.runtime()
 
         def restart() -> str:
             runtime.restart(WORKER)
-            outcome: list[int] = []
+            last: list[probe.Drain] = []
 
             def drains() -> bool:
-                outcome[:] = _draining(client, queues, sample_s)
-                return outcome[0] > 0 or outcome[1] == 0
+                last[:] = [probe.drain(target, queues, sample_s)]
+                return not last[0].stalled
 
             if _until(drains, RESTART_DRAIN_S):
-                return "draining" if outcome[1] else f"{queues.pending} is empty"
-            return f"still not draining after {RESTART_DRAIN_S:g} s ({outcome[1]} wait)"
+                return "draining" if last[0].waiting else f"{queues.pending} is empty"
+            return f"still not draining after {RESTART_DRAIN_S:g} s ({last[0].waiting} wait)"
 
         plan.add(
             f"restart {WORKER}: {waiting} messages wait in {queues.pending}, "
@@ -196,8 +182,7 @@ def scale_workers(ctx: Context, *, apply: bool) -> Plan:
     pending, limit = ctx.redis_spec().queues.pending, ctx.thresholds.queue_backlog
     target = _checker(ctx)
     try:
-        client = target.client()
-        depth = int(client.llen(pending))
+        depth = probe.depth(target, pending)
         runtime = ctx.runtime()
         running = runtime.replicas(WORKER)
 
@@ -231,9 +216,9 @@ def scale_workers(ctx: Context, *, apply: bool) -> Plan:
             return f"{runtime.replicas(WORKER)} workers run"
 
         def scale_down_once_drained() -> str:
-            if not _until(lambda: client.llen(pending) == 0, DRAIN_WAIT_S):
+            if not _until(lambda: probe.depth(target, pending) == 0, DRAIN_WAIT_S):
                 return (
-                    f"{client.llen(pending)} still wait after {DRAIN_WAIT_S:g} s: "
+                    f"{probe.depth(target, pending)} still wait after {DRAIN_WAIT_S:g} s: "
                     f"{runtime.replicas(WORKER)} workers left running; apply again once "
                     f"{pending} is empty to scale back to 1"
                 )

@@ -1,0 +1,186 @@
+"""Prometheus's facts: its scrape targets, the rules it loaded, the series it has, and the
+rules files (what the repository ships, what Prometheus names, what promtool says of them).
+
+A Prometheus API answer other than "success" is a fact that could not be read: NotEvaluated.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from msgspec import Struct
+
+from opsbook import yamltext
+from opsbook.errors import NotEvaluated
+from opsbook.targets import HttpTarget
+
+
+def _api(target: HttpTarget, path: str, params: dict[str, str] | None = None) -> Any:
+    answer = target.get(path, params=params)
+    try:
+        document = answer.json()
+    except ValueError:
+        document = None
+    if not isinstance(document, dict) or document.get("status") != "success":
+        shown = answer.text[:200] if document is None else document
+        raise NotEvaluated(
+            f"prometheus {target.name}: GET {path} answered {answer.status_code}: {shown}"
+        )
+    return document["data"]
+
+
+class ScrapeTarget(Struct, frozen=True):
+    job: str
+    instance: str
+    up: str  # the value of `up`: "1" is up
+
+    @property
+    def name(self) -> str:
+        return f"{self.job}/{self.instance}"
+
+
+def scrape_targets(target: HttpTarget) -> list[ScrapeTarget]:
+    """Every series of `up`: one per scrape target."""
+    series = _api(target, "/api/v1/query", {"query": "up"})["result"]
+    return [
+        ScrapeTarget(
+            s["metric"].get("job", "?"), s["metric"].get("instance", "?"), str(s["value"][1])
+        )
+        for s in series
+    ]
+
+
+class Rule(Struct, frozen=True):
+    name: str
+    type: str  # "alerting" or "recording"
+    query: str
+
+
+class RuleGroup(Struct, frozen=True):
+    name: str
+    rules: tuple[Rule, ...]
+
+
+def rule_groups(target: HttpTarget) -> list[RuleGroup]:
+    """The rule groups the running Prometheus evaluates."""
+    groups = _api(target, "/api/v1/rules")["groups"]
+    return [
+        RuleGroup(
+            group["name"],
+            tuple(
+                Rule(str(rule["name"]), str(rule.get("type", "")), str(rule.get("query", "")))
+                for rule in group.get("rules") or []
+            ),
+        )
+        for group in groups
+    ]
+
+
+def metrics_with_series(target: HttpTarget, names: set[str]) -> set[str]:
+    """Which of these metric names have at least one series now."""
+    if not names:
+        return set()
+    pattern = "|".join(re.escape(name) for name in sorted(names))
+    query = f'group by (__name__) ({{__name__=~"{pattern}"}})'
+    series = _api(target, "/api/v1/query", {"query": query})["result"]
+    return {s["metric"]["__name__"] for s in series}
+
+
+class RuleFiles(Struct, frozen=True):
+    """The rules files the running Prometheus names, as found on this host, and the globs that
+    matched nothing here (a Prometheus on another host, or a relative path)."""
+
+    found: tuple[Path, ...]
+    unseen: tuple[str, ...]
+
+
+def rule_files(target: HttpTarget) -> RuleFiles:
+    config = yamltext.safe_load(_api(target, "/api/v1/status/config")["yaml"]) or {}
+    found: list[Path] = []
+    unseen: list[str] = []
+    for pattern in config.get("rule_files") or []:
+        matches = sorted(glob.glob(pattern)) if Path(pattern).is_absolute() else []
+        found.extend(Path(match) for match in matches)
+        if not matches:
+            unseen.append(pattern)
+    return RuleFiles(tuple(found), tuple(unseen))
+
+
+def shipped_rules(directory: Path) -> dict[str, list[str]]:
+    """The rule names of each group in the rules files (*.yml) of a directory."""
+    groups: dict[str, list[str]] = {}
+    for path in sorted(directory.glob("*.yml")):
+        document = yamltext.safe_load(path.read_text(encoding="utf-8")) or {}
+        for group in document.get("groups") or []:
+            names = groups.setdefault(group["name"], [])
+            names.extend(
+                str(rule.get("alert") or rule.get("record")) for rule in group.get("rules") or []
+            )
+    return groups
+
+
+class PromtoolVerdict(Struct, frozen=True):
+    """`promtool check rules FILE`: whether it passed, its output, and its first error."""
+
+    path: Path
+    valid: bool
+    output: str
+    error: str = ""
+
+
+def promtool_check_rules(promtool: str, path: Path, timeout_s: float) -> PromtoolVerdict:
+    try:
+        done = subprocess.run(
+            [promtool, "check", "rules", str(path)],
+            capture_output=True, text=True, timeout=timeout_s, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise NotEvaluated(
+            f"promtool check rules {path}: no answer within {timeout_s:g} s"
+        ) from None
+    output = f"$ promtool check rules {path}\n{done.stdout}{done.stderr}"
+    if done.returncode == 0:
+        return PromtoolVerdict(path, True, output)
+    errors = [
+        line.strip()
+        for line in done.stderr.splitlines()
+        if line.strip() and line.strip() != "FAILED:"
+    ]
+    return PromtoolVerdict(
+        path, False, output, next(iter(dict.fromkeys(errors)), f"{path}: promtool failed")
+    )
+
+
+# PromQL words that look like metric names but are not: operators, modifiers and keywords.
+_KEYWORDS = {
+    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
+    "bool", "offset", "atan2", "inf", "nan", "start", "end",
+}  # fmt: skip
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+_MATCHERS = re.compile(r"\{[^{}]*\}")
+_RANGE = re.compile(r"\[[^\]]*\]")
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+_NAME = re.compile(r"(?<![\w:.])([a-zA-Z_:][a-zA-Z0-9_:]*)(?![\w:])(\s*\()?")
+_ABSENT = re.compile(r"\babsent(?:_over_time)?\s*\(\s*([a-zA-Z_:][a-zA-Z0-9_:]*)")
+
+
+def metric_names(expression: str) -> set[str]:
+    """The metric names an expression selects (not functions, labels, keywords or durations)."""
+    text = _STRING.sub(" ", expression)
+    text = _MATCHERS.sub(" ", text)
+    text = _RANGE.sub(" ", text)
+    text = _GROUPING.sub(" ", text)
+    return {
+        name
+        for name, call in _NAME.findall(text)
+        if not call and name.lower() not in _KEYWORDS and not re.fullmatch(r"\d\w*", name)
+    }
+
+
+def absence_watched(expression: str) -> set[str]:
+    """The metric names whose absence an expression watches (absent(...), absent_over_time)."""
+    return set(_ABSENT.findall(expression))
