@@ -27,6 +27,12 @@ from opsbook.secrets import Secret
 
 ENV_PREFIX = "OPSBOOK__"
 ENV_INVENTORY = "OPSBOOK_INVENTORY"
+# A password or key file is small; anything larger is the wrong file.
+MAX_SECRET_BYTES = 64 * 1024
+MAX_INVENTORY_BYTES = 1024 * 1024
+# Sections keyed by the operator's own names: an override may change an entry, never add one
+# (OPSBOOK__POSTGRES__CHATBD__PORT, a typo, would otherwise create a target "chatbd").
+NAMED_SECTIONS = ("http", "postgres", "redis", "hosts", "egress", "services")
 
 
 class InventoryError(Exception):
@@ -47,9 +53,9 @@ def _resolve_secret(value: object) -> Secret:
         return Secret(os.environ[name], f"env {name}")
     path = Path(str(value["file"])).expanduser()
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from None
+        text = yamltext.read_text_file(path, MAX_SECRET_BYTES)
+    except yamltext.NotText as exc:
+        raise ValueError(f"cannot read secret file {path}: {exc}") from None
     return Secret(text.rstrip("\n"), f"file {path}")
 
 
@@ -465,13 +471,26 @@ def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> list[
         path = [part.lower() for part in variable[len(ENV_PREFIX) :].split("__")]
         if not all(path):
             raise InventoryError(f"{variable}: empty key in the variable name")
+        if path[0] in NAMED_SECTIONS and len(path) > 2:
+            entries = raw.get(path[0])
+            if not isinstance(entries, dict) or path[1] not in entries:
+                known = ", ".join(sorted(entries)) if isinstance(entries, dict) else "none"
+                raise InventoryError(
+                    f"{variable}: no {path[0]} entry named {path[1]} (entries: {known}); "
+                    "an override changes an entry, it does not add one"
+                )
         node = raw
         for part in path[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
                 raise InventoryError(f"{variable}: {part} is not a section")
             node = child
-        node[path[-1]] = yamltext.safe_load(value) if value else value
+        try:
+            node[path[-1]] = yamltext.safe_load(value) if value else value
+        except yamltext.YAMLError as exc:
+            raise InventoryError(
+                f"{variable}: not a valid YAML value: {yamltext.problem(exc)}"
+            ) from None
         applied.append(variable)
     return applied
 
@@ -548,16 +567,13 @@ def load_inventory(path: Path, environ: Mapping[str, str] | None = None) -> Inve
     """Read, override from the environment, and validate an inventory file."""
     environ = os.environ if environ is None else environ
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InventoryError(f"inventory {path}: cannot read: {exc.strerror}") from None
+        text = yamltext.read_text_file(path, MAX_INVENTORY_BYTES)
+    except yamltext.NotText as exc:
+        raise InventoryError(f"inventory {path}: cannot read: {exc}") from None
     try:
         raw = yamltext.safe_load(text)
     except yamltext.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise InventoryError(f"inventory {path}: not valid YAML{where}: {problem}") from None
+        raise InventoryError(f"inventory {path}: not valid YAML: {yamltext.problem(exc)}") from None
     if not isinstance(raw, dict):
         raise InventoryError(f"inventory {path}: expected a mapping at the top level")
     try:

@@ -23,7 +23,7 @@ import msgspec
 
 from opsbook import yamltext
 from opsbook.check import CHECK_ID
-from opsbook.inventory import InventoryError, convert
+from opsbook.inventory import MAX_INVENTORY_BYTES, InventoryError, convert
 
 
 class Waiver(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -64,9 +64,9 @@ class Waivers(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=T
 def load_waivers(path: Path) -> Waivers:
     """Read and validate a waivers file; InventoryError (one line) when it is wrong."""
     try:
-        raw = yamltext.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise InventoryError(f"waivers {path}: cannot read: {exc.strerror}") from None
-    except yamltext.YAMLError:
-        raise InventoryError(f"waivers {path}: not valid YAML") from None
+        raw = yamltext.safe_load(yamltext.read_text_file(path, MAX_INVENTORY_BYTES)) or {}
+    except yamltext.NotText as exc:
+        raise InventoryError(f"waivers {path}: cannot read: {exc}") from None
+    except yamltext.YAMLError as exc:
+        raise InventoryError(f"waivers {path}: not valid YAML: {yamltext.problem(exc)}") from None
     return convert(raw, Waivers, f"waivers {path}")

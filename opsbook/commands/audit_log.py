@@ -9,7 +9,6 @@ reports folder: a mistyped path must not pass for an empty, intact log).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,15 @@ def run(args: argparse.Namespace) -> int:
     path = args.reports_dir / AUDIT
     latest = args.reports_dir / "latest" / "findings.json"
     anchor = None
-    if latest.is_file():
-        anchor = json.loads(latest.read_text(encoding="utf-8"))["run"].get("audit_head")
+    if latest.exists():
+        from opsbook.findings_file import FindingsUnreadable, read_findings
+
+        try:
+            anchor = read_findings(latest)["run"].get("audit_head")
+        except FindingsUnreadable as exc:
+            # The anchor is part of what is verified: a damaged one is a finding, not a pass.
+            print(f"audit-log verify: the anchor cannot be read: {exc}", file=sys.stderr)
+            return 1
     problems = verify(path, anchor)
     if problems:
         for problem in problems:

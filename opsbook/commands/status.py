@@ -177,11 +177,16 @@ def render(document: dict[str, Any], reports: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from opsbook.findings_file import FindingsUnreadable, read_findings
+
     latest = args.reports_dir / "latest" / "findings.json"
-    try:
-        document = json.loads(latest.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not latest.exists():
         print(f"status: no finished run under {args.reports_dir} (no {latest})", file=sys.stderr)
+        return EXIT_NO_RUN
+    try:
+        document = read_findings(latest)
+    except FindingsUnreadable as exc:
+        print(f"status: {exc}", file=sys.stderr)
         return EXIT_NO_RUN
     sys.stdout.write(render(document, args.reports_dir))
     return 0

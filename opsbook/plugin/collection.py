@@ -126,10 +126,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 (Prop.REMEDIATION, spec.remediation_name or ""),
             ]
         )
+    problems.extend(_unknown_waivers(config, owner_of_id))
     if problems:
         # Deduplicate: a parametrized check would repeat its problem once per target.
         raise pytest.UsageError("invalid check: " + "; ".join(dict.fromkeys(problems)))
     _select_check_ids(config, items, owner_of_id)
+
+
+def _unknown_waivers(config: pytest.Config, known: dict[str, str]) -> list[str]:
+    """A waiver for a check id that does not exist waives nothing: a typo, or a check renamed.
+
+    Only judged when every check was collected (not when a person ran one file)."""
+    from opsbook.plugin.waivers import WAIVERS
+
+    waivers = config.stash.get(WAIVERS, None)
+    if waivers is None or config.args_source != pytest.Config.ArgsSource.TESTPATHS:
+        return []
+    return [
+        f"waiver for {w.check} ({w.owner}, {w.ticket}): no such check"
+        for w in waivers.waivers
+        if w.check not in known
+    ]
 
 
 def _select_check_ids(

@@ -50,7 +50,11 @@ def chosen_inventory_path(config: pytest.Config) -> Path | None:
 
 def _chosen_path(config: pytest.Config) -> tuple[Path | None, bool]:
     """The inventory to load, and whether a person asked for it explicitly."""
-    given = config.getoption("inventory") or os.environ.get("OPSBOOK_INVENTORY")
+    option = config.getoption("inventory")
+    if option is not None and not option.strip():
+        # `--inventory=` (an unset shell variable, say) must not fall back to another one.
+        raise pytest.UsageError("--inventory: empty path")
+    given = option or os.environ.get("OPSBOOK_INVENTORY")
     if given:
         return Path(given).expanduser(), True
     default = sandbox_inventory(config.rootpath)
