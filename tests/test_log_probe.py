@@ -1,15 +1,46 @@
-"""The log probe on lines as the sandbox's services really write them."""
+"""The log probe: a real log's tail read through the host, and lines as the sandbox's services
+really write them."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
-from opsbook.probes.logs import host_clock, log_lines, recent_errors, timestamp
+from opsbook.inventory import Host
+from opsbook.probes.host import NotObserved
+from opsbook.probes.logs import host_clock, log_lines, log_tail, recent_errors, timestamp
+from opsbook.targets import HostTarget
 
 PARIS = timezone(timedelta(hours=1))
 NOW = datetime(2026, 11, 27, 12, 5, 0, tzinfo=UTC)
+LOCAL = HostTarget("local", Host())
+
+
+def test_the_tail_of_a_long_log_starts_mid_line(tmp_path: Path) -> None:
+    log = tmp_path / "worker.log"
+    log.write_bytes(
+        b"".join(b"2026-11-27 12:00:%02d,000 INFO line %d\n" % (i % 60, i) for i in range(100))
+    )
+    whole = log_tail(LOCAL, str(log), timeout_s=3)
+    assert (whole.text, whole.cut) == (log.read_text(), False)
+    tail = log_tail(LOCAL, str(log), timeout_s=3, max_bytes=100)
+    assert (tail.text, tail.cut) == (log.read_text()[-100:], True)
+
+
+def test_a_log_with_bytes_that_are_not_utf8_is_still_read(tmp_path: Path) -> None:
+    log = tmp_path / "nginx.log"
+    log.write_bytes(b"2026/11/27 12:04:00 [error] GET /\xff\xfe failed\n")
+    assert log_tail(LOCAL, str(log), timeout_s=3).text == (
+        "2026/11/27 12:04:00 [error] GET /\ufffd\ufffd failed\n"
+    )
+
+
+def test_a_missing_log_cannot_be_read(tmp_path: Path) -> None:
+    with pytest.raises(NotObserved) as raised:
+        log_tail(LOCAL, str(tmp_path / "gone.log"), timeout_s=3)
+    assert raised.value.reason == "cannot read: No such file or directory"
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
-"""Errors in a service log: which lines of its tail are errors, and when they were written.
+"""A service log's tail, read through the host, and which of its lines are errors, and when.
 
-Pure functions over the text of a log and the host's clock; checks/test_logs.py reads both
-through testinfra and decides what they mean.
+`log_tail` and `clock` read a log's tail and the host's clock through the host's testinfra
+backend (under `timeout`); the rest are pure functions over their text. LOG-001 and the
+incident log audit (SEC-050) read logs this one way.
 
 A timestamp is read at the start of a line (optionally after `[`, `ts=` or `time=`):
 
@@ -20,8 +21,18 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from typing import TYPE_CHECKING
 
 from msgspec import Struct
+
+from opsbook.probes.host import NotObserved, run
+
+if TYPE_CHECKING:
+    from opsbook.targets import HostTarget
+
+# Only the tail is read: a log of gigabytes must not be copied over SSH every day. 256 KiB holds
+# thousands of lines, more than a healthy service writes in a check's window.
+TAIL_BYTES = 256 * 1024
 
 # The words of the runbook's `grep -iE`; nginx's three levels above "error" name none of them.
 ERROR = re.compile(
@@ -58,6 +69,41 @@ def host_clock(date_output: str) -> datetime:
     if len(fields) != 2 or not re.fullmatch(r"-?\d+", fields[0]):
         raise ValueError(f"not the output of date '+%s %z': {date_output.strip()[:80]!r}")
     return datetime.fromtimestamp(int(fields[0]), tz=_zone(fields[1]))
+
+
+def clock(host: HostTarget, *, timeout_s: float) -> datetime:
+    """The host's current time, in its own UTC offset (its logs are written in its zone)."""
+    answer = run(host, "clock", "date '+%%s %%z'", timeout_s=timeout_s)
+    if answer.rc != 0:
+        raise NotObserved(host, "clock", f"date failed: {answer.why()}")
+    try:
+        return host_clock(answer.stdout)
+    except ValueError as exc:
+        raise NotObserved(host, "clock", str(exc)) from None
+
+
+class LogTail(Struct, frozen=True):
+    """The last bytes of a log."""
+
+    path: str
+    text: str  # decoded as UTF-8, undecodable bytes replaced
+    # The log is longer than what was read, so the first line is a fragment of a longer one.
+    cut: bool
+
+
+def log_tail(
+    host: HostTarget, path: str, *, timeout_s: float, max_bytes: int = TAIL_BYTES
+) -> LogTail:
+    """The last `max_bytes` of the log at `path` on the host.
+
+    Raises NotObserved when the host cannot give it: no answer within `timeout_s`, or the
+    reason `tail` gives ("No such file or directory", "Permission denied").
+    """
+    answer = run(host, path, "tail -c %s -- %s", str(max_bytes), path, timeout_s=timeout_s)
+    if answer.rc != 0:
+        raise NotObserved(host, path, f"cannot read: {answer.why()}")
+    data = answer.stdout_bytes
+    return LogTail(path, data.decode("utf-8", errors="replace"), cut=len(data) >= max_bytes)
 
 
 def _zone(text: str) -> timezone:
