@@ -113,7 +113,9 @@ class Finding:
 
     def attach(self, name: str, content: object) -> None:
         """Keep evidence (a response body, rows, log lines), redacted and cut to size."""
-        text = content if isinstance(content, str) else json.dumps(content, default=str, indent=1)
+        # Facts a probe returned (msgspec structs, datetimes) are shown as JSON objects too.
+        builtins = msgspec.to_builtins(content, enc_hook=str)
+        text = content if isinstance(content, str) else json.dumps(builtins, indent=1)
         if len(text) > MAX_EVIDENCE_CHARS:
             text = text[:MAX_EVIDENCE_CHARS] + f"\n... ({len(text) - MAX_EVIDENCE_CHARS} more)"
         self._set(EVIDENCE_PREFIX + name, text)
