@@ -10,7 +10,8 @@ The inventory is found as pytest finds it: --inventory, else $OPSBOOK_INVENTORY,
 sandbox's. The last line of `take` is the new backup's path.
 
 Exit codes: 0 done; 1 the backup or restore failed (one line saying which step); 2 bad usage or
-no backup: section; 3 the restore was refused (not allowed, over budget, lock held).
+no backup: section; 3 the restore was refused (not allowed, over budget, lock held); 11 the
+restore was done, but the audit log could not take its entry (the output says why).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from opsbook.locations import inventory_path
+from opsbook.remediate.audit import EXIT_NOT_AUDITED
+from opsbook.remediate.plan import risky_kinds
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -37,7 +40,13 @@ def register(commands: Any) -> None:
         "--inventory", type=Path, help="default: $OPSBOOK_INVENTORY, else the sandbox's"
     )
     parser.add_argument("--apply", action="store_true", help="restore: carry out the plan")
-    parser.add_argument("--allow", action="append", default=[], metavar="KIND")
+    parser.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="KIND",
+        help=f"allow a risky kind of fix (restore needs restore): {', '.join(risky_kinds())}",
+    )
     parser.add_argument("--reports-dir", type=Path, default=Path("reports"))
 
 
@@ -105,25 +114,30 @@ def _list(inventory: Any) -> int:
 
 def _restore(inventory: Any, args: argparse.Namespace) -> int:
     from opsbook.remediate.context import Context
+    from opsbook.remediate.plan import parse_allow
     from opsbook.remediate.runner import Remediator
     from opsbook.secrets import Redactor
     from remediation.backup import restore_backup
 
-    allow = {kind.strip() for given in args.allow for kind in given.split(",")}
-    remediator = Remediator(inventory, args.reports_dir, f"cli-{os.getpid()}", allow)
-    if args.apply and not remediator.take_lock():
-        print(f"backup: refused: {remediator._lock_problem}", file=sys.stderr)
-        return EXIT_REFUSED
-    redact = Redactor(secret.reveal() for secret in inventory.secrets())
     try:
-        ctx = Context(inventory, "BACKUP-RESTORE", "backup", args.name)
-        attempt = remediator.run(restore_backup, ctx, apply=args.apply)
-        remediator.record(attempt, ctx, redact)
-    finally:
-        remediator.release_lock()
+        allow = parse_allow(args.allow)
+    except ValueError as exc:
+        print(f"backup: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    remediator = Remediator(inventory, args.reports_dir, f"cli-{os.getpid()}", allow)
+    redact = Redactor(secret.reveal() for secret in inventory.secrets())
+    ctx = Context(inventory, "BACKUP-RESTORE", "backup", args.name)
+    attempt = remediator.apply_one(restore_backup, ctx, apply=args.apply, redact=redact)
     print(redact(f"restore {args.name}: {attempt.summary()}"))
     for line in attempt.plan.lines() if attempt.plan else []:
         print(redact(f"  {line}"))
     if attempt.status in ("refused", "skipped"):
         return EXIT_REFUSED
-    return EXIT_FAILED if attempt.status == "failed" else 0
+    if attempt.status == "failed":
+        return EXIT_FAILED
+    if attempt.not_audited:
+        print(
+            f"backup: restore {args.name} {attempt.status}, {attempt.not_audited}", file=sys.stderr
+        )
+        return EXIT_NOT_AUDITED
+    return 0

@@ -10,7 +10,8 @@ The inventory is --inventory, else $OPSBOOK_INVENTORY, else the sandbox's
 
 Exit codes: 0 done, or nothing to do; 1 the switch failed (what was attempted is printed);
 2 bad usage (no inventory, no frontend, a runtime without a maintenance switch);
-3 another run holds the remediation lock.
+3 another run holds the remediation lock; 11 switched, but the audit log could not take its
+entry (the output says why).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from opsbook.locations import inventory_path
+from opsbook.remediate.audit import EXIT_NOT_AUDITED
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -53,9 +55,11 @@ def run(args: argparse.Namespace) -> int:
         print("maintenance: the inventory has no frontend (http kind: frontend)", file=sys.stderr)
         return EXIT_USAGE
     fix = maintenance_on if args.action == "on" else maintenance_off
-    ctx = Context(inventory, "maintenance", "http", frontends[0])
+    ctx = Context(inventory, "maintenance", "http", frontends[0], fix=fix)
     redact = Redactor(secret.reveal() for secret in inventory.secrets())
     try:
+        # The plan is shown before the lock is asked for; a runtime without the switch is a
+        # usage error, not a failed fix.
         plan = fix(ctx, apply=False)
     except MaintenanceUnsupported as exc:
         print(f"maintenance: {exc}", file=sys.stderr)
@@ -66,17 +70,20 @@ def run(args: argparse.Namespace) -> int:
     if plan.nothing_to_do is not None:
         return 0
     remediator = Remediator(inventory, args.reports_dir, f"cli-{os.getpid()}")
-    if not remediator.take_lock():
-        print(f"maintenance: refused: {remediator._lock_problem}", file=sys.stderr)
+    attempt = remediator.apply_one(fix, ctx, apply=True, redact=redact)
+    if attempt.status == "skipped":
+        print(f"maintenance: refused: {attempt.reason}", file=sys.stderr)
         return EXIT_REFUSED
-    try:
-        attempt = remediator.run(fix, ctx, apply=True)
-        remediator.record(attempt, ctx, redact)
-    finally:
-        remediator.release_lock()
     print(redact(f"maintenance {args.action}: {attempt.summary()}"))
     for line in attempt.plan.lines() if attempt.plan else []:
         print(redact(f"  {line}"))
-    if attempt.status in ("refused", "skipped"):
+    if attempt.status == "refused":
         return EXIT_REFUSED
-    return 0 if attempt.status in ("applied", "nothing-to-do") else EXIT_FAILED
+    if attempt.status not in ("applied", "nothing-to-do"):
+        return EXIT_FAILED
+    if attempt.not_audited:
+        print(
+            f"maintenance: {args.action} {attempt.status}, {attempt.not_audited}", file=sys.stderr
+        )
+        return EXIT_NOT_AUDITED
+    return 0

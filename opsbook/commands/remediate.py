@@ -8,9 +8,9 @@ run again until it passes or the inventory's `remediation.verify_timeout_s` runs
     python -m opsbook remediate --reset-budget [KIND:TARGET]   release the brake
 
 Exit codes: 0 fixed, planned, or nothing to do; 1 applied but NOT FIXED, or the fix failed;
-2 bad usage (unknown run, check or inventory); 3 refused (not allowed, over budget, or
-another run holds the remediation lock, or it cannot be written); 4 fixed, but the audit log
-could not take the entry (a full disk, say: the output says why).
+2 bad usage (unknown run, check, kind or inventory); 3 refused (not allowed, over budget, or
+another run holds the remediation lock, or it cannot be written); 11 fixed, but the audit log
+could not take the entry (a full disk, say: the output says why), as a checks run exits.
 """
 
 from __future__ import annotations
@@ -22,14 +22,22 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from opsbook.remediate.audit import EXIT_NOT_AUDITED
+from opsbook.remediate.plan import risky_kinds
+
+if TYPE_CHECKING:
+    from opsbook.inventory import Inventory
+    from opsbook.remediate.runner import Attempt, Remediator
 
 EXIT_NOT_FIXED = 1
 EXIT_USAGE = 2
 EXIT_REFUSED = 3
-EXIT_NOT_AUDITED = 4
 VERIFY_INTERVAL_S = 0.5
+ALLOW_HELP = f"allow a risky kind of fix: {', '.join(risky_kinds())}"
 
 
 class Usage(Exception):
@@ -43,7 +51,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--check", metavar="ID", help="the failed check to fix")
     parser.add_argument("--target", metavar="NAME", help="only this target of the check")
     parser.add_argument("--apply", action="store_true", help="carry out the plan, then verify")
-    parser.add_argument("--allow", action="append", default=[], metavar="KIND")
+    parser.add_argument("--allow", action="append", default=[], metavar="KIND", help=ALLOW_HELP)
     parser.add_argument("--inventory", type=Path, help="default: the run's inventory")
     parser.add_argument("--reports-dir", type=Path, default=Path("reports"))
     parser.add_argument("--reset-budget", nargs="?", const="*", metavar="KIND:TARGET")
@@ -120,10 +128,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _remediate(args: argparse.Namespace) -> int:
     from opsbook.inventory import InventoryError, load_inventory
-    from opsbook.remediate.context import Context
+    from opsbook.remediate.plan import parse_allow
     from opsbook.remediate.runner import Remediator
     from opsbook.secrets import Redactor
 
+    try:
+        allow = parse_allow(args.allow)
+    except ValueError as exc:
+        raise Usage(str(exc)) from None
     run_dir = _run_dir(args.reports_dir, args.run_ref)
     summary, rows = _rows(run_dir, args.check, args.target)
     inventory_path = args.inventory or (
@@ -136,25 +148,20 @@ def _remediate(args: argparse.Namespace) -> int:
     except InventoryError as exc:
         raise Usage(str(exc)) from None
     redact = Redactor(secret.reveal() for secret in inventory.secrets())
-    allow = {kind.strip() for given in args.allow for kind in given.split(",")}
     remediator = Remediator(inventory, args.reports_dir, f"cli-{os.getpid()}", allow)
-    if args.apply and not remediator.take_lock():
-        print(f"remediate: refused: {remediator._lock_problem}", file=sys.stderr)
-        return EXIT_REFUSED
     worst = 0
-    try:
-        for row in rows:
-            worst = max(worst, _one(row, summary, inventory, inventory_path, remediator, args,
-                                    redact, Context))  # fmt: skip
-    finally:
-        remediator.release_lock()
+    for row in rows:
+        worst = max(worst, _one(row, summary, inventory, inventory_path, remediator, args, redact))
     return worst
 
 
 def _one(
-    row: dict[str, Any], summary: dict[str, Any], inventory: Any, inventory_path: Path,
-    remediator: Any, args: argparse.Namespace, redact: Any, context_type: Any,
+    row: dict[str, Any], summary: dict[str, Any], inventory: Inventory, inventory_path: Path,
+    remediator: Remediator, args: argparse.Namespace, redact: Callable[[str], str],
 ) -> int:  # fmt: skip
+    from opsbook.outcome import FixVerdict
+    from opsbook.remediate.context import Context
+
     where = f"{row['check_id']} on {row['target'] or '-'}"
     if row["outcome"] not in ("failed", "error"):
         print(f"{where}: {row['outcome']} in that run, nothing to remediate")
@@ -162,20 +169,24 @@ def _one(
     if not row.get("remediation"):
         print(f"{where}: no remediation is linked to this check")
         return 0
-    ctx = context_type(inventory, row["check_id"], row.get("target_kind") or "", row["target"])
-    attempt = remediator.run(_import(row["remediation"]), ctx, apply=args.apply)
-    if attempt.status == "applied":
-        after = _verify(summary, row, inventory_path, inventory.remediation.verify_timeout_s)
-        attempt.verdict = "NOT FIXED" if after else "FIXED"
-        attempt.after = redact(after) or "passed"
-    missing = remediator.record(attempt, ctx, redact)
+
+    def verify(attempt: Attempt) -> None:
+        if attempt.status == "applied":
+            after = _verify(summary, row, inventory_path, inventory.remediation.verify_timeout_s)
+            attempt.verdict = FixVerdict.NOT_FIXED if after else FixVerdict.FIXED
+            attempt.after = redact(after) or "passed"
+
+    ctx = Context(inventory, row["check_id"], row.get("target_kind") or "", row["target"])
+    attempt = remediator.apply_one(
+        _import(row["remediation"]), ctx, apply=args.apply, redact=redact, verify=verify
+    )
     print(redact(f"{where}: {attempt.summary()}"))
     for line in attempt.plan.lines() if attempt.plan else []:
         print(redact(f"  {line}"))
-    if attempt.verdict == "NOT FIXED":
+    if attempt.verdict == FixVerdict.NOT_FIXED:
         print(f"  after: {attempt.after}")
     if attempt.status in ("refused", "skipped"):
         return EXIT_REFUSED
-    if attempt.status == "failed" or attempt.verdict == "NOT FIXED":
+    if attempt.status == "failed" or attempt.verdict == FixVerdict.NOT_FIXED:
         return EXIT_NOT_FIXED
-    return EXIT_NOT_AUDITED if missing else 0
+    return EXIT_NOT_AUDITED if attempt.not_audited else 0

@@ -21,6 +21,8 @@ import pytest
 from opsbook.errors import NotEvaluated
 from opsbook.outcome import Outcome
 from opsbook.plugin.keys import AUDIT_TRAIL_GAPS, CHECK, EVIDENCE_PREFIX, FINDINGS, REDACTOR, Prop
+from opsbook.plugin.remediate import remediate_report
+from opsbook.plugin.waivers import settle_waiver
 
 EXIT_NOT_EVALUATED = 10
 EXIT_AUDIT_TRAIL_INCOMPLETE = 11
@@ -67,6 +69,10 @@ def pytest_runtest_makereport(
             if name.startswith(EVIDENCE_PREFIX):
                 label = f"evidence: {name.removeprefix(EVIDENCE_PREFIX)}"
                 report.sections.append((label, str(content)))
+    # The order is owned here, not left to pluggy: could not evaluate (above), then a waiver
+    # (a waived failure is not remediated), then the linked fix.
+    settle_waiver(item, call, report)
+    remediate_report(item, call, report)
     return report
 
 

@@ -9,14 +9,18 @@ the report records before, action, after, and FIXED or NOT FIXED.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 
-from opsbook.errors import TargetUnreachable
-from opsbook.plugin.keys import CHECK, INVENTORY, REDACTOR, TARGETS, audit_trail_gap
+from opsbook.errors import NotEvaluated
+from opsbook.outcome import FixVerdict
+from opsbook.plugin.keys import CHECK, INVENTORY, REDACTOR, TARGETS, Prop, audit_trail_gap
+from opsbook.remediate.plan import parse_allow, risky_kinds
+
+if TYPE_CHECKING:
+    from opsbook.remediate.runner import Attempt, Remediator
 
 MODES = ("off", "plan", "apply")
 VERIFY_INTERVAL_S = 0.5
@@ -35,11 +39,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="append",
         default=[],
         metavar="KIND",
-        help="allow a risky kind of fix: restart, recreate, end-sessions, delete-files",
+        help=f"allow a risky kind of fix: {', '.join(risky_kinds())} (repeat, or separate "
+        "with commas)",
     )
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    try:
+        allow = parse_allow(config.getoption("allow"))
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
     mode = config.getoption("remediate")
     inventory = config.stash[INVENTORY]
     if mode == "off" or inventory is None or hasattr(config, "workerinput"):
@@ -49,9 +58,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
     run = config.stash.get(RUN, None)
     reports_dir = Path(config.getoption("reports_dir") or config.rootpath / "reports")
-    allow = {kind.strip() for given in config.getoption("allow") for kind in given.split(",")}
     remediator = Remediator(inventory, reports_dir, run.run_id if run else "", allow)
-    config.pluginmanager.register(_RemediationPlugin(config, mode, remediator), "opsbook-fix")
+    fixer = config.stash[FIXER] = _Fixer(config, mode, remediator)
+    config.pluginmanager.register(fixer, "opsbook-fix")
 
 
 def _reset_targets(item: pytest.Item) -> None:
@@ -67,7 +76,7 @@ def _verify(item: pytest.Item, deadline_s: float) -> tuple[bool, str]:
         _reset_targets(item)
         try:
             item.runtest()
-        except (AssertionError, TargetUnreachable) as exc:
+        except (AssertionError, NotEvaluated) as exc:
             message = str(exc).split("\n", 1)[0]
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}".split("\n", 1)[0]
@@ -87,8 +96,22 @@ def _take_new_properties(report: pytest.TestReport, item: pytest.Item) -> None:
     ]
 
 
-class _RemediationPlugin:
-    def __init__(self, config: pytest.Config, mode: str, remediator: Any) -> None:
+def remediate_report(
+    item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport
+) -> None:
+    """Plan or apply the linked fix of a check whose call failed, and prove it by running the
+    check again. Called by the one report wrapper (opsbook.plugin.outcomes) once unreachable
+    targets and waivers are settled: a check that could not be evaluated, or whose failure is
+    waived, is not remediated."""
+    fixer = item.config.stash.get(FIXER, None)
+    if fixer is not None:
+        fixer.remediate(item, call, report)
+
+
+class _Fixer:
+    """The remediation of one run: holds the lock while the run lasts (with `apply`)."""
+
+    def __init__(self, config: pytest.Config, mode: str, remediator: Remediator) -> None:
         self.config = config
         self.mode = mode
         self.remediator = remediator
@@ -100,20 +123,18 @@ class _RemediationPlugin:
     def pytest_sessionfinish(self) -> None:
         self.remediator.release_lock()
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(
-        self, item: pytest.Item, call: pytest.CallInfo[None]
-    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        report = yield
+    def remediate(
+        self, item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport
+    ) -> None:
         info = item.stash.get(CHECK, None)
         if (
             call.when != "call"
             or not report.failed
             or info is None
             or info.spec.remediation is None
-            or any(name == "unreachable" for name, _ in report.user_properties)
+            or any(name == Prop.UNREACHABLE for name, _ in report.user_properties)
         ):
-            return report
+            return
         from opsbook.remediate.context import Context
 
         properties = dict(report.user_properties)
@@ -121,48 +142,54 @@ class _RemediationPlugin:
         ctx = Context(
             self.remediator.inventory,
             info.spec.check_id,
-            str(properties.get("target_kind", "")),
+            str(properties.get(Prop.TARGET_KIND, "")),
             info.target or "",
         )
-        attempt = self.remediator.run(info.spec.remediation, ctx, apply=self.mode == "apply")
         before = str(report.longrepr) if report.longrepr else ""
-        if attempt.status == "nothing-to-do":
-            # The target is fine now (an earlier fix in this run, or it recovered): what the
-            # run cached about it is stale, so the check looks again, once.
-            recovered, _ = _verify(item, 0)
-            if recovered:
-                attempt.after = "passed"
-                report.outcome = "passed"
-                report.longrepr = None
+
+        def verify(attempt: Attempt) -> None:
+            if attempt.status == "nothing-to-do":
+                # The target is fine now (an earlier fix in this run, or it recovered): what
+                # the run cached about it is stale, so the check looks again, once.
+                recovered, _ = _verify(item, 0)
+                if recovered:
+                    attempt.after = "passed"
+                    report.outcome = "passed"
+                    report.longrepr = None
+                    _take_new_properties(report, item)
+            elif attempt.status == "applied":
+                deadline = self.remediator.inventory.remediation.verify_timeout_s
+                fixed, after = _verify(item, deadline)
+                attempt.verdict = FixVerdict.FIXED if fixed else FixVerdict.NOT_FIXED
+                attempt.after = redact(after) if after else "passed"
                 _take_new_properties(report, item)
-        if attempt.status == "applied":
-            deadline = self.remediator.inventory.remediation.verify_timeout_s
-            fixed, after = _verify(item, deadline)
-            attempt.verdict = "FIXED" if fixed else "NOT FIXED"
-            attempt.after = redact(after) if after else "passed"
-            _take_new_properties(report, item)
-            if fixed:
-                report.outcome = "passed"
-                report.longrepr = None
-        missing = self.remediator.record(attempt, ctx, redact)
-        if missing:
+                if fixed:
+                    report.outcome = "passed"
+                    report.longrepr = None
+
+        attempt = self.remediator.apply_one(
+            info.spec.remediation, ctx, apply=self.mode == "apply", redact=redact, verify=verify
+        )
+        if attempt.not_audited:
             what = f"{info.spec.check_id}[{info.target or '-'}]: {attempt.remediation}"
-            audit_trail_gap(self.config, f"{what} {attempt.status}, {missing}")
+            audit_trail_gap(self.config, f"{what} {attempt.status}, {attempt.not_audited}")
         plan_text = "\n".join(attempt.plan.lines()) if attempt.plan else ""
         report.user_properties.extend(
             [
-                ("remediation_status", attempt.status),
-                ("remediation_verdict", attempt.verdict or ""),
-                ("remediation_reason", redact(attempt.reason)),
-                ("remediation_plan", redact(plan_text)),
-                ("before", redact(before.split("\n", 1)[0])),
-                ("after", attempt.after),
+                (Prop.REMEDIATION_STATUS, attempt.status),
+                (Prop.REMEDIATION_VERDICT, attempt.verdict or ""),
+                (Prop.REMEDIATION_REASON, redact(attempt.reason)),
+                (Prop.REMEDIATION_PLAN, redact(plan_text)),
+                (Prop.BEFORE, redact(before.split("\n", 1)[0])),
+                (Prop.AFTER, attempt.after),
             ]
         )
         note = f"remediation {attempt.summary()}"
-        if attempt.after and attempt.verdict == "NOT FIXED":
+        if attempt.after and attempt.verdict == FixVerdict.NOT_FIXED:
             note += f"; after: {attempt.after}"
         if report.failed:
             report.longrepr = f"{before}\n{redact(note)}"
         report.sections.append(("opsbook remediation", redact(f"{note}\n{plan_text}")))
-        return report
+
+
+FIXER = pytest.StashKey[_Fixer]()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from opsbook.plugin.inventory_option import chosen_inventory_path
-from opsbook.plugin.keys import CHECK, INVENTORY
+from opsbook.plugin.keys import CHECK, INVENTORY, Prop
 
 if TYPE_CHECKING:
     from opsbook.waivers import Waivers
@@ -48,25 +47,26 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report = yield
+def settle_waiver(
+    item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport
+) -> None:
+    """Turn a failed check's report into a waived one (pytest's xfail) when a waiver covers
+    it, or note the expired waiver. Called by the one report wrapper (opsbook.plugin.outcomes)
+    after unreachable targets are settled and before remediation: a waived failure is not
+    remediated."""
     waivers = item.config.stash.get(WAIVERS, None)
     info = item.stash.get(CHECK, None)
     if waivers is None or info is None or call.when != "call" or not report.failed:
-        return report
+        return
     waiver = waivers.find(info.spec.check_id, info.target)
     if waiver is None:
-        return report
+        return
     if waiver.expired(dt.date.today()):
         report.longrepr = f"{report.longrepr}\nwaiver expired on {waiver.expires}: {waiver.line()}"
-        report.user_properties.append(("waiver", f"expired: {waiver.line()}"))
-        return report
+        report.user_properties.append((Prop.WAIVER, f"expired: {waiver.line()}"))
+        return
     # pytest's own vocabulary for an accepted failure: xfailed, with the reason shown.
     report.outcome = "skipped"
     report.wasxfail = f"waived: {waiver.line()}"
-    report.user_properties.append(("waiver", waiver.line()))
-    report.user_properties.append(("waived_message", str(report.longrepr).split("\n", 1)[0]))
-    return report
+    report.user_properties.append((Prop.WAIVER, waiver.line()))
+    report.user_properties.append((Prop.WAIVED_MESSAGE, str(report.longrepr).split("\n", 1)[0]))

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 GENESIS = "0" * 64
+# What a command exits with when what it did is not in the audit log: the code of a checks run
+# whose audit trail has a gap (opsbook.plugin.outcomes.EXIT_AUDIT_TRAIL_INCOMPLETE).
+EXIT_NOT_AUDITED = 11
 
 
 def _digest(entry: dict[str, Any]) -> str:

@@ -65,7 +65,7 @@ def risky_kinds() -> list[StepKind]:
 RISKY = frozenset(kind.value for kind in risky_kinds())
 
 
-def parse_allow(given: Iterable[str]) -> set[StepKind]:
+def parse_allow(given: Iterable[str]) -> frozenset[StepKind]:
     """The kinds of `--allow` values (repeated, or comma-separated); ValueError for a kind
     that does not exist, naming the risky ones (the only ones an allow-list changes)."""
     names = {name.strip() for value in given for name in value.split(",")} - {""}
@@ -75,7 +75,7 @@ def parse_allow(given: Iterable[str]) -> set[StepKind]:
             f"--allow: no such kind of step: {', '.join(unknown)} "
             f"(risky kinds: {', '.join(risky_kinds())})"
         )
-    return {StepKind.named(name) for name in names}
+    return frozenset(StepKind.named(name) for name in names)
 
 
 def kinds_table() -> str:

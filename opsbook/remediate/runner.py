@@ -1,12 +1,14 @@
 """Running a remediation under the rules: plan first, then lock, allow-list, budget, audit.
 
-Used by the pytest plugin (`--remediate=plan|apply`) and by `python -m opsbook remediate`.
+`Remediator.apply_one` is the one way a fix is carried out (lock, run, verify, record in the
+audit log, release): the pytest plugin (`--remediate=plan|apply`) and the commands
+(`python -m opsbook remediate`, `backup restore`, `maintenance`) all go through it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,10 @@ LOCK = ".remediation.lock"
 BUDGETS = "remediation-budgets.json"
 AUDIT = "audit.log"
 
+# The check run again after a fix, by whoever applies it: it sets the attempt's verdict and
+# `after` (the plugin runs the pytest item again, a command runs pytest on the row's node id).
+Verify = Callable[["Attempt"], None]
+
 
 class Attempt(Struct):
     """What happened when a remediation was asked for."""
@@ -35,6 +41,8 @@ class Attempt(Struct):
     plan: Plan | None = None
     verdict: str | None = None  # FIXED or NOT FIXED, once the check has run again
     after: str = ""
+    # Why the audit log does not hold this attempt ("" when it does, or needs not).
+    not_audited: str = ""
 
     def summary(self) -> str:
         parts = [f"{self.remediation}: {self.status}"]
@@ -62,12 +70,12 @@ class Remediator:
     inventory: Inventory
     reports_dir: Path
     run_id: str
-    allow: set[str] = field(default_factory=set)
+    allow: frozenset[str] = frozenset()
     _lock: RemediationLock | None = None
     _lock_problem: str | None = None
 
     def __post_init__(self) -> None:
-        self.allow = set(self.allow) | set(self.inventory.remediation.allow)
+        self.allow = frozenset(self.allow) | frozenset(self.inventory.remediation.allow)
         self.budgets = Budgets(self.reports_dir / BUDGETS, self.inventory.remediation.budgets)
         self.audit = AuditLog(self.reports_dir / AUDIT)
 
@@ -115,7 +123,7 @@ class Remediator:
         flags = " ".join(f"--allow={kind}" for kind in kinds)
         return f"not allowed: {', '.join(kinds)} (allow with {flags} or remediation.allow)"
 
-    def run(self, fix: Remediation, ctx: Context, *, apply: bool) -> Attempt:
+    def _run(self, fix: Remediation, ctx: Context, *, apply: bool) -> Attempt:
         name = name_of(fix)
         ctx.run_id = self.run_id
         ctx.fix = fix
@@ -147,7 +155,33 @@ class Remediator:
             return Attempt(name, "nothing-to-do", done.nothing_to_do, done)
         return Attempt(name, "applied", "", done)
 
-    def record(self, attempt: Attempt, ctx: Context, redact: Callable[[str], str]) -> str | None:
+    def apply_one(
+        self,
+        fix: Remediation,
+        ctx: Context,
+        *,
+        apply: bool,
+        redact: Callable[[str], str],
+        verify: Verify | None = None,
+    ) -> Attempt:
+        """Plan or apply one fix: under the lock (the run's, or one taken for this fix alone),
+        run it, let `verify` run the check again, record the attempt in the audit log, release.
+
+        The attempt's `not_audited` says why the audit log does not hold it, if it does not:
+        a caller must show that and exit accordingly (audit.EXIT_NOT_AUDITED).
+        """
+        taken = apply and self._lock is None and self.take_lock()
+        try:
+            attempt = self._run(fix, ctx, apply=apply)
+            if verify is not None:
+                verify(attempt)
+            attempt.not_audited = self._record(attempt, ctx, redact) or ""
+        finally:
+            if taken:
+                self.release_lock()
+        return attempt
+
+    def _record(self, attempt: Attempt, ctx: Context, redact: Callable[[str], str]) -> str | None:
         """Append an attempt that acted, or tried to, to the audit log; say why not if it
         cannot be (the attempt's reason says it too)."""
         if attempt.status not in ("applied", "failed", "refused"):
