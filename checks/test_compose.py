@@ -3,17 +3,16 @@
 
 Skipped, saying so, when the inventory has no `compose` section. Podman's Docker API never runs
 a HEALTHCHECK by itself, may leave `stats` fields empty, and does not set State.OOMKilled: these
-checks read a kill from exit code 137 and skip what the engine does not report.
+checks read a kill from exit code 137 and skip what the engine does not report. The facts are
+read by opsbook/probes/containers.py; each check reads them again when it runs, so that a check
+verifying its fix sees the fixed container.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 import pytest
 
-from opsbook import Severity, check
+from opsbook import Finding, Severity, Thresholds, Unit, check
 from opsbook.probes.containers import (
     EXEC_ANSWERS,
     EXEC_PROBES,
@@ -21,7 +20,8 @@ from opsbook.probes.containers import (
     ComposeProject,
     ContainerState,
     Usage,
-    error_lines,
+    exec_probe,
+    log_errors,
     mib,
 )
 from remediation import services
@@ -30,38 +30,57 @@ pytestmark = [pytest.mark.daily, pytest.mark.compose]
 
 LOG_TAIL_LINES = 2000  # the most a daily run reads of one container's log
 EVIDENCE_LINES = 20
-EXEC_TIMEOUT_S = 10
 
 
-def _states(compose_project: ComposeProject, service: str, finding: Any) -> list[ContainerState]:
-    states = compose_project.states(service)
+def _containers(project: ComposeProject, service: str, finding: Finding) -> list[ContainerState]:
+    """The service's containers; a service without any fails (nothing of it runs)."""
+    states = project.states(service)
     if not states:
-        finding.observe("no container", expected="running")
-        raise AssertionError(
-            f"{service}: no container in project {compose_project.project} "
+        finding.observe("no container", expected="at least one running")
+        finding.fail(
+            f"no container in project {project.project} "
             f"(expected at least one running; `docker compose up -d {service}`)"
         )
     return states
 
 
 @check("COMPOSE-001", Severity.CRITICAL, remediation=services.restart_service)
-def test_service_containers_run(compose_project: ComposeProject, compose_service, finding) -> None:
+def test_service_containers_run(
+    compose_project: ComposeProject, compose_service: str, finding: Finding
+) -> None:
     """Every container of the compose service is running.
 
     Risk: a stopped container is a service that answers nobody: the backend, the queue worker
     or the database is gone until someone starts it again.
     """
-    states = _states(compose_project, compose_service, finding)
-    stopped = [s for s in states if not s.running]
-    finding.observe("; ".join(s.describe() for s in states), expected="all running")
-    assert not stopped, f"{compose_service}: " + "; ".join(
-        f"{s.name} is {s.status} with exit code {s.exit_code} (expected running)" for s in stopped
+    states = _containers(compose_project, compose_service, finding)
+    stopped = [
+        f"{s.name} is {s.status} with exit code {s.exit_code}" for s in states if not s.running
+    ]
+    finding.expect(
+        {s.name: s.describe() for s in states},
+        "all running",
+        ok=not stopped,
+        problem="; ".join(stopped),
+    )
+
+
+def _killed(state: ContainerState) -> str:
+    limit = state.memory_limit_bytes
+    cause = (
+        f"its memory limit ({mib(limit)}) or SIGKILL"
+        if limit
+        else "SIGKILL (no memory limit is set)"
+    )
+    return (
+        f"{state.name} was killed: exit code {state.exit_code}, by {cause} "
+        f"(OOMKilled={str(state.oom_killed).lower()}; not every engine sets it)"
     )
 
 
 @check("COMPOSE-002", Severity.HIGH, remediation=services.restart_service)
 def test_containers_not_killed_or_restarting(
-    compose_project: ComposeProject, compose_service, thresholds, finding
+    compose_project: ComposeProject, compose_service: str, thresholds: Thresholds, finding: Finding
 ) -> None:
     """The service's containers were not killed (exit code 137) nor restarted over and over.
 
@@ -69,147 +88,144 @@ def test_containers_not_killed_or_restarting(
     requests and messages it held; it will happen again until its limit or its leak is fixed.
     """
     most = thresholds.container_restarts_max
-    states = _states(compose_project, compose_service, finding)
-    finding.observe(
-        "; ".join(f"{s.name} restarts={s.restart_count} exit={s.exit_code}" for s in states),
-        expected=f"restarts <= {most}, no exit {KILLED_EXIT_CODE}",
+    states = _containers(compose_project, compose_service, finding)
+    problems = [_killed(s) for s in states if s.killed] + [
+        f"{s.name} was restarted {s.restart_count} times" for s in states if s.restart_count > most
+    ]
+    finding.expect(
+        {s.name: {"restarts": s.restart_count, "exit_code": s.exit_code} for s in states},
+        f"restarts <= {most}, no exit code {KILLED_EXIT_CODE}",
+        ok=not problems,
+        problem="; ".join(problems),
     )
-    problems = []
-    for state in states:
-        if state.killed:
-            limit = f"its memory limit ({mib(state.memory_limit)})" if state.memory_limit else ""
-            cause = f"{limit} or SIGKILL" if limit else "SIGKILL (no memory limit is set)"
-            problems.append(
-                f"{state.name} was killed: exit code {state.exit_code}, by {cause} "
-                f"(OOMKilled={str(state.oom_killed).lower()}; not every engine sets it)"
-            )
-        if state.restart_count > most:
-            problems.append(f"{state.name} was restarted {state.restart_count} times (max {most})")
-    assert not problems, f"{compose_service}: " + "; ".join(problems)
 
 
 @check("COMPOSE-003", Severity.HIGH)
-def test_engine_reports_healthy(compose_project: ComposeProject, compose_service, finding) -> None:
+def test_engine_reports_healthy(
+    compose_project: ComposeProject, compose_service: str, finding: Finding
+) -> None:
     """The engine reports the service's containers healthy, where it runs a HEALTHCHECK.
 
     Risk: a container that runs but fails its own health test serves errors; load balancers
     and `depends_on: service_healthy` act on this status.
     """
-    states = _states(compose_project, compose_service, finding)
+    states = _containers(compose_project, compose_service, finding)
     reported = [s for s in states if s.health is not None]
     if not reported:
         pytest.skip(f"{compose_service}: no HEALTHCHECK declared, the engine reports no health")
-    finding.observe("; ".join(f"{s.name} {s.health}" for s in reported), expected="healthy")
-    unhealthy = [s for s in reported if s.health == "unhealthy"]
-    if not unhealthy and all(s.health == "starting" for s in reported):
+    if all(s.health == "starting" for s in reported):
         pytest.skip(
             f"{compose_service}: the engine has not run the HEALTHCHECK yet (status starting; "
             "Podman without systemd never runs it on its own: `podman healthcheck run NAME`)"
         )
+    unhealthy = [s for s in reported if s.health == "unhealthy"]
     for state in unhealthy:
         finding.attach(f"{state.name}: last health probe", state.health_output or "(no output)")
-    assert not unhealthy, f"{compose_service}: " + "; ".join(
-        f"{s.name} is unhealthy (expected healthy), last probe said: "
-        f"{s.health_output.splitlines()[-1] if s.health_output else 'nothing'}"
-        for s in unhealthy
+    finding.expect(
+        {s.name: s.health for s in reported},
+        "healthy",
+        ok=not unhealthy,
+        problem="; ".join(
+            f"{s.name} is unhealthy, its last probe said: "
+            f"{(s.health_output.splitlines() or ['nothing'])[-1]}"
+            for s in unhealthy
+        ),
     )
 
 
-def _use_against_limits(
-    state: ContainerState, used: Usage, memory_percent: float, cpu_percent: float
-) -> tuple[list[str], list[str]]:
-    """(what was observed, what is over the limit) for one container."""
-    seen, over = [], []
-    if state.memory_limit and used.memory_bytes is not None:
-        share = 100.0 * used.memory_bytes / state.memory_limit
-        seen.append(f"memory {mib(used.memory_bytes)}/{mib(state.memory_limit)} ({share:.0f}%)")
-        if share > memory_percent:
+def _against_limits(
+    state: ContainerState, used: Usage, memory_max: float, cpu_max: float
+) -> tuple[dict[str, float | None], list[str]]:
+    """(the use and its share of each limit, what is over the allowed share) of one container."""
+    memory, memory_limit = used.memory_bytes, state.memory_limit_bytes
+    cpus, cpus_limit = used.cpus_used, state.cpus_limit
+    seen: dict[str, float | None] = {
+        "memory_bytes": memory,
+        "memory_limit_bytes": memory_limit,
+        "cpus_used": cpus,
+        "cpus_limit": cpus_limit,
+    }
+    over = []
+    if memory is not None and memory_limit:
+        share = seen["memory_percent"] = round(100.0 * memory / memory_limit, 1)
+        if share > memory_max:
             over.append(
-                f"{state.name} uses {mib(used.memory_bytes)} of its {mib(state.memory_limit)} "
-                f"memory limit ({share:.0f}%, max {memory_percent:g}%)"
+                f"{state.name} uses {mib(memory)} of its {mib(memory_limit)} memory limit "
+                f"({share:.0f}%, max {memory_max:g}%)"
             )
-    elif used.memory_bytes is None:
-        seen.append("memory not reported by the engine")
-    else:
-        seen.append(f"{used.memory_text()} (no limit)")
-    if state.cpu_limit and used.cpus is not None:
-        share = 100.0 * used.cpus / state.cpu_limit
-        seen.append(f"cpu {used.cpus:.2f}/{state.cpu_limit:g} CPUs ({share:.0f}%)")
-        if share > cpu_percent:
+    if cpus is not None and cpus_limit:
+        share = seen["cpu_percent"] = round(100.0 * cpus / cpus_limit, 1)
+        if share > cpu_max:
             over.append(
-                f"{state.name} uses {used.cpus:.2f} of its {state.cpu_limit:g} CPUs "
-                f"({share:.0f}%, max {cpu_percent:g}%)"
+                f"{state.name} uses {cpus:.2f} of its {cpus_limit:g} CPUs "
+                f"({share:.0f}%, max {cpu_max:g}%)"
             )
-    elif used.cpus is None:
-        seen.append("cpu not reported by the engine")
-    else:
-        seen.append(f"cpu {used.cpus:.2f} CPUs (no limit)")
     return seen, over
 
 
 @check("COMPOSE-004", Severity.MEDIUM)
 def test_use_within_limits(
-    compose_project: ComposeProject, compose_service, compose_usage, thresholds, finding
+    compose_project: ComposeProject,
+    compose_service: str,
+    compose_usage: dict[str, Usage],
+    thresholds: Thresholds,
+    finding: Finding,
 ) -> None:
     """The service's containers use less CPU and memory than their limits allow.
 
     Risk: a container at its memory limit is killed at the next allocation; one at its CPU
     limit is throttled, and every request it serves waits.
     """
-    memory_percent = thresholds.memory_used_percent
-    cpu_percent = thresholds.container_cpu_percent
-    states = [s for s in _states(compose_project, compose_service, finding) if s.running]
-    measured = [(s, compose_usage[s.name]) for s in states if s.name in compose_usage]
+    memory_max, cpu_max = thresholds.memory_used_percent, thresholds.container_cpu_percent
+    running = [s for s in _containers(compose_project, compose_service, finding) if s.running]
+    measured = [(s, compose_usage[s.name]) for s in running if s.name in compose_usage]
     if not measured:
         pytest.skip(f"{compose_service}: no running container to measure (see COMPOSE-001)")
-    if not any(s.memory_limit or s.cpu_limit for s, _ in measured):
+    if not any(s.memory_limit_bytes or s.cpus_limit for s, _ in measured):
         pytest.skip(f"{compose_service}: no CPU or memory limit to measure against")
-    seen, over = [], []
-    for state, used in measured:
-        observed, problems = _use_against_limits(state, used, memory_percent, cpu_percent)
-        seen.append(f"{state.name}: {', '.join(observed)}")
-        over += problems
-    finding.observe("; ".join(seen), expected=f"memory <= {memory_percent:g}%, cpu <= "
-                    f"{cpu_percent:g}% of the limit")  # fmt: skip
-    if all(u.memory_bytes is None and u.cpus is None for _, u in measured):
+    if all(u.memory_bytes is None and u.cpus_used is None for _, u in measured):
         pytest.skip(
             f"{compose_service}: the engine reported neither memory nor CPU use "
             "(Podman on hybrid cgroups may leave `docker stats` fields empty)"
         )
-    assert not over, f"{compose_service}: " + "; ".join(over)
+    judged = {s.name: _against_limits(s, u, memory_max, cpu_max) for s, u in measured}
+    over = [problem for _, problems in judged.values() for problem in problems]
+    finding.expect(
+        {name: seen for name, (seen, _) in judged.items()},
+        f"memory <= {memory_max:g}%, cpu <= {cpu_max:g}% of the limit",
+        ok=not over,
+        problem="; ".join(over),
+    )
+
+
+def _absent_limits(state: ContainerState) -> str:
+    """`CPU and no memory`, `CPU`, `memory`, or "" when both limits are set."""
+    limits = (("CPU", state.cpus_limit), ("memory", state.memory_limit_bytes))
+    return " and no ".join(what for what, limit in limits if not limit)
 
 
 @check("COMPOSE-005", Severity.MEDIUM)
-def test_limits_declared(compose_project: ComposeProject, limited_compose_service, finding) -> None:
+def test_limits_declared(
+    compose_project: ComposeProject, limited_compose_service: str, finding: Finding
+) -> None:
     """backend and frontend run with CPU and memory limits (the runbook's override file).
 
     Risk: without a limit one runaway container takes the whole host's memory or CPU, and the
     kernel kills whatever it picks, PostgreSQL included.
     """
-    service = limited_compose_service
-    states = _states(compose_project, service, finding)
-    finding.observe(
-        "; ".join(
-            f"{s.name} cpus={s.cpu_limit if s.cpu_limit else 'none'} "
-            f"memory={mib(s.memory_limit) if s.memory_limit else 'none'}"
-            for s in states
-        ),
-        expected="a CPU and a memory limit",
+    states = _containers(compose_project, limited_compose_service, finding)
+    missing = [f"{s.name} has no {_absent_limits(s)} limit" for s in states if _absent_limits(s)]
+    finding.expect(
+        {s.name: {"cpus": s.cpus_limit, "memory_bytes": s.memory_limit_bytes} for s in states},
+        "deploy.resources.limits cpus and memory, as the runbook's override sets",
+        ok=not missing,
+        problem="; ".join(missing),
     )
-    missing = [
-        f"{s.name} has no {' and no '.join(what)} limit"
-        for s in states
-        if (what := [w for w, v in (("CPU", s.cpu_limit), ("memory", s.memory_limit)) if not v])
-    ]
-    assert not missing, (
-        f"{service}: " + "; ".join(missing)
-        + " (expected deploy.resources.limits cpus and memory, as the runbook's override sets)"
-    )  # fmt: skip
 
 
 @check("COMPOSE-006", Severity.MEDIUM)
 def test_no_recent_errors_in_container_logs(
-    compose_project: ComposeProject, compose_service, thresholds, finding
+    compose_project: ComposeProject, compose_service: str, thresholds: Thresholds, finding: Finding
 ) -> None:
     """No error lines in the service's container logs in the last minutes.
 
@@ -217,30 +233,28 @@ def test_no_recent_errors_in_container_logs(
     container runs and its health check passes; users see errors no other check notices.
     """
     window = thresholds.log_window_s
-    since = int(time.time() - window)
-    total, problems = 0, []
-    for container in compose_project.containers(compose_service):
-        raw = container.logs(since=since, tail=LOG_TAIL_LINES, stdout=True, stderr=True)
-        errors = error_lines(raw.decode("utf-8", errors="replace"))
-        if not errors:
-            continue
-        total += len(errors)
-        shown = errors[-EVIDENCE_LINES:]
-        hidden = len(errors) - len(shown)
-        more = [f"... ({hidden} earlier error lines not shown)"] if hidden else []
-        finding.attach(container.name, "\n".join(more + shown))
-        lines = "line" if len(errors) == 1 else "lines"
-        problems.append(
-            f"{container.name}: {len(errors)} error {lines} in the last {window:g}s "
-            f"(expected none), the last: {shown[-1].strip()[:200]}"
-        )
-    finding.observe(total, expected=0)
-    assert not problems, f"{compose_service}: " + "; ".join(problems)
+    logged = log_errors(compose_project, compose_service, window, LOG_TAIL_LINES)
+    found = [e for e in logged if e.lines]
+    for errors in found:
+        hidden = len(errors.lines) - EVIDENCE_LINES
+        more = [f"... ({hidden} earlier error lines not shown)"] if hidden > 0 else []
+        finding.attach(errors.container, "\n".join(more + list(errors.lines[-EVIDENCE_LINES:])))
+    finding.expect(
+        sum(len(e.lines) for e in logged),
+        "no error line",
+        unit=Unit.COUNT,
+        ok=not found,
+        problem="; ".join(
+            f"{e.container}: {len(e.lines)} error line{'s' if len(e.lines) > 1 else ''} in the "
+            f"last {window:g}s, the last: {e.lines[-1].strip()[:200]}"
+            for e in found
+        ),
+    )
 
 
 @check("COMPOSE-007", Severity.CRITICAL, remediation=services.restart_service)
 def test_unpublished_service_answers_exec_probe(
-    compose_project: ComposeProject, unpublished_service, finding
+    compose_project: ComposeProject, unpublished_service: str, finding: Finding
 ) -> None:
     """PostgreSQL and Redis answer the runbook's exec probes where they are not published.
 
@@ -248,21 +262,16 @@ def test_unpublished_service_answers_exec_probe(
     else would notice (DB-001 and QUEUE-001 need a published port).
     """
     service = unpublished_service
-    command = EXEC_PROBES[service]
     expected = " or ".join(EXEC_ANSWERS[service])
-    running = [c for c in compose_project.containers(service) if c.status == "running"]
-    if not running:
+    answer = exec_probe(compose_project, service)
+    if answer is None:
         finding.observe("not running", expected=expected)
-        raise AssertionError(
-            f"{service}: no running container to run `{' '.join(command)}` in (expected one)"
-        )
-    container = running[0]
-    # exec_run has no timeout of its own: the probe carries one (`-t 3`), and `timeout` bounds it.
-    code, output = container.exec_run(["timeout", str(EXEC_TIMEOUT_S), *command])
-    answer = (output or b"").decode("utf-8", errors="replace").strip()
-    finding.observe(answer or f"exit code {code}", expected=expected)
-    answered = code == 0 and any(word in answer for word in EXEC_ANSWERS[service])
-    assert answered, (
-        f"{service}: `docker compose exec {service} {' '.join(command)}` in {container.name} "
-        f"exited {code} and said {answer[:200]!r} (expected {expected})"
+        command = " ".join(EXEC_PROBES[service])
+        finding.fail(f"no running container to run `{command}` in (expected one)")
+    finding.expect(
+        answer.output or f"exit code {answer.exit_code}",
+        expected,
+        ok=answer.exit_code == 0 and any(word in answer.output for word in EXEC_ANSWERS[service]),
+        problem=f"`docker compose exec {service} {' '.join(answer.command)}` in "
+        f"{answer.container} exited {answer.exit_code} and said {answer.output[:200]!r}",
     )

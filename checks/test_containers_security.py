@@ -5,8 +5,9 @@ judged from its HostConfig and Config, and its image's Config where the containe
 to the image (USER, ENV). The compose file is compared with what runs through
 `docker compose config --format json`, so that an override, a hand-made `docker run` or a
 forgotten recreate shows up as drift. Skipped, saying so, when the inventory has no `compose`
-section. What each engine reports differently is read in opsbook/probes/container_security.py;
-one thing cannot be read at all: Podman 4.3 reports a host IPC namespace as `shareable`.
+section. The facts are read once per run by opsbook/probes/container_security.py (fixtures in
+fixtures/containers.py), which also says what each engine reports differently; one thing cannot
+be read at all: Podman 4.3 reports a host IPC namespace as `shareable`.
 
 Evidence names the container and the inspect field; secret values found in ENV are never shown:
 each is masked in every report (the run's redactor learns it) and only its name and length appear.
@@ -14,147 +15,100 @@ each is masked in every report (the run's redactor learns it) and only its name 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-from typing import Any
-
 import pytest
 
-from opsbook import Severity, check
-from opsbook.plugin.keys import REDACTOR
+from opsbook import Finding, Inventory, Severity, Unit, check
 from opsbook.probes.container_security import (
     NEEDED_CAPS,
     NODE_HEAP_SHARE,
     ContainerFacts,
+    Declared,
     binding_problem,
     capability_problems,
-    container_facts,
-    declared,
     drift,
     engine_socket_mounts,
     heap_budget_mib,
     max_old_space_mib,
     runs_as_root,
 )
-from opsbook.probes.containers import SERVICE_LABEL, ComposeProject, declared_services, mib
+from opsbook.probes.containers import ComposeProject, mib
 
 pytestmark = [pytest.mark.audit, pytest.mark.security, pytest.mark.compose]
 
-COMPOSE_CONFIG_TIMEOUT_S = 30
 # Who is the public entry point when the inventory names no frontend endpoint.
 DEFAULT_PUBLIC = ("frontend",)
-
-
-@pytest.fixture(scope="session")
-def project_containers(
-    compose_project: ComposeProject, docker_engine: Any, pytestconfig: pytest.Config
-) -> dict[str, list[ContainerFacts]]:
-    """The facts of every container of the project, by compose service, read once per run."""
-    images: dict[str, dict[str, Any] | None] = {}
-    redactor = pytestconfig.stash[REDACTOR]
-    result: dict[str, list[ContainerFacts]] = {}
-    for container in compose_project.containers():
-        attrs = container.attrs
-        image_id = str(attrs.get("Image") or "")
-        if image_id not in images:
-            try:
-                images[image_id] = docker_engine.images.get(image_id).attrs.get("Config") or {}
-            except Exception:  # the SDK's ImageNotFound/APIError: the container's fields only
-                images[image_id] = None
-        facts = container_facts(attrs, images[image_id])
-        for secret in facts.secrets:
-            redactor.add(secret.value)  # masked wherever the run writes, whatever the path
-        result.setdefault(facts.service, []).append(facts)
-    return result
-
-
-@pytest.fixture
-def service_containers(
-    project_containers: dict[str, list[ContainerFacts]], compose_service: str
-) -> list[ContainerFacts]:
-    """The containers of the service under check; skipped (saying so) when there is none."""
-    found = project_containers.get(compose_service, [])
-    if not found:
-        pytest.skip(
-            f"{compose_service}: no container to inspect (COMPOSE-001 and SEC-078 report it)"
-        )
-    return found
-
-
-def _report(service: str, problems: list[str]) -> str:
-    return f"{service}: " + "; ".join(problems)
+USER_FIELD = {"container": "Config.User", "image": "the image's USER", "default": "no user set"}
 
 
 @check("SEC-070", Severity.CRITICAL)
 def test_containers_are_not_privileged(
-    compose_service: str, service_containers: list[ContainerFacts], finding
+    service_containers: list[ContainerFacts], finding: Finding
 ) -> None:
     """The service's containers are not privileged.
 
     Risk: a privileged container holds every capability and every host device; root in it is
     root on the host (mount the host's disk, load a kernel module).
     """
-    finding.observe(
-        "; ".join(f"{c.name} Privileged={str(c.privileged).lower()}" for c in service_containers),
-        expected="HostConfig.Privileged=false",
+    privileged = [c.name for c in service_containers if c.privileged]
+    finding.expect(
+        {c.name: c.privileged for c in service_containers},
+        "HostConfig.Privileged=false",
+        ok=not privileged,
+        problem="; ".join(
+            f"{name} runs privileged (HostConfig.Privileged=true)" for name in privileged
+        ),
     )
-    problems = [
-        f"{c.name} runs privileged (HostConfig.Privileged=true; expected false)"
-        for c in service_containers
-        if c.privileged
-    ]
-    assert not problems, _report(compose_service, problems)
 
 
 @check("SEC-071", Severity.CRITICAL)
 def test_no_engine_socket_is_mounted(
-    compose_service: str, service_containers: list[ContainerFacts], finding
+    service_containers: list[ContainerFacts], finding: Finding
 ) -> None:
     """No container of the service has the engine's socket (docker.sock, podman.sock) mounted.
 
     Risk: whoever reaches the engine's API starts a privileged container with the host's disk
     mounted: a compromised service becomes root on the host. Read-only does not help.
     """
-    found = [(c, m) for c in service_containers for m in engine_socket_mounts(c.mounts)]
-    finding.observe(len(found), expected=0)
+    found = [(c.name, m) for c in service_containers for m in engine_socket_mounts(c.mounts)]
     finding.attach(
         "Mounts (source:destination)",
         "\n".join(f"{c.name}: {m.line()}" for c in service_containers for m in c.mounts)
         or "(none)",
     )
-    problems = [
-        f"{c.name} mounts {m.line()} (Mounts: the engine's API; expected no engine socket)"
-        for c, m in found
-    ]
-    assert not problems, _report(compose_service, problems)
+    finding.expect(
+        len(found),
+        "no engine socket",
+        unit=Unit.COUNT,
+        ok=not found,
+        problem="; ".join(
+            f"{name} mounts {m.line()} (Mounts: the engine's API)" for name, m in found
+        ),
+    )
 
 
 @check("SEC-072", Severity.HIGH)
-def test_no_host_namespaces(
-    compose_service: str, service_containers: list[ContainerFacts], finding
-) -> None:
+def test_no_host_namespaces(service_containers: list[ContainerFacts], finding: Finding) -> None:
     """The service's containers share no namespace with the host (network, PID, IPC).
 
     Risk: host networking reaches every port bound to the host's loopback and bypasses the
     published-port rules; the host's PID namespace shows (and, with a capability, signals or
     traces) every process; the host's IPC namespace reads other processes' shared memory.
     """
-    finding.observe(
-        "; ".join(f"{c.name}: {', '.join(c.host_namespaces) or 'own'}" for c in service_containers),
-        expected="own network, PID and IPC namespaces",
+    finding.expect(
+        {c.name: list(c.host_namespaces) for c in service_containers},
+        "its own network, PID and IPC namespaces",
+        ok=not any(c.host_namespaces for c in service_containers),
+        problem="; ".join(
+            f"{c.name} shares the host's {', '.join(c.host_namespaces)}"
+            for c in service_containers
+            if c.host_namespaces
+        ),
     )
-    problems = [
-        f"{c.name} shares the host's {', '.join(c.host_namespaces)} (expected its own)"
-        for c in service_containers
-        if c.host_namespaces
-    ]
-    assert not problems, _report(compose_service, problems)
 
 
 @check("SEC-073", Severity.HIGH)
 def test_capabilities_dropped_and_no_new_privileges(
-    compose_service: str, service_containers: list[ContainerFacts], finding
+    service_containers: list[ContainerFacts], finding: Finding
 ) -> None:
     """The service's containers dropped their capabilities and set no-new-privileges.
 
@@ -162,94 +116,86 @@ def test_capabilities_dropped_and_no_new_privileges(
     compromised service into an escape; without no-new-privileges a setuid binary in the image
     gives a process back what was dropped.
     """
-    finding.observe(
-        "; ".join(
-            f"{c.name} caps={','.join(sorted(c.held_caps)) or 'none'} "
-            f"no-new-privileges={str(c.no_new_privileges).lower()}"
+    problems = [
+        f"{c.name} {problem} (HostConfig.CapAdd/CapDrop)"
+        for c in service_containers
+        for problem in capability_problems(set(c.held_caps))
+    ] + [
+        f"{c.name} lacks no-new-privileges (HostConfig.SecurityOpt: "
+        f"{', '.join(sorted(c.security_opt)) or 'none'})"
+        for c in service_containers
+        if not c.no_new_privileges
+    ]
+    finding.expect(
+        {
+            c.name: {"capabilities": sorted(c.held_caps), "no_new_privileges": c.no_new_privileges}
             for c in service_containers
-        ),
-        expected=(
-            f"cap_drop: [ALL] (cap_add only of {', '.join(sorted(NEEDED_CAPS))}), no-new-privileges"
-        ),
+        },
+        f"cap_drop: [ALL], cap_add only of {', '.join(sorted(NEEDED_CAPS))}, "
+        "security_opt: [no-new-privileges:true]",
+        ok=not problems,
+        problem="; ".join(problems),
     )
-    problems = []
-    for container in service_containers:
-        problems += [
-            f"{container.name} {problem} (HostConfig.CapAdd/CapDrop; expected cap_drop: [ALL] "
-            "and cap_add only of what the service needs)"
-            for problem in capability_problems(set(container.held_caps))
-        ]
-        if not container.no_new_privileges:
-            shown = ", ".join(sorted(container.security_opt)) or "none"
-            problems.append(
-                f"{container.name} lacks no-new-privileges (HostConfig.SecurityOpt: {shown}; "
-                "expected security_opt: [no-new-privileges:true])"
-            )
-    assert not problems, _report(compose_service, problems)
 
 
 @check("SEC-074", Severity.HIGH)
 def test_containers_run_as_non_root(
-    compose_service: str, service_containers: list[ContainerFacts], finding
+    service_containers: list[ContainerFacts], finding: Finding
 ) -> None:
     """The service's containers run as a non-root user (their own user, else their image's).
 
     Risk: root in a container is root on the host's kernel; one escape bug, one writable host
     mount or one capability left away from owning the host.
     """
-    finding.observe(
-        "; ".join(f"{c.name} user={c.user} (from {c.user_from})" for c in service_containers),
-        expected="a non-root user",
+    root = [c for c in service_containers if runs_as_root(c.user)]
+    finding.expect(
+        {c.name: {"user": c.user, "from": c.user_from} for c in service_containers},
+        "a non-root user",
+        ok=not root,
+        problem="; ".join(f"{c.name} runs as {c.user} ({USER_FIELD[c.user_from]})" for c in root),
     )
-    field = {"container": "Config.User", "image": "the image's USER", "default": "no user set"}
-    problems = [
-        f"{c.name} runs as {c.user} ({field[c.user_from]}; expected a non-root user)"
-        for c in service_containers
-        if runs_as_root(c.user)
-    ]
-    assert not problems, _report(compose_service, problems)
 
 
 @check("SEC-075", Severity.MEDIUM)
 def test_memory_and_pid_limits_set(
-    compose_service: str, service_containers: list[ContainerFacts], finding
+    service_containers: list[ContainerFacts], finding: Finding
 ) -> None:
     """The service's containers have a memory limit and a process-count (PID) limit.
 
     Risk: without them, one leaking or fork-bombed container takes the host's memory or its
     process table, and the kernel kills or starves whatever it picks, PostgreSQL included.
     """
-    finding.observe(
-        "; ".join(
-            f"{c.name} memory={mib(c.memory_limit) if c.memory_limit else 'none'} "
-            f"pids={c.pids_limit or 'none'}"
+    problems = [
+        f"{c.name} has no memory limit (HostConfig.Memory=0)"
+        for c in service_containers
+        if not c.memory_limit_bytes
+    ] + [
+        f"{c.name} has no PID limit (HostConfig.PidsLimit unset)"
+        for c in service_containers
+        if not c.pids_limit
+    ]
+    finding.expect(
+        {
+            c.name: {"memory_limit_bytes": c.memory_limit_bytes, "pids_limit": c.pids_limit}
             for c in service_containers
-        ),
-        expected="a memory limit and a PID limit",
+        },
+        "deploy.resources.limits memory and pids",
+        ok=not problems,
+        problem="; ".join(problems),
     )
-    problems = []
-    for container in service_containers:
-        if not container.memory_limit:
-            problems.append(
-                f"{container.name} has no memory limit (HostConfig.Memory=0; expected "
-                "deploy.resources.limits.memory)"
-            )
-        if not container.pids_limit:
-            problems.append(
-                f"{container.name} has no PID limit (HostConfig.PidsLimit unset; expected "
-                "deploy.resources.limits.pids)"
-            )
-    assert not problems, _report(compose_service, problems)
 
 
-def _public_services(inventory: Any) -> set[str]:
+def _public_services(inventory: Inventory) -> set[str]:
     named = {e.service for e in inventory.http.values() if e.kind == "frontend" and e.service}
     return named or set(DEFAULT_PUBLIC)
 
 
 @check("SEC-076", Severity.HIGH)
 def test_ports_published_on_specific_interfaces(
-    compose_service: str, service_containers: list[ContainerFacts], inventory, finding
+    compose_service: str,
+    service_containers: list[ContainerFacts],
+    inventory: Inventory,
+    finding: Finding,
 ) -> None:
     """The service publishes its ports on a specific address, never all interfaces; only the
     public entry point (the frontend) beyond loopback.
@@ -259,82 +205,53 @@ def test_ports_published_on_specific_interfaces(
     internet with nothing but their passwords, and Prometheus has none.
     """
     public = compose_service in _public_services(inventory)
-    finding.observe(
-        "; ".join(
-            f"{c.name}: {', '.join(b.line() for b in c.bindings) or 'nothing published'}"
-            for c in service_containers
-        ),
-        expected="a specific address" + ("" if public else " on loopback (127.0.0.1)"),
-    )
     problems = [
         f"{c.name} {problem} (HostConfig.PortBindings)"
         for c in service_containers
         for b in c.bindings
         if (problem := binding_problem(b, public))
     ]
-    assert not problems, _report(compose_service, problems)
+    finding.expect(
+        {c.name: [b.line() for b in c.bindings] for c in service_containers},
+        "a specific address" + ("" if public else " on loopback (127.0.0.1)"),
+        ok=not problems,
+        problem="; ".join(problems),
+    )
 
 
 @check("SEC-077", Severity.HIGH)
 def test_no_secrets_in_environment(
-    compose_service: str, service_containers: list[ContainerFacts], finding
+    service_containers: list[ContainerFacts], finding: Finding
 ) -> None:
     """No password, secret, token or key in clear in the image's or the container's ENV.
 
     Risk: ENV is readable by anyone who may `docker inspect` or pull the image, is copied into
     every child process and crash report, and lands in logs; a file (a compose secret) is not.
     """
-    found = [(c, s) for c in service_containers for s in c.secrets]
-    finding.observe(len(found), expected=0)
+    found = [(c.name, s) for c in service_containers for s in c.secrets]
     if found:
-        shown = "\n".join(f"{c.name}: {s.line()}" for c, s in found)
-        finding.attach("variables (values redacted)", shown)
-    problems = [
-        f"{c.name} has {s.name} in clear in its {s.source}'s ENV "
-        f"({'the image Config.Env' if s.source == 'image' else 'Config.Env'}, value redacted; "
-        "expected a file under /run/secrets, its path in the ENV)"
-        for c, s in found
-    ]
-    assert not problems, _report(compose_service, problems)
-
-
-# --- the compose file against what runs -------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def compose_config(inventory: Any) -> dict[str, Any]:
-    """`docker compose config --format json` of the inventory's compose file and project."""
-    compose = inventory.compose
-    assert compose is not None, "parametrization skips checks without compose"
-    if compose.file is None:
-        pytest.skip(f"{compose.project}: no compose file in the inventory to compare with")
-    env = dict(os.environ)
-    if compose.docker_host:
-        env["DOCKER_HOST"] = compose.docker_host
-    if compose.dir:
-        env["OPSBOOK_COMPOSE_DIR"] = str(compose.dir)
-    command = ["docker", "compose", "-p", compose.project, "-f", str(compose.file)]
-    try:
-        done = subprocess.run(
-            [*command, "config", "--format", "json"], env=env, capture_output=True, text=True,
-            timeout=COMPOSE_CONFIG_TIMEOUT_S, check=False, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        pytest.fail(f"could not evaluate: `docker compose config`: {reason}", pytrace=False)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        pytest.fail(
-            f"could not evaluate: `docker compose config` exited {done.returncode}: {last}",
-            pytrace=False,
+        finding.attach(
+            "variables (values redacted)", "\n".join(f"{name}: {s.line()}" for name, s in found)
         )
-    document: dict[str, Any] = json.loads(done.stdout)
-    return document
+    finding.expect(
+        len(found),
+        "a file under /run/secrets, its path in the ENV",
+        unit=Unit.COUNT,
+        ok=not found,
+        problem="; ".join(
+            f"{name} has {s.name} in clear in its {s.source}'s ENV "
+            f"({'the image Config.Env' if s.source == 'image' else 'Config.Env'}, value redacted)"
+            for name, s in found
+        ),
+    )
 
 
 @check("SEC-078", Severity.MEDIUM)
 def test_service_runs_as_the_compose_file_declares(
-    compose_service: str, compose_config, project_containers, finding
+    compose_service: str,
+    compose_declared: dict[str, Declared],
+    project_containers: dict[str, list[ContainerFacts]],
+    finding: Finding,
 ) -> None:
     """The service's containers run as the compose file declares them (image, user, ports,
     limits, capabilities, security options, privileged, namespaces).
@@ -343,69 +260,80 @@ def test_service_runs_as_the_compose_file_declares(
     override or from an old file runs with settings nobody reviewed, and the next `up` silently
     changes them again.
     """
-    services = compose_config.get("services") or {}
-    if compose_service not in services:
+    if compose_service not in compose_declared:
         pytest.skip(f"{compose_service}: not in `docker compose config` (behind a profile?)")
-    want = declared(services[compose_service])
+    want = compose_declared[compose_service]
     running = [c for c in project_containers.get(compose_service, []) if c.status == "running"]
-    drifted = {c.name: drift(want, c) for c in running}
-    finding.observe(
-        sum(len(found) for found in drifted.values()) if running else "no container running",
-        expected="no drift",
+    if not running:
+        finding.observe("no container running", expected="as declared")
+        finding.fail("declared in the compose file, but no container of it runs (expected one)")
+    drifted = {c.name: found for c in running if (found := drift(want, c))}
+    finding.attach(
+        "drift (field: declared, running)",
+        "\n".join(f"{name}: {line}" for name, found in drifted.items() for line in found) or "none",
     )
-    if any(drifted.values()):
-        finding.attach(
-            "drift (field: declared, running)",
-            "\n".join(f"{name}: {line}" for name, found in drifted.items() for line in found),
-        )
-    assert running, (
-        f"{compose_service}: declared in the compose file, but no container of it runs "
-        "(expected at least one running)"
+    finding.expect(
+        sum(len(found) for found in drifted.values()),
+        "as declared",
+        unit=Unit.COUNT,
+        ok=not drifted,
+        problem="; ".join(f"{name} differs: {'; '.join(found)}" for name, found in drifted.items()),
     )
-    problems = [f"{name} differs: {'; '.join(found)}" for name, found in drifted.items() if found]
-    assert not problems, _report(compose_service, problems) + " (expected as declared)"
 
 
 @check("SEC-079", Severity.MEDIUM)
-def test_no_undeclared_service_runs(inventory, request: pytest.FixtureRequest, finding) -> None:
+def test_no_undeclared_service_runs(
+    compose_file_services: frozenset[str], compose_project: ComposeProject, finding: Finding
+) -> None:
     """Every container of the compose project belongs to a service the compose file declares.
 
     Risk: a container left from an old version of the file, or started by hand into the
     project, runs unreviewed and unpatched, on the project's network next to the database.
     """
-    compose = inventory.compose
-    if compose is None:
-        pytest.skip(
-            "the inventory has no compose section (the stack does not run as a compose project)"
-        )
-    if compose.file is None:
-        pytest.skip(f"{compose.project}: no compose file in the inventory to compare with")
-    compose_project: ComposeProject = request.getfixturevalue("compose_project")
-    wanted = set(declared_services(compose.file))
-    orphans = [
-        (c.name, c.labels.get(SERVICE_LABEL, ""), c.status)
-        for c in compose_project.containers()
-        if c.labels.get(SERVICE_LABEL, "") not in wanted
-    ]
-    finding.observe(
-        ", ".join(f"{name} (service {svc or '?'}, {status})" for name, svc, status in orphans)
-        or "none",
-        expected="only declared services",
-    )
-    assert not orphans, f"project {compose.project}: " + "; ".join(
-        f"{name} belongs to service {service or '(no label)'}, which {compose.file.name} does "
-        f"not declare ({status}; expected none: `docker compose up --remove-orphans`)"
-        for name, service, status in orphans
+    orphans = [s for s in compose_project.states() if s.service not in compose_file_services]
+    finding.expect(
+        {s.name: {"service": s.service or None, "status": s.status} for s in orphans},
+        "only declared services (`docker compose up --remove-orphans`)",
+        ok=not orphans,
+        problem="; ".join(
+            f"{s.name} belongs to service {s.service or '(no label)'}, which the compose file "
+            f"does not declare ({s.status})"
+            for s in orphans
+        ),
     )
 
 
 # --- issue 8: the heap of a Node service against its memory limit -----------------------------
 
 
+def _heap(container: ContainerFacts) -> tuple[dict[str, int | None], str | None]:
+    """(its heap and the most that fits its limit, in MiB; what is wrong) of one container."""
+    options = container.node_options
+    try:
+        heap = max_old_space_mib(options) if options else None
+    except ValueError as exc:
+        return {"heap_mib": None}, f"{container.name}: NODE_OPTIONS {exc} (Config.Env)"
+    limit = container.memory_limit_bytes
+    budget = heap_budget_mib(limit) if limit else None
+    seen = {"heap_mib": heap, "max_heap_mib": budget}
+    if heap is None:
+        return seen, None
+    if limit is None or budget is None:
+        problem = "but has no memory limit to fit it in (HostConfig.Memory=0)"
+        return seen, f"{container.name} sets --max-old-space-size={heap} {problem}"
+    if heap <= budget:
+        return seen, None
+    return seen, (
+        f"{container.name} sets --max-old-space-size={heap} (Config.Env NODE_OPTIONS): "
+        f"{heap} MiB is more than {NODE_HEAP_SHARE:.0%} of its {mib(limit)} memory limit "
+        f"(at most {budget} MiB)"
+    )
+
+
 @pytest.mark.resources
 @check("SEC-080", Severity.MEDIUM)
 def test_node_heap_fits_memory_limit(
-    compose_service: str, service_containers: list[ContainerFacts], finding
+    service_containers: list[ContainerFacts], finding: Finding
 ) -> None:
     """NODE_OPTIONS' --max-old-space-size fits the container's memory limit (at most 75%).
 
@@ -413,38 +341,11 @@ def test_node_heap_fits_memory_limit(
     kernel kills the process with SIGKILL at the limit, mid-request, with no "heap out of memory"
     error to tell why.
     """
-    share = f"{NODE_HEAP_SHARE:.0%}"
-    seen, problems = [], []
-    for container in service_containers:
-        options = container.node_options
-        if not options:
-            seen.append(f"{container.name}: NODE_OPTIONS not set")
-            continue
-        try:
-            heap = max_old_space_mib(options)
-        except ValueError as exc:
-            seen.append(f"{container.name}: NODE_OPTIONS={options}")
-            problems.append(f"{container.name}: NODE_OPTIONS {exc} (Config.Env)")
-            continue
-        if heap is None:
-            seen.append(f"{container.name}: NODE_OPTIONS without --max-old-space-size")
-            continue
-        if not container.memory_limit:
-            seen.append(f"{container.name}: heap {heap} MiB, no memory limit")
-            problems.append(
-                f"{container.name} sets --max-old-space-size={heap} but has no memory limit "
-                "to fit it in (HostConfig.Memory=0; expected deploy.resources.limits.memory)"
-            )
-            continue
-        budget = heap_budget_mib(container.memory_limit)
-        seen.append(
-            f"{container.name}: heap {heap} MiB of {mib(container.memory_limit)} (max {budget} MiB)"
-        )
-        if heap > budget:
-            problems.append(
-                f"{container.name} sets --max-old-space-size={heap} (Config.Env NODE_OPTIONS): "
-                f"{heap} MiB is more than {share} of its {mib(container.memory_limit)} memory "
-                f"limit (expected <= {budget} MiB)"
-            )
-    finding.observe("; ".join(seen), expected=f"heap <= {share} of the memory limit, or not set")
-    assert not problems, _report(compose_service, problems)
+    judged = {c.name: _heap(c) for c in service_containers}
+    problems = [problem for _, problem in judged.values() if problem]
+    finding.expect(
+        {name: seen for name, (seen, _) in judged.items()},
+        f"--max-old-space-size <= {NODE_HEAP_SHARE:.0%} of the memory limit, or not set",
+        ok=not problems,
+        problem="; ".join(problems),
+    )

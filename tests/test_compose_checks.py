@@ -123,9 +123,10 @@ def test_killed_worker_fails_running_and_kill_checks(
     docker(compose_stack, "kill", name)
     run = run_compose("--check=COMPOSE-001,COMPOSE-002")
     assert run.exit_code == 1
-    assert failed(run, "COMPOSE-001", "worker").startswith(
-        f"worker: {name} is exited with exit code 137 (expected running)"
+    assert failed(run, "COMPOSE-001", "worker") == (
+        f"worker: {name} is exited with exit code 137 (expected all running)"
     )
+    assert run.row("COMPOSE-001", "worker")["observed"] == {name: "exited (137)"}
     assert f"{name} was killed: exit code 137, by its memory limit (256 MiB) or SIGKILL" in failed(
         run, "COMPOSE-002", "worker"
     )
@@ -153,7 +154,9 @@ def test_unhealthy_container_fails_health_check(
         _podman_healthcheck(name)
     run = run_compose("--check=COMPOSE-003")
     message = failed(run, "COMPOSE-003", "worker")
-    assert f"worker: {name} is unhealthy (expected healthy)" in message, message
+    assert message.startswith(f"worker: {name} is unhealthy, its last probe said: "), message
+    assert message.endswith(" (expected healthy)"), message
+    assert run.row("COMPOSE-003", "worker")["observed"] == {name: "unhealthy"}
     runtime.restart("worker")
     eventually(
         lambda: subprocess.run(["podman", "healthcheck", "run", name], timeout=30).returncode == 0,
@@ -181,6 +184,9 @@ def test_cpu_and_memory_use_against_limits(
     message = failed(run, "COMPOSE-004", "backend")
     assert "of its 256 MiB memory limit" in message, message
     assert "max 1%" in message, message
+    observed = run.row("COMPOSE-004", "backend")["observed"][name]
+    assert observed["memory_limit_bytes"] == 256 * 2**20, observed
+    assert observed["memory_percent"] > 1, observed
     again = run_compose("--check=COMPOSE-004")
     passed(again, "COMPOSE-004", "backend")
 
@@ -202,7 +208,10 @@ def test_missing_limits_fail_until_recreated(
     )  # fmt: skip
     run = run_compose("--check=COMPOSE-005,HEALTH-001")
     message = failed(run, "COMPOSE-005", "frontend")
-    assert "has no CPU and no memory limit" in message, message
+    assert message == (
+        f"frontend: {container(compose_stack, 'frontend')} has no CPU and no memory limit "
+        "(expected deploy.resources.limits cpus and memory, as the runbook's override sets)"
+    )
     passed(run, "HEALTH-001", "frontend")  # the recreated container kept the inventory's port
     runtime.recreate("frontend")
     again = run_compose("--check=COMPOSE-005,HEALTH-001")
@@ -226,7 +235,11 @@ def test_error_lines_in_a_container_log(
     docker(compose_stack, "exec", name, "sh", "-c", f"echo '{line}' > /proc/1/fd/1")
     run = run_compose("--check=COMPOSE-006", env=window)
     message = failed(run, "COMPOSE-006", "worker")
-    assert f"{name}: 1 error line in the last 5s (expected none), the last: {line}" in message
+    assert message == (
+        f"worker: {name}: 1 error line in the last 5s, the last: {line} (expected no error line)"
+    )
+    assert run.row("COMPOSE-006", "worker")["observed"] == 1
+    assert run.row("COMPOSE-006", "worker")["unit"] == "count"
     passed(run, "COMPOSE-006", "backend")
     runtime.recreate("worker")  # a new container, a new log
     again = run_compose("--check=COMPOSE-006", env=window)

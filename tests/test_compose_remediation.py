@@ -128,7 +128,8 @@ def test_memory_squeezed_backend_is_recreated(
     assert fixed["plan"][1].endswith("up --detach --force-recreate --no-deps backend -> done")
     again = run_compose("--check=COMPOSE-001,COMPOSE-002,COMPOSE-005,HEALTH-001")
     assert again.exit_code == 0, again.output
-    assert "memory=256 MiB" in again.row("COMPOSE-005", "backend")["observed"]
+    limits = again.row("COMPOSE-005", "backend")["observed"][name]
+    assert limits["memory_bytes"] == 256 * 2**20, limits
 
 
 def test_backend_scales_to_three_and_back(
@@ -149,7 +150,8 @@ def test_backend_scales_to_three_and_back(
         assert ("127.0.0.1", runtime.ports["backend"]) in ports  # the first kept its port
         run = run_compose("--check=COMPOSE-001,HEALTH-001")
         assert run.exit_code == 0, run.output
-        assert run.row("COMPOSE-001", "backend")["observed"].count(" running") == 3
+        states = run.row("COMPOSE-001", "backend")["observed"]
+        assert list(states.values()) == ["running"] * 3, states
     finally:
         runtime.scale("backend", 1)
     assert runtime.replicas("backend") == 1

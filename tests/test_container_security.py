@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from support import CheckRun
 from test_compose_checks import (  # one stack per module, built the same way
+    RunCompose,
     compose_stack,
     container,
     failed,
@@ -31,6 +32,7 @@ from test_compose_checks import (  # one stack per module, built the same way
     runtime,
 )
 
+from opsbook.inventory import load_inventory
 from opsbook.remediate.runtime import ComposeRuntime
 from opsbook.sandbox.compose import ComposeStack
 
@@ -65,15 +67,19 @@ def recreate_with(
     assert done.returncode == 0, f"recreate {service} with {override!r}: {done.stderr}"
 
 
-def test_default_stack_passes_the_container_audit(run_compose) -> None:
+def test_default_stack_passes_the_container_audit(
+    compose_stack: ComposeStack, run_compose: RunCompose
+) -> None:
     run = audit(run_compose)
     assert run.exit_code == 0, run.output
     for service in SERVICES:
         for check_id in PER_SERVICE:
             passed(run, check_id, service)
     passed(run, "SEC-079", None)
-    assert run.row("SEC-080", "backend")["observed"].endswith("NODE_OPTIONS not set")
-    assert "user=app (from" in run.row("SEC-074", "worker")["observed"]
+    backend = container(compose_stack, "backend")
+    assert run.row("SEC-080", "backend")["observed"][backend]["heap_mib"] is None
+    worker = container(compose_stack, "worker")
+    assert run.row("SEC-074", "worker")["observed"][worker]["user"] == "app"
 
 
 # (id, override of the worker, the checks that must fail, what their messages say)
@@ -82,7 +88,8 @@ BREAKAGES = [
         "privileged: true",
         # Privileged holds every capability: SEC-073 says so too.
         {
-            "SEC-070": "runs privileged (HostConfig.Privileged=true; expected false)",
+            "SEC-070": "runs privileged (HostConfig.Privileged=true) (expected "
+            "HostConfig.Privileged=false)",
             "SEC-073": "holds ALL capabilities",
             "SEC-078": "privileged: declared false, running true",
         },
@@ -91,14 +98,14 @@ BREAKAGES = [
     ),
     pytest.param(
         "volumes: ['{dummy}:/var/run/docker.sock:ro']",
-        {"SEC-071": ":/var/run/docker.sock:ro (Mounts: the engine's API; expected no engine"},
+        {"SEC-071": ":/var/run/docker.sock:ro (Mounts: the engine's API) (expected no engine"},
         marks=pytest.mark.breaks("SEC-071"),
         id="docker-sock",
     ),
     pytest.param(
         "pid: host",
         {
-            "SEC-072": "shares the host's PID (PidMode=host) (expected its own)",
+            "SEC-072": "shares the host's PID (PidMode=host) (expected its own network, PID",
             "SEC-078": "host namespaces: declared none, running PID (PidMode=host)",
         },
         marks=pytest.mark.breaks("SEC-072", "SEC-078"),
@@ -125,7 +132,7 @@ BREAKAGES = [
     pytest.param(
         "user: root",
         {
-            "SEC-074": "runs as root (Config.User; expected a non-root user)",
+            "SEC-074": "runs as root (Config.User) (expected a non-root user)",
             "SEC-078": "user: declared app (the image's USER), running root",
         },
         marks=pytest.mark.breaks("SEC-074", "SEC-078"),
@@ -143,7 +150,8 @@ BREAKAGES = [
     pytest.param(
         "ports: ['0.0.0.0::9999']",
         {
-            "SEC-076": "->9999/tcp on all interfaces (expected a specific address)",
+            "SEC-076": "->9999/tcp on all interfaces (HostConfig.PortBindings) (expected a "
+            "specific address on loopback",
             "SEC-078": "port: declared nothing, running 0.0.0.0:",
         },
         marks=pytest.mark.breaks("SEC-076", "SEC-078"),
@@ -208,6 +216,11 @@ def test_broken_worker_fails_the_matching_check(
         passed(again, check_id, "worker")
 
 
+def deployment(stack: ComposeStack) -> str:
+    """How a check of the whole deployment names it in its messages: the inventory's name."""
+    return load_inventory(stack.inventory_path, environ={}).name
+
+
 def run_files(run: CheckRun) -> list[Path]:
     """Every file the run wrote into its report folder (report.html, junit.xml, findings.json)."""
     printed = re.search(r"opsbook report: (\S+)/report\.html", run.output)
@@ -228,9 +241,9 @@ def test_node_heap_against_the_backend_memory_limit(
         )  # fmt: skip
         run = run_compose("-m", "audit", "--check=SEC-080")
         passed(run, "SEC-080", "backend")
-        assert run.row("SEC-080", "backend")["observed"] == (
-            f"{name}: heap 192 MiB of 256 MiB (max 192 MiB)"
-        )
+        assert run.row("SEC-080", "backend")["observed"] == {
+            name: {"heap_mib": 192, "max_heap_mib": 192}
+        }
         recreate_with(
             compose_stack, runtime, tmp_path, "backend",
             "services:\n  backend:\n    environment:\n"
@@ -239,14 +252,17 @@ def test_node_heap_against_the_backend_memory_limit(
         run = run_compose("-m", "audit", "--check=SEC-080,HEALTH-001")
         assert failed(run, "SEC-080", "backend") == (
             f"backend: {name} sets --max-old-space-size=1024 (Config.Env NODE_OPTIONS): 1024 MiB "
-            "is more than 75% of its 256 MiB memory limit (expected <= 192 MiB)"
+            "is more than 75% of its 256 MiB memory limit (at most 192 MiB) (expected "
+            "--max-old-space-size <= 75% of the memory limit, or not set)"
         )
         passed(run, "SEC-080", "frontend")
     finally:
         runtime.recreate("backend")
     again = run_compose("-m", "audit", "--check=SEC-080,SEC-078")
     assert again.exit_code == 0, again.output
-    assert again.row("SEC-080", "backend")["observed"] == f"{name}: NODE_OPTIONS not set"
+    assert again.row("SEC-080", "backend")["observed"] == {
+        name: {"heap_mib": None, "max_heap_mib": 192}
+    }
 
 
 @pytest.mark.breaks("SEC-079")
@@ -271,9 +287,10 @@ def test_undeclared_container_in_the_project_fails(
     try:
         run = audit(run_compose)
         message = failed(run, "SEC-079", None)
-        assert message.startswith(
-            f"project {compose_stack.project}: {stray} belongs to service stray, which "
-            "compose.yaml does not declare (running; expected none"
+        assert message == (
+            f"{deployment(compose_stack)}: {stray} belongs to service stray, which the compose "
+            "file does not declare (running) (expected only declared services "
+            "(`docker compose up --remove-orphans`))"
         ), message
         passed(run, "SEC-078", "worker")
     finally:

@@ -1,8 +1,11 @@
-"""What the container part of the security audit reads from `docker inspect`, as pure functions.
+"""The container part of the security audit: what runs, as `docker inspect` shows it, and what
+the compose file declares, as `docker compose config --format json` shows it.
 
-checks/test_containers_security.py fetches a container's and its image's attributes through the
-docker SDK and `docker compose config --format json`; these functions say what they mean.
-Nothing here talks to an engine.
+`audit_facts` reads every container of the project and its image once through the docker SDK;
+`compose_config` runs `docker compose config` (with a timeout). Both return typed facts,
+built by the pure functions below (tested on recorded answers, without an engine);
+checks/test_containers_security.py decides what they mean. No environment value is kept, except
+NODE_OPTIONS and, only to be masked in every report, the secrets found in clear.
 
 Engines tell the same facts differently, and these readers judge what a container holds, not how
 it was asked for:
@@ -20,12 +23,27 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
+import os
 import re
 import shlex
+import subprocess
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from msgspec import Struct
+
+from opsbook.errors import NotEvaluated
+from opsbook.probes.containers import (
+    SERVICE_LABEL,
+    ComposeProject,
+    asking_engine,
+    cpus_limit,
+    memory_limit_bytes,
+)
+
+if TYPE_CHECKING:
+    from opsbook.inventory import Compose
 
 # --- capabilities -----------------------------------------------------------------------------
 
@@ -221,11 +239,11 @@ def bindings(host_config: Mapping[str, Any]) -> list[Binding]:
 def binding_problem(binding: Binding, public: bool) -> str | None:
     """Why a published port is exposed too widely, or None."""
     if binding.all_interfaces:
-        return f"publishes {binding.line()} on all interfaces (expected a specific address)"
+        return f"publishes {binding.line()} on all interfaces"
     if not public and not binding.loopback:
         return (
-            f"publishes {binding.line()} beyond loopback (expected 127.0.0.1: only the public "
-            "entry point may be reachable from other hosts)"
+            f"publishes {binding.line()} beyond loopback (only the public entry point may be "
+            "reachable from other hosts)"
         )
     return None
 
@@ -362,8 +380,8 @@ class ContainerFacts(Struct, frozen=True):
     mounts: tuple[Mount, ...]
     host_namespaces: tuple[str, ...]
     bindings: tuple[Binding, ...]
-    memory_limit: int | None  # bytes
-    cpu_limit: float | None  # CPUs
+    memory_limit_bytes: int | None
+    cpus_limit: float | None
     pids_limit: int | None
     read_only: bool
     secrets: tuple[SecretVariable, ...]
@@ -389,11 +407,7 @@ def container_facts(
     container_user = str(config.get("User") or "").strip()
     image_user = str(image.get("User") or "").strip()
     user_from = "container" if container_user else "image" if image_user else "default"
-    memory = int(host_config.get("Memory") or 0)
     pids = int(host_config.get("PidsLimit") or 0)
-    nano = int(host_config.get("NanoCpus") or 0)
-    quota, period = host_config.get("CpuQuota") or 0, host_config.get("CpuPeriod") or 0
-    cpus = nano / 1e9 if nano > 0 else (quota / period if quota > 0 and period > 0 else None)
     image_env = image.get("Env") or []
     container_env = config.get("Env") or []
     # The container's ENV repeats the image's: a secret baked into the image is named once, as
@@ -405,7 +419,7 @@ def container_facts(
     ]
     return ContainerFacts(
         name=str(attrs.get("Name", "")).lstrip("/"),
-        service=str(labels.get("com.docker.compose.service", "")),
+        service=str(labels.get(SERVICE_LABEL, "")),
         status=str((attrs.get("State") or {}).get("Status") or "unknown"),
         image=str(config.get("Image") or ""),
         privileged=bool(host_config.get("Privileged")),
@@ -422,8 +436,8 @@ def container_facts(
         mounts=tuple(mounts(attrs)),
         host_namespaces=tuple(host_namespaces(host_config)),
         bindings=tuple(bindings(host_config)),
-        memory_limit=memory if memory > 0 else None,
-        cpu_limit=cpus,
+        memory_limit_bytes=memory_limit_bytes(host_config),
+        cpus_limit=cpus_limit(host_config),
         pids_limit=pids if pids > 0 else None,
         read_only=bool(host_config.get("ReadonlyRootfs")),
         secrets=(*in_image, *in_container),
@@ -464,8 +478,8 @@ class Declared(Struct, frozen=True):
     image: str | None
     user: str | None
     ports: tuple[tuple[str, str, str], ...]  # (host_ip, published or "", "8000/tcp")
-    memory_limit: int | None
-    cpu_limit: float | None
+    memory_limit_bytes: int | None
+    cpus_limit: float | None
     pids_limit: int | None
     held_caps: frozenset[str]
     security_opt: frozenset[str]
@@ -497,8 +511,8 @@ def declared(service: Mapping[str, Any]) -> Declared:
         image=str(service["image"]) if service.get("image") else None,
         user=str(service["user"]) if service.get("user") is not None else None,
         ports=tuple(sorted(ports)),
-        memory_limit=memory,
-        cpu_limit=float(cpus) if cpus else None,
+        memory_limit_bytes=memory,
+        cpus_limit=float(cpus) if cpus else None,
         pids_limit=int(pids) if pids and int(pids) > 0 else None,
         held_caps=frozenset(held_capabilities(service.get("cap_add"), service.get("cap_drop"))),
         security_opt=frozenset(security_options(service.get("security_opt"))),
@@ -551,12 +565,13 @@ def drift(want: Declared, running: ContainerFacts) -> list[str]:
     for binding in running.bindings:
         if not any(_port_matches(port, binding) for port in want.ports):
             differs("port", "nothing", binding.line())
-    if want.memory_limit != running.memory_limit:
-        differs("memory limit", _mib(want.memory_limit), _mib(running.memory_limit))
-    if (want.cpu_limit or None) != (running.cpu_limit or None) and not (
-        want.cpu_limit and running.cpu_limit and abs(want.cpu_limit - running.cpu_limit) < 1e-3
+    if want.memory_limit_bytes != running.memory_limit_bytes:
+        differs("memory limit", _mib(want.memory_limit_bytes), _mib(running.memory_limit_bytes))
+    want_cpus, running_cpus = want.cpus_limit, running.cpus_limit
+    if (want_cpus or None) != (running_cpus or None) and not (
+        want_cpus and running_cpus and abs(want_cpus - running_cpus) < 1e-3
     ):
-        differs("cpu limit", want.cpu_limit or "none", running.cpu_limit or "none")
+        differs("cpu limit", want_cpus or "none", running_cpus or "none")
     # Without a declared PID limit the engine picks its own (Podman 2048): only a declared one
     # can drift.
     if want.pids_limit is not None and want.pids_limit != running.pids_limit:
@@ -587,3 +602,70 @@ def drift(want: Declared, running: ContainerFacts) -> list[str]:
             ", ".join(running.host_namespaces) or "none",
         )
     return found
+
+
+# --- the observations -------------------------------------------------------------------------
+
+
+def audit_facts(project: ComposeProject) -> dict[str, list[ContainerFacts]]:
+    """The facts of every container of the project (stopped ones too: they run again on the
+    next start), by compose service; each image is read once."""
+    images: dict[str, Mapping[str, Any] | None] = {}
+    result: dict[str, list[ContainerFacts]] = {}
+    for container in project.containers():
+        attrs = container.attrs
+        image_id = str(attrs.get("Image") or "")
+        if image_id not in images:
+            images[image_id] = _image_config(project, image_id)
+        facts = container_facts(attrs, images[image_id])
+        result.setdefault(facts.service, []).append(facts)
+    return result
+
+
+def _image_config(project: ComposeProject, image_id: str) -> Mapping[str, Any] | None:
+    """The image's Config; None when the image is gone (the container's own fields then)."""
+    import docker.errors
+
+    with asking_engine(project.label, f"docker image inspect {image_id[:19]}"):
+        try:
+            config: Mapping[str, Any] = project.client.images.get(image_id).attrs.get("Config")
+        except docker.errors.NotFound:
+            return None
+    return config or {}
+
+
+COMPOSE_CONFIG_TIMEOUT_S = 30
+
+
+def compose_config(
+    compose: Compose, timeout_s: float = COMPOSE_CONFIG_TIMEOUT_S
+) -> dict[str, Declared]:
+    """What the compose file declares for each service: `docker compose config --format json`
+    of the inventory's file and project (interpolated, overrides merged, as `up` reads it)."""
+    label = f"compose project {compose.project}"
+    if compose.file is None:
+        raise ValueError(f"{label}: no compose file in the inventory")
+    env = dict(os.environ)
+    if compose.docker_host:
+        env["DOCKER_HOST"] = compose.docker_host
+    if compose.dir:
+        env["OPSBOOK_COMPOSE_DIR"] = str(compose.dir)
+    command = ["docker", "compose", "-p", compose.project, "-f", str(compose.file)]
+    try:
+        done = subprocess.run(
+            [*command, "config", "--format", "json"], env=env, capture_output=True, text=True,
+            timeout=timeout_s, check=False, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise NotEvaluated(f"{label}: `docker compose config`: {reason}") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise NotEvaluated(
+            f"{label}: `docker compose config` exited {done.returncode}: {last}"
+        ) from None
+    try:
+        services = json.loads(done.stdout).get("services") or {}
+        return {str(name): declared(service) for name, service in services.items()}
+    except ValueError as exc:  # not JSON, or a size compose should not have written
+        raise NotEvaluated(f"{label}: `docker compose config`: {exc}") from None

@@ -1,9 +1,10 @@
 """A compose project on a container engine, as the Docker Engine API shows it.
 
-The runbook's `docker-compose ps`, `docker stats`, `docker inspect` and `docker-compose logs`,
-read through the docker SDK. The facts are plain dataclasses built from the API's JSON by pure
-functions (tested without an engine); `ComposeProject` is the one part that talks to the engine.
-checks/test_compose.py decides what the facts mean.
+The runbook's `docker-compose ps`, `docker stats`, `docker inspect`, `docker-compose logs` and
+`docker-compose exec`, read through the docker SDK (every call bounded by the client's timeout,
+an exec by `timeout` inside the container) and returned as typed facts. The facts are built from
+the API's JSON by pure functions, tested without an engine. checks/test_compose.py decides what
+the facts mean; an engine error becomes `NotEvaluated`, naming the service or the project.
 
 Podman's Docker API differs from Docker's in ways these readers tolerate: it never runs a
 HEALTHCHECK on its own (health stays `starting`), some `stats` fields are empty, and a container
@@ -13,13 +14,16 @@ from the exit code, never from that flag.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 from msgspec import Struct
 
+from opsbook.errors import NotEvaluated
 from opsbook.probes import logs
 
 PROJECT_LABEL = "com.docker.compose.project"
@@ -49,8 +53,8 @@ class ContainerState(Struct, frozen=True):
     oom_killed: bool
     health: str | None  # starting, healthy, unhealthy; None: no HEALTHCHECK
     health_output: str  # the last health probe's output, if the engine kept one
-    cpu_limit: float | None  # CPUs (0.5 = half a core); None: unlimited
-    memory_limit: int | None  # bytes; None: unlimited
+    cpus_limit: float | None  # CPUs (0.5 = half a core); None: unlimited
+    memory_limit_bytes: int | None  # None: unlimited
 
     @property
     def running(self) -> bool:
@@ -62,12 +66,11 @@ class ContainerState(Struct, frozen=True):
         return self.oom_killed or (not self.running and self.exit_code == KILLED_EXIT_CODE)
 
     def describe(self) -> str:
-        """`docker ps`-like: `NAME running` or `NAME exited (137)`."""
-        state = self.status if self.running else f"{self.status} ({self.exit_code})"
-        return f"{self.name} {state}"
+        """`docker ps`-like: `running` or `exited (137)`."""
+        return self.status if self.running else f"{self.status} ({self.exit_code})"
 
 
-def cpu_limit(host_config: Mapping[str, Any]) -> float | None:
+def cpus_limit(host_config: Mapping[str, Any]) -> float | None:
     """The CPU limit in CPUs, from NanoCpus (`cpus:`) or CpuQuota/CpuPeriod (`cpu_quota:`)."""
     nano = host_config.get("NanoCpus") or 0
     if nano > 0:
@@ -78,6 +81,12 @@ def cpu_limit(host_config: Mapping[str, Any]) -> float | None:
     return None
 
 
+def memory_limit_bytes(host_config: Mapping[str, Any]) -> int | None:
+    """HostConfig.Memory; None when unlimited (0)."""
+    memory = int(host_config.get("Memory") or 0)
+    return memory if memory > 0 else None
+
+
 def container_state(attrs: Mapping[str, Any]) -> ContainerState:
     """The facts of `docker inspect` (a container's attrs in the SDK)."""
     state = attrs.get("State") or {}
@@ -85,7 +94,6 @@ def container_state(attrs: Mapping[str, Any]) -> ContainerState:
     labels = (attrs.get("Config") or {}).get("Labels") or {}
     health = state.get("Health") or {}
     log = health.get("Log") or []
-    memory = host_config.get("Memory") or 0
     return ContainerState(
         name=str(attrs.get("Name", "")).lstrip("/"),
         service=str(labels.get(SERVICE_LABEL, "")),
@@ -95,8 +103,8 @@ def container_state(attrs: Mapping[str, Any]) -> ContainerState:
         oom_killed=bool(state.get("OOMKilled")),
         health=str(health["Status"]) if health.get("Status") else None,
         health_output=str(log[-1].get("Output") or "").strip() if log else "",
-        cpu_limit=cpu_limit(host_config),
-        memory_limit=int(memory) if memory > 0 else None,
+        cpus_limit=cpus_limit(host_config),
+        memory_limit_bytes=memory_limit_bytes(host_config),
     )
 
 
@@ -105,13 +113,7 @@ class Usage(Struct, frozen=True):
     field empty (Podman on hybrid cgroups)."""
 
     memory_bytes: int | None
-    memory_limit: int | None  # as stats reports it: the host's memory when unlimited
-    cpus: float | None  # CPUs in use between two samples (1.0 = one core busy)
-
-    def memory_text(self) -> str:
-        if self.memory_bytes is None:
-            return "memory: not reported"
-        return f"memory {mib(self.memory_bytes)}"
+    cpus_used: float | None  # CPUs in use between two samples (1.0 = one core busy)
 
 
 def mib(count: int) -> str:
@@ -123,14 +125,13 @@ def _cpu_total(stats: Mapping[str, Any]) -> int | None:
     return int(total) if total else None
 
 
-def usage(first: Mapping[str, Any], second: Mapping[str, Any], elapsed_s: float) -> Usage:
+def usage_between(first: Mapping[str, Any], second: Mapping[str, Any], elapsed_s: float) -> Usage:
     """Memory from the second one-shot stats sample; CPUs from the CPU time used between the
     two (Podman's one-shot answer has no `precpu_stats` to compare with)."""
     memory = second.get("memory_stats") or {}
     used = memory.get("usage")
     details = memory.get("stats") or {}
     cache = details.get("inactive_file") or details.get("total_inactive_file") or 0
-    limit = memory.get("limit")
     cpus = None
     before, after = _cpu_total(first), _cpu_total(second)
     if before is not None and after is not None and elapsed_s > 0 and after >= before:
@@ -139,31 +140,72 @@ def usage(first: Mapping[str, Any], second: Mapping[str, Any], elapsed_s: float)
         # `docker stats` leaves the page cache out of "MEM USAGE" (cgroup v2: inactive_file,
         # v1: total_inactive_file).
         memory_bytes=int(used) - int(cache) if used else None,
-        memory_limit=int(limit) if limit else None,
-        cpus=cpus,
+        cpus_used=cpus,
     )
 
 
+class LogErrors(Struct, frozen=True):
+    """The error lines of one container's log in the window, oldest first."""
+
+    container: str
+    lines: tuple[str, ...]
+
+
+class ExecAnswer(Struct, frozen=True):
+    """What an exec probe said in a running container of the service."""
+
+    container: str
+    command: tuple[str, ...]
+    exit_code: int
+    output: str  # stdout and stderr, stripped
+
+
+def _engine_errors() -> tuple[type[BaseException], ...]:
+    import docker.errors
+    import requests
+
+    return (docker.errors.DockerException, requests.RequestException, OSError)
+
+
+@contextmanager
+def asking_engine(label: str, what: str) -> Iterator[None]:
+    """An engine that fails or does not answer in time: the fact is not evaluated, never made
+    up."""
+    try:
+        yield
+    except _engine_errors() as exc:
+        reason = str(exc).split("\n", 1)[0] or type(exc).__name__
+        raise NotEvaluated(f"{label}: {what}: {reason}") from None
+
+
 class ComposeProject:
-    """The containers of one compose project, through the docker SDK (`docker.DockerClient`)."""
+    """The containers of one compose project, through the docker SDK (`docker.DockerClient`,
+    whose timeout bounds every call)."""
 
     def __init__(self, client: Any, project: str) -> None:
         self.client = client
         self.project = project
+
+    @property
+    def label(self) -> str:
+        return f"compose project {self.project}"
 
     def containers(self, service: str | None = None) -> list[Any]:
         """The project's containers (of one service), stopped ones included, by number."""
         labels = [f"{PROJECT_LABEL}={self.project}"]
         if service is not None:
             labels.append(f"{SERVICE_LABEL}={service}")
-        found = self.client.containers.list(all=True, filters={"label": labels})
+        with asking_engine(service or self.label, "docker ps"):
+            # ignore_removed: a container removed between the list and its inspect (a recreate)
+            # is not an error, it is gone.
+            found = self.client.containers.list(
+                all=True, filters={"label": labels}, ignore_removed=True
+            )
         return sorted(found, key=lambda c: int(c.labels.get(NUMBER_LABEL, "0") or 0))
 
-    def states(self, service: str) -> list[ContainerState]:
+    def states(self, service: str | None = None) -> list[ContainerState]:
+        """`docker inspect` of the project's containers (of one service), by number."""
         return [container_state(c.attrs) for c in self.containers(service)]
-
-    def running_services(self) -> list[str]:
-        return sorted({c.labels.get(SERVICE_LABEL, "") for c in self.containers()} - {""})
 
 
 ENGINE_TIMEOUT_S = 10.0
@@ -178,6 +220,34 @@ def connect(docker_host: str | None, timeout_s: float = ENGINE_TIMEOUT_S) -> Any
     return docker.from_env(timeout=max(1, round(timeout_s)))
 
 
+def usage(project: ComposeProject, window_s: float) -> dict[str, Usage]:
+    """CPU and memory use of every running container of the project, by name: two one-shot
+    `docker stats` samples, `window_s` apart, taken for all containers at once."""
+    running = [c for c in project.containers() if c.status == "running"]
+    with asking_engine(project.label, "docker stats"):
+        started = time.monotonic()
+        first = {c.name: c.stats(stream=False) for c in running}
+        time.sleep(window_s)
+        elapsed = time.monotonic() - started
+        second = {c.name: c.stats(stream=False) for c in running}
+    return {name: usage_between(first[name], second[name], elapsed) for name in second}
+
+
+def log_errors(
+    project: ComposeProject, service: str, window_s: float, tail_lines: int
+) -> list[LogErrors]:
+    """The error lines each container of the service logged in the last `window_s` seconds
+    (`docker compose logs --since --tail`), at most `tail_lines` lines read of each."""
+    since = int(time.time() - window_s)
+    found = []
+    for container in project.containers(service):
+        with asking_engine(service, f"docker logs {container.name}"):
+            raw = container.logs(since=since, tail=tail_lines, stdout=True, stderr=True)
+        text = raw.decode("utf-8", errors="replace")
+        found.append(LogErrors(container.name, tuple(error_lines(text))))
+    return found
+
+
 # The runbook's `docker-compose exec` probes, for services that are not published to the host
 # (where they are, DB-001 and QUEUE-001 connect directly). PING without credentials answers
 # NOAUTH on an ACL-protected Redis: that is an answer, so Redis is up.
@@ -186,6 +256,24 @@ EXEC_PROBES: dict[str, tuple[str, ...]] = {
     "redis": ("redis-cli", "ping"),
 }
 EXEC_ANSWERS = {"postgres": ("accepting connections",), "redis": ("PONG", "NOAUTH")}
+EXEC_TIMEOUT_S = 10
+
+
+def exec_probe(
+    project: ComposeProject, service: str, timeout_s: float = EXEC_TIMEOUT_S
+) -> ExecAnswer | None:
+    """The service's exec probe (EXEC_PROBES) run in its first running container; None when
+    none runs."""
+    command = EXEC_PROBES[service]
+    running = [c for c in project.containers(service) if c.status == "running"]
+    if not running:
+        return None
+    container = running[0]
+    # exec_run has no timeout of its own: `timeout` bounds the command inside the container.
+    with asking_engine(service, f"docker exec {container.name}"):
+        code, output = container.exec_run(["timeout", str(round(timeout_s)), *command])
+    text = (output or b"").decode("utf-8", errors="replace").strip()
+    return ExecAnswer(container.name, command, int(code), text)
 
 
 def unpublished_services(inventory: Any, declared: list[str]) -> list[str]:
