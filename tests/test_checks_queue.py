@@ -272,3 +272,30 @@ def test_nothing_stored_while_messages_wait_fails_queue_007(
     # Idle: nothing stored in the window, but nothing waits either.
     run = run_checks("--check=QUEUE-007", env={"OPSBOOK__THRESHOLDS__PROCESSED_WINDOW_S": "1"})
     assert run.exit_code == 0, run.output
+
+
+@pytest.mark.breaks("QUEUE-001")
+def test_stopped_redis_fails_queue_001(fresh_sandbox: Stack, run_checks: RunChecks) -> None:
+    """A sandbox of its own: with Redis gone, the backend and the worker log errors, which
+    LOG-001 on the shared sandbox would report for five minutes."""
+    stack = fresh_sandbox
+    # QUEUE-001 alone is a post-deploy gate's selection, and a gate first waits for every
+    # service up to the readiness deadline (2 minutes by default): 1 s is enough here.
+    fast = {"OPSBOOK__DEPLOY__READINESS_DEADLINE_S": "1"}
+    run = run_checks("--check=QUEUE-001", inventory=stack.inventory_path, env=fast)
+    assert run.exit_code == 0, run.output
+    assert run.row("QUEUE-001", "queue")["observed"] == "PONG"
+    stack.stop("redis")
+    try:
+        run = run_checks("--check=QUEUE-001", inventory=stack.inventory_path, env=fast)
+    finally:
+        stack.start("redis")
+    assert run.exit_code == 1, run.output
+    row = run.row("QUEUE-001", "queue")
+    assert (row["outcome"], row["observed"], row["expected"]) == ("failed", "no PONG", "PONG")
+    port = stack.state.ports["redis"]
+    assert row["message"].startswith("redis queue: "), row["message"]
+    assert f"127.0.0.1:{port}. Connection refused" in row["message"], row["message"]
+    run = run_checks("--check=QUEUE-001", inventory=stack.inventory_path, env=fast)
+    assert run.exit_code == 0, run.output
+    assert run.outcome("QUEUE-001", "queue") == "passed"
