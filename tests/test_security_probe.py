@@ -1,4 +1,4 @@
-"""opsbook.probes.security: the audit's parsing, on texts as the real tools print them."""
+"""The security and access audit's parsers, on texts as the real tools print them."""
 
 from __future__ import annotations
 
@@ -6,20 +6,18 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from opsbook.probes.security import (
-    FileMode,
-    accounts,
+from opsbook.probes.accounts import accounts
+from opsbook.probes.disclosure import header_problems, server_version
+from opsbook.probes.files import FileMode
+from opsbook.probes.images import trivy_vulnerabilities
+from opsbook.probes.redis_security import (
     acl_evidence,
     acl_user,
-    header_problems,
-    listeners,
     open_default_user,
     refused_without_auth,
-    server_version,
-    stat_lines,
-    suspicious_lines,
-    trivy_vulnerabilities,
 )
+from opsbook.probes.security import suspicious_lines
+from opsbook.probes.sockets import listeners
 
 PASSWD = """root:x:0:0:root:/root:/bin/bash
 daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
@@ -71,20 +69,16 @@ def test_listeners_know_wildcards_from_specific_addresses() -> None:
     assert "redis-server" in listeners(SS)[2].line
 
 
-def test_stat_lines_and_modes() -> None:
-    output = (
-        "600 root regular file /srv/secrets/a.password\n"
-        "644 root regular empty file /srv/.env\n"
-        "400 app regular file /srv/key with space.pem\n"
-        "700 root directory /srv/secrets\n"
-        "750 root directory /srv/keys\n"
-        "stat: cannot statx '/nope': No such file or directory\n"
-    )
-    files = stat_lines(output)
-    assert [f.path for f in files if f.too_open] == ["/srv/.env", "/srv/keys"]
-    assert files[2] == FileMode("/srv/key with space.pem", 0o400, "app", "regular file")
-    assert files[1].line() == "/srv/.env mode 0644 owner root (regular file)"
+def test_secret_file_modes() -> None:
+    assert not FileMode("/srv/a.password", 0o600, "root", "regular file").too_open
+    assert not FileMode("/srv/key.pem", 0o400, "app", "regular file").too_open
+    assert FileMode("/srv/.env", 0o644, "root", "regular file").too_open
     assert FileMode("/x", 0o700, "root", "regular file").too_open  # executable secret
+    assert not FileMode("/srv/secrets", 0o700, "root", "directory").too_open
+    assert FileMode("/srv/keys", 0o750, "root", "directory").too_open
+    assert FileMode("/srv/.env", 0o644, "root", "regular file").line() == (
+        "/srv/.env mode 0644 owner root (regular file)"
+    )
 
 
 def test_redis_answers() -> None:

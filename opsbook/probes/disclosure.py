@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from msgspec import Struct
+
+if TYPE_CHECKING:
+    from opsbook.targets import HttpTarget
 
 _PATTERNS: dict[str, re.Pattern[str]] = {
     "connection string": re.compile(
@@ -44,3 +50,62 @@ def disclosures(body: str, headers: Mapping[str, str]) -> list[str]:
         if value and (name != "Server" or _VERSION_IN_HEADER.search(value)):
             found.append(f"version: header {name}: {value[:80]}")
     return list(dict.fromkeys(found))
+
+
+# --- the frontend's answers: its version, its security headers ----------------------------
+
+# The headers the frontend must send on every answer, and what makes a value acceptable.
+SECURITY_HEADERS: dict[str, str] = {
+    "X-Content-Type-Options": r"(?i)^nosniff$",
+    "X-Frame-Options": r"(?i)^(?:DENY|SAMEORIGIN)$",
+    "Referrer-Policy": (
+        r"(?i)^(?:no-referrer|same-origin|strict-origin|strict-origin-when-cross-origin"
+        r"|no-referrer-when-downgrade|origin|origin-when-cross-origin)$"
+    ),
+}
+
+
+def header_problems(headers: Mapping[str, str]) -> list[str]:
+    """Missing or weak security headers, as `Name: missing` or `Name: 'value'`."""
+    sent = {name.lower(): value for name, value in headers.items()}  # names are case-blind
+    problems = []
+    for name, pattern in SECURITY_HEADERS.items():
+        value = sent.get(name.lower())
+        if value is None:
+            problems.append(f"{name}: missing")
+        elif not re.match(pattern, value.strip()):
+            problems.append(f"{name}: {value.strip()[:80]!r}")
+    return problems
+
+
+def server_version(headers: Mapping[str, str]) -> str | None:
+    """The Server header when it gives a version away (`nginx/1.22.1`), else None."""
+    value = next((v for k, v in headers.items() if k.lower() == "server"), None)
+    return value if value and _VERSION_IN_HEADER.search(value) else None
+
+
+class ErrorPage(Struct, frozen=True):
+    """The answer to a page that does not exist: where servers like to print their version."""
+
+    server: str | None  # the Server header
+    version_in_header: str | None  # the Server header when it carries a version
+    version_in_page: bool  # `nginx/1.x` in the page itself
+    page: str  # cut to 1000 characters, for the report
+
+
+MISSING_PAGE = "/opsbook-audit-missing-page"
+
+
+def error_page(target: HttpTarget) -> ErrorPage:
+    """GET a page that does not exist and see what the error page tells."""
+    response = target.get(MISSING_PAGE)
+    headers = dict(response.headers.items())
+    text = response.text
+    return ErrorPage(
+        response.headers.get("Server"), server_version(headers), "nginx/" in text, text[:1000]
+    )
+
+
+def response_headers(target: HttpTarget, path: str = "/") -> dict[str, str]:
+    """The headers of GET `path`, as sent."""
+    return dict(target.get(path).headers.items())

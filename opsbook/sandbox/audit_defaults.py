@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from opsbook.probes.security import accounts, listeners
+from opsbook.probes.accounts import accounts
+from opsbook.probes.sockets import listeners
 
 ENV_FILE = ".env"
 ENV_TEXT = (
