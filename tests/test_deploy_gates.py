@@ -7,11 +7,14 @@ The broken release is a real copy of the backend whose database connection point
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from support import RunChecks
+import yaml
+from support import RunChecks, fill
 from test_backup import backup_command, backup_inventory
 
 from opsbook import releases
@@ -19,6 +22,8 @@ from opsbook.remediate.plan import RISKY
 from opsbook.sandbox.stack import Stack
 
 pytestmark = pytest.mark.sandbox
+
+REPO = Path(__file__).resolve().parent.parent
 
 NOWHERE = 'psycopg.connect("host=127.0.0.1 port=1 connect_timeout=1")'
 
@@ -111,3 +116,81 @@ def test_dirty_release_tree_fails_the_predeploy_gate(
     subprocess.run([*git, "commit", "-q", "-m", "v1"], check=True)
     clean = run_checks("--check=DEPLOY-001", "-m", "predeploy", env=env)
     assert clean.outcome("DEPLOY-001") == "passed", clean.output
+
+
+def _docker_compose_missing() -> str | None:
+    docker = shutil.which("docker")
+    if docker is None:
+        return "docker is not installed (scripts/setup-container-engine installs it)"
+    version = subprocess.run(
+        [docker, "compose", "version"], capture_output=True, text=True, timeout=30, check=False
+    )
+    return None if version.returncode == 0 else f"no docker compose: {version.stderr.strip()}"
+
+
+@pytest.mark.breaks("DEPLOY-002")
+def test_broken_compose_file_fails_the_predeploy_gate(
+    sandbox: Stack, tmp_path: Path, run_checks: RunChecks
+) -> None:
+    missing = _docker_compose_missing()
+    if missing:
+        pytest.skip(missing)
+    compose_file = tmp_path / "compose.yaml"
+    shipped = (REPO / "compose.yaml").read_text()
+    compose_file.write_text(shipped)
+    env = {"OPSBOOK__DEPLOY__COMPOSE_FILE": str(compose_file)}
+    valid = run_checks("--check=DEPLOY-002", "-m", "predeploy", env=env)
+    assert valid.outcome("DEPLOY-002") == "passed", valid.output
+    assert valid.row("DEPLOY-002")["observed"] == "valid"
+
+    # The release's backend now waits on a service the file does not define (a renamed one).
+    typo = shipped.replace("depends_on: [postgres, redis]", "depends_on: [postgres, queue]")
+    assert typo != shipped
+    compose_file.write_text(typo)
+    broken = run_checks("--check=DEPLOY-002", "-m", "predeploy", env=env)
+    row = broken.row("DEPLOY-002")
+    assert (row["outcome"], row["observed"]) == ("failed", "invalid"), broken.output
+    assert f"compose file {compose_file}: " in row["message"], row["message"]
+    assert 'service "backend" depends on undefined service "queue"' in row["message"]
+
+    compose_file.write_text(shipped)
+    fixed = run_checks("--check=DEPLOY-002", "-m", "predeploy", env=env)
+    assert fixed.outcome("DEPLOY-002") == "passed", fixed.output
+
+
+@pytest.mark.breaks("DEPLOY-003", "DEPLOY-004")
+def test_full_data_filesystem_fails_the_room_gates(
+    sandbox: Stack, tmp_path: Path, small_filesystem: Path, run_checks: RunChecks
+) -> None:
+    """The host's data filesystem, which holds the backup dir, is really filled: a 2 MiB tmpfs.
+    The minimum free space is lowered to 1 MB to fit it; the filling is what breaks it."""
+    backups = small_filesystem / "backups"
+    backups.mkdir()
+    raw = yaml.safe_load(sandbox.inventory_path.read_text())
+    raw["hosts"]["local"]["filesystems"] = [str(small_filesystem)]
+    raw["backup"]["dir"] = str(backups)
+    raw["deploy"]["min_free_mb"] = 1
+    inventory = tmp_path / "inventory.yaml"  # beside the tmpfs, not on it
+    inventory.write_text(yaml.safe_dump(raw))
+    gates = ("--check=DEPLOY-003,DEPLOY-004", "-m", "predeploy")
+
+    room = run_checks(*gates, inventory=inventory)
+    assert room.exit_code == 0, room.output
+    assert room.outcome("DEPLOY-003", "local") == "passed"
+    assert room.outcome("DEPLOY-004") == "passed"
+
+    fill(small_filesystem)
+    full = run_checks(*gates, inventory=inventory)
+    assert full.exit_code == 1, full.output
+    row = full.row("DEPLOY-003", "local")
+    assert row["outcome"] == "failed", full.output
+    # MB or MiB: the message's unit is being settled by the probes refactor.
+    full_dir = re.escape(str(small_filesystem))
+    assert re.search(rf"host local: {full_dir} has 0 MiB? free", row["message"]), row
+    row = full.row("DEPLOY-004")
+    assert row["outcome"] == "failed", full.output
+    assert re.search(rf"backup dir {re.escape(str(backups))}: 0 MiB? free", row["message"]), row
+
+    (small_filesystem / "filler").unlink()
+    again = run_checks(*gates, inventory=inventory)
+    assert again.exit_code == 0, again.output
