@@ -87,8 +87,28 @@ def pushgateway() -> Iterator[str]:
 def test_push_to_a_real_pushgateway(suite: pytest.Pytester, pushgateway: str) -> None:
     assert suite.runpytest("-m", "daily", f"--pushgateway={pushgateway}").ret == 1
     text = requests.get(f"{pushgateway}/metrics", timeout=3).text
-    assert 'opsbook_last_run_success{instance="",job="opsbook",selection="daily"} 0' in text
-    assert 'opsbook_check_success{check_id="M-001",instance="",job="opsbook"' in text
+    group = f'deployment="metrics",instance="{socket.gethostname()}",job="opsbook"'
+    assert f'opsbook_last_run_success{{{group},selection="daily"}} 0' in text
+    assert f'opsbook_check_success{{check_id="M-001",{group}' in text
+
+
+def test_deployments_and_selections_never_overwrite_each_other(
+    suite: pytest.Pytester, pushgateway: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Production and staging, or the daily and the audit run, keep a group each."""
+    assert suite.runpytest("-m", "daily", f"--pushgateway={pushgateway}").ret == 1
+    staging = suite.path / "staging.yaml"
+    staging.write_text("name: staging\n")
+    monkeypatch.setenv("OPSBOOK_INVENTORY", str(staging))
+    assert suite.runpytest("-m", "daily", f"--pushgateway={pushgateway}").ret == 1
+    assert suite.runpytest("-m", "not weekly", f"--pushgateway={pushgateway}").ret == 1
+    text = requests.get(f"{pushgateway}/metrics", timeout=3).text
+    runs = [line for line in text.splitlines() if line.startswith("opsbook_last_run_success{")]
+    groups = {
+        (line.split('deployment="')[1].split('"')[0], line.split('selection="')[1].split('"')[0])
+        for line in runs
+    }
+    assert groups == {("metrics", "daily"), ("staging", "daily"), ("staging", "not weekly")}
 
 
 def test_an_unreachable_pushgateway_is_one_line_not_a_crash(suite: pytest.Pytester) -> None:

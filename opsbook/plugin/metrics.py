@@ -2,7 +2,7 @@
 show every check and a missed or failing cron run alerts (alerts/chat-system.rules.yml).
 
     --metrics-textfile=/var/lib/node_exporter/textfile/opsbook.prom
-    --pushgateway=http://pushgateway:9091
+    --pushgateway=http://pushgateway:9091   (grouped by deployment, selection and instance)
 
 Series (labels: selection; per check also check_id, target, severity):
 
@@ -17,6 +17,7 @@ Series (labels: selection; per check also check_id, target, severity):
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Generator
 from typing import Any
@@ -103,11 +104,17 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
 
         inventory = config.stash[INVENTORY]
         timeout = inventory.thresholds.timeout_s if inventory is not None else 3.0
+        # One group per deployment, selection and runner: production's daily run never
+        # replaces staging's, nor the audit run the daily one.
+        grouping = {
+            "deployment": inventory.name if inventory is not None else "",
+            "selection": selection,
+            "instance": socket.gethostname(),
+        }
         try:
             push_to_gateway(
-                gateway, job="opsbook", grouping_key={"selection": selection},
-                registry=registry, timeout=timeout,
-            )  # fmt: skip
+                gateway, job="opsbook", grouping_key=grouping, registry=registry, timeout=timeout
+            )
         except OSError as exc:
             # The run's own result stands; a missing push shows as a missed run in alerting.
             config.stash[_NOT_SENT].append(f"could not push metrics to {gateway}: {exc}")
