@@ -171,6 +171,7 @@ def test_messages_were_stored_recently(
     finding.expect(
         stored, f"> 0 in the last {window:g} s while messages wait", ok=not stalled,
         unit=Unit.COUNT,
-        problem=f"{waiting} messages wait in {pending} but postgres {postgres.name} stored 0 "
-        f"in the last {window:g} s",
+        # The label names both targets; the message says which is which.
+        problem=f"{waiting} messages wait in redis {redis_target.name}'s {pending} but 0 were "
+        f"stored in the last {window:g} s",
     )  # fmt: skip

@@ -92,10 +92,11 @@ def test_redis_memory_near_maxmemory_fails_queue_002(
         assert run.exit_code == 1, run.output
         row = run.row("QUEUE-002", "queue")
         assert row["outcome"] == "failed"
-        assert float(row["observed"]) >= 90, row
+        assert row["observed"] >= 90, row
+        assert row["unit"] == "%", row
         assert re.fullmatch(
-            r"redis queue: memory use \d+% of maxmemory "
-            r"\([\d.]+ of [\d.]+ MiB, max 90%, policy noeviction\)",
+            r"redis queue: memory use \d+ % of maxmemory \([\d.]+ MiB of [\d.]+ MiB, "
+            r"policy noeviction\) \(expected < 90 % of maxmemory\)",
             row["message"],
         ), row["message"]
         assert "maxmemory_policy" in row["evidence"]["INFO memory"]
@@ -112,7 +113,7 @@ def test_redis_memory_near_maxmemory_fails_queue_002(
         admin_redis.config_set("maxmemory", original)
     run = run_checks("--check=QUEUE-002")
     assert run.exit_code == 0, run.output
-    assert float(run.row("QUEUE-002", "queue")["observed"]) < 90
+    assert run.row("QUEUE-002", "queue")["observed"] < 90
 
 
 @pytest.mark.breaks("QUEUE-003")
@@ -126,8 +127,8 @@ def test_backlog_over_the_limit_fails_queue_003(
         assert run.exit_code == 1, run.output
         row = run.row("QUEUE-003", "queue")
         assert row["outcome"] == "failed"
-        assert row["observed"] == "1001"
-        assert row["message"] == "redis queue: message_queue holds 1001 messages (max 1000)"
+        assert row["observed"] == 1001
+        assert row["message"] == "redis queue: message_queue holds 1001 messages (expected <= 1000)"
         assert conversation in row["evidence"]["oldest messages"]
 
         admin_redis.rpop(PENDING)  # exactly at the limit: still fine
@@ -137,7 +138,7 @@ def test_backlog_over_the_limit_fails_queue_003(
         restore_queue(breakable_sandbox, admin_redis)
     run = run_checks("--check=QUEUE-003")
     assert run.exit_code == 0, run.output
-    assert run.row("QUEUE-003", "queue")["observed"] == "0"
+    assert run.row("QUEUE-003", "queue")["observed"] == 0
 
 
 @pytest.mark.breaks("QUEUE-004")
@@ -155,14 +156,14 @@ def test_dead_letters_over_the_limit_fail_queue_004(
         assert run.exit_code == 1, run.output
         row = run.row("QUEUE-004", "queue")
         assert row["outcome"] == "failed"
-        assert row["observed"] == "11"
-        assert row["message"] == "redis queue: dead_letter_queue holds 11 messages (max 10)"
+        assert row["observed"] == 11
+        assert row["message"] == "redis queue: dead_letter_queue holds 11 messages (expected <= 10)"
         assert json.loads(row["evidence"]["newest dead letters"]) == poison[:-4:-1]
     finally:
         admin_redis.delete(DEAD_LETTER)
     run = run_checks("--check=QUEUE-004")
     assert run.exit_code == 0, run.output
-    assert run.row("QUEUE-004", "queue")["observed"] == "0"
+    assert run.row("QUEUE-004", "queue")["observed"] == 0
 
 
 @pytest.mark.breaks("QUEUE-005")
@@ -180,9 +181,11 @@ def test_old_or_unreadable_oldest_message_fails_queue_005(
         assert run.exit_code == 1, run.output
         row = run.row("QUEUE-005", "queue")
         assert row["outcome"] == "failed"
-        assert 600 <= float(row["observed"]) < 660, row
+        assert 600 <= row["observed"] < 660, row
+        assert row["unit"] == "s", row
         assert re.fullmatch(
-            r"redis queue: the oldest message in message_queue waits for 6\d\d s \(max 300 s\)",
+            r"redis queue: the oldest message in message_queue waits for 6\d\d s "
+            r"\(expected < 300 s\)",
             row["message"],
         ), row["message"]
         assert conversation in row["evidence"]["oldest message"]
@@ -190,7 +193,7 @@ def test_old_or_unreadable_oldest_message_fails_queue_005(
         admin_redis.rpop(PENDING)  # the fresh one is now the oldest
         run = run_checks("--check=QUEUE-005")
         assert run.outcome("QUEUE-005", "queue") == "passed", run.output
-        assert float(run.row("QUEUE-005", "queue")["observed"]) < 60
+        assert run.row("QUEUE-005", "queue")["observed"] < 60
 
         # Unreadable, and carrying a secret that must not reach the report.
         admin_redis.rpush(PENDING, f"garbage password-was-{checker_password.strip()}")
@@ -221,10 +224,10 @@ def test_stopped_worker_fails_queue_006_and_a_busy_one_passes(
         assert run.exit_code == 1, run.output
         row = run.row("QUEUE-006", "queue")
         assert row["outcome"] == "failed"
-        assert json.loads(row["observed"]) == {"processed": 0, "waiting": 1}
+        assert row["observed"] == {"processed": 0, "waiting": 1}
         assert row["message"] == (
             "redis queue: message_queue is not draining: 0 messages processed in 0.5 s "
-            "while 1 wait (expected > 0)"
+            "while 1 wait (expected > 0 processed in 0.5 s while messages wait)"
         )
 
         # A backlog the worker needs seconds to work through (it stores about 1000/s here):
@@ -233,7 +236,7 @@ def test_stopped_worker_fails_queue_006_and_a_busy_one_passes(
         breakable_sandbox.start("worker")
         run = run_checks("--check=QUEUE-006")
         assert run.exit_code == 0, run.output
-        observed = json.loads(run.row("QUEUE-006", "queue")["observed"])
+        observed = run.row("QUEUE-006", "queue")["observed"]
         # None would mean the queue was already empty: the backlog was too small to see.
         assert observed["processed"] is not None, observed
         assert observed["processed"] > 0, observed
@@ -241,7 +244,7 @@ def test_stopped_worker_fails_queue_006_and_a_busy_one_passes(
         restore_queue(breakable_sandbox, admin_redis)
     run = run_checks("--check=QUEUE-006")
     assert run.exit_code == 0, run.output
-    assert json.loads(run.row("QUEUE-006", "queue")["observed"])["waiting"] == 0
+    assert run.row("QUEUE-006", "queue")["observed"]["waiting"] == 0
 
 
 @pytest.mark.breaks("QUEUE-007")
@@ -257,16 +260,16 @@ def test_nothing_stored_while_messages_wait_fails_queue_007(
         assert run.exit_code == 1, run.output
         row = run.row("QUEUE-007", "chatdb-queue")
         assert row["outcome"] == "failed"
-        assert row["observed"] == "0"
+        assert row["observed"] == 0
         assert row["message"] == (
-            "redis queue: 1 messages wait in message_queue but postgres chatdb stored 0 "
-            "in the last 1 s (expected > 0)"
+            "postgres chatdb-queue: 1 messages wait in redis queue's message_queue but 0 were "
+            "stored in the last 1 s (expected > 0 in the last 1 s while messages wait)"
         )
         assert conversation in row["evidence"]["oldest waiting message"]
 
         run = run_checks("--check=QUEUE-007")  # the hour holds the conversation's message
         assert run.outcome("QUEUE-007", "chatdb-queue") == "passed", run.output
-        assert int(run.row("QUEUE-007", "chatdb-queue")["observed"]) >= 1
+        assert run.row("QUEUE-007", "chatdb-queue")["observed"] >= 1
     finally:
         restore_queue(breakable_sandbox, admin_redis)
     # Idle: nothing stored in the window, but nothing waits either.
