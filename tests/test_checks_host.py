@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -102,6 +104,45 @@ def test_memory_above_the_limit_fails(run_checks: RunChecks) -> None:
     assert row["expected"] == f"<= {limit:g}%"
     assert "MemAvailable:" in row["evidence"]["meminfo"]
     assert run_checks("--check=RES-002").outcome("RES-002", "local") == "passed"
+
+
+HOLD_MEMORY = """
+import sys
+held = bytearray(int(sys.argv[1]))
+held[::4096] = b"\\x01" * len(range(0, len(held), 4096))  # every page really written
+print("holding", flush=True)
+sys.stdin.read()  # until the test closes stdin or kills this process
+"""
+
+
+@pytest.mark.breaks("RES-002")
+def test_memory_taken_by_a_process_fails_res_002(run_checks: RunChecks) -> None:
+    """A process really takes a tenth of the memory and holds it. Filling this shared machine
+    to the default 90% is not acceptable, so the limit sits halfway between the use measured
+    before and with the taken memory: the check fails on memory really used, not on a limit
+    set below an idle host."""
+    total = 1024 * int(re.search(r"^MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text(), re.M)[1])
+    before = memory_used_percent()
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD_MEMORY, str(total // 10)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    ) as hog:  # fmt: skip
+        try:
+            assert hog.stdout is not None
+            assert hog.stdout.readline().strip() == "holding"
+            taken = memory_used_percent()
+            assert taken - before > 8, f"{before:.1f}% used before, {taken:.1f}% with the process"
+            limit = {"OPSBOOK__THRESHOLDS__MEMORY_USED_PERCENT": f"{(before + taken) / 2:.1f}"}
+            run = run_checks("--check=RES-002", env=limit)
+        finally:
+            hog.kill()
+    row = run.row("RES-002", "local")
+    assert row["outcome"] == "failed", run.output
+    observed = float(str(row["observed"]).rstrip("%"))
+    assert abs(observed - taken) < 4, (observed, taken)  # other tenants come and go
+    assert re.search(r"memory is \d+\.\d ?% used", row["message"]), row["message"]
+    run = run_checks("--check=RES-002", env=limit)
+    assert run.outcome("RES-002", "local") == "passed", run.output
 
 
 # LOG-001
