@@ -6,6 +6,7 @@ instead (said below).
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import socket
 import subprocess
@@ -54,26 +55,48 @@ def test_full_data_filesystem_fails(
     row = run.row("RES-001", "local")
     assert row["outcome"] == "failed", run.output
     full = re.fullmatch(
-        rf"local: {re.escape(str(small_filesystem))} is (\d+)% full \(max 80%\)", row["message"]
+        rf"host local: {re.escape(str(small_filesystem))} is (\d+) % full \(expected <= 80\)",
+        row["message"],
     )
     assert full, row["message"]
     assert 80 < int(full[1]) <= 100
-    assert row["observed"] == f"{full[1]}%"
-    assert row["expected"] == "<= 80%"
-    assert "tmpfs 2048 " in " ".join(row["evidence"]["df"].split())
+    assert (row["observed"], row["unit"], row["expected"]) == (int(full[1]), "%", "<= 80")
+    measured = {usage["path"]: usage for usage in json.loads(row["evidence"]["df"])}
+    assert measured[str(small_filesystem)]["filesystem"] == "tmpfs"
+    assert measured[str(small_filesystem)]["size_bytes"] == 2048 * 1024
     filler.unlink()
     run = run_checks("--check=RES-001", inventory=inventory)
     assert run.outcome("RES-001", "local") == "passed", run.output
 
 
-def test_unmeasurable_filesystem_fails(
+def test_unmeasurable_filesystem_is_not_evaluated(
     sandbox: Stack, run_checks: RunChecks, tmp_path: Path
 ) -> None:
+    """Nothing is known to be full, so nothing is known to be wrong: could not evaluate."""
     missing = tmp_path / "no-such-dir"
     inventory = inventory_copy(sandbox, tmp_path, local={"filesystems": [str(missing)]})
     run = run_checks("--check=RES-001", inventory=inventory)
-    assert run.row("RES-001", "local")["message"] == (
-        f"local: {missing}: cannot measure: No such file or directory"
+    row = run.row("RES-001", "local")
+    assert (row["outcome"], row["message"]) == (
+        "error",
+        f"host local: {missing}: cannot measure: No such file or directory",
+    ), run.output
+
+
+def test_a_full_filesystem_fails_even_beside_an_unmeasurable_one(
+    sandbox: Stack, run_checks: RunChecks, small_filesystem: Path, tmp_path: Path
+) -> None:
+    """A mount that cannot be measured (hung, missing) must not hide one known to be full."""
+    missing = tmp_path / "no-such-dir"
+    filesystems = [str(missing), str(small_filesystem)]
+    inventory = inventory_copy(sandbox, tmp_path, local={"filesystems": filesystems})
+    (small_filesystem / "filler").write_bytes(b"x" * 1800 * 1024)
+    run = run_checks("--check=RES-001", inventory=inventory)
+    row = run.row("RES-001", "local")
+    assert row["outcome"] == "failed", run.output
+    assert row["message"] == (
+        f"host local: {small_filesystem} is 88 % full; "
+        f"{missing}: cannot measure: No such file or directory (expected <= 80)"
     )
 
 
@@ -97,12 +120,14 @@ def test_memory_above_the_limit_fails(run_checks: RunChecks) -> None:
     )
     row = run.row("RES-002", "local")
     assert row["outcome"] == "failed", run.output
-    observed = re.fullmatch(rf"local: memory is (\d+\.\d)% used \(max {limit:g}%\)", row["message"])
+    observed = re.fullmatch(
+        rf"host local: memory is (\d+\.\d) % used \(expected <= {limit:g}\)", row["message"]
+    )
     assert observed, row["message"]
     assert abs(float(observed[1]) - used) < 10  # the same figure, give or take other tenants
-    assert row["observed"] == f"{observed[1]}%"
-    assert row["expected"] == f"<= {limit:g}%"
-    assert "MemAvailable:" in row["evidence"]["meminfo"]
+    assert (row["observed"], row["unit"]) == (float(observed[1]), "%")
+    assert row["expected"] == f"<= {limit:g}"
+    assert set(json.loads(row["evidence"]["memory"])) == {"total_bytes", "available_bytes"}
     assert run_checks("--check=RES-002").outcome("RES-002", "local") == "passed"
 
 
@@ -169,8 +194,9 @@ def test_error_in_the_worker_log_fails(fresh_sandbox: Stack, run_checks: RunChec
     run = run_checks("--check=LOG-001", inventory=stack.inventory_path)
     row = run.row("LOG-001", "local")
     assert row["outcome"] == "failed", run.output
-    assert row["message"] == (f"local: {worker_log}: 1 error line in the last 300s (expected none)")
-    assert (row["observed"], row["expected"]) == ("1", "0")
+    problem = f"{worker_log}: 1 error line in the last 300s"
+    assert row["message"] == f"host local: {problem}"
+    assert (row["observed"], row["expected"]) == ([problem], "no error lines in the last 300s")
     evidence = row["evidence"][str(worker_log)]
     assert re.fullmatch(
         r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ERROR worker: dead letter \(not JSON\): "
@@ -196,8 +222,10 @@ def test_missing_log_fails(sandbox: Stack, run_checks: RunChecks, tmp_path: Path
     logs = [str(tmp_path / "quiet.log"), str(tmp_path / "gone.log")]
     inventory = inventory_copy(sandbox, tmp_path, local={"logs": logs})
     run = run_checks("--check=LOG-001", inventory=inventory)
-    assert run.row("LOG-001", "local")["message"] == (
-        f"local: {tmp_path / 'gone.log'}: cannot read: No such file or directory "
+    row = run.row("LOG-001", "local")
+    assert row["outcome"] == "failed", run.output
+    assert row["message"] == (
+        f"host local: {tmp_path / 'gone.log'}: cannot read: No such file or directory "
         "(expected a readable log)"
     )
 

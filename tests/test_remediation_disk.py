@@ -76,7 +76,7 @@ def test_old_backups_and_rotated_logs_are_deleted(
     )
     row = run.row("RES-001", "local")
     assert row["outcome"] == "fixed", run.output
-    assert row["message"].startswith(f"local: {data} is ")  # the failure it started from
+    assert row["message"].startswith(f"host local: {data} is ")  # the failure it started from
     attempt = row["remediation_attempt"]
     assert (attempt["status"], attempt["verdict"], attempt["after"]) == (
         "applied", "FIXED", "passed",
