@@ -7,24 +7,24 @@ runs after every other check (see _VerdictLast).
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from opsbook import Severity, check
+from opsbook import Finding, HostTarget, Inventory, Outcome, Severity, Thresholds, Unit, check
 from opsbook.canary import run_canary, wait_ready
-from opsbook.inventory import Deploy, Inventory
+from opsbook.inventory import Deploy, Host
+from opsbook.probes.disk import MIB, disk_usage
+from opsbook.probes.release import compose_config_error, docker_compose, tree_status
+from opsbook.probes.runs import predeploy_runs
 from remediation import releases as rollbacks
 
+# git and docker compose on a large tree or a cold CLI take longer than a target's timeout.
 COMMAND_TIMEOUT_S = 60
 CANARY_HOP_S = 10.0
-BAD = ("failed", "error")
-GOOD = ("passed", "fixed")
+BAD = (Outcome.FAILED, Outcome.NOT_EVALUATED)
+GOOD = (Outcome.PASSED, Outcome.FIXED)
 
 
 @pytest.fixture(scope="session")
@@ -32,83 +32,72 @@ def deploy(inventory: Inventory) -> Deploy:
     return inventory.deploy
 
 
-def _run(argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        argv, cwd=cwd, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False
-    )
-
-
 @pytest.mark.predeploy
 @check("DEPLOY-001", Severity.HIGH)
-def test_release_tree_is_clean(deploy: Deploy, finding) -> None:
+def test_release_tree_is_clean(deploy: Deploy, finding: Finding) -> None:
     """The release's git working tree is clean.
 
     Risk: uncommitted or untracked files get deployed that no review saw and no tag records.
     """
     if deploy.repo is None:
         pytest.skip("deploy.repo is not set in the inventory")
-    done = _run(["git", "-C", str(deploy.repo), "status", "--porcelain"])
-    if done.returncode != 0:
-        finding.observe("not a git tree", expected="clean")
-        raise AssertionError(f"repo {deploy.repo}: git status failed: {done.stderr.strip()}")
-    changed = [line for line in done.stdout.splitlines() if line.strip()]
-    finding.observe(len(changed), expected="0 changed files")
-    if changed:
-        finding.attach("git status --porcelain", changed[:50])
-    assert not changed, (
-        f"repo {deploy.repo}: {len(changed)} uncommitted change(s), e.g. "
-        f"{', '.join(line[3:] for line in changed[:5])} (expected a clean tree)"
+    tree = tree_status(deploy.repo, timeout_s=COMMAND_TIMEOUT_S)
+    if tree.changed:
+        finding.attach("git status --porcelain", tree.changed[:50])
+    finding.expect(
+        len(tree.changed),
+        "0 changed files",
+        ok=not tree.changed,
+        unit=Unit.COUNT,
+        problem=f"repo {deploy.repo}: {len(tree.changed)} uncommitted change(s), e.g. "
+        + ", ".join(tree.changed_paths[:5]),
     )
 
 
 @pytest.mark.predeploy
 @pytest.mark.compose
 @check("DEPLOY-002", Severity.HIGH)
-def test_compose_file_is_valid(deploy: Deploy, finding) -> None:
+def test_compose_file_is_valid(deploy: Deploy, finding: Finding) -> None:
     """The compose file is valid (`docker compose config -q`).
 
     Risk: the deploy stops half-way on a file the engine rejects.
     """
     if deploy.compose_file is None:
         pytest.skip("deploy.compose_file is not set in the inventory")
-    docker = shutil.which("docker")
-    if docker is None or _run([docker, "compose", "version"]).returncode != 0:
+    docker = docker_compose(timeout_s=COMMAND_TIMEOUT_S)
+    if docker is None:
         pytest.skip("docker compose is not installed here: cannot validate the compose file")
-    done = _run([docker, "compose", "-f", str(deploy.compose_file), "config", "-q"])
-    error = (done.stderr or done.stdout).strip()
-    finding.observe("valid" if done.returncode == 0 else "invalid", expected="valid")
-    assert done.returncode == 0, f"compose file {deploy.compose_file}: {error.splitlines()[-1:]}"
-
-
-def _free_mb(path: Path) -> tuple[Path, float]:
-    while not path.exists():
-        path = path.parent
-    stats = os.statvfs(path)
-    return path, stats.f_bavail * stats.f_frsize / 1024 / 1024
+    error = compose_config_error(docker, deploy.compose_file, timeout_s=COMMAND_TIMEOUT_S)
+    finding.expect(
+        "valid" if error is None else "invalid",
+        "valid",
+        ok=error is None,
+        problem=f"compose file {deploy.compose_file}: {error}",
+    )
 
 
 @pytest.mark.predeploy
 @pytest.mark.resources
 @check("DEPLOY-003", Severity.HIGH)
 def test_data_filesystems_have_room(
-    request: pytest.FixtureRequest, host: Any, inventory: Inventory, deploy: Deploy, finding
+    host: HostTarget, thresholds: Thresholds, deploy: Deploy, finding: Finding
 ) -> None:
     """The host's data filesystems have room for the deploy.
 
     Risk: a deploy that fills the disk takes down the database and the queue with it.
     """
-    name = request.node.callspec.params["host"]
-    free = {}
-    for filesystem in inventory.hosts[name].filesystems:
-        df = host.run("df -Pk -- %s", filesystem)
-        lines = df.stdout.strip().splitlines()
-        if df.rc != 0 or len(lines) < 2:
-            raise AssertionError(f"host {name}: df {filesystem} failed: {df.stderr.strip()}")
-        free[filesystem] = round(int(lines[-1].split()[3]) / 1024)
-    finding.observe(free, expected=f">= {deploy.min_free_mb} MB free each")
-    short = {fs: mb for fs, mb in free.items() if mb < deploy.min_free_mb}
-    assert not short, f"host {name}: " + ", ".join(
-        f"{fs} has {mb} MB free (min {deploy.min_free_mb} MB)" for fs, mb in short.items()
+    if not host.spec.filesystems:
+        pytest.skip(f"{host.label}: no filesystems listed in the inventory")
+    usages = [disk_usage(host, fs, timeout_s=thresholds.timeout_s) for fs in host.spec.filesystems]
+    short = [
+        f"{u.path} has {u.free_mib} MiB free" for u in usages if u.free_mib < deploy.min_free_mb
+    ]
+    finding.expect(
+        {u.path: u.free_mib for u in usages},
+        f">= {deploy.min_free_mb} MiB free each",
+        ok=not short,
+        unit=Unit.MEBIBYTES,
+        problem="; ".join(short),
     )
 
 
@@ -116,18 +105,27 @@ def test_data_filesystems_have_room(
 @pytest.mark.resources
 @pytest.mark.backup
 @check("DEPLOY-004", Severity.HIGH)
-def test_backup_dir_has_room(inventory: Inventory, deploy: Deploy, finding) -> None:
+def test_backup_dir_has_room(
+    inventory: Inventory, thresholds: Thresholds, deploy: Deploy, finding: Finding
+) -> None:
     """The backup directory has room for the pre-deploy backup.
 
     Risk: the backup a rollback would need cannot be written.
     """
     if inventory.backup is None:
         pytest.skip("no backup: section in the inventory")
-    where, free = _free_mb(inventory.backup.dir)
-    finding.observe(round(free), expected=f">= {deploy.min_free_mb} MB")
-    assert free >= deploy.min_free_mb, (
-        f"backup dir {inventory.backup.dir}: {free:.0f} MB free on {where} "
-        f"(min {deploy.min_free_mb} MB)"
+    # `python -m opsbook backup` writes the backup where opsbook runs (pg_dump and redis-cli run
+    # here), so this machine is measured, through the same probe and timeout as the hosts: a
+    # hung backup mount costs the timeout, not the gate.
+    runner = HostTarget("runner", Host(spec="local://"))
+    where = str(inventory.backup.dir)
+    usage = disk_usage(runner, where, timeout_s=thresholds.timeout_s, nearest_existing=True)
+    finding.expect(
+        usage.free_mib,
+        f">= {deploy.min_free_mb}",
+        ok=usage.free_bytes >= deploy.min_free_mb * MIB,
+        unit=Unit.MEBIBYTES,
+        problem=f"backup dir {where}: {usage.free_mib} MiB free on {usage.mount}",
     )
 
 
@@ -151,7 +149,7 @@ def _current_release(inventory: Inventory) -> str | None:
 @pytest.mark.health
 @check("DEPLOY-005", Severity.CRITICAL)
 def test_stack_ready_within_deadline(
-    inventory: Inventory, deploy: Deploy, deployed_release: str | None, finding
+    inventory: Inventory, deploy: Deploy, deployed_release: str | None, finding: Finding
 ) -> None:
     """Every service answers within the readiness deadline.
 
@@ -159,17 +157,17 @@ def test_stack_ready_within_deadline(
     is not, so the gate waits up to the deadline before it judges.
     """
     ready = wait_ready(inventory, deploy.readiness_deadline_s)
-    finding.observe(
-        round(ready.waited_s, 1), expected=f"ready within {deploy.readiness_deadline_s:g} s"
-    )
     if deployed_release:
         finding.attach("release", deployed_release)
     if not ready.ready:
         finding.attach("not ready", ready.not_ready)
-    assert ready.ready, (
-        f"{inventory.name}: not ready after {ready.waited_s:.0f} s (deadline "
-        f"{deploy.readiness_deadline_s:g} s): "
-        + "; ".join(f"{what}: {why}" for what, why in ready.not_ready.items())
+    finding.expect(
+        round(ready.waited_s, 1),
+        f"ready within {deploy.readiness_deadline_s:g} s",
+        ok=ready.ready,
+        unit=Unit.SECONDS,
+        problem=f"not ready after {ready.waited_s:.0f} s: "
+        + "; ".join(f"{what}: {why}" for what, why in ready.not_ready.items()),
     )
 
 
@@ -178,43 +176,27 @@ def test_stack_ready_within_deadline(
 @pytest.mark.health
 @pytest.mark.queue
 @check("DEPLOY-006", Severity.CRITICAL)
-def test_canary_message_round_trip(inventory: Inventory, deploy: Deploy, finding) -> None:
+def test_canary_message_round_trip(inventory: Inventory, deploy: Deploy, finding: Finding) -> None:
     """A canary message goes through nginx, backend, queue, worker and PostgreSQL, and back.
 
     Risk: every service answers /health, yet users' messages are never stored or shown.
     """
     wait_ready(inventory, deploy.readiness_deadline_s)
     result = run_canary(inventory, CANARY_HOP_S)
-    finding.observe(result.hops_ms, expected="post, stored, processed, read (ms)")
     finding.attach("cleanup", result.cleanup)
-    assert result.failed_hop is None, (
-        f"{inventory.name}: canary failed at hop '{result.failed_hop}': {result.problem} "
-        f"(hops done: {result.hops_ms or 'none'})"
+    finding.expect(
+        result.hops_ms,
+        "post, stored, processed, read",
+        ok=result.failed_hop is None,
+        unit=Unit.MILLISECONDS,
+        problem=f"canary failed at hop '{result.failed_hop}': {result.problem} "
+        f"(hops done: {result.hops_ms or 'none'})",
     )
 
 
 # -- the rollback verdict ---------------------------------------------------------------------
 
 ROLLBACK_CHECK = "ROLLBACK-001"
-
-
-def _is_predeploy(selection: object) -> bool:
-    words = str(selection or "").replace("(", " ").replace(")", " ").split()
-    return any(w == "predeploy" and (i == 0 or words[i - 1] != "not") for i, w in enumerate(words))
-
-
-def _runs(reports: Path) -> list[dict[str, Any]]:
-    found = []
-    if not reports.is_dir():
-        return found
-    for folder in reports.iterdir():
-        if folder.name.startswith(".") or folder.is_symlink() or not folder.is_dir():
-            continue
-        try:
-            found.append(json.loads((folder / "findings.json").read_text(encoding="utf-8")))
-        except (OSError, ValueError):
-            continue
-    return sorted(found, key=lambda document: str(document["run"].get("started", "")))
 
 
 def _key(row: dict[str, Any]) -> str:
@@ -276,27 +258,26 @@ def test_nothing_got_worse(
     inventory: Inventory,
     deploy: Deploy,
     deployed_release: str | None,
-    finding,
+    finding: Finding,
 ) -> None:
     """Nothing got worse since the pre-deploy run.
 
     Risk: the deploy broke what worked before it; every minute on this release hurts users.
     """
-    from opsbook.plugin.findings import rows
+    from opsbook.plugin.keys import FINDINGS
     from opsbook.plugin.reports import RUN
 
     config = request.config
     reports = Path(config.getoption("reports_dir") or config.rootpath / "reports")
     run = config.stash.get(RUN, None)
-    this_run = run.run_id if run else None
-    predeploy = [
-        d for d in _runs(reports) if _is_predeploy(d["run"].get("selection"))
-        and d["run"].get("run_id") != this_run
-    ]  # fmt: skip
+    predeploy = predeploy_runs(reports, excluding=run.run_id if run else None)
     if not predeploy:
         pytest.skip(f"no pre-deploy run (pytest -m predeploy) in {reports} to compare with")
     before = predeploy[-1]
-    ran = [r for r in rows(config) if r["check_id"] != ROLLBACK_CHECK and r["outcome"] != "skipped"]
+    ran = [
+        row for row in config.stash[FINDINGS].to_builtins()
+        if row["check_id"] != ROLLBACK_CHECK and row["outcome"] != Outcome.NOT_APPLICABLE
+    ]  # fmt: skip
     release_now = _current_release(inventory)
     if ran and release_now == deployed_release:
         worse = got_worse(before["findings"], ran)
@@ -306,15 +287,14 @@ def test_nothing_got_worse(
         # rollback): this run's other results describe no release now deployed.
         worse = _essentials(inventory, deploy)
         compared = f"readiness and the canary, now (release {release_now or '-'})"
-    finding.observe(
-        {"pre-deploy run": before["run"].get("run_id"), "compared": compared, "worse": len(worse)},
-        expected="nothing got worse",
-    )
     if worse:
         finding.attach("got worse", worse)
-    assert not worse, (
-        f"{inventory.name}: {len(worse)} check(s) got worse since the pre-deploy run "
+    finding.expect(
+        {"pre-deploy run": before["run"].get("run_id"), "compared": compared, "worse": len(worse)},
+        "nothing got worse",
+        ok=not worse,
+        problem=f"{len(worse)} check(s) got worse since the pre-deploy run "
         f"{before['run'].get('run_id')}: {'; '.join(worse)}: roll back "
         f"(release {release_now or '-'}; python -m opsbook remediate latest --check "
-        f"{ROLLBACK_CHECK} --apply --allow=rollback)"
+        f"{ROLLBACK_CHECK} --apply --allow=rollback)",
     )

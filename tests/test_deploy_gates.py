@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -29,8 +30,7 @@ NOWHERE = 'psycopg.connect("host=127.0.0.1 port=1 connect_timeout=1")'
 
 
 def _broken_backend(tmp_path: Path) -> Path:
-    source = Path(releases.__file__).parent / "reference" / "backend.py"
-    code = source.read_text()
+    code = resources.files("chatapp").joinpath("backend.py").read_text()
     broken = code.replace('self.config.connect_db("backend-health")', NOWHERE).replace(
         'self.config.connect_db("backend")', NOWHERE
     )
@@ -110,8 +110,11 @@ def test_dirty_release_tree_fails_the_predeploy_gate(
     row = dirty.row("DEPLOY-001")
     assert row["outcome"] == "failed", dirty.output
     assert row["message"] == (
-        f"repo {repo}: 1 uncommitted change(s), e.g. app.py (expected a clean tree)"
+        f"sandbox: repo {repo}: 1 uncommitted change(s), e.g. app.py (expected 0 changed files)"
     )
+    assert (row["observed"], row["unit"]) == (1, "count")
+    assert row["evidence"]["git status --porcelain"] == '[\n "?? app.py"\n]'
+
     subprocess.run([*git, "add", "app.py"], check=True)
     subprocess.run([*git, "commit", "-q", "-m", "v1"], check=True)
     clean = run_checks("--check=DEPLOY-001", "-m", "predeploy", env=env)
