@@ -4,76 +4,69 @@ from __future__ import annotations
 
 import pytest
 
-from opsbook import Severity, TargetUnreachable, check
-from opsbook.targets import HttpTarget
+from opsbook import Finding, HttpTarget, Severity, TargetUnreachable, check
+from opsbook.probes.health import http_health
+from opsbook.probes.prometheus import scrape_targets
 from remediation import services
 
 pytestmark = [pytest.mark.daily, pytest.mark.observability]
 
+BODY_CHARS = 2000
+
 
 @check("OBS-001", Severity.HIGH, remediation=services.restart_service)
-def test_prometheus_answers(prometheus: HttpTarget, finding) -> None:
+def test_prometheus_answers(prometheus: HttpTarget, finding: Finding) -> None:
     """Prometheus answers its health endpoint.
 
     Risk: no metrics and no alerts: failures go unseen.
     """
+    path = prometheus.spec.health_path
     try:
-        response = prometheus.health()
+        answer = http_health(prometheus)
     except TargetUnreachable as exc:
-        finding.observe("no answer", expected=200)
-        raise AssertionError(f"prometheus {prometheus.name}: {exc.reason}") from None
-    finding.observe(response.status_code, expected=200)
-    assert response.status_code == 200, (
-        f"prometheus {prometheus.name}: {prometheus.spec.health_path} answered "
-        f"{response.status_code} (expected 200)"
-    )
+        finding.observe("no answer", expected="200")
+        finding.fail(exc.reason)
+    finding.expect(
+        answer.status_code, "200", ok=answer.status_code == 200,
+        problem=f"{path} answered {answer.status_code}",
+    )  # fmt: skip
 
 
 @check("OBS-002", Severity.HIGH)
-def test_every_scrape_target_is_up(prometheus: HttpTarget, finding) -> None:
+def test_every_scrape_target_is_up(prometheus: HttpTarget, finding: Finding) -> None:
     """Every Prometheus scrape target is up.
 
     Risk: a target that is down is a service that is down, or one whose alerts cannot fire.
     """
-    answer = prometheus.get("/api/v1/query", params={"query": "up"}).json()
-    assert answer.get("status") == "success", (
-        f"prometheus {prometheus.name}: query failed: {answer}"
-    )
-    series = answer["data"]["result"]
-    down = [
-        f"{s['metric'].get('job', '?')}/{s['metric'].get('instance', '?')}"
-        for s in series
-        if s["value"][1] != "1"
-    ]
-    finding.observe(f"{len(series) - len(down)}/{len(series)} up", expected="all up")
-    finding.attach(
-        "up",
-        {f"{s['metric'].get('job')}/{s['metric'].get('instance')}": s["value"][1] for s in series},
-    )
-    assert series, f"prometheus {prometheus.name}: no scrape targets at all (up has no series)"
-    assert not down, f"prometheus {prometheus.name}: down: {', '.join(down)} (expected up == 1)"
+    targets = scrape_targets(prometheus)
+    down = [target.name for target in targets if target.up != "1"]
+    finding.attach("up", {target.name: target.up for target in targets})
+    if not targets:
+        finding.observe("0/0 up", expected="all up")
+        finding.fail("no scrape targets at all (up has no series)")
+    finding.expect(
+        f"{len(targets) - len(down)}/{len(targets)} up", "all up", ok=not down,
+        problem=f"down: {', '.join(down)}",
+    )  # fmt: skip
 
 
 @check("OBS-003", Severity.MEDIUM)
-def test_grafana_database_ok(grafana: HttpTarget, finding) -> None:
+def test_grafana_database_ok(grafana: HttpTarget, finding: Finding) -> None:
     """Grafana reports its database ok.
 
     Risk: dashboards and alert rules stored in Grafana are unavailable.
     """
+    expected = "200 database=ok"
     try:
-        response = grafana.health()
+        answer = http_health(grafana)
     except TargetUnreachable as exc:
-        finding.observe("no answer", expected="database ok")
-        raise AssertionError(f"grafana {grafana.name}: {exc.reason}") from None
-    try:
-        database = response.json().get("database")
-    except ValueError:
-        database = None
-    finding.observe(f"{response.status_code} database={database}", expected="200 database=ok")
-    if database != "ok" or response.status_code != 200:
-        finding.attach("response", response.text[:2000])
-    healthy = response.status_code == 200 and database == "ok"
-    assert healthy, (
-        f"grafana {grafana.name}: /api/health answered {response.status_code} "
-        f"with database={database!r} (expected 200 and 'ok')"
-    )
+        finding.observe("no answer", expected=expected)
+        finding.fail(exc.reason)
+    database = answer.field("database")
+    healthy = answer.status_code == 200 and database == "ok"
+    if not healthy:
+        finding.attach("response", answer.text[:BODY_CHARS])
+    finding.expect(
+        f"{answer.status_code} database={database}", expected, ok=healthy,
+        problem=f"/api/health answered {answer.status_code} with database={database!r}",
+    )  # fmt: skip

@@ -6,16 +6,12 @@ autocommit), which owns the chatdb tables and holds pg_signal_backend; none need
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from functools import partial
-from typing import Any
 
-from msgspec import Struct
-
+from opsbook.probes import postgres as probe
+from opsbook.probes.postgres import IndexState, TuningIndex
 from opsbook.remediate.context import Context
 from opsbook.remediate.plan import Plan, StepKind
-
-CHATDB_TABLES = ("agents", "conversations", "messages")
 
 # pg_terminate_backend waits this long for each session to exit, so that the check run right
 # after the fix no longer sees it.
@@ -25,17 +21,6 @@ TERMINATE_WAIT_MS = 5000
 # one (DB-003) would make it wait for ever. It gives up after this, leaving an INVALID index
 # that the next run drops and builds again.
 INDEX_LOCK_TIMEOUT = "30s"
-
-
-def _sessions_idle_in_transaction(limit_s: float, pids: Sequence[int] | None = None) -> str:
-    """The WHERE clause of DB-003, the remediation's own session excluded (values are ours)."""
-    where = (
-        "state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()"
-        f" AND now() - state_change > make_interval(secs => {float(limit_s)!r})"
-    )
-    if pids is not None:
-        where += f" AND pid IN ({', '.join(str(int(pid)) for pid in pids)})"
-    return where
 
 
 def end_idle_transactions(ctx: Context, *, apply: bool) -> Plan:
@@ -53,22 +38,21 @@ def end_idle_transactions(ctx: Context, *, apply: bool) -> Plan:
     plan = Plan.for_fix(ctx)
     limit = ctx.thresholds.idle_in_transaction_s
     with ctx.postgres_admin() as connection:
-        stuck = connection.execute(
-            "SELECT pid, usename, datname, application_name,"
-            " round(extract(epoch FROM now() - state_change))::int"
-            f" FROM pg_stat_activity WHERE {_sessions_idle_in_transaction(limit)}"
-            " ORDER BY state_change"
-        ).fetchall()
+        # DB-003's own probe, so that the fix ends exactly the sessions the check reported.
+        stuck = probe.idle_transactions(connection, limit)
         if not stuck:
             return plan.nothing(f"no session idle in transaction for more than {limit:g}s")
-        pids = [pid for pid, *_ in stuck]
+        pids = [session.pid for session in stuck]
         sessions = ", ".join(
-            f"pid {pid} ({user}@{database}, {application or 'no application name'}, idle {idle}s)"
-            for pid, user, database, application, idle in stuck
+            f"pid {s.pid} ({s.user}@{s.database}, {s.application or 'no application name'}, "
+            f"idle {s.idle_s}s)"
+            for s in stuck
         )
+        # The condition is asked again as the sessions are ended: one that has moved on since
+        # the plan was made is left alone.
         sql = (
             f"SELECT pid, pg_terminate_backend(pid, {TERMINATE_WAIT_MS}) FROM pg_stat_activity"
-            f" WHERE {_sessions_idle_in_transaction(limit, pids)}"
+            f" WHERE {probe.idle_in_transaction(limit, pids)}"
         )
 
         def terminate() -> str:
@@ -107,56 +91,37 @@ def vacuum_analyze(ctx: Context, *, apply: bool) -> Plan:
         def run(sql: str) -> None:
             connection.execute(sql)
 
-        rows = connection.execute(
-            "SELECT relname, n_dead_tup, n_mod_since_analyze,"
-            " coalesce(last_vacuum, last_autovacuum) IS NULL,"
-            " coalesce(last_analyze, last_autoanalyze) IS NULL"
-            " FROM pg_stat_user_tables WHERE schemaname = 'public' AND relname = ANY(%s)"
-            " ORDER BY relname",
-            (list(CHATDB_TABLES),),
-        ).fetchall()
-        for table, dead, modified, never_vacuumed, never_analyzed in rows:
+        for stats in probe.table_statistics(connection):
             reasons = [
                 reason
                 for reason, present in (
-                    (f"{dead} dead row(s)", dead > 0),
-                    (f"{modified} row change(s) since the last analyze", modified > 0),
-                    ("never vacuumed", never_vacuumed),
-                    ("never analyzed", never_analyzed),
+                    (f"{stats.dead_rows} dead row(s)", stats.dead_rows > 0),
+                    (
+                        f"{stats.changed_since_analyze} row change(s) since the last analyze",
+                        stats.changed_since_analyze > 0,
+                    ),
+                    ("never vacuumed", stats.never_vacuumed),
+                    ("never analyzed", stats.analyzed_at is None),
                 )
                 if present
             ]
             if not reasons:
                 continue
-            sql = f"VACUUM (ANALYZE) public.{table}"
+            sql = f"VACUUM (ANALYZE) public.{stats.table}"
             plan.add(
-                f"vacuum and analyze {table}: {', '.join(reasons)}",
+                f"vacuum and analyze {stats.table}: {', '.join(reasons)}",
                 sql,
                 StepKind.MAINTENANCE,
                 partial(run, sql),
             )
         if not plan.steps:
-            return plan.nothing(f"{', '.join(CHATDB_TABLES)}: no dead rows, statistics up to date")
+            return plan.nothing(
+                f"{', '.join(probe.CHAT_TABLES)}: no dead rows, statistics up to date"
+            )
         return plan.finish(apply, ctx.gate)
 
 
 # The performance-tuning runbook's indexes. DB-005 expects them; create_indexes builds them.
-
-
-class TuningIndex(Struct, frozen=True):
-    name: str
-    table: str
-    columns: tuple[str, ...]
-
-    def describe(self) -> str:
-        return f"{self.table}({', '.join(self.columns)})"
-
-    def create_sql(self) -> str:
-        columns = ", ".join(f'"{column}"' for column in self.columns)
-        return (
-            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {self.name} "
-            f"ON public.{self.table} ({columns})"
-        )
 
 
 TUNING_INDEXES = (
@@ -165,64 +130,23 @@ TUNING_INDEXES = (
     TuningIndex("idx_agents_status_last_active", "agents", ("status", "last_active")),
 )
 
-# Plain b-tree indexes of the tuning runbook's tables, by key columns in order, read from
-# pg_index and pg_attribute (not by name: an index made by hand under another name counts).
-# Partial and expression indexes do not count: they do not serve every query on the columns.
-# Rows: table, index, valid, key columns, pid building it (CREATE INDEX in progress) or None.
-INDEXES_SQL = """
-SELECT t.relname, i.relname, x.indisvalid,
-       array_agg(a.attname::text ORDER BY k.n),
-       (SELECT p.pid FROM pg_stat_progress_create_index p WHERE p.index_relid = i.oid LIMIT 1)
-FROM pg_index x
-JOIN pg_class t ON t.oid = x.indrelid
-JOIN pg_namespace s ON s.oid = t.relnamespace
-JOIN pg_class i ON i.oid = x.indexrelid
-JOIN pg_am m ON m.oid = i.relam
-CROSS JOIN LATERAL generate_series(1, x.indnkeyatts) AS k(n)
-JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = x.indkey[k.n - 1]
-WHERE s.nspname = 'public' AND t.relname = ANY(%s) AND m.amname = 'btree'
-  AND x.indpred IS NULL AND x.indexprs IS NULL
-GROUP BY t.relname, i.relname, i.oid, x.indisvalid
-ORDER BY t.relname, i.relname
-"""
+
+def index_problem(state: IndexState) -> str:
+    """What is wrong with a tuning index that is not there (DB-005's words)."""
+    what = state.index.describe()
+    if state.building:
+        building = ", ".join(f"{name} by pid {pid}" for name, pid in state.building)
+        return f"{what} is still being built ({building})"
+    if state.invalid:
+        return f"{what} is INVALID, left by a failed concurrent build ({', '.join(state.invalid)})"
+    return f"{what} has no index"
 
 
-def index_query_params() -> tuple[list[str]]:
-    return (sorted({index.table for index in TUNING_INDEXES}),)
-
-
-class IndexState(Struct, frozen=True):
-    """What the database has for one tuning index."""
-
-    index: TuningIndex
-    valid: tuple[str, ...]  # names of valid indexes on exactly these columns
-    invalid: tuple[str, ...]  # INVALID ones (a failed CREATE INDEX CONCURRENTLY), not building
-    building: tuple[tuple[str, int], ...]  # (name, pid) of builds in progress
-
-    @property
-    def present(self) -> bool:
-        return bool(self.valid)
-
-
-def index_states(rows: Iterable[Sequence[Any]]) -> list[IndexState]:
-    """Fold INDEXES_SQL's rows into one state per tuning index."""
-    found: dict[tuple[str, tuple[str, ...]], list[tuple[str, bool, int | None]]] = {}
-    for table, name, valid, columns, builder in rows:
-        found.setdefault((table, tuple(columns)), []).append((name, bool(valid), builder))
-    states = []
-    for index in TUNING_INDEXES:
-        matches = found.get((index.table, index.columns), [])
-        states.append(
-            IndexState(
-                index,
-                valid=tuple(name for name, valid, _ in matches if valid),
-                invalid=tuple(name for name, valid, pid in matches if not valid and pid is None),
-                building=tuple(
-                    (name, pid) for name, valid, pid in matches if not valid and pid is not None
-                ),
-            )
-        )
-    return states
+def _create_sql(index: TuningIndex) -> str:
+    columns = ", ".join(f'"{column}"' for column in index.columns)
+    return (
+        f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {index.name} ON public.{index.table} ({columns})"
+    )
 
 
 def create_indexes(ctx: Context, *, apply: bool) -> Plan:
@@ -240,7 +164,8 @@ def create_indexes(ctx: Context, *, apply: bool) -> Plan:
     """
     plan = Plan.for_fix(ctx)
     with ctx.postgres_admin() as connection:
-        states = index_states(connection.execute(INDEXES_SQL, index_query_params()).fetchall())
+        found = probe.btree_indexes(connection, {index.table for index in TUNING_INDEXES})
+        states = probe.index_states(found, TUNING_INDEXES)
         wanted = [state for state in states if not state.present and not state.building]
         if not wanted:
             building = [
@@ -254,14 +179,7 @@ def create_indexes(ctx: Context, *, apply: bool) -> Plan:
             )
         dropped = {name for state in wanted for name in state.invalid}
         names = [state.index.name for state in wanted]
-        taken = {
-            name
-            for (name,) in connection.execute(
-                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE n.nspname = 'public' AND c.relname = ANY(%s)",
-                (names,),
-            ).fetchall()
-        } - dropped
+        taken = probe.relations_named(connection, names) - dropped
         if taken:
             # IF NOT EXISTS would quietly do nothing and the check would stay failed.
             raise RuntimeError(
@@ -287,7 +205,7 @@ def create_indexes(ctx: Context, *, apply: bool) -> Plan:
                     StepKind.CREATE_INDEX,
                     partial(run, sql),
                 )
-            sql = state.index.create_sql()
+            sql = _create_sql(state.index)
             plan.add(
                 f"create index {state.index.name} on {state.index.describe()}",
                 f"{limit}; {sql}",

@@ -8,36 +8,17 @@ fix never does less or more than the check asked for.
 from __future__ import annotations
 
 import functools
-import re
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable
 
 from opsbook.inventory import Tuning
+from opsbook.probes import postgres as probe
+from opsbook.probes.postgres import Setting, TableStatistics, size_bytes
 from opsbook.remediate.context import Context
 from opsbook.remediate.plan import Plan, StepKind
-from remediation.database import CHATDB_TABLES
-
-# Per chat table: rows, changes since the last analyze, when (NULL: never), how long ago, and
-# autovacuum's base thresholds for an analyze and a vacuum.
-TABLE_STATISTICS_SQL = """
-SELECT s.relname, s.n_live_tup, s.n_dead_tup, s.n_mod_since_analyze,
-       greatest(s.last_analyze, s.last_autoanalyze),
-       extract(epoch FROM now() - greatest(s.last_analyze, s.last_autoanalyze))::float8,
-       current_setting('autovacuum_analyze_threshold')::int,
-       current_setting('autovacuum_vacuum_threshold')::int
-FROM pg_stat_user_tables s
-WHERE s.schemaname = 'public' AND s.relname = ANY(%s)
-ORDER BY s.relname
-"""
 
 
-def table_statistics_params() -> tuple[list[str]]:
-    return (list(CHATDB_TABLES),)
-
-
-def stale_tables(rows: Iterable[Sequence[Any]], max_age_s: float) -> dict[str, str]:
-    """The tables whose statistics no longer describe them, with the reason, from the rows of
-    TABLE_STATISTICS_SQL.
+def stale_tables(statistics: Iterable[TableStatistics], max_age_s: float) -> dict[str, str]:
+    """The tables whose statistics no longer describe them, with the reason (TUNE-002's verdict).
 
     Stale: more rows changed since the last analyze than autovacuum's own analyze threshold,
     and that analyze is older than `max_age_s` or never happened. A table never analyzed but
@@ -45,18 +26,19 @@ def stale_tables(rows: Iterable[Sequence[Any]], max_age_s: float) -> dict[str, s
     not changed since still has exact statistics and is fresh.
     """
     stale = {}
-    for table, _, _, changed, analyzed, age_s, threshold, _ in rows:
+    for table in statistics:
+        changed, threshold = table.changed_since_analyze, table.analyze_threshold
         if changed <= threshold:
             continue
-        if analyzed is None:
-            stale[table] = (
+        if table.analyzed_age_s is None:
+            stale[table.table] = (
                 f"was never analyzed though {changed} rows changed "
                 f"(autovacuum analyzes after {threshold})"
             )
-        elif age_s > max_age_s:
-            stale[table] = (
-                f"was last analyzed {age_s / 3600:.1f} h ago and {changed} rows changed since "
-                f"(max {max_age_s:g} s)"
+        elif table.analyzed_age_s > max_age_s:
+            stale[table.table] = (
+                f"was last analyzed {table.analyzed_age_s / 3600:.1f} h ago and {changed} rows "
+                f"changed since (max {max_age_s:g} s)"
             )
     return stale
 
@@ -77,10 +59,9 @@ def analyze_tables(ctx: Context, *, apply: bool) -> Plan:
         def run(sql: str) -> None:
             connection.execute(sql)
 
-        rows = connection.execute(TABLE_STATISTICS_SQL, table_statistics_params()).fetchall()
-        stale = stale_tables(rows, max_age_s)
+        stale = stale_tables(probe.table_statistics(connection), max_age_s)
         if not stale:
-            return plan.nothing(f"the statistics of {', '.join(CHATDB_TABLES)} are fresh")
+            return plan.nothing(f"the statistics of {', '.join(probe.CHAT_TABLES)} are fresh")
         for table, reason in stale.items():
             sql = f"ANALYZE public.{table}"
             plan.add(
@@ -96,41 +77,6 @@ def analyze_tables(ctx: Context, *, apply: bool) -> Plan:
 # say "131072kB": the same value).
 
 SETTINGS = ("shared_buffers", "effective_cache_size", "maintenance_work_mem")
-SETTINGS_SQL = (
-    "SELECT name, current_setting(name), setting, unit, context, pending_restart"
-    " FROM pg_settings WHERE name = ANY(%s) ORDER BY name"
-)
-_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
-_SIZE = re.compile(r"^\s*(\d+)\s*(B|kB|MB|GB|TB)?\s*$")  # units as PostgreSQL spells them
-_UNIT = re.compile(r"^(\d*)(B|kB|MB|GB|TB)$", re.IGNORECASE)  # pg_settings.unit: "8kB", "kB"
-
-
-def size_bytes(value: str, unit: str | None = None) -> int:
-    """A PostgreSQL size: "256MB", or a bare number of `unit`s (pg_settings: "4096" of "8kB")."""
-    match = _SIZE.match(value)
-    if match is None:
-        raise ValueError(f"{value!r} is not a size like 256MB")
-    number, written = int(match[1]), match[2]
-    if written:
-        return number * _UNITS[written.lower()]
-    if unit:
-        per = _UNIT.match(unit)
-        if per is None:
-            raise ValueError(f"unknown unit {unit!r}")
-        return number * int(per[1] or 1) * _UNITS[per[2].lower()]
-    return number
-
-
-class Current:
-    """One setting as the server runs it."""
-
-    def __init__(self, row: Sequence[Any]) -> None:
-        name, shown, setting, unit, context, pending = row
-        self.name: str = name
-        self.shown: str = shown
-        self.bytes = size_bytes(str(setting), unit)
-        self.needs_restart: bool = context == "postmaster"
-        self.pending_restart: bool = bool(pending)
 
 
 def expected_settings(tuning: Tuning) -> dict[str, str]:
@@ -139,11 +85,7 @@ def expected_settings(tuning: Tuning) -> dict[str, str]:
     return {name: str(value) for name, value in wanted.items() if value is not None}
 
 
-def current_settings(rows: Iterable[Sequence[Any]]) -> dict[str, Current]:
-    return {row[0]: Current(row) for row in rows}
-
-
-def mismatches(expected: dict[str, str], current: dict[str, Current]) -> list[str]:
+def mismatches(expected: dict[str, str], current: dict[str, Setting]) -> list[str]:
     """The names whose running value differs from the expected size (ValueError: an expected
     value that is not a size, naming the setting)."""
     different = []
@@ -152,7 +94,7 @@ def mismatches(expected: dict[str, str], current: dict[str, Current]) -> list[st
             wanted = size_bytes(value)
         except ValueError as exc:
             raise ValueError(f"tuning.{name}: {exc}") from None
-        if current[name].bytes != wanted:
+        if current[name].size_bytes != wanted:
             different.append(name)
     return different
 
@@ -181,7 +123,7 @@ def apply_settings(ctx: Context, *, apply: bool) -> Plan:
         def run(sql: str) -> None:
             connection.execute(sql)
 
-        current = current_settings(connection.execute(SETTINGS_SQL, (list(SETTINGS),)).fetchall())
+        current = probe.settings(connection, SETTINGS)
         different = mismatches(expected, current)
         if not different:
             return plan.nothing(
