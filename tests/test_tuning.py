@@ -198,3 +198,20 @@ def test_unreadable_expectation_fails_clearly(sandbox: Stack, run_checks: RunChe
     assert row["message"] == (
         "postgres chatdb: inventory: tuning.shared_buffers: 'lots' is not a size like 256MB"
     )
+
+
+@pytest.mark.breaks("TUNE-004")
+def test_setting_lowered_on_the_server_fails_tune_004(
+    sandbox: Stack, run_checks: RunChecks, reset_settings: None
+) -> None:
+    """The inventory expects the running maintenance_work_mem; then it is really lowered on the
+    server (ALTER SYSTEM and a reload, as a hand edit of postgresql.conf would)."""
+    running = superuser(sandbox, "SHOW maintenance_work_mem").strip()
+    expect = {"OPSBOOK__TUNING__MAINTENANCE_WORK_MEM": running}
+    assert run_checks("--check=TUNE-004", env=expect).exit_code == 0
+    superuser(sandbox, "ALTER SYSTEM SET maintenance_work_mem = '16MB'; SELECT pg_reload_conf();")
+    row = run_checks("--check=TUNE-004", env=expect).row("TUNE-004")
+    assert row["outcome"] == "failed"
+    assert f"maintenance_work_mem is 16MB (expected {running})" in row["message"], row["message"]
+    superuser(sandbox, "ALTER SYSTEM RESET maintenance_work_mem; SELECT pg_reload_conf();")
+    assert run_checks("--check=TUNE-004", env=expect).exit_code == 0
