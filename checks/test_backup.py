@@ -6,10 +6,10 @@ from datetime import timedelta
 
 import pytest
 
-from opsbook import Severity, check
+from opsbook import Finding, Inventory, PostgresTarget, Severity, Unit, check
 from opsbook.backup import BackupError, BackupInfo, drill, latest_backup, verify
-from opsbook.inventory import Backup, Inventory
-from opsbook.targets import PostgresTarget
+from opsbook.inventory import Backup
+from opsbook.probes.backup import production_rows
 from remediation import backup as backups
 
 pytestmark = [pytest.mark.backup, pytest.mark.predeploy]
@@ -36,55 +36,66 @@ def latest(backup_settings: Backup) -> BackupInfo:
     return found
 
 
+def _days(seconds: float) -> timedelta:
+    return timedelta(seconds=round(seconds))
+
+
 @pytest.mark.daily
 @check("BACKUP-001", Severity.HIGH, remediation=backups.take_backup)
-def test_latest_backup_is_recent(backup_settings: Backup, finding) -> None:
+def test_latest_backup_is_recent(backup_settings: Backup, finding: Finding) -> None:
     """The latest backup is younger than the allowed age.
 
     Risk: a restore would lose everything written since the last backup; backups may have
     stopped running altogether.
     """
     limit = backup_settings.max_age_s
+    expected = f"younger than {_days(limit)}"
     found = latest_backup(backup_settings.dir)
     if found is None:
-        finding.observe("no backup", expected=f"< {limit:g} s old")
-        raise AssertionError(f"backup dir {backup_settings.dir}: no opsbook backup found")
-    age = found.age_s()
-    finding.observe(round(age), expected=f"< {limit:g} s")
+        finding.observe("no backup", expected=expected)
+        finding.fail(f"backup dir {backup_settings.dir}: no opsbook backup found")
     if found.manifest is None:
         finding.attach("manifest", f"{found.manifest_problem}: age from the directory's mtime")
-    assert age < limit, (
-        f"backup {found.name}: {timedelta(seconds=round(age))} old "
-        f"(max {timedelta(seconds=round(limit))})"
+    age = found.age_s()
+    finding.expect(
+        round(age),
+        expected,
+        ok=age < limit,
+        unit=Unit.SECONDS,
+        problem=f"backup {found.name}: {_days(age)} old",
     )
 
 
 @pytest.mark.daily
 @check("BACKUP-002", Severity.HIGH, remediation=backups.take_backup)
-def test_latest_backup_is_complete(latest: BackupInfo, finding) -> None:
+def test_latest_backup_is_complete(latest: BackupInfo, finding: Finding) -> None:
     """The latest backup is complete: every part present, sizes and checksums as recorded.
 
     Risk: a truncated or corrupted dump is found out only when it is needed for a restore.
     """
     problems = verify(latest)
-    finding.observe(len(problems), expected="0 problems")
     if problems:
         finding.attach("problems", problems)
     if latest.manifest is not None:
         finding.attach("manifest parts", latest.parts())
-    assert not problems, f"backup {latest.name}: " + "; ".join(problems)
+    finding.expect(
+        len(problems),
+        "0 problems",
+        ok=not problems,
+        unit=Unit.COUNT,
+        problem=f"backup {latest.name}: " + "; ".join(problems),
+    )
 
 
 @pytest.mark.weekly
 @check("BACKUP-003", Severity.HIGH)
 def test_latest_backup_restores(
-    latest: BackupInfo, postgres: PostgresTarget, inventory: Inventory, finding
+    latest: BackupInfo, postgres: PostgresTarget, inventory: Inventory, finding: Finding
 ) -> None:
     """The latest backup restores into a scratch database, with its rows and invariants.
 
     Risk: a backup that cannot be restored, or restores inconsistent data, is no backup.
     """
-    name = postgres.name
     queue = next(iter(inventory.redis.values())).queues.processed if inventory.redis else ""
     expected = (
         "restores; counts >= production's before the backup; no orphans; processed ids stored"
@@ -92,41 +103,28 @@ def test_latest_backup_restores(
     problems = verify(latest)
     if problems:
         finding.observe("incomplete", expected=expected)
-        raise AssertionError(f"backup {latest.name}: not drilled, it is incomplete: {problems[0]}")
+        finding.fail(f"backup {latest.name}: not drilled, it is incomplete: {problems[0]}")
     try:
-        result = drill(latest, name, queue)
+        result = drill(latest, postgres.name, queue)
     except BackupError as exc:
         finding.observe("restore failed", expected=expected)
-        raise AssertionError(f"backup {latest.name}: {exc}") from None
-    cutoff = latest.started - timedelta(seconds=PIPELINE_SLACK_S)
-    rows: dict[str, dict[str, int]] = {}
-    for table, column in (("conversations", "created_at"), ("messages", '"timestamp"')):
-        ((total, before),) = postgres.query(
-            f"SELECT count(*), count(*) FILTER (WHERE {column} < %s) FROM {table}", (cutoff,)
-        )
-        rows[table] = {
-            "restored": result.restored_counts.get(table, -1),
-            "production": total,
-            "production_before_backup": before,
-        }
-    finding.observe(
-        {
-            "restore_s": round(result.restore_s, 2),
-            "backup_age_s": round(latest.age_s()),
-            "rows": {t: [r["restored"], r["production"]] for t, r in rows.items()},
-        },
-        expected=expected,
-    )
-    finding.attach("row counts", rows)
-    missing_tables = [t for t, r in rows.items() if r["restored"] < 0]
-    short = [
-        f"{t} {r['restored']} < {r['production_before_backup']}"
-        for t, r in rows.items()
-        if 0 <= r["restored"] < r["production_before_backup"]
-    ]
+        finding.fail(f"backup {latest.name}: {exc}")
+    production = production_rows(postgres, latest.started - timedelta(seconds=PIPELINE_SLACK_S))
+    restored = {table: result.restored_counts.get(table, -1) for table in production}
+    finding.attach(
+        "row counts",
+        {t: {"restored": restored[t], "production": p.total, "production_before_backup": p.before}
+         for t, p in production.items()},
+    )  # fmt: skip
     found = []
+    missing_tables = [t for t, count in restored.items() if count < 0]
     if missing_tables:
         found.append(f"missing table(s) {', '.join(missing_tables)}")
+    short = [
+        f"{t} {restored[t]} < {p.before}"
+        for t, p in production.items()
+        if 0 <= restored[t] < p.before
+    ]
     if short:
         found.append(f"fewer rows than production held before the backup: {', '.join(short)}")
     if result.orphan_messages:
@@ -137,4 +135,13 @@ def test_latest_backup_restores(
             f"{len(result.processed_missing)} of {result.processed_ids} id(s) in the backup's "
             f"{queue} are not in its messages"
         )
-    assert not found, f"backup {latest.name} restored for postgres {name}: " + "; ".join(found)
+    finding.expect(
+        {
+            "restore_s": round(result.restore_s, 2),
+            "backup_age_s": round(latest.age_s()),
+            "rows": {t: [restored[t], p.total] for t, p in production.items()},
+        },
+        expected,
+        ok=not found,
+        problem=f"backup {latest.name} restored: " + "; ".join(found),
+    )

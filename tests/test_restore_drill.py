@@ -59,7 +59,7 @@ def test_drill_restores_the_latest_backup_into_a_scratch_cluster(
     result = run_checks("--check=BACKUP-003", "-m", "weekly", inventory=inventory)
     row = result.row("BACKUP-003", "chatdb")
     assert row["outcome"] == "passed", result.output
-    observed = json.loads(row["observed"])
+    observed = row["observed"]
     assert observed["restore_s"] > 0
     assert observed["backup_age_s"] >= 0
     restored, production = observed["rows"]["messages"]
@@ -88,9 +88,9 @@ def test_drill_fails_on_a_dump_that_does_not_restore(
     assert result.outcome("BACKUP-002") == "passed", result.output
     row = result.row("BACKUP-003", "chatdb")
     assert row["outcome"] == "failed", result.output
-    assert row["message"].startswith(f"backup {latest.name}: pg_restore of postgres-chatdb.dump"), (
-        row["message"]
-    )
+    assert row["message"].startswith(
+        f"postgres chatdb: backup {latest.name}: pg_restore of postgres-chatdb.dump"
+    ), row["message"]
     assert not list(Path("/tmp").glob("opsbook-drill-*")), "the scratch cluster was left behind"
 
 

@@ -86,9 +86,14 @@ class LogTail(Struct, frozen=True):
     """The last bytes of a log."""
 
     path: str
-    text: str  # decoded as UTF-8, undecodable bytes replaced
+    data: bytes
     # The log is longer than what was read, so the first line is a fragment of a longer one.
     cut: bool
+
+    @property
+    def text(self) -> str:
+        """The tail decoded as UTF-8, undecodable bytes replaced."""
+        return self.data.decode("utf-8", errors="replace")
 
 
 def log_tail(
@@ -103,7 +108,7 @@ def log_tail(
     if answer.rc != 0:
         raise NotObserved(host, path, f"cannot read: {answer.why()}")
     data = answer.stdout_bytes
-    return LogTail(path, data.decode("utf-8", errors="replace"), cut=len(data) >= max_bytes)
+    return LogTail(path, data, cut=len(data) >= max_bytes)
 
 
 def _zone(text: str) -> timezone:
