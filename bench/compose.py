@@ -30,7 +30,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from opsbook.sandbox.compose import ComposeStack, default_docker_host  # noqa: E402
+from opsbook.compose import default_docker_host  # noqa: E402
+from opsbook.sandbox.compose import ComposeStack  # noqa: E402
 
 IMAGES = [f"localhost/opsbook-{name}:dev" for name in ("app", "postgres", "redis", "nginx",
                                                        "prometheus")]  # fmt: skip

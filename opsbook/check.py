@@ -27,8 +27,6 @@ class Severity(enum.IntEnum):
         return self.name.lower()
 
 
-# A dataclass, not a msgspec Struct like the run's other values: `import opsbook` also happens in
-# the reference app's images (opsbook/reference), which have the stdlib and the drivers only.
 @dataclass(frozen=True)
 class CheckSpec:
     """What a check declares about itself."""

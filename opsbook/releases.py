@@ -6,11 +6,13 @@
     DIR/releases/history            the tags deployed, one a line, oldest first
 
     create(releases, "v2")          copy the reference backend (or a given file) into v2/
-    deploy(stack, releases, "v2")   current -> v2 (atomically), append to history, restart
-    rollback(stack, releases)       drop the newest history line, current -> the one before
+    deploy(runtime, releases, "v2") current -> v2 (atomically), append to history, restart
+    rollback(runtime, releases)     drop the newest history line, current -> the one before
 
-Without a `current` link the backend runs from the opsbook package, as before releases existed.
-A compose deployment rolls back by image tag instead; that is not done here.
+`runtime` is whatever restarts the backend: the inventory's runtime (opsbook.remediate.runtime),
+or the sandbox's Stack itself. Without a `current` link the sandbox runs the backend from the
+chatapp package, as before releases existed. A compose deployment rolls back by image tag
+instead; that is not done here.
 """
 
 from __future__ import annotations
@@ -20,16 +22,12 @@ import json
 import os
 import re
 import shutil
-import sys
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from msgspec import Struct
-
-if TYPE_CHECKING:  # the checks import this module; the sandbox only matters when deploying
-    from opsbook.sandbox.stack import Stack
 
 CURRENT = "current"
 HISTORY = "history"
@@ -45,20 +43,16 @@ def releases_dir(sandbox_dir: Path) -> Path:
     return sandbox_dir / "releases"
 
 
-def backend_argv(sandbox_dir: Path) -> list[str]:
-    """How the sandbox starts its backend: from `current` when a release is deployed.
-
-    The path goes through the `current` link (not resolved), so a restart after a switch runs
-    the newly deployed release.
-    """
-    entry = releases_dir(sandbox_dir) / CURRENT / ENTRY
-    if entry.is_file():
-        return [sys.executable, str(entry)]
-    return [sys.executable, "-m", "opsbook.reference.backend"]
+def current_entry(releases: Path) -> Path:
+    """The deployed release's backend file, through the `current` link (not resolved, so that
+    a restart after a switch runs the newly deployed release); it may not exist."""
+    return releases / CURRENT / ENTRY
 
 
-def restart_backend(stack: Stack) -> None:
-    stack.restart("backend")
+class Restarts(Protocol):
+    """What deploy and rollback need of a runtime: restarting the backend."""
+
+    def restart(self, service: str) -> None: ...
 
 
 class Release(Struct, frozen=True):
@@ -80,7 +74,7 @@ def create(releases: Path, tag: str, source: Path | None = None) -> Release:
     code = (
         source.read_bytes()
         if source is not None
-        else resources.files("opsbook.reference").joinpath("backend.py").read_bytes()
+        else resources.files("chatapp").joinpath("backend.py").read_bytes()
     )
     staging = releases / f".{tag}.partial"
     shutil.rmtree(staging, ignore_errors=True)
@@ -91,7 +85,7 @@ def create(releases: Path, tag: str, source: Path | None = None) -> Release:
             {
                 "tag": tag,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "source": str(source) if source else "opsbook.reference.backend",
+                "source": str(source) if source else "chatapp.backend",
                 "sha256": hashlib.sha256(code).hexdigest(),
             },
             indent=2,
@@ -137,34 +131,19 @@ def _write_history(releases: Path, tags: list[str]) -> None:
     os.replace(staged, releases / HISTORY)
 
 
-def deploy(stack: Stack, releases: Path, tag: str) -> None:
+def deploy(runtime: Restarts, releases: Path, tag: str) -> None:
     """Switch `current` to release `tag` and restart the backend from it."""
     _switch(releases, _check_tag(tag))
     _write_history(releases, [*history(releases), tag])
-    restart_backend(stack)
+    runtime.restart("backend")
 
 
-def rollback(stack: Stack, releases: Path) -> tuple[str, str]:
+def rollback(runtime: Restarts, releases: Path) -> tuple[str, str]:
     """Go back to the release deployed before the current one; (from, to)."""
     deployed = history(releases)
     if len(deployed) < 2:
         raise ReleaseError(f"no earlier release to roll back to in {releases}")
     _switch(releases, deployed[-2])
     _write_history(releases, deployed[:-1])
-    restart_backend(stack)
+    runtime.restart("backend")
     return deployed[-1], deployed[-2]
-
-
-def sandbox_inventory_sections(sandbox_dir: Path) -> dict[str, object]:
-    """The `backup:` and `deploy:` sections of the sandbox's inventory.
-
-    Backups go to DIR/backups: `backups/` on the data filesystem the inventory lists for the
-    host (DIR), where remediation/disk.py's retention looks for opsbook's backups.
-    """
-    return {
-        "backup": {
-            "dir": str(sandbox_dir / "backups"),
-            "data_paths": [str(sandbox_dir / "nginx" / "html")],
-        },
-        "deploy": {"releases_dir": str(releases_dir(sandbox_dir)), "min_free_mb": 100},
-    }

@@ -11,6 +11,7 @@ from pathlib import Path
 from opsbook.inventory import Inventory
 from opsbook.remediate.context import Context
 from opsbook.remediate.plan import Plan, StepKind
+from opsbook.remediate.runtime import runtime_for
 from opsbook.targets import HttpTarget
 
 KIND = StepKind.MAINTENANCE_MODE
@@ -28,13 +29,10 @@ def _flag(inventory: Inventory) -> Path:
             f"inventory's runtime: {runtime}); switch nginx to its maintenance page by hand, "
             "as the maintenance-window runbook says"
         )
-    from opsbook.sandbox.base import Layout
-    from opsbook.sandbox.nginx import Nginx
-
-    # Only the flag's path is wanted: no port, and nothing is started or written.
-    flag = Nginx(Layout(inventory.sandbox.dir), None, backend_port=0).maintenance_flag
-    if not flag.parent.is_dir():
-        raise MaintenanceUnsupported(f"no sandbox nginx at {flag.parent} (is the sandbox up?)")
+    sandbox = runtime_for(inventory)
+    flag = sandbox.maintenance_flag() if sandbox is not None else None
+    if flag is None:
+        raise MaintenanceUnsupported(f"no sandbox nginx in {inventory.sandbox.dir} (is it up?)")
     return flag
 
 

@@ -44,9 +44,7 @@ def rollback_release(ctx: Context, *, apply: bool) -> Plan:
                 f"kind {ROLLBACK!r} is not registered as risky (opsbook.remediate.plan.RISKY), "
                 "so it cannot be allowed explicitly: refusing"
             )
-        from opsbook.sandbox.stack import Stack
-
-        gone, back = releases.rollback(Stack(sandbox.dir), where)
+        gone, back = releases.rollback(ctx.runtime(), where)
         ready = wait_ready(ctx.inventory, deadline)
         if not ready.ready:
             waiting = "; ".join(f"{what}: {why}" for what, why in ready.not_ready.items())

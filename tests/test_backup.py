@@ -22,8 +22,7 @@ from support import RunChecks
 
 from opsbook import backup
 from opsbook.inventory import load_inventory
-from opsbook.releases import sandbox_inventory_sections
-from opsbook.sandbox.stack import Stack
+from opsbook.sandbox.stack import Stack, sandbox_inventory_sections
 
 pytestmark = pytest.mark.sandbox
 
@@ -121,7 +120,7 @@ def test_a_corrupted_backup_fails_the_completeness_check(
     assert result.outcome("BACKUP-001") == "passed", result.output
     row = result.row("BACKUP-002")
     assert row["outcome"] == "failed", result.output
-    assert row["message"].startswith(f"backup {latest.name}: "), row["message"]
+    assert row["message"].startswith(f"sandbox: backup {latest.name}: "), row["message"]
     assert expected in row["message"], row["message"]
 
 
@@ -136,8 +135,9 @@ def test_an_old_backup_fails_the_age_check(copy: tuple[Path, Path], run_checks: 
     result = run_checks("--check=BACKUP-001,BACKUP-002", "-m", "backup", inventory=inventory)
     row = result.row("BACKUP-001")
     assert row["outcome"] == "failed", result.output
-    assert row["message"].startswith(f"backup {latest.name}: 2 days, 0:00:"), row["message"]
-    assert row["message"].endswith(" old (max 1 day, 0:00:00)"), row["message"]
+    message = row["message"]
+    assert message.startswith(f"sandbox: backup {latest.name}: 2 days, 0:00:"), message
+    assert message.endswith(" old (expected younger than 1 day, 0:00:00)"), message
     assert result.outcome("BACKUP-002") == "passed"  # old, but still complete
 
 
@@ -148,7 +148,7 @@ def test_no_backup_at_all_fails_and_no_section_skips(
     inventory = backup_inventory(sandbox, tmp_path / "empty")
     result = run_checks("--check=BACKUP-001", "-m", "backup", inventory=inventory)
     assert result.row("BACKUP-001")["message"] == (
-        f"backup dir {tmp_path / 'empty'}: no opsbook backup found"
+        f"sandbox: backup dir {tmp_path / 'empty'}: no opsbook backup found"
     )
     without = yaml.safe_load(sandbox.inventory_path.read_text())
     del without["backup"]

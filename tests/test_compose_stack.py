@@ -18,8 +18,9 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from opsbook.compose import default_docker_host
 from opsbook.inventory import Inventory, load_inventory
-from opsbook.sandbox.compose import SERVICES, ComposeStack, default_docker_host
+from opsbook.sandbox.compose import SERVICES, ComposeStack
 
 pytestmark = pytest.mark.containers
 

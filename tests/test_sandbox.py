@@ -183,7 +183,7 @@ def test_poison_message_is_dead_lettered_and_process_dlq_requeues_it(
     first_failure_count = admin_redis.llen("dead_letter_queue")
     env = {**os.environ, "PYTHONPATH": str(SOURCE_ROOT)}
     result = subprocess.run(
-        [sys.executable, "-m", "opsbook.reference.worker", "process-dlq",
+        [sys.executable, "-m", "chatapp.worker", "process-dlq",
          "--config", str(sandbox.dir / "app.json")],
         capture_output=True, text=True, timeout=30, env=env, check=False,
     )  # fmt: skip

@@ -29,8 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from opsbook.inventory import Inventory, InventoryError, load_inventory
+from opsbook.inventory import Host, Inventory, InventoryError, load_inventory
 from opsbook.locations import inventory_path
+from opsbook.remediate.runtime import runtime_for
 
 EXIT_INCOMPLETE = 1
 LOG_BYTES = 64 * 1024 * 1024  # the tail of each log: a day of a busy service
@@ -105,27 +106,35 @@ def _safe_name(path: str) -> str:
     return path.strip("/").replace("/", "__") or "root"
 
 
-def _host_evidence(evidence: _Evidence, name: str, spec: str, logs: list[str]) -> None:
-    import testinfra
+def _host_evidence(evidence: _Evidence, name: str, spec: Host, logs: list[str]) -> None:
+    # The host probes: the same log tail as LOG-001 and SEC-050, every command under timeout.
+    from opsbook.probes.host import NotObserved, run
+    from opsbook.probes.logs import log_tail
+    from opsbook.targets import HostTarget
 
+    host = HostTarget(name, spec)
     try:
-        host = testinfra.get_host(spec)
-        host.run("true")
+        host.testinfra.run("true")
     except Exception as exc:  # testinfra raises its backends' own errors
-        evidence.note(f"host {name}: cannot reach {spec}: {exc}")
+        evidence.note(f"host {name}: cannot reach {spec.spec}: {exc}")
         return
     for what, command in (("processes.txt", "ps auxww"), ("sockets.txt", "ss -ltnp")):
-        done = host.run(command)
+        try:
+            done = run(host, command, command, timeout_s=COMMAND_TIMEOUT_S)
+        except NotObserved as exc:
+            evidence.note(str(exc))
+            continue
         if done.rc == 0:
             evidence.write(f"hosts/{name}/{what}", done.stdout_bytes)
         else:
             evidence.note(f"host {name}: {command} failed: {done.stderr.strip()[:200]}")
     for log in logs:
-        done = host.run("tail -c %s -- %s", str(LOG_BYTES), log)
-        if done.rc == 0:
-            evidence.write(f"hosts/{name}/logs/{_safe_name(log)}", done.stdout_bytes)
-        else:
-            evidence.note(f"host {name}: log {log}: {done.stderr.strip()[:200]}")
+        try:
+            tail = log_tail(host, log, timeout_s=COMMAND_TIMEOUT_S, max_bytes=LOG_BYTES)
+        except NotObserved as exc:
+            evidence.note(f"host {name}: log {log}: {exc.reason}")
+            continue
+        evidence.write(f"hosts/{name}/logs/{_safe_name(log)}", tail.data)
 
 
 def _sandbox_logs(directory: Path) -> list[str]:
@@ -135,9 +144,8 @@ def _sandbox_logs(directory: Path) -> list[str]:
 
 def _stack_status(evidence: _Evidence, inventory: Inventory) -> None:
     if inventory.sandbox is not None:
-        from opsbook.sandbox.stack import Stack
-
-        lines = [status.line() for status in Stack(inventory.sandbox.dir).status()]
+        runtime = runtime_for(inventory)
+        lines = runtime.status_lines() if runtime is not None else []
         evidence.write("status/sandbox.txt", ("\n".join(lines) + "\n").encode())
     if inventory.compose is not None:
         env = dict(os.environ)
@@ -209,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
     extra = _sandbox_logs(inventory.sandbox.dir) if inventory.sandbox is not None else []
     for name, host in inventory.hosts.items():
         logs = list(dict.fromkeys([*host.logs, *(extra if host.spec == "local://" else [])]))
-        _host_evidence(evidence, name, host.spec, logs)
+        _host_evidence(evidence, name, host, logs)
     _stack_status(evidence, inventory)
     if args.dump_database:
         _dump_databases(evidence, inventory)

@@ -4,17 +4,28 @@ The inventory says which runtime: `sandbox` (the native processes of `opsbook sa
 `compose` (a compose project on a container engine: `docker compose restart`, `up
 --force-recreate`, `up --scale`). Every action also has the exact command a person would type,
 for the plan.
+
+The sandbox's runtime lives in opsbook.remediate.sandbox_runtime, loaded by name from
+RUNTIME_MODULES: production code never imports opsbook.sandbox, and that module is the one
+place that does.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import shlex
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
+from opsbook.compose import COMPOSE_FILE, ENV_COMPOSE_DIR, ComposeDriver
 from opsbook.inventory import Compose, Inventory
+
+# Runtimes whose modules nothing may import (the sandbox's), by inventory section: each module
+# has `runtime(inventory) -> Runtime`.
+RUNTIME_MODULES = {"sandbox": "opsbook.remediate.sandbox_runtime"}
 
 
 class Runtime(Protocol):
@@ -27,36 +38,14 @@ class Runtime(Protocol):
     def replicas(self, service: str) -> int: ...
     def scale(self, service: str, count: int) -> None: ...
 
+    def status_lines(self) -> list[str]:
+        """One line per service: running or not, and where (for evidence and people)."""
+        ...
 
-class SandboxRuntime:
-    """The sandbox's own process control (`python -m opsbook sandbox restart NAME`)."""
-
-    name = "sandbox"
-
-    def __init__(self, directory: Path) -> None:
-        from opsbook.sandbox.stack import Stack
-
-        self.stack = Stack(directory)
-
-    def command(self, verb: str, service: str, *args: str) -> str:
-        words = " ".join((verb, service, *args))
-        return f"python -m opsbook sandbox {words} --dir {self.stack.dir}"
-
-    def is_running(self, service: str) -> bool:
-        return self.stack.component(service).is_running()
-
-    def restart(self, service: str) -> None:
-        self.stack.restart(service)
-
-    def recreate(self, service: str) -> None:
-        self.stack.recreate(service)
-
-    def replicas(self, service: str) -> int:
-        """How many processes of the service run (0 when it is stopped)."""
-        return self.stack.replicas(service)
-
-    def scale(self, service: str, count: int) -> None:
-        self.stack.scale(service, count)
+    def maintenance_flag(self) -> Path | None:
+        """The file whose existence puts the frontend into maintenance mode, on this machine;
+        None when this runtime has no such switch."""
+        ...
 
 
 class ComposeRuntime:
@@ -73,12 +62,10 @@ class ComposeRuntime:
     name = "compose"
 
     def __init__(self, compose: Compose, ports: dict[str, int] | None = None) -> None:
-        from opsbook.sandbox.compose import COMPOSE_FILE, ENV_COMPOSE_DIR, ComposeStack
-
         compose_file = compose.file or COMPOSE_FILE
         given = compose.dir or os.environ.get(ENV_COMPOSE_DIR)
         directory = Path(given) if given else compose_file.parent / ".opsbook" / "compose"
-        self.stack = ComposeStack(
+        self.stack = ComposeDriver(
             directory,
             project=compose.project,
             compose_file=compose_file,
@@ -115,8 +102,6 @@ class ComposeRuntime:
         return {port_variable(service): str(port)} if port else {}
 
     def command(self, verb: str, service: str, *args: str) -> str:
-        from opsbook.sandbox.compose import ENV_COMPOSE_DIR
-
         arguments, extra = self._arguments(verb, service, *args)
         env = {}
         if self.stack.docker_host:
@@ -159,6 +144,13 @@ class ComposeRuntime:
     def scale(self, service: str, count: int) -> None:
         self._run("scale", service, str(count))
 
+    def status_lines(self) -> list[str]:
+        """`docker compose ps --all`: one line per container of the project."""
+        return self.stack.compose("ps", "--all").strip().splitlines()
+
+    def maintenance_flag(self) -> Path | None:
+        return None  # nginx in a container: its maintenance page is switched by hand
+
 
 def port_variable(service: str) -> str:
     """The variable compose.yaml publishes the service's port on: OPSBOOK_PORT_BACKEND."""
@@ -183,8 +175,11 @@ def published_ports(inventory: Inventory) -> dict[str, int]:
 
 
 def runtime_for(inventory: Inventory) -> Runtime | None:
+    """The inventory's runtime, or None when it names none."""
     if inventory.sandbox is not None:
-        return SandboxRuntime(inventory.sandbox.dir)
+        module = importlib.import_module(RUNTIME_MODULES["sandbox"])
+        factory = cast(Callable[[Inventory], Runtime], module.runtime)
+        return factory(inventory)
     if inventory.compose is not None:
         return ComposeRuntime.from_inventory(inventory)
     return None

@@ -11,15 +11,16 @@ import os
 import sys
 from pathlib import Path
 
-import opsbook
+import chatapp
 from opsbook.loopback import http_status
+from opsbook.releases import current_entry, releases_dir
 from opsbook.sandbox.base import Component, Layout, require_port
 from opsbook.sandbox.postgres import APP_ROLE, DATABASE
 from opsbook.sandbox.process import Process, SandboxError
 from opsbook.sandbox.redis import secret_name
 
-# The directory that holds the opsbook package, so that the children import this very copy.
-_SOURCE_ROOT = Path(opsbook.__file__).resolve().parent.parent
+# The directory that holds the chatapp package, so that the children import this very copy.
+_SOURCE_ROOT = Path(chatapp.__file__).resolve().parent.parent
 
 
 def write_app_config(layout: Layout, ports: dict[str, int]) -> Path:
@@ -44,6 +45,15 @@ def write_app_config(layout: Layout, ports: dict[str, int]) -> Path:
     return layout.app_config
 
 
+def backend_argv(sandbox_dir: Path) -> list[str]:
+    """How the sandbox starts its backend: from the deployed release (DIR/releases/current)
+    once there is one, else from the chatapp package."""
+    entry = current_entry(releases_dir(sandbox_dir))
+    if entry.is_file():
+        return [sys.executable, str(entry)]
+    return [sys.executable, "-m", "chatapp.backend"]
+
+
 def _python_env() -> dict[str, str]:
     env = dict(os.environ)
     path = env.get("PYTHONPATH")
@@ -56,8 +66,6 @@ class Backend(Component):
     name = "backend"
 
     def _process(self) -> Process:
-        from opsbook.releases import backend_argv  # releases imports this module
-
         return Process(
             name=self.name,
             # From the deployed release (DIR/releases/current) once there is one.
@@ -76,7 +84,7 @@ class Backend(Component):
 class Worker(Component):
     """A queue worker. `Worker(layout, None)` is the worker; `replica=2` and up are the extra
     workers of `Stack.scale`, each its own process named worker-N, with its own in-flight list
-    (see opsbook.reference.worker) and pid and ready files, logging into the same worker.log
+    (see chatapp.worker) and pid and ready files, logging into the same worker.log
     (so that the log check reads every worker's lines)."""
 
     name = "worker"
@@ -92,7 +100,7 @@ class Worker(Component):
         return Process(
             name=self.name,
             argv=[
-                sys.executable, "-m", "opsbook.reference.worker",
+                sys.executable, "-m", "chatapp.worker",
                 "--config", str(self.layout.app_config),
                 "--name", self.name,
                 "--ready-file", str(self.ready_file),
@@ -122,8 +130,8 @@ class Worker(Component):
         """
         import redis
 
-        from opsbook.reference.config import AppConfig
-        from opsbook.reference.worker import requeue_in_flight
+        from chatapp.config import AppConfig
+        from chatapp.worker import requeue_in_flight
 
         if self.is_running():
             raise SandboxError(f"{self.name} runs: its in-flight messages are its own")

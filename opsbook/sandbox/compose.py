@@ -1,44 +1,34 @@
-"""The whole AI chat system as a compose project on a container engine (Docker, or Podman's
-Docker API), driven through `docker compose`; state (secrets, inventory) under one directory.
+"""The sandbox on a container engine: the whole AI chat system as a compose project (Docker,
+or Podman's Docker API), driven through opsbook.compose; state (secrets, inventory) under one
+directory.
 
     stack = ComposeStack(Path("/tmp/cz"))
     inventory = stack.up()          # build (cached), start, wait until ready, write inventory.yaml
     stack.status()                  # [ServiceStatus(name, running, container, port), ...]
     stack.down()                    # remove containers, network and volumes
 
-The services and images are in compose.yaml at the repository root and containers/. Every
-`docker compose` command gets `OPSBOOK_COMPOSE_DIR=DIR` (where the secret files are) and
-`DOCKER_BUILDKIT=0` (BuildKit would pull its own image, and no registry may be reachable).
+The services and images are in compose.yaml at the repository root and containers/; every
+`docker compose` command gets `OPSBOOK_COMPOSE_DIR=DIR` (where the secret files are).
 Readiness is probed from the host: engines without systemd never run a HEALTHCHECK.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import re
 import shutil
-import subprocess
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import opsbook
+from opsbook.compose import COMPOSE_FILE, ComposeDriver, ComposeError
 from opsbook.loopback import http_json, http_status
 from opsbook.sandbox.base import Layout
 from opsbook.sandbox.postgres import ADMIN_ROLE, APP_ROLE, MONITOR_ROLE
-from opsbook.sandbox.process import SandboxError
 from opsbook.sandbox.redis import USERS, secret_name
 from opsbook.sandbox.targets_section import target_sections
 
-# The repository holding compose.yaml, containers/ and the opsbook package the images copy.
-SOURCE_ROOT = Path(opsbook.__file__).resolve().parent.parent
-COMPOSE_FILE = SOURCE_ROOT / "compose.yaml"
-ALERTS = SOURCE_ROOT / "alerts"
-PODMAN_SOCKET = Path("/run/podman/podman.sock")
-ENV_COMPOSE_DIR = "OPSBOOK_COMPOSE_DIR"
+# The repository's alert rules, which the stack's Prometheus loads.
+ALERTS = COMPOSE_FILE.parent / "alerts"
 
 # In start order (compose's depends_on decides the real order); the container port of each.
 SERVICES = ("postgres", "redis", "backend", "worker", "frontend", "prometheus")
@@ -54,16 +44,7 @@ SECRETS = (APP_ROLE, MONITOR_ROLE, ADMIN_ROLE, *(secret_name(user) for user in U
 
 DEADLINE_S = 90.0  # the first start of PostgreSQL runs initdb
 BUILD_TIMEOUT_S = 900.0
-COMMAND_TIMEOUT_S = 120.0
 POLL_S = 0.5
-
-
-class ComposeError(SandboxError):
-    """A `docker compose` command failed, or a service did not become ready."""
-
-    def __init__(self, message: str, output: str = "") -> None:
-        super().__init__(message)
-        self.log_tail = output.strip().splitlines()[-20:]
 
 
 @dataclass(frozen=True)
@@ -80,24 +61,8 @@ class ServiceStatus:
         )
 
 
-def default_docker_host() -> str | None:
-    """$DOCKER_HOST if set, else Podman's API socket if it is there, else the client default."""
-    if os.environ.get("DOCKER_HOST"):
-        return os.environ["DOCKER_HOST"]
-    if PODMAN_SOCKET.is_socket():
-        return f"unix://{PODMAN_SOCKET}"
-    return None
-
-
-def project_name(directory: Path) -> str:
-    """A compose project name of its own for each state directory."""
-    digest = hashlib.sha256(str(directory).encode()).hexdigest()[:8]
-    stem = re.sub(r"[^a-z0-9]+", "-", directory.name.lower()).strip("-")[:20] or "stack"
-    return f"opsbook-{stem}-{digest}"
-
-
-class ComposeStack:
-    """One compose project, its state in `directory` (made absolute)."""
+class ComposeStack(ComposeDriver):
+    """The sandbox's compose project, its state in `directory` (made absolute)."""
 
     def __init__(
         self,
@@ -107,61 +72,16 @@ class ComposeStack:
         compose_file: Path = COMPOSE_FILE,
         docker_host: str | None = None,
     ) -> None:
-        self.dir = Path(directory).absolute()
+        super().__init__(
+            directory, project=project, compose_file=compose_file, docker_host=docker_host
+        )
         self.layout = Layout(self.dir)
-        self.project = project or project_name(self.dir)
-        self.compose_file = compose_file
-        self.docker_host = docker_host or default_docker_host()
 
     @property
     def inventory_path(self) -> Path:
         return self.layout.inventory
 
     # -- docker compose --------------------------------------------------------------------
-
-    def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["DOCKER_BUILDKIT"] = "0"
-        env["COMPOSE_DOCKER_CLI_BUILD"] = "0"
-        env[ENV_COMPOSE_DIR] = str(self.dir)
-        if self.docker_host:
-            env["DOCKER_HOST"] = self.docker_host
-        return env
-
-    def compose(
-        self,
-        *args: str,
-        timeout: float = COMMAND_TIMEOUT_S,
-        env: Mapping[str, str] | None = None,
-    ) -> str:
-        """Run `docker compose -p PROJECT -f FILE ARGS...`; its stdout, or ComposeError.
-
-        `env` adds variables for this command only (`OPSBOOK_PORT_BACKEND=...`)."""
-        if shutil.which("docker") is None:
-            raise ComposeError("compose: the docker CLI is not installed")
-        argv = ["docker", "compose", "-p", self.project, "-f", str(self.compose_file), *args]
-        try:
-            done = subprocess.run(
-                argv,
-                env={**self._env(), **(env or {})},
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                stdin=subprocess.DEVNULL,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            output = exc.stderr if isinstance(exc.stderr, str) else ""
-            problem = f"docker compose {args[0]}: no answer in {timeout:.0f} s"
-            raise ComposeError(problem, output) from None
-        except OSError as exc:
-            raise ComposeError(f"docker compose {args[0]}: {exc.strerror}") from None
-        if done.returncode != 0:
-            raise ComposeError(
-                f"docker compose {args[0]} exited with code {done.returncode}",
-                done.stderr + done.stdout,
-            )
-        return done.stdout
 
     def _containers(self) -> dict[str, dict[str, object]]:
         """`docker compose ps --all` as {service: entry}."""

@@ -191,7 +191,7 @@ class Postgres(Component):
             f"GRANT ALTER SYSTEM ON PARAMETER {', '.join(TUNED_SETTINGS)} TO {ADMIN_ROLE};\n"
         )
         self.psql("".join(statements))
-        schema = resources.files("opsbook.reference").joinpath("schema.sql").read_text("utf-8")
+        schema = resources.files("chatapp").joinpath("schema.sql").read_text("utf-8")
         tables = "conversations, messages, agents"
         self.psql(
             schema

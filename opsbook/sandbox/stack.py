@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from opsbook.loopback import free_port
+from opsbook.releases import releases_dir
 from opsbook.sandbox.app import Backend, Worker, write_app_config
 from opsbook.sandbox.audit_defaults import audit_section, ensure_env_file
 from opsbook.sandbox.base import Component, Layout
@@ -296,10 +297,23 @@ class Stack:
                 }
             },
         }
-        from opsbook.releases import sandbox_inventory_sections
-
         inventory.update(sandbox_inventory_sections(self.dir))
         text = "# Written by `python -m opsbook sandbox up`; rewritten on every up.\n"
         text += yaml.safe_dump(inventory, sort_keys=False, default_flow_style=False)
         self.inventory_path.write_text(text, encoding="utf-8")
         return self.inventory_path
+
+
+def sandbox_inventory_sections(sandbox_dir: Path) -> dict[str, object]:
+    """The `backup:` and `deploy:` sections of the sandbox's inventory.
+
+    Backups go to DIR/backups: `backups/` on the data filesystem the inventory lists for the
+    host (DIR), where remediation/disk.py's retention looks for opsbook's backups.
+    """
+    return {
+        "backup": {
+            "dir": str(sandbox_dir / "backups"),
+            "data_paths": [str(sandbox_dir / "nginx" / "html")],
+        },
+        "deploy": {"releases_dir": str(releases_dir(sandbox_dir)), "min_free_mb": 100},
+    }

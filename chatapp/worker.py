@@ -1,7 +1,7 @@
 """The reference queue worker: moves messages from Redis into the messages table.
 
-    python -m opsbook.reference.worker --config DIR/app.json [--name NAME|@host] [--ready-file PATH]
-    python -m opsbook.reference.worker process-dlq --config DIR/app.json
+    python -m chatapp.worker --config DIR/app.json [--name NAME|@host] [--ready-file PATH]
+    python -m chatapp.worker process-dlq --config DIR/app.json
 
 Reliable queue: a message is BLMOVEd from message_queue (right) to the worker's own processing
 list (left), stored (INSERT ... ON CONFLICT (id) DO NOTHING, so a redelivery never duplicates),
@@ -36,7 +36,7 @@ from typing import Any
 import psycopg
 import redis
 
-from opsbook.reference.config import (
+from chatapp.config import (
     DEAD_LETTER,
     PENDING,
     PROCESSED,

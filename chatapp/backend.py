@@ -1,6 +1,6 @@
 """The reference chat backend: accepts messages, queues them, serves /health and /metrics.
 
-    python -m opsbook.reference.backend --config DIR/app.json
+    python -m chatapp.backend --config DIR/app.json
 
 GET /health               200 {"status":"ok","database":"ok","redis":"ok"}, or 503 naming the part
 POST /api/messages        {"content","user_id"[,"conversation_id","role"]}
@@ -37,7 +37,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from opsbook.reference.config import PENDING, AppConfig, setup_logging
+from chatapp.config import PENDING, AppConfig, setup_logging
 
 MAX_BODY = 64 * 1024
 log = logging.getLogger("backend")

@@ -1,5 +1,8 @@
 """`python -m opsbook sandbox up|status|down|start|stop|restart|recreate|scale`.
 
+The sandbox's own command, inside the sandbox package: opsbook.cli loads it by name, since
+production code never imports opsbook.sandbox.
+
 `up`, `status` and `down` take `--engine compose` to run the stack as a compose project on a
 container engine (compose.yaml; docs/compose.md) instead of native processes.
 
@@ -15,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from opsbook.compose import ComposeError
 from opsbook.sandbox.process import SandboxError
 from opsbook.sandbox.stack import COMPONENTS, SCALABLE, Stack
 
@@ -141,6 +145,6 @@ def _run_compose(args: argparse.Namespace) -> int:
             for status in statuses:
                 print(status.line())
             return 0 if all(s.running for s in statuses) else EXIT_NOT_RUNNING
-    except (SandboxError, OSError) as exc:  # ComposeError is a SandboxError
+    except (SandboxError, ComposeError, OSError) as exc:
         return _failed(f"sandbox {args.action} --engine compose", exc)
     return 0

@@ -1,0 +1,62 @@
+"""The sandbox as a runtime: its native processes driven through the same Runtime seam as any
+deployment (`python -m opsbook sandbox restart NAME` is the command a person would type).
+
+The one exception to "production code never imports opsbook.sandbox": this module drives the
+sandbox, so it imports it. Nothing imports this module either: opsbook.remediate.runtime loads
+it by name (RUNTIME_MODULES) when an inventory has a `sandbox:` section, so that the sandbox
+stays out of every other module's imports (tests/test_imports.py holds both rules).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from opsbook.inventory import Inventory
+from opsbook.sandbox.nginx import Nginx
+from opsbook.sandbox.stack import Stack
+
+
+class SandboxRuntime:
+    """The sandbox's own process control."""
+
+    name = "sandbox"
+
+    def __init__(self, directory: Path) -> None:
+        self.stack = Stack(directory)
+
+    def command(self, verb: str, service: str, *args: str) -> str:
+        words = " ".join((verb, service, *args))
+        return f"python -m opsbook sandbox {words} --dir {self.stack.dir}"
+
+    def is_running(self, service: str) -> bool:
+        return self.stack.component(service).is_running()
+
+    def restart(self, service: str) -> None:
+        self.stack.restart(service)
+
+    def recreate(self, service: str) -> None:
+        self.stack.recreate(service)
+
+    def replicas(self, service: str) -> int:
+        """How many processes of the service run (0 when it is stopped)."""
+        return self.stack.replicas(service)
+
+    def scale(self, service: str, count: int) -> None:
+        self.stack.scale(service, count)
+
+    def status_lines(self) -> list[str]:
+        """One line per component (and per extra replica): running or not, pid, port."""
+        return [status.line() for status in self.stack.status()]
+
+    def maintenance_flag(self) -> Path | None:
+        """DIR/nginx/maintenance.on, which the sandbox's nginx tests on every request; None
+        when no sandbox nginx has been set up in DIR (is the sandbox up?)."""
+        # Only the flag's path is wanted: no port, and nothing is started or written.
+        flag = Nginx(self.stack.layout, None, backend_port=0).maintenance_flag
+        return flag if flag.parent.is_dir() else None
+
+
+def runtime(inventory: Inventory) -> SandboxRuntime:
+    """The runtime of an inventory with a `sandbox:` section (runtime_for's entry point)."""
+    assert inventory.sandbox is not None
+    return SandboxRuntime(inventory.sandbox.dir)
