@@ -5,10 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from opsbook.remediate.context import Context
+from typing import Any, Protocol
 
 
 class StepKind(enum.StrEnum):
@@ -116,6 +113,17 @@ class Step:
 Gate = Callable[[Step], None]
 
 
+class FixContext(Protocol):
+    """What a plan needs of the fix's Context (opsbook.remediate.context), named here so that
+    this module need not import it: the context imports the plan."""
+
+    target_kind: str
+    target: str
+
+    @property
+    def fix_name(self) -> str: ...
+
+
 @dataclass
 class Plan:
     """What a remediation would do (or did) for one target."""
@@ -127,7 +135,7 @@ class Plan:
     applied: bool = False
 
     @classmethod
-    def for_fix(cls, ctx: Context, target: str | None = None) -> Plan:
+    def for_fix(cls, ctx: FixContext, target: str | None = None) -> Plan:
         """The empty plan of the fix that `ctx` runs, named after the fix's function; its
         target is the failing one (`postgres/chatdb`) unless the fix says otherwise."""
         return cls(ctx.fix_name, f"{ctx.target_kind}/{ctx.target}" if target is None else target)
