@@ -10,9 +10,10 @@ import pytest
 
 from opsbook.plugin import register
 
-# Plugin autoloading is off (pyproject.toml): these are all the plugins a checks run loads.
-# The garbage collector's settings come first, to cover the other plugins' imports;
-# pytest-html's fixtures module comes before its plugin, which imports it.
+# The plugins a checks run needs, registered here too so that a run with plugin autoloading
+# turned off (PYTEST_DISABLE_PLUGIN_AUTOLOAD) still has them; each is registered once,
+# whoever loaded it first. pytest-html's fixtures module comes before its plugin, which
+# imports it.
 PLUGINS = (
     "opsbook.plugin.garbage",
     "pytest_metadata.plugin",

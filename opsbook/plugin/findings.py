@@ -14,6 +14,7 @@ A check that cannot observe raises `NotEvaluated` (or lets a probe raise it): ER
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -133,6 +134,16 @@ def finding(request: pytest.FixtureRequest) -> Finding:
     node = request.node
     assert isinstance(node, pytest.Item)
     return Finding(node, request.config.stash[REDACTOR])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Keys and values as plain strings before anyone reads or sends the report: pytest-xdist's
+    workers serialize it with execnet, which knows no enum (a Prop key is a str subclass)."""
+    report.user_properties = [
+        (str(key), str(value) if isinstance(value, enum.Enum) else value)
+        for key, value in report.user_properties
+    ]
 
 
 def pytest_configure(config: pytest.Config) -> None:

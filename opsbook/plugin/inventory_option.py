@@ -69,6 +69,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[REDACTOR] = Redactor()
     if config.option.help or config.option.version:
         return
+    if getattr(config.option, "hosts", None):
+        # testinfra's own option would add hosts the inventory does not know: no thresholds,
+        # no filesystems, no name in the reports.
+        raise pytest.UsageError(
+            "--hosts: opsbook's hosts come from the inventory; add them under `hosts:` there"
+        )
     path, explicit = _chosen_path(config)
     if path is None:
         return
