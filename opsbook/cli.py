@@ -32,7 +32,10 @@ SANDBOX_COMMAND = "opsbook.sandbox.command"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m opsbook", description=__doc__.split("\n")[0])
+    from opsbook.version import describe
+
+    parser = argparse.ArgumentParser(prog="opsbook", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=describe())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sandbox = importlib.import_module(SANDBOX_COMMAND)
     for command in (sandbox, remediate, audit_log, maintenance, status, incident, backup):
