@@ -4,6 +4,11 @@ Read statically with `ast`, without importing a check or loading an inventory: t
 the first argument of each `@check("ID", ...)` in checks/*.py; the proofs are the
 `pytest.mark.breaks("ID", ...)` markers in tests/*.py, on a test function or class, in a
 module's `pytestmark`, or in `pytest.param(..., marks=...)`.
+
+What cannot be installed here is broken as a stand-in that answers as the real one does, and
+its test says so in its docstring: Grafana (OBS-003, SEC-040, SEC-041: a loopback server with
+Grafana's answers), Trivy (SEC-060: a `trivy` printing its report format), and nginx's TLS
+(SEC-032: a local OpenSSL server whose protocols the test turns down and up).
 """
 
 from __future__ import annotations
