@@ -18,6 +18,7 @@ from opsbook import (
     RedisTarget,
     Severity,
     Thresholds,
+    Unit,
     check,
 )
 from opsbook.probes.disclosure import error_page, header_problems, response_headers
@@ -313,21 +314,14 @@ def test_no_signs_of_attack_in_logs(
         pytest.skip(f"{host.name}: no logs listed in the inventory")
     window = inventory.audit.log_window_s
     audits = suspicious_in_logs(host, logs, window, timeout_s=thresholds.timeout_s)
+    for audit in (a for a in audits if a.found):
+        finding.attach(audit.path, audit.evidence(last=EVIDENCE_LINES))
     problems = [
         f"{a.path}: {a.unreadable} (expected a readable log)" for a in audits if a.unreadable
     ]
-    for audit in (a for a in audits if a.found):
-        earlier = len(audit.found) - EVIDENCE_LINES
-        shown = [f"... ({earlier} earlier lines not shown)"] if earlier > 0 else []
-        finding.attach(
-            audit.path,
-            "\n".join(shown + [f"[{s.kind}] {s.line}" for s in audit.found[-EVIDENCE_LINES:]]),
-        )
-        problems.append(
-            f"{audit.path}: " + ", ".join(f"{n} {k}" for k, n in audit.counts().items())
-        )
+    problems += [f"{a.path}: {a.summary()}" for a in audits if a.found]
     finding.expect(
-        sum(len(a.found) for a in audits), "none", ok=not problems,
+        sum(len(a.found) for a in audits), "none", ok=not problems, unit=Unit.COUNT,
         problem=f"in the last {window:g}s: " + "; ".join(problems),
     )  # fmt: skip
 
@@ -358,7 +352,7 @@ def test_images_have_no_known_vulnerabilities(inventory: Inventory, finding: Fin
     if found:
         finding.attach("vulnerabilities", "\n".join(v.line() for v in found))
     finding.expect(
-        len(found), "0", ok=not found,
+        len(found), "0", ok=not found, unit=Unit.COUNT,
         problem=f"{len(found)} HIGH/CRITICAL vulnerabilities with a fix in "
         f"{len({v.target for v in found})} image(s), e.g. {found[0].line() if found else ''}",
     )  # fmt: skip

@@ -16,7 +16,7 @@ from opsbook.probes.redis_security import (
     open_default_user,
     refused_without_auth,
 )
-from opsbook.probes.security import suspicious_lines
+from opsbook.probes.security import LogAudit, Suspicious, suspicious_lines
 from opsbook.probes.sockets import listeners
 
 PASSWD = """root:x:0:0:root:/root:/bin/bash
@@ -207,3 +207,15 @@ def test_trivy_report() -> None:
         "in nginx:1.25.3 (debian 12.4)"
     )
     assert trivy_vulnerabilities({"Results": None}) == []
+
+
+def test_log_audit_summary_and_evidence() -> None:
+    found = [Suspicious("failed login", f"line {n}") for n in range(3)]
+    audit = LogAudit("/var/log/x.log", [*found, Suspicious("sql injection", "union select")])
+    assert audit.summary() == "3 failed login, 1 sql injection"
+    assert audit.evidence(last=2).splitlines() == [
+        "... (2 earlier lines not shown)",
+        "[failed login] line 2",
+        "[sql injection] union select",
+    ]
+    assert LogAudit("/x", [], unreadable="cannot read: Permission denied").summary() == ""

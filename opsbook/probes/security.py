@@ -133,6 +133,16 @@ class LogAudit(Struct, frozen=True):
             kinds[line.kind] = kinds.get(line.kind, 0) + 1
         return kinds
 
+    def summary(self) -> str:
+        """`1 path traversal, 2 failed login`."""
+        return ", ".join(f"{count} {kind}" for kind, count in self.counts().items())
+
+    def evidence(self, last: int) -> str:
+        """The last `last` suspicious lines, each with its kind, for the report."""
+        earlier = len(self.found) - last
+        shown = [f"... ({earlier} earlier lines not shown)"] if earlier > 0 else []
+        return "\n".join(shown + [f"[{s.kind}] {s.line}" for s in self.found[-last:]])
+
 
 def suspicious_in_logs(
     host: HostTarget, paths: Sequence[str], window_s: float, *, timeout_s: float
