@@ -1,8 +1,8 @@
 """A service log's tail, read through the host, and which of its lines are errors, and when.
 
 `log_tail` and `clock` read a log's tail and the host's clock through the host's testinfra
-backend (under `timeout`); the rest are pure functions over their text. LOG-001 and the
-incident log audit (SEC-050) read logs this one way.
+backend (under `timeout`); the rest are pure functions over their text. LOG-001, the log
+audit (SEC-050) and `opsbook incident collect` read logs this one way.
 
 A timestamp is read at the start of a line (optionally after `[`, `ts=` or `time=`):
 
