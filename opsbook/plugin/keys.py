@@ -127,6 +127,9 @@ TARGETS: pytest.StashKey[Targets] = pytest.StashKey()
 # What the run could not add to its audit trail, and why: its report folder, an applied fix's
 # audit-log entry (a full disk, say). A line each; the run then exits 11.
 AUDIT_TRAIL_GAPS = pytest.StashKey[list[str]]()
+# The run's id, once the reports plugin has made the run's folder (fixes record it in the audit
+# log); here so that the remediation plugin need not import the reports plugin, which imports it.
+RUN_ID = pytest.StashKey[str]()
 
 
 def audit_trail_gap(config: pytest.Config, line: str) -> None:

@@ -16,7 +16,15 @@ import pytest
 
 from opsbook.errors import NotEvaluated
 from opsbook.outcome import FixVerdict
-from opsbook.plugin.keys import CHECK, INVENTORY, REDACTOR, TARGETS, Prop, audit_trail_gap
+from opsbook.plugin.keys import (
+    CHECK,
+    INVENTORY,
+    REDACTOR,
+    RUN_ID,
+    TARGETS,
+    Prop,
+    audit_trail_gap,
+)
 from opsbook.remediate.plan import parse_allow, risky_kinds
 
 if TYPE_CHECKING:
@@ -53,12 +61,10 @@ def pytest_configure(config: pytest.Config) -> None:
     inventory = config.stash[INVENTORY]
     if mode == "off" or inventory is None or hasattr(config, "workerinput"):
         return
-    from opsbook.plugin.reports import RUN
     from opsbook.remediate.runner import Remediator
 
-    run = config.stash.get(RUN, None)
     reports_dir = Path(config.getoption("reports_dir") or config.rootpath / "reports")
-    remediator = Remediator(inventory, reports_dir, run.run_id if run else "", allow)
+    remediator = Remediator(inventory, reports_dir, config.stash.get(RUN_ID, ""), allow)
     fixer = config.stash[FIXER] = _Fixer(config, mode, remediator)
     config.pluginmanager.register(fixer, "opsbook-fix")
 

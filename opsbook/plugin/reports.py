@@ -22,7 +22,7 @@ from msgspec import Struct
 from opsbook.check import Severity
 from opsbook.history import Changes, compare, earlier_runs, sparkline
 from opsbook.outcome import Unit
-from opsbook.plugin.keys import FINDINGS, INVENTORY, audit_trail_gap
+from opsbook.plugin.keys import FINDINGS, INVENTORY, RUN_ID, audit_trail_gap
 from opsbook.plugin.outcomes import settle_exit_code
 
 LATEST = "latest"
@@ -88,6 +88,7 @@ def pytest_configure(config: pytest.Config) -> None:
             " (choose another with --reports-dir=DIR, or run with --no-reports)"
         ) from None
     config.stash[RUN] = run
+    config.stash[RUN_ID] = run.run_id
     # A person's own --junitxml / --html wins; ours go into the run folder otherwise.
     if not config.option.xmlpath:
         config.option.xmlpath = str(run.staging / "junit.xml")
