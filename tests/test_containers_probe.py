@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+import shlex
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,7 +92,7 @@ def service_container() -> Iterator[tuple[ComposeProject, str]]:
     name = f"{project}-worker-1"
     container = DockerContainer(
         BASE_IMAGE,
-        command=["sh", "-c", f"echo '{ERROR_LINE}'; exec sleep 300"],
+        command=shlex.join(["sh", "-c", f"echo '{ERROR_LINE}'; exec sleep 300"]),
         name=name,
         env={"SECRET_TOKEN": "probe-canary-value", "DB_PASSWORD_FILE": "/run/secrets/db"},
         user="65534",
@@ -123,8 +124,9 @@ def test_usage_of_a_real_container(service_container: tuple[ComposeProject, str]
     used = usage(project, window_s=0.2)
     assert set(used) == {name}
     # The engine may leave a field empty (hybrid cgroups); what it reports is plausible.
-    if used[name].memory_bytes is not None:
-        assert 0 < used[name].memory_bytes < 64 * 2**20
+    memory = used[name].memory_bytes
+    if memory is not None:
+        assert 0 < memory < 64 * 2**20
 
 
 @pytest.mark.containers
