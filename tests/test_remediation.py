@@ -196,9 +196,68 @@ def test_a_fix_the_audit_log_cannot_hold_is_reported_as_such(
         "remediate", "latest", "--check=HEALTH-001", "--target=backend", "--apply",
         "--allow=restart", f"--reports-dir={read_only_audit_log}",
     )  # fmt: skip
-    assert applied.returncode == 4, applied.stdout + applied.stderr
+    assert applied.returncode == 11, applied.stdout + applied.stderr
     assert f"applied - FIXED - NOT in the audit log {log}" in applied.stdout
     assert log.read_text() == ""
+
+
+def test_maintenance_command_says_what_the_audit_log_cannot_hold(
+    breakable_sandbox: Stack, read_only_audit_log: Path
+) -> None:
+    log = read_only_audit_log / "audit.log"
+    where = ("--inventory", str(breakable_sandbox.inventory_path))
+    reports = f"--reports-dir={read_only_audit_log}"
+    on = opsbook("maintenance", "on", *where, reports)
+    assert on.returncode == 11, on.stdout + on.stderr
+    assert on.stderr == (
+        f"maintenance: on applied, NOT in the audit log {log}: Read-only file system\n"
+    )
+    assert (breakable_sandbox.dir / "nginx" / "maintenance.on").exists()  # done stays done
+    off = opsbook("maintenance", "off", *where, reports)
+    assert off.returncode == 11, off.stdout + off.stderr
+    assert log.read_text() == ""
+    # The lock it took for the switch is released again.
+    lock = RemediationLock(read_only_audit_log / ".remediation.lock")
+    assert lock.acquire("test")
+    lock.release()
+
+
+def test_backup_restore_says_what_the_audit_log_cannot_hold(
+    breakable_sandbox: Stack, read_only_audit_log: Path, tmp_path: Path
+) -> None:
+    from test_backup import backup_command, backup_inventory
+
+    inventory = backup_inventory(breakable_sandbox, tmp_path / "backups")
+    assert backup_command("--inventory", str(inventory)).returncode == 0
+    restored = backup_command(
+        "restore", "latest", "--inventory", str(inventory), "--apply", "--allow=restore",
+        f"--reports-dir={read_only_audit_log}",
+    )  # fmt: skip
+    log = read_only_audit_log / "audit.log"
+    assert restored.returncode == 11, restored.stdout + restored.stderr
+    assert "restore latest: remediation.backup.restore_backup: applied - NOT in the audit log" in (
+        restored.stdout
+    )
+    assert restored.stderr == (
+        f"backup: restore latest applied, NOT in the audit log {log}: Read-only file system\n"
+    )
+    assert log.read_text() == ""
+
+
+def test_unknown_allow_kind_is_a_usage_error_of_every_command(
+    sandbox: Stack, tmp_path: Path
+) -> None:
+    from test_backup import backup_inventory
+
+    remediate = opsbook("remediate", "latest", "--check=HEALTH-001", "--allow=restat")
+    assert remediate.returncode == 2
+    assert remediate.stderr.startswith("remediate: --allow: no such kind of step: restat (")
+    inventory = backup_inventory(sandbox, tmp_path / "backups")
+    restore = opsbook(
+        "backup", "restore", "latest", f"--inventory={inventory}", "--allow=restat", "--apply"
+    )
+    assert restore.returncode == 2
+    assert restore.stderr.startswith("backup: --allow: no such kind of step: restat (")
 
 
 def test_two_concurrent_runs_remediate_once(
