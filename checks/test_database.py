@@ -93,8 +93,9 @@ def test_tuning_indexes_exist(postgres: PostgresTarget, finding: Finding) -> Non
     problems = [database.index_problem(state) for state in states if not state.present]
     if problems:
         finding.attach("b-tree indexes", found)
-    finding.expect(
+    finding.observe(
         "; ".join(state.index.describe() for state in states if state.present),
-        "; ".join(index.describe() for index in wanted),
-        ok=not problems, problem="; ".join(problems),
-    )  # fmt: skip
+        expected="; ".join(index.describe() for index in wanted),
+    )
+    if problems:
+        finding.fail("; ".join(problems))

@@ -281,7 +281,9 @@ def table_statistics(db: Db, tables: Iterable[str] = CHAT_TABLES) -> list[TableS
         " greatest(s.last_analyze, s.last_autoanalyze),"
         " extract(epoch FROM now() - greatest(s.last_analyze, s.last_autoanalyze))::float8,"
         " s.last_vacuum, s.last_autovacuum,"
-        " coalesce(c.reloptions::text, '') NOT LIKE '%%autovacuum_enabled=false%%',"
+        # The option as written (off, false, no, 0) is read the way PostgreSQL reads it.
+        " coalesce((SELECT o.option_value FROM pg_options_to_table(c.reloptions) o"
+        "  WHERE o.option_name = 'autovacuum_enabled'), 'on')::bool,"
         " current_setting('autovacuum_analyze_threshold')::int,"
         " current_setting('autovacuum_vacuum_threshold')::int"
         " FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid"
