@@ -76,6 +76,15 @@ def pytest_runtest_makereport(
     return report
 
 
+def pytest_report_teststatus(report: pytest.TestReport) -> tuple[str, str, str] | None:
+    """A check that could not be evaluated is an ERROR in pytest's own counts too, also when
+    its target was lost during the call (pytest would count that FAILED): the counts line
+    agrees with findings.json's."""
+    if report.when == "call" and report.failed and Prop.UNREACHABLE in dict(report.user_properties):
+        return "error", "E", "ERROR"
+    return None
+
+
 def exit_code(config: pytest.Config, pytest_status: int, failures_outside_checks: bool) -> int:
     """The run's exit code from the findings, keeping pytest's own codes above 1.
 

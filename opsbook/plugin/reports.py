@@ -24,6 +24,7 @@ from opsbook.history import Changes, compare, earlier_runs, sparkline
 from opsbook.outcome import Unit
 from opsbook.plugin.keys import FINDINGS, INVENTORY, RUN_ID, audit_trail_gap
 from opsbook.plugin.outcomes import settle_exit_code
+from opsbook.schema import SCHEMA_VERSION
 
 LATEST = "latest"
 
@@ -225,6 +226,7 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
         config.stash[RUN] = None
         return
     document = {
+        "schema_version": SCHEMA_VERSION,
         "run": _summary(config, run, session.exitstatus),
         "changes": _changes(config, run).to_dict(),
         "findings": sorted(
