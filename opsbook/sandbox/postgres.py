@@ -56,15 +56,16 @@ class Postgres(Component):
 
     @property
     def cluster(self) -> Cluster:
-        return Cluster(self.home, require_port(self))
+        """The cluster's files and programs (port 0 until the stack has given it one)."""
+        return Cluster(self.home, self.port or 0)
 
     @property
     def data(self) -> Path:
-        return self.home / "data"
+        return self.cluster.data
 
     @property
     def socket_dir(self) -> Path:
-        return self.home / "run"
+        return self.cluster.socket_dir
 
     @property
     def os_user(self) -> str:
@@ -74,7 +75,7 @@ class Postgres(Component):
     def _process(self) -> Process:
         return Process(
             name=self.name,
-            argv=Cluster(self.home, self.port or 0).server_argv(),
+            argv=self.cluster.server_argv(),
             log=self.layout.log(self.name),
             pid_file=self.layout.pid_file(self.name),
             user=SUPERUSER if os.geteuid() == 0 else None,
@@ -160,6 +161,7 @@ class Postgres(Component):
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL as the superuser over the unix socket; stops at the first error."""
+        require_port(self)
         try:
             return self.cluster.psql(sql, database)
         except ClusterError as exc:
