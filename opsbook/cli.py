@@ -1,4 +1,5 @@
-"""The command line, `python -m opsbook COMMAND`: one module per command in opsbook/commands.
+"""The command line, `python -m opsbook COMMAND`: one module per command in opsbook/commands
+(the sandbox's own in opsbook/sandbox/command.py).
 
     sandbox     run a local instance of the AI chat system (up, status, down, ...)
     remediate   show or apply the fix of a check that failed in a finished run
