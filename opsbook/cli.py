@@ -1,5 +1,4 @@
-"""The command line, `python -m opsbook COMMAND`: one module per command in opsbook/commands
-(the sandbox's own in opsbook/sandbox/command.py).
+"""The command line, `python -m opsbook COMMAND`: one module per command in opsbook/commands.
 
     sandbox     run a local instance of the AI chat system (up, status, down, ...)
     remediate   show or apply the fix of a check that failed in a finished run
@@ -9,6 +8,7 @@
     incident    collect the incident runbook's evidence (logs, status, sockets, a dump)
     backup      back up PostgreSQL, Redis and the data paths (with a manifest)
 
+The sandbox's own command is opsbook/sandbox/command.py, in the sandbox package.
 Bad usage exits 2 with one line (argparse); each command documents its other exit codes.
 """
 
