@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from opsbook.inventory import Inventory
+from opsbook.remediate.runtime import Runtime
 from opsbook.sandbox.nginx import Nginx
 from opsbook.sandbox.stack import Stack
 
@@ -56,7 +57,8 @@ class SandboxRuntime:
         return flag if flag.parent.is_dir() else None
 
 
-def runtime(inventory: Inventory) -> SandboxRuntime:
-    """The runtime of an inventory with a `sandbox:` section (runtime_for's entry point)."""
+def runtime(inventory: Inventory) -> Runtime:
+    """The runtime of an inventory with a `sandbox:` section (runtime_for's entry point; typed
+    as a Runtime so that mypy holds SandboxRuntime to the protocol)."""
     assert inventory.sandbox is not None
     return SandboxRuntime(inventory.sandbox.dir)
