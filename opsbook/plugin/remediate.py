@@ -183,7 +183,7 @@ class _Fixer:
         report.user_properties.extend(
             [
                 (Prop.REMEDIATION_STATUS, attempt.status),
-                (Prop.REMEDIATION_VERDICT, attempt.verdict or ""),
+                (Prop.REMEDIATION_VERDICT, str(attempt.verdict or "")),
                 (Prop.REMEDIATION_REASON, redact(attempt.reason)),
                 (Prop.REMEDIATION_PLAN, redact(plan_text)),
                 (Prop.BEFORE, redact(before.split("\n", 1)[0])),

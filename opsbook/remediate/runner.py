@@ -15,6 +15,7 @@ from typing import Any
 from msgspec import Struct
 
 from opsbook.inventory import Inventory
+from opsbook.outcome import FixVerdict
 from opsbook.remediate.audit import AuditLog
 from opsbook.remediate.budget import Budgets
 from opsbook.remediate.context import Context
@@ -39,7 +40,7 @@ class Attempt(Struct):
     status: str  # planned, nothing-to-do, applied, refused, skipped, failed
     reason: str = ""
     plan: Plan | None = None
-    verdict: str | None = None  # FIXED or NOT FIXED, once the check has run again
+    verdict: FixVerdict | None = None  # FIXED or NOT FIXED, once the check has run again
     after: str = ""
     # Why the audit log does not hold this attempt ("" when it does, or needs not).
     not_audited: str = ""
