@@ -19,6 +19,7 @@ MODULES = (
     "opsbook.plugin.remediate",
     "opsbook.plugin.waivers",
     "opsbook.plugin.reports",
+    "opsbook.plugin.junit",
     "opsbook.plugin.metrics",
 )
 
