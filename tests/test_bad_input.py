@@ -17,7 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 USAGE = 4  # the checks suite's usage error (README's table)
-NO_RUN = 2  # `opsbook status` without a readable run
+NO_RUN = 3  # `opsbook status` without a readable run: UNKNOWN, as Nagios says it
 
 INVENTORY = """\
 name: bad-input

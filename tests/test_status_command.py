@@ -1,12 +1,15 @@
-"""`python -m opsbook status`: the dashboard of the last real run, healthy and broken."""
+"""`python -m opsbook status`: the dashboard of the last real run, healthy and broken, and its
+Nagios exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import pytest
+import redis
 from support import RunChecks
 
 from opsbook.commands import status
@@ -41,7 +44,7 @@ def test_healthy_dashboard(
     assert run_checks("-m", DASHBOARD_CHECKS, reports=reports).exit_code == 0
     code, out, _ = dashboard(reports, capsys)
     assert code == 0
-    assert out.startswith("opsbook status: sandbox, run ")
+    assert out.startswith("opsbook status: OK - sandbox, run ")
     services = section(out, "SERVICE STATUS")
     for kind, target, check_id in (
         ("http", "backend", "HEALTH-001"),
@@ -54,10 +57,18 @@ def test_healthy_dashboard(
             services
         )
     assert not any("grafana" in line for line in services)  # not in the sandbox's inventory
-    resources = "\n".join(section(out, "RESOURCE USE"))
-    assert "disk used" in resources
-    assert "(expected <= 80%)" in resources
-    assert "db connections    chatdb" in resources
+    resources = section(out, "RESOURCE USE")
+    # Values with their units, limits too; no Python reprs.
+    assert any(
+        re.fullmatch(r"  disk used +\S+ +[\d.]+ % \(expected <= 80 %\)", line) for line in resources
+    ), resources
+    assert any(
+        re.fullmatch(r"  redis memory +queue +[\d.]+ % \(expected < \d+ % of maxmemory\)", line)
+        for line in resources
+    ), resources
+    assert any(line.startswith("  db connections    chatdb ") for line in resources)
+    assert "None" not in out
+    assert "{" not in out
     activity = "\n".join(section(out, "RECENT ACTIVITY"))
     assert "queue depth       queue        0 (expected <= 1000)" in activity
     assert "dead letters      queue        0 (expected <= 10)" in activity
@@ -77,7 +88,8 @@ def test_broken_backend_dashboard(
     breakable_sandbox.start("backend")
     assert run.exit_code == 1
     code, out, _ = dashboard(reports, capsys)
-    assert code == 0
+    assert code == 2, "HEALTH-001 is critical: CRITICAL"
+    assert out.startswith("opsbook status: CRITICAL - sandbox, run ")
     backend = next(line for line in section(out, "SERVICE STATUS") if " backend " in line)
     assert backend.split()[:4] == ["http", "backend", "DOWN", "HEALTH-001:"]
     assert "backend: GET /health: " in backend
@@ -96,11 +108,40 @@ def test_broken_backend_dashboard(
     )
 
 
-def test_no_run_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_medium_failure_is_a_warning(
+    sandbox: Stack,
+    run_checks: RunChecks,
+    admin_redis: redis.Redis,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """QUEUE-004 (medium) fails on really dead letters: WARNING, exit 1."""
+    reports = tmp_path / "reports"
+    dead = [f"opsbook-status-test-{n}" for n in range(11)]
+    admin_redis.lpush("dead_letter_queue", *dead)
+    try:
+        run = run_checks("--check=QUEUE-004", reports=reports)
+    finally:
+        for payload in dead:
+            admin_redis.lrem("dead_letter_queue", 1, payload)
+    assert run.outcome("QUEUE-004") == "failed", run.output
+    code, out, _ = dashboard(reports, capsys)
+    assert code == 1
+    assert out.startswith("opsbook status: WARNING - sandbox, run ")
+    activity = section(out, "RECENT ACTIVITY")
+    assert any(
+        re.fullmatch(r"  dead letters +queue +\d+ \(expected <= 10\)  <- FAILED", line)
+        for line in activity
+    ), activity
+
+
+def test_no_run_is_unknown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = dashboard(tmp_path, capsys)
-    assert code == 2
-    assert out == ""
-    assert err == f"status: no finished run under {tmp_path} (no {tmp_path}/latest/findings.json)\n"
+    assert code == 3
+    reason = f"no finished run under {tmp_path} (no {tmp_path}/latest/findings.json)"
+    # Monitoring reads stdout's first line; a person reads stderr.
+    assert out == f"opsbook status: UNKNOWN - {reason}\n"
+    assert err == f"status: {reason}\n"
 
 
 def test_target_text_cannot_drive_the_terminal(
@@ -126,4 +167,5 @@ def test_target_text_cannot_drive_the_terminal(
     _, out, _ = dashboard(reports, capsys)
     assert "\x1b" not in out
     assert "\x07" not in out
-    assert "missing table(s) agents in chatdb?]0;owned??[2J" in out
+    (line,) = [line for line in out.splitlines() if "missing table(s) agents in chatdb" in line]
+    assert line.endswith("?]0;owned??[2J")

@@ -8,12 +8,22 @@ Read from the last finished run (DIR/latest/findings.json), nothing is probed ag
     recent errors     every failed check, or one that could not be evaluated, with its message
     quick actions     the remediate command of each failed check that has a linked fix
 
-Exit codes: 0 printed; 2 no finished run under the reports directory.
+Values are printed with their units (`93.5 %`, `12 MiB`). The first line says the state, and the
+exit code is the Nagios plugin's, so that the command drops into existing monitoring (NRPE,
+Icinga, a Nagios check_command):
+
+    0 OK        no check failed or could not be evaluated (passed, fixed, waived, not
+                applicable)
+    1 WARNING   some checks failed or could not be evaluated, none of severity high or critical
+    2 CRITICAL  a check of severity high or critical failed or could not be evaluated (an
+                unreachable database is as bad as a failing one)
+    3 UNKNOWN   no finished run under the reports directory, or its findings.json cannot be read
 """
 
 from __future__ import annotations
 
 import argparse
+import enum
 import json
 import sys
 import unicodedata
@@ -21,8 +31,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-EXIT_NO_RUN = 2
+from opsbook.check import Severity
+from opsbook.outcome import Unit
+
 DEFAULT_REPORTS = Path("reports")
+
+
+class State(enum.IntEnum):
+    """The Nagios plugin states, as exit codes."""
+
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+    UNKNOWN = 3
+
+
+# A problem of these severities is CRITICAL; of a lower one, WARNING.
+CRITICAL_FROM = Severity.HIGH
 
 # (check id, what the line is about); a check run per target gives one line per target.
 SERVICES = (
@@ -44,7 +69,8 @@ ACTIVITY = (
     ("QUEUE-006", "draining"),
     ("QUEUE-004", "dead letters"),
 )
-PROBLEMS = ("failed", "error")
+# Outcomes that need a person (opsbook.outcome.Outcome.bad).
+PROBLEMS = ("failed", "error", "blocked")
 
 
 def register(commands: Any) -> None:
@@ -59,16 +85,59 @@ def _text(value: object) -> str:
     return "".join(ch if unicodedata.category(ch)[0] != "C" else "?" for ch in line)
 
 
-def _value(observed: str | None) -> str:
-    if observed is None:
+def _shown(value: object, unit: str | None = None) -> str:
+    """A typed value as a person reads it: `93.5 %`, `yes`, `a, b`, `processed=3, waiting=0`."""
+    if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float):
+        if unit in set(Unit):
+            return Unit(unit).show(value)
+        number = f"{value:g}" if isinstance(value, float) else str(value)
+        return f"{number} {_text(unit)}" if unit else number
+    if isinstance(value, list):
+        return ", ".join(_shown(item) for item in value) or "none"
+    if isinstance(value, dict):
+        return ", ".join(f"{_text(k)}={_shown(v)}" for k, v in value.items())
+    return _text(value)
+
+
+def _value(row: dict[str, Any]) -> str:
+    """The row's observed value with its unit."""
+    return _shown(row.get("observed"), row.get("unit"))
+
+
+def _typed(row: dict[str, Any]) -> dict[str, Any]:
+    """A row of a run before schema_version 1, whose values were strings (structures as JSON
+    inside the string), with its value decoded."""
+    observed = row.get("observed")
+    if not isinstance(observed, str):
+        return row
     try:
-        decoded = json.loads(observed)
+        return {**row, "observed": json.loads(observed)}
     except ValueError:
-        return _text(observed)
-    if isinstance(decoded, dict):
-        return ", ".join(f"{k}={v}" for k, v in decoded.items())
-    return _text(decoded)
+        return row
+
+
+def state(findings: list[dict[str, Any]]) -> State:
+    """OK without problems; CRITICAL when a problem's severity is high or above (or unknown),
+    else WARNING."""
+    problems = [row for row in findings if row["outcome"] in PROBLEMS]
+    if not problems:
+        return State.OK
+    severities = Severity.__members__
+    worst = max(severities.get(str(r.get("severity")).upper(), Severity.CRITICAL) for r in problems)
+    return State.CRITICAL if worst >= CRITICAL_FROM else State.WARNING
+
+
+def _expected(row: dict[str, Any]) -> str:
+    """`<= 80 %`: a bare limit gets the observed value's unit."""
+    expected = _text(row.get("expected") or "")
+    unit = row.get("unit")
+    if expected[-1:].isdigit() and unit and unit != Unit.COUNT:
+        expected = f"{expected} {unit}"
+    return expected
 
 
 def _rows(findings: list[dict[str, Any]], check_id: str) -> list[dict[str, Any]]:
@@ -93,9 +162,7 @@ def _service_lines(findings: list[dict[str, Any]]) -> list[str]:
         for row in _rows(findings, check_id):
             if row["outcome"] == "skipped":
                 continue  # no such target in the inventory (Grafana in the sandbox), or waived
-            detail = (
-                _text(row["message"]) if row["outcome"] != "passed" else _value(row["observed"])
-            )
+            detail = _text(row["message"]) if row["outcome"] != "passed" else _value(row)
             lines.append(f"  {kind:<10} {_where(row):<12} {_state(row):<11} {check_id}: {detail}")
     return lines
 
@@ -108,9 +175,9 @@ def _measure_lines(
         for row in _rows(findings, check_id):
             if row["outcome"] == "skipped":
                 continue
-            limit = f" (expected {_text(row['expected'])})" if row["expected"] else ""
+            limit = f" (expected {_expected(row)})" if row["expected"] else ""
             flag = "  <- " + row["outcome"].upper() if row["outcome"] in PROBLEMS else ""
-            lines.append(f"  {label:<17} {_where(row):<12} {_value(row['observed'])}{limit}{flag}")
+            lines.append(f"  {label:<17} {_where(row):<12} {_value(row)}{limit}{flag}")
     return lines
 
 
@@ -150,6 +217,8 @@ def _age(finished: str) -> str:
 def render(document: dict[str, Any], reports: Path) -> str:
     """The dashboard of one findings.json document."""
     summary, findings = document["run"], document["findings"]
+    if "schema_version" not in document:
+        findings = [_typed(row) for row in findings]
     counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(summary["counts"].items()))
     problems = [row for row in findings if row["outcome"] in PROBLEMS]
     sections = [
@@ -160,7 +229,8 @@ def render(document: dict[str, Any], reports: Path) -> str:
         ("QUICK ACTIONS", _action_lines(problems, reports)),
     ]
     out = [
-        f"opsbook status: {_text(summary.get('inventory') or '?')}, run {summary['run_id']} "
+        f"opsbook status: {state(findings).name} - {_text(summary.get('inventory') or '?')}, "
+        f"run {summary['run_id']} "
         f"finished {summary['finished']} ({_age(summary['finished'])})",
         f"  {counts or 'no checks'}; selection: {_text(summary.get('selection') or 'all')}",
     ]
@@ -181,12 +251,18 @@ def run(args: argparse.Namespace) -> int:
 
     latest = args.reports_dir / "latest" / "findings.json"
     if not latest.exists():
-        print(f"status: no finished run under {args.reports_dir} (no {latest})", file=sys.stderr)
-        return EXIT_NO_RUN
+        return _unknown(f"no finished run under {args.reports_dir} (no {latest})")
     try:
         document = read_findings(latest)
     except FindingsUnreadable as exc:
-        print(f"status: {exc}", file=sys.stderr)
-        return EXIT_NO_RUN
+        return _unknown(str(exc))
     sys.stdout.write(render(document, args.reports_dir))
-    return 0
+    return state(document["findings"])
+
+
+def _unknown(reason: str) -> int:
+    # Monitoring reads the first line of stdout (NRPE drops stderr); a person, and every other
+    # opsbook command, says what is wrong in one line on stderr.
+    print(f"opsbook status: {State.UNKNOWN.name} - {_text(reason)}")
+    print(f"status: {reason}", file=sys.stderr)
+    return State.UNKNOWN
