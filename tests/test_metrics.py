@@ -14,19 +14,24 @@ import requests
 
 CHECKS = '''
 import pytest
-from opsbook import Severity, check
+from opsbook import Severity, Unit, check
 
 pytestmark = pytest.mark.daily
 
 @check("M-001", Severity.HIGH)
 def test_ok(finding):
     """Passes with a measured value."""
-    finding.observe(42)
+    finding.expect(42, "<= 80", ok=True, unit=Unit.PERCENT)
 
 @check("M-002", Severity.LOW)
 def test_broken(finding):
-    """Fails."""
-    assert False, "x: broken (expected fine)"
+    """Fails, with its measured value."""
+    finding.expect(93.5, "<= 80", ok=False, unit=Unit.PERCENT)
+
+@check("M-003", Severity.LOW)
+def test_words(finding):
+    """Passes with an observation that is not a number."""
+    finding.expect("PONG", "PONG", ok=True)
 '''
 
 
@@ -47,10 +52,14 @@ def test_textfile_has_every_check_and_the_run(suite: pytest.Pytester) -> None:
     labels = 'check_id="M-001",selection="daily",severity="high",target=""'
     assert f"opsbook_check_success{{{labels}}} 1.0" in text
     assert f"opsbook_check_observed_value{{{labels}}} 42.0" in text
-    assert (
-        'opsbook_check_success{check_id="M-002",selection="daily",severity="low",target=""} 0.0'
-        in text
-    )
+    broken = 'check_id="M-002",selection="daily",severity="low",target=""'
+    assert f"opsbook_check_success{{{broken}}} 0.0" in text
+    # A failed check's measured value is exported too: it says how far off it is.
+    assert f"opsbook_check_observed_value{{{broken}}} 93.5" in text
+    # Words are no gauge value.
+    words = 'check_id="M-003",selection="daily",severity="low",target=""'
+    assert f"opsbook_check_success{{{words}}} 1.0" in text
+    assert f"opsbook_check_observed_value{{{words}}}" not in text
     assert 'opsbook_last_run_success{selection="daily"} 0.0' in text
     assert 'opsbook_last_run_exit_code{selection="daily"} 1.0' in text
 
@@ -178,7 +187,7 @@ def test_a_failing_run_fires_the_shipped_alert(
         assert time.monotonic() < deadline, "OpsbookRunFailing did not fire within 30 s"
         time.sleep(0.5)
     # A passing run clears it.
-    suite.makepyfile(test_m=CHECKS.replace('assert False, "x: broken (expected fine)"', "pass"))
+    suite.makepyfile(test_m=CHECKS.replace('93.5, "<= 80", ok=False', '42, "<= 80", ok=True'))
     assert suite.runpytest("-m", "daily", f"--pushgateway={pushgateway}").ret == 0
     deadline = time.monotonic() + 30
     while _alert_state(prometheus_on, "OpsbookRunFailing") is not None:
