@@ -95,36 +95,26 @@ def test_alert_expressions_select_existing_series(prometheus: HttpTarget, findin
     typo) is never true: the alert looks armed and can never fire. A metric whose absence an
     alert watches (absent(...)) is reported by that alert and does not fail the check.
     """
-    uses: dict[str, set[str]] = {}
-    watched_absent: dict[str, str] = {}
-    for group in probe.rule_groups(prometheus):
-        for rule in group.rules:
-            for name in probe.metric_names(rule.query):
-                uses.setdefault(name, set()).add(rule.name)
-            if rule.type == "alerting":
-                watched_absent.update(dict.fromkeys(probe.absence_watched(rule.query), rule.name))
-    if not uses:
+    uses = probe.metric_uses(probe.rule_groups(prometheus))
+    if not uses.rules:
         finding.fail("no rules loaded")
-    present = probe.metrics_with_series(prometheus, set(uses))
-    missing = [name for name in sorted(set(uses) - present) if name not in watched_absent]
+    present = probe.metrics_with_series(prometheus, set(uses.rules))
+    alerted = uses.absence_alerts
+    missing = [name for name in sorted(set(uses.rules) - present) if name not in alerted]
     finding.attach(
         "metrics",
         {
             name: {
                 "rules": sorted(rules),
                 "series": name in present
-                or (
-                    f"none; its absence fires {watched_absent[name]}"
-                    if name in watched_absent
-                    else False
-                ),
+                or (f"none; its absence fires {alerted[name]}" if name in alerted else False),
             }
-            for name, rules in sorted(uses.items())
+            for name, rules in sorted(uses.rules.items())
         },
     )
     finding.expect(
-        f"{len(present)} of {len(uses)} metrics have series", "every metric used has series",
+        f"{len(present)} of {len(uses.rules)} metrics have series", "every metric used has series",
         ok=not missing,
         problem="no series for "
-        + "; ".join(f"{name} (used by {', '.join(sorted(uses[name]))})" for name in missing),
+        + "; ".join(f"{name} (used by {', '.join(sorted(uses.rules[name]))})" for name in missing),
     )  # fmt: skip

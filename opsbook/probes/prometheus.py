@@ -184,3 +184,22 @@ def metric_names(expression: str) -> set[str]:
 def absence_watched(expression: str) -> set[str]:
     """The metric names whose absence an expression watches (absent(...), absent_over_time)."""
     return set(_ABSENT.findall(expression))
+
+
+class MetricUses(Struct, frozen=True):
+    """Which rules use each metric, and which alert watches a metric's absence."""
+
+    rules: dict[str, set[str]]  # metric name -> the rules whose expression selects it
+    absence_alerts: dict[str, str]  # metric name -> the alert that fires while it is absent
+
+
+def metric_uses(groups: list[RuleGroup]) -> MetricUses:
+    rules: dict[str, set[str]] = {}
+    absence_alerts: dict[str, str] = {}
+    for group in groups:
+        for rule in group.rules:
+            for name in metric_names(rule.query):
+                rules.setdefault(name, set()).add(rule.name)
+            if rule.type == "alerting":
+                absence_alerts.update(dict.fromkeys(absence_watched(rule.query), rule.name))
+    return MetricUses(rules, absence_alerts)
