@@ -24,9 +24,17 @@ from opsbook.history import Changes, compare, earlier_runs, sparkline
 from opsbook.outcome import Unit
 from opsbook.plugin.keys import FINDINGS, INVENTORY, RUN_ID, audit_trail_gap
 from opsbook.plugin.outcomes import settle_exit_code
+from opsbook.report_files import (
+    ReportsGroupError,
+    make_folder,
+    reports_group,
+    restrict,
+    restrict_tree,
+)
 from opsbook.schema import SCHEMA_VERSION
 
 LATEST = "latest"
+AUDIT_LOG = "audit.log"
 
 
 class Run(Struct):
@@ -35,6 +43,8 @@ class Run(Struct):
     run_id: str
     started: datetime
     reports_dir: Path
+    # The group that may read the reports (opsbook.report_files).
+    group: int
 
     @property
     def name(self) -> str:
@@ -61,6 +71,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="where each run's report folder goes (default: reports/ under the rootdir)",
     )
     group.addoption("--no-reports", action="store_true", help="write no report folder for this run")
+    group.addoption(
+        "--reports-group",
+        metavar="GROUP",
+        help="the group that may read the reports and the audit log (default: the runner's "
+        "own); files are 0640, folders 0750",
+    )
 
 
 def _wanted(config: pytest.Config) -> bool:
@@ -80,9 +96,17 @@ def pytest_configure(config: pytest.Config) -> None:
     if not _wanted(config):
         return
     reports_dir = Path(config.getoption("reports_dir") or config.rootpath / "reports")
-    run = Run(secrets.token_hex(4), datetime.now(UTC), reports_dir)
     try:
-        run.staging.mkdir(parents=True)
+        group = reports_group(config.getoption("reports_group"))
+    except ReportsGroupError as exc:
+        raise pytest.UsageError(f"--reports-group: {exc}") from None
+    run = Run(secrets.token_hex(4), datetime.now(UTC), reports_dir, group)
+    try:
+        make_folder(run.staging, group)
+        # The folder of every run and of the audit log, which this group may read from now on.
+        restrict(reports_dir, group)
+        if (reports_dir / AUDIT_LOG).exists():
+            restrict(reports_dir / AUDIT_LOG, group)
     except OSError as exc:
         raise pytest.UsageError(
             f"reports folder {reports_dir}: {exc.strerror or exc}"
@@ -104,7 +128,7 @@ def _summary(config: pytest.Config, run: Run, exit_status: int) -> dict[str, Any
 
     inventory = config.stash[INVENTORY]
     finished = datetime.now(UTC)
-    audit = AuditLog(run.reports_dir / "audit.log")
+    audit = AuditLog(run.reports_dir / AUDIT_LOG)
     inventory_path = chosen_inventory_path(config)
     return {
         "run_id": run.run_id,
@@ -236,6 +260,7 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
     }
     try:
         _write_json(run.staging / "findings.json", document)
+        restrict_tree(run.staging, run.group)
         os.replace(run.staging, run.final)
         _point_latest(run)
     except OSError as exc:

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from opsbook.report_files import FILE_MODE
+
 GENESIS = "0" * 64
 # What a command exits with when what it did is not in the audit log: the code of a checks run
 # whose audit trail has a gap (opsbook.plugin.outcomes.EXIT_AUDIT_TRAIL_INCOMPLETE).
@@ -51,11 +53,31 @@ class AuditLog:
         }
         entry["hash"] = _digest(entry)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as stream:
+        with open(_open_for_append(self.path), "a", encoding="utf-8") as stream:
             stream.write(json.dumps(entry, sort_keys=True) + "\n")
             stream.flush()
             os.fsync(stream.fileno())
         return entry
+
+
+def _open_for_append(path: Path) -> int:
+    """The log's file descriptor. A new log is readable by its owner and the reports group
+    only (opsbook.report_files): it takes its folder's group, which each run gives the
+    reports group."""
+    flags = os.O_WRONLY | os.O_APPEND
+    try:
+        descriptor = os.open(path, flags | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except FileExistsError:
+        return os.open(path, flags)
+    try:
+        os.fchmod(descriptor, FILE_MODE)  # whatever the umask left of it
+        os.fchown(descriptor, -1, path.parent.stat().st_gid)
+    except PermissionError:
+        pass  # not a member of the folder's group: the log stays in the runner's own group
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
 
 
 def verify(path: Path, anchor: dict[str, Any] | None = None) -> list[str]:
