@@ -58,6 +58,9 @@ def test_suite_and_test_cases_are_named_by_inventory_selection_check_and_target(
     properties = {p.get("name"): p.get("value") for p in by_id["MIX-002"].iter("property")}
     assert properties["check_id"] == "MIX-002"
     assert properties["severity"] == "critical"
+    # Structures as JSON, not as Python's repr.
+    waived_properties = {p.get("name"): p.get("value") for p in by_id["MIX-005"].iter("property")}
+    assert waived_properties["observed"] == '{"path": "/srv/.env", "mode": "0644"}'
 
 
 def test_strict_junit_validates_against_the_common_schema(

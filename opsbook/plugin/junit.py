@@ -27,6 +27,10 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
+# junitxml's own: its escaping (XML-invalid characters made visible), and its stash key. pytest
+# is pinned below 10 in pyproject.toml.
+from _pytest.junitxml import bin_xml_escape, xml_key
+
 from opsbook.outcome import Unit
 from opsbook.plugin.inventory_option import AREAS
 from opsbook.plugin.keys import EVIDENCE_PREFIX, INVENTORY, Prop
@@ -99,10 +103,6 @@ def _shown(properties: dict[str, Any], key: str) -> str:
 
 
 def _log_xml(config: pytest.Config) -> LogXML | None:
-    try:
-        from _pytest.junitxml import xml_key
-    except ImportError:  # pragma: no cover - a pytest that moved it: pytest's names stay
-        return None
     return config.stash.get(xml_key, None)
 
 
@@ -156,6 +156,11 @@ class _Naming:
             if self.strict:
                 for node in element.findall("properties"):
                     element.remove(node)
+            for node in element.iter("property"):
+                # junitxml writes str(value): a structure would be a Python repr, not JSON.
+                value = properties.get(node.get("name", ""))
+                if value is not None and not isinstance(value, str):
+                    node.set("value", bin_xml_escape(json.dumps(value, default=str)))
             for node in element:
                 if node.tag in VERDICTS and id(node) not in known:
                     self._verdict(node, report, properties)
@@ -163,8 +168,6 @@ class _Naming:
 
     @staticmethod
     def _name(attrs: dict[str, str], properties: dict[str, Any]) -> None:
-        from _pytest.junitxml import bin_xml_escape
-
         attrs["name"] = bin_xml_escape(testcase_name(properties))
         attrs["classname"] = bin_xml_escape(area_of(properties))
 
@@ -181,8 +184,6 @@ class _Naming:
     ) -> None:
         """The message says the severity and the one line; --junit-strict adds the metadata
         that the left-out properties carried to the element's text."""
-        from _pytest.junitxml import bin_xml_escape
-
         line = next((x.strip() for x in str(report.longrepr).splitlines() if x.strip()), "")
         severity = str(properties.get(Prop.SEVERITY, "")).upper()
         node.set("message", bin_xml_escape(f"[{severity}] {line}" if severity else line))
