@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 from support import RunChecks
+from test_findings_schema import validator
 
 from opsbook.commands import status
 from opsbook.sandbox.stack import Stack
@@ -41,7 +42,10 @@ def test_healthy_dashboard(
     sandbox: Stack, run_checks: RunChecks, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     reports = tmp_path / "reports"
-    assert run_checks("-m", DASHBOARD_CHECKS, reports=reports).exit_code == 0
+    run = run_checks("-m", DASHBOARD_CHECKS, reports=reports)
+    assert run.exit_code == 0
+    # The real checks' findings.json follows the shipped schema (every kind of observed value).
+    validator().validate(run.document)
     code, out, _ = dashboard(reports, capsys)
     assert code == 0
     assert out.startswith("opsbook status: OK - sandbox, run ")
@@ -84,9 +88,12 @@ def test_broken_backend_dashboard(
 ) -> None:
     reports = tmp_path / "reports"
     breakable_sandbox.stop("backend")
-    run = run_checks("-m", DASHBOARD_CHECKS, reports=reports)
+    run = run_checks("-m", DASHBOARD_CHECKS, "--remediate=plan", reports=reports)
     breakable_sandbox.start("backend")
     assert run.exit_code == 1
+    # Failures and their fixes' plans (remediation_attempt) follow the shipped schema too.
+    validator().validate(run.document)
+    assert run.row("HEALTH-001", "backend")["remediation_attempt"]["status"] == "planned"
     code, out, _ = dashboard(reports, capsys)
     assert code == 2, "HEALTH-001 is critical: CRITICAL"
     assert out.startswith("opsbook status: CRITICAL - sandbox, run ")
