@@ -12,9 +12,9 @@ Values are printed with their units (`93.5 %`, `12 MiB`). The first line says th
 exit code is the Nagios plugin's, so that the command drops into existing monitoring (NRPE,
 Icinga, a Nagios check_command):
 
-    0 OK        no check failed or could not be evaluated (passed, fixed, waived, not
-                applicable)
-    1 WARNING   some checks failed or could not be evaluated, none of severity high or critical
+    0 OK        no check failed, could not be evaluated or was blocked by a dependency
+                (passed, fixed, waived and not applicable are fine)
+    1 WARNING   some did, none of them of severity high or critical
     2 CRITICAL  a check of severity high or critical failed or could not be evaluated (an
                 unreachable database is as bad as a failing one)
     3 UNKNOWN   no finished run under the reports directory, or its findings.json cannot be read
@@ -46,7 +46,7 @@ class State(enum.IntEnum):
     UNKNOWN = 3
 
 
-# A problem of these severities is CRITICAL; of a lower one, WARNING.
+# A problem of this severity or a higher one is CRITICAL; of a lower one, WARNING.
 CRITICAL_FROM = Severity.HIGH
 
 # (check id, what the line is about); a check run per target gives one line per target.

@@ -97,7 +97,7 @@ def _shown(properties: dict[str, Any], key: str) -> str:
     value = properties[key]
     unit = properties.get(Prop.UNIT)
     number = isinstance(value, int | float) and not isinstance(value, bool)
-    if key == Prop.OBSERVED and unit and number:
+    if key == Prop.OBSERVED and unit in set(Unit) and number:
         return Unit(unit).show(value)
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
