@@ -12,6 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+
+# Imported here, before any pytester run, so that every in-process run finds the same module:
+# pytester drops what a run imported, and a second import of psycopg raises its errors from the
+# first one's classes, which the targets would then not recognise as "unreachable".
+import psycopg  # noqa: F401
 import pytest
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
@@ -45,6 +50,11 @@ def test_fails(finding):
 def test_loses_its_target(redis_target, finding):
     """The queue answers."""
     redis_target.client()  # the target is a closed port: unreachable during the call
+
+@pytest.mark.database
+@check("MIX-006", Severity.HIGH)
+def test_cannot_reach_its_target(postgres):
+    """The database answers."""  # the target is a closed port: unreachable in the setup
 
 @pytest.mark.health
 @check("MIX-004", Severity.LOW)
@@ -83,15 +93,19 @@ def closed_port() -> int:
 
 
 def mixed_suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """A checks suite of one pass, one failure, one unreachable target, one skip, one waiver."""
+    """A checks suite of one pass, one failure, a target lost during the call and one not
+    reached in the setup, one skip, one waiver."""
     pytester.makeini("[pytest]\naddopts = --strict-markers -p no:cacheprovider\n")
     pytester.makeconftest('pytest_plugins = ["opsbook.plugin", "fixtures.targets"]\n')
     monkeypatch.delenv("OPSBOOK_INVENTORY", raising=False)
     monkeypatch.delenv("OPSBOOK_SANDBOX_DIR", raising=False)
     inventory = pytester.path / "inventory.yaml"
+    port = closed_port()
     inventory.write_text(
-        f'name: mixed\nredis:\n  queue: {{url: "redis://127.0.0.1:{closed_port()}/0"}}\n'
+        f'name: mixed\nredis:\n  queue: {{url: "redis://127.0.0.1:{port}/0"}}\n'
+        f"postgres:\n  chatdb: {{port: {port}, password: {{env: MIXED_PASSWORD}}}}\n"
     )
+    monkeypatch.setenv("MIXED_PASSWORD", "not-used")
     (pytester.path / "waivers.yaml").write_text(MIXED_WAIVERS)
     monkeypatch.setenv("OPSBOOK_INVENTORY", str(inventory))
     pytester.makepyfile(test_mixed=MIXED_CHECKS)
@@ -131,6 +145,7 @@ def test_a_real_findings_json_validates_against_the_shipped_schema(
         "MIX-003": "error",
         "MIX-004": "skipped",
         "MIX-005": "waived",
+        "MIX-006": "error",
     }
     # Typed values: a number stays a number with its unit beside it, a structure an object.
     assert (rows["MIX-001"]["observed"], rows["MIX-001"]["unit"]) == (3, "count")
@@ -138,6 +153,7 @@ def test_a_real_findings_json_validates_against_the_shipped_schema(
     assert rows["MIX-005"]["observed"] == {"path": "/srv/.env", "mode": "0644"}
     assert rows["MIX-003"]["unreachable"] is True
     assert rows["MIX-003"]["message"].startswith("unreachable: redis queue (")
+    assert rows["MIX-006"]["message"].startswith("unreachable: postgres chatdb (")
 
 
 def test_the_run_counts_as_the_terminal_counts(
@@ -150,7 +166,7 @@ def test_the_run_counts_as_the_terminal_counts(
     outcomes.pop("warnings", None)  # opsbook.plugin imported by another test: not a check
     terminal = {TERMINAL_TO_OUTCOME[word]: n for word, n in outcomes.items()}
     assert terminal == document["run"]["counts"]
-    assert terminal == {"passed": 1, "failed": 1, "error": 1, "skipped": 1, "waived": 1}
+    assert terminal == {"passed": 1, "failed": 1, "error": 2, "skipped": 1, "waived": 1}
     result.stdout.fnmatch_lines(["ERROR test_mixed.py::test_loses_its_target*unreachable: redis*"])
     assert "FAILED test_mixed.py::test_loses_its_target" not in result.stdout.str()
 

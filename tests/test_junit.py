@@ -34,7 +34,7 @@ def test_suite_and_test_cases_are_named_by_inventory_selection_check_and_target(
     document = junit(pytester, monkeypatch)
     (suite,) = document.iter("testsuite")
     assert suite.get("name") == "opsbook mixed -m daily"
-    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("5", "1", "1")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("6", "1", "2")
     assert suite.get("skipped") == "2"  # not applicable, and waived
     by_id = cases(document)
     assert {i: (c.get("classname"), c.get("name")) for i, c in by_id.items()} == {
@@ -43,6 +43,7 @@ def test_suite_and_test_cases_are_named_by_inventory_selection_check_and_target(
         "MIX-003": ("queue", "MIX-003 [queue] The queue answers."),
         "MIX-004": ("health", "MIX-004 Nothing to compare here."),
         "MIX-005": ("security", "MIX-005 Secret files are private."),
+        "MIX-006": ("database", "MIX-006 [chatdb] The database answers."),
     }
     (failure,) = by_id["MIX-002"].iter("failure")
     assert failure.get("message") == "[CRITICAL] mixed: 93.5 % (expected <= 80 %)"
@@ -50,6 +51,8 @@ def test_suite_and_test_cases_are_named_by_inventory_selection_check_and_target(
     assert by_id["MIX-003"].find("failure") is None
     (error,) = by_id["MIX-003"].iter("error")
     assert error.get("message").startswith("[HIGH] unreachable: redis queue (127.0.0.1:")
+    (error,) = by_id["MIX-006"].iter("error")  # in the setup: junitxml's own <error>
+    assert error.get("message").startswith("[HIGH] unreachable: postgres chatdb (127.0.0.1:")
     (waived,) = by_id["MIX-005"].iter("skipped")
     assert waived.get("message") == "waived: alice, OPS-1, until 2999-01-01: vault migration"
     (skipped,) = by_id["MIX-004"].iter("skipped")
