@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, TypeVar
 
 from msgspec import Struct
@@ -146,20 +145,16 @@ def _label(target: RedisTarget) -> str:
     return f"redis {target.name}"
 
 
-@contextmanager
-def _reading(target: RedisTarget, what: str) -> Iterator[None]:
+def _read(target: RedisTarget, what: str, call: Callable[[Redis], T]) -> T:
+    """Ask the target's client; a Redis error (a timeout, a refused command) is a fact that
+    could not be read."""
     import redis
 
+    client = target.client()
     try:
-        yield
+        return call(client)
     except redis.RedisError as exc:
         raise NotEvaluated(f"{_label(target)}: {what}: {exc}") from None
-
-
-def _read(target: RedisTarget, what: str, call: Callable[[Redis], T]) -> T:
-    client = target.client()
-    with _reading(target, what):
-        return call(client)
 
 
 def memory(target: RedisTarget) -> RedisMemory:
