@@ -103,15 +103,19 @@ def pytest_configure(config: pytest.Config) -> None:
     run = Run(secrets.token_hex(4), datetime.now(UTC), reports_dir, group)
     try:
         make_folder(run.staging, group)
-        # The folder of every run and of the audit log, which this group may read from now on.
-        restrict(reports_dir, group)
-        if (reports_dir / AUDIT_LOG).exists():
-            restrict(reports_dir / AUDIT_LOG, group)
     except OSError as exc:
         raise pytest.UsageError(
             f"reports folder {reports_dir}: {exc.strerror or exc}"
             " (choose another with --reports-dir=DIR, or run with --no-reports)"
         ) from None
+    try:
+        # The folder of every run and of the audit log, which this group may read from now on.
+        # Best effort: an audit log that cannot be changed (read-only) says so when written.
+        restrict(reports_dir, group)
+        if (reports_dir / AUDIT_LOG).exists():
+            restrict(reports_dir / AUDIT_LOG, group)
+    except OSError:
+        pass
     config.stash[RUN] = run
     config.stash[RUN_ID] = run.run_id
     # A person's own --junitxml / --html wins; ours go into the run folder otherwise.
