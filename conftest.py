@@ -1,29 +1,16 @@
-"""The opsbook suite: the plugin (machinery) and the fixtures that turn inventory into targets.
+"""The checkout's root conftest: opsbook's plugins for any checks run from here.
 
-The project's own tests live in tests/ with their own pytest.ini, so this file is not loaded
-for them.
+checks/conftest.py does the same for the packaged checks (it is installed with them); this one
+also serves check modules of your own kept elsewhere in the checkout. The project's own tests
+live in tests/ with their own pytest.ini, so this file is not loaded for them.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from opsbook.plugin import register
-
-# The plugins a checks run needs, registered here too so that a run with plugin autoloading
-# turned off (PYTEST_DISABLE_PLUGIN_AUTOLOAD) still has them; each is registered once,
-# whoever loaded it first. pytest-html's fixtures module comes before its plugin, which
-# imports it.
-PLUGINS = (
-    "opsbook.plugin.garbage",
-    "pytest_metadata.plugin",
-    "pytest_html.fixtures",
-    "pytest_html.plugin",
-    "opsbook.plugin",
-    "fixtures.targets",
-    "fixtures.containers",
-)
+from opsbook.plugin import register_suite
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
-    register(pluginmanager, PLUGINS)
+    register_suite(pluginmanager)

@@ -9,16 +9,16 @@ checks look at both: the files' validity (promtool), and what the running Promet
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
 from opsbook import Finding, HttpTarget, Severity, check
+from opsbook.locations import PACKAGE
 from opsbook.probes import prometheus as probe
 
 pytestmark = [pytest.mark.observability]
 
-SHIPPED_RULES = Path(__file__).resolve().parent.parent / "alerts"
+SHIPPED_RULES = PACKAGE / "alerts"
 PROMTOOL_TIMEOUT_S = 20
 
 

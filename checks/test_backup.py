@@ -10,7 +10,7 @@ from opsbook import Finding, Inventory, PostgresTarget, Severity, Unit, check
 from opsbook.backup import BackupError, BackupInfo, drill, latest_backup, verify
 from opsbook.inventory import Backup
 from opsbook.probes.backup import production_rows
-from remediation import backup as backups
+from opsbook.remediation import backup as backups
 
 pytestmark = [pytest.mark.backup, pytest.mark.predeploy]
 

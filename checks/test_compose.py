@@ -24,7 +24,7 @@ from opsbook.probes.containers import (
     log_errors,
     mib,
 )
-from remediation import services
+from opsbook.remediation import services
 
 pytestmark = [pytest.mark.daily, pytest.mark.compose]
 

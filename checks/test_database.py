@@ -7,7 +7,7 @@ import pytest
 from opsbook import Finding, PostgresTarget, Severity, Thresholds, Unit, check
 from opsbook.probes import postgres as probe
 from opsbook.probes.health import postgres_select_one
-from remediation import database, services
+from opsbook.remediation import database, services
 
 pytestmark = [pytest.mark.daily, pytest.mark.database]
 

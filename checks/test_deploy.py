@@ -18,7 +18,7 @@ from opsbook.inventory import Deploy, Host
 from opsbook.probes.disk import MIB, disk_usage
 from opsbook.probes.release import compose_config_error, docker_compose, tree_status
 from opsbook.probes.runs import predeploy_runs
-from remediation import releases as rollbacks
+from opsbook.remediation import releases as rollbacks
 
 # git and docker compose on a large tree or a cold CLI take longer than a target's timeout.
 COMMAND_TIMEOUT_S = 60

@@ -7,7 +7,7 @@ import pytest
 from opsbook import Finding, HttpTarget, Severity, TargetUnreachable, Thresholds, Unit, check
 from opsbook.probes.disclosure import disclosures
 from opsbook.probes.health import http_health
-from remediation import services
+from opsbook.remediation import services
 
 pytestmark = [pytest.mark.daily, pytest.mark.health, pytest.mark.postdeploy]
 

@@ -7,7 +7,7 @@ import pytest
 from opsbook import Finding, HttpTarget, Severity, TargetUnreachable, check
 from opsbook.probes.health import http_health
 from opsbook.probes.prometheus import scrape_targets
-from remediation import services
+from opsbook.remediation import services
 
 pytestmark = [pytest.mark.daily, pytest.mark.observability]
 

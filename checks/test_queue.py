@@ -8,7 +8,7 @@ from opsbook import Finding, PostgresTarget, RedisTarget, Severity, Thresholds, 
 from opsbook.probes import queue as probe
 from opsbook.probes.health import redis_ping
 from opsbook.probes.postgres import messages_stored_within
-from remediation import queue
+from opsbook.remediation import queue
 
 pytestmark = [pytest.mark.daily, pytest.mark.queue, pytest.mark.postdeploy]
 

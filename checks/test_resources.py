@@ -7,7 +7,7 @@ import pytest
 from opsbook import Finding, HostTarget, Severity, Thresholds, Unit, check
 from opsbook.probes.disk import DiskUsage, disk_usage
 from opsbook.probes.host import NotObserved, memory
-from remediation import disk
+from opsbook.remediation import disk
 
 pytestmark = [pytest.mark.daily, pytest.mark.resources]
 

@@ -9,7 +9,7 @@ import pytest
 
 from opsbook import Finding, Inventory, PostgresTarget, Severity, check
 from opsbook.probes import postgres as probe
-from remediation import database, tuning
+from opsbook.remediation import database, tuning
 
 pytestmark = [pytest.mark.daily, pytest.mark.database]
 

@@ -1,5 +1,6 @@
 """The command line, `python -m opsbook COMMAND`: one module per command in opsbook/commands.
 
+    check       run the checks from any folder (any pytest option: -m daily, --inventory)
     sandbox     run a local instance of the AI chat system (up, status, down, ...)
     remediate   show or apply the fix of a check that failed in a finished run
     audit-log   verify the remediation audit log
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from opsbook.commands import (
     audit_log,
     backup,
+    check,
     incident,
     maintenance,
     remediate,
@@ -39,11 +41,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=describe())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sandbox = importlib.import_module(SANDBOX_COMMAND)
-    for command in (sandbox, remediate, audit_log, maintenance, status, incident, backup):
+    for command in (check, sandbox, remediate, audit_log, maintenance, status, incident, backup):
         command.register(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # `opsbook check` passes every option it does not know on to pytest; no other command
+    # takes options it does not declare.
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "takes_pytest_args", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.pytest_args = rest
     return int(args.run(args))

@@ -11,6 +11,7 @@ reachable). The environment is read when a command runs, never at import.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import re
 import shutil
@@ -20,7 +21,8 @@ from pathlib import Path
 
 # The repository's compose.yaml (the AI chat system as containers): the compose file of an
 # inventory that names none.
-COMPOSE_FILE = Path(__file__).resolve().parent.parent / "compose.yaml"
+# Shipped inside the package (opsbook/compose.yaml is a link to the checkout's compose.yaml).
+COMPOSE_FILE = Path(__file__).parent / "compose.yaml"
 PODMAN_SOCKET = Path("/run/podman/podman.sock")
 ENV_COMPOSE_DIR = "OPSBOOK_COMPOSE_DIR"
 COMMAND_TIMEOUT_S = 120.0
@@ -32,6 +34,19 @@ class ComposeError(Exception):
     def __init__(self, message: str, output: str = "") -> None:
         super().__init__(message)
         self.log_tail = output.strip().splitlines()[-20:]
+
+
+def _shipped_build_paths() -> dict[str, str]:
+    """Where the shipped compose.yaml finds the reference application's build context and
+    Dockerfile, wherever opsbook is installed (found, not imported: production code does not
+    import the reference application)."""
+    spec = importlib.util.find_spec("chatapp")
+    if spec is None or spec.origin is None:
+        return {}
+    return {
+        "OPSBOOK_CHATAPP_DIR": str(Path(spec.origin).parent),
+        "OPSBOOK_APP_DOCKERFILE": str(Path(__file__).parent / "containers/app/Dockerfile"),
+    }
 
 
 def default_docker_host() -> str | None:
@@ -71,6 +86,7 @@ class ComposeDriver:
         env["DOCKER_BUILDKIT"] = "0"
         env["COMPOSE_DOCKER_CLI_BUILD"] = "0"
         env[ENV_COMPOSE_DIR] = str(self.dir)
+        env.update(_shipped_build_paths())
         if self.docker_host:
             env["DOCKER_HOST"] = self.docker_host
         return env

@@ -184,7 +184,7 @@ def test_take_backup_remediation_plans_then_does_nothing_when_fresh(
     copy: tuple[Path, Path],
 ) -> None:
     from opsbook.remediate.context import Context
-    from remediation.backup import take_backup
+    from opsbook.remediation.backup import take_backup
 
     inventory_path, latest = copy
     inventory = load_inventory(inventory_path, environ={})

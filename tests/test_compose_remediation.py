@@ -32,8 +32,8 @@ from test_compose_checks import (  # one stack per module, built the same way
 from opsbook.inventory import load_inventory
 from opsbook.remediate.context import Context
 from opsbook.remediate.runtime import ComposeRuntime
+from opsbook.remediation import queue
 from opsbook.sandbox.compose import ComposeStack
-from remediation import queue
 
 pytestmark = pytest.mark.containers
 

@@ -96,7 +96,7 @@ def mixed_suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> p
     """A checks suite of one pass, one failure, a target lost during the call and one not
     reached in the setup, one skip, one waiver."""
     pytester.makeini("[pytest]\naddopts = --strict-markers -p no:cacheprovider\n")
-    pytester.makeconftest('pytest_plugins = ["opsbook.plugin", "fixtures.targets"]\n')
+    pytester.makeconftest('pytest_plugins = ["opsbook.plugin", "opsbook.fixtures.targets"]\n')
     monkeypatch.delenv("OPSBOOK_INVENTORY", raising=False)
     monkeypatch.delenv("OPSBOOK_SANDBOX_DIR", raising=False)
     inventory = pytester.path / "inventory.yaml"

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-import remediation
+import opsbook.remediation as remediation
 from opsbook.inventory import load_inventory
 from opsbook.remediate.context import Context, WrongTargetKind
 from opsbook.remediate.contract import problems
@@ -40,7 +40,7 @@ def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.
     """An opsbook suite in a temporary folder, its inventory a closed port, its fixes in
     fixes.py beside the checks."""
     pytester.makeini("[pytest]\naddopts = --strict-markers -p no:cacheprovider\n")
-    pytester.makeconftest('pytest_plugins = ["opsbook.plugin", "fixtures.targets"]\n')
+    pytester.makeconftest('pytest_plugins = ["opsbook.plugin", "opsbook.fixtures.targets"]\n')
     monkeypatch.delenv("OPSBOOK_SANDBOX_DIR", raising=False)
     port = closed_port()
     inventory = pytester.path / "inventory.yaml"
@@ -143,7 +143,7 @@ def _fixes() -> list[Callable[..., Any]]:
     """Every fix in remediation/: the public functions that return a Plan."""
     found = []
     for module_info in pkgutil.iter_modules(remediation.__path__):
-        module = importlib.import_module(f"remediation.{module_info.name}")
+        module = importlib.import_module(f"opsbook.remediation.{module_info.name}")
         for name, function in inspect.getmembers(module, inspect.isfunction):
             public = function.__module__ == module.__name__ and not name.startswith("_")
             if public and inspect.signature(function).return_annotation in ("Plan", Plan):

@@ -2,7 +2,8 @@
 
 Every import counts, at module level or inside a function (a function-level import that only
 breaks a cycle at run time still is one), and so do imports under `if TYPE_CHECKING:`.
-Production code (opsbook, remediation, fixtures, checks, chatapp) never imports opsbook.sandbox;
+Production code (opsbook, with the checkout's checks/, remediation/ and fixtures/ inside its
+namespace, and chatapp) never imports opsbook.sandbox;
 the one production-side module that drives the sandbox, opsbook.remediate.sandbox_runtime, is
 itself imported by nobody: opsbook.remediate.runtime loads it by name, as opsbook.cli loads the
 sandbox's command. chatapp, the reference application, imports nothing of opsbook, so that its
@@ -20,6 +21,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("opsbook", "chatapp", "remediation", "fixtures", "checks")
+# Top-level folders of the checkout that are installed inside the opsbook namespace (the symlinks
+# opsbook/checks, opsbook/remediation and opsbook/fixtures point at them).
+IN_OPSBOOK = {"remediation", "fixtures", "checks"}
 SANDBOX = "opsbook.sandbox"
 SANDBOX_RUNTIME = "opsbook.remediate.sandbox_runtime"
 # Modules loaded by name only (nothing may import them), and the registries that name them.
@@ -33,6 +37,8 @@ def _module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
+    if parts[0] in IN_OPSBOOK:
+        parts.insert(0, "opsbook")
     return ".".join(parts)
 
 
@@ -40,7 +46,8 @@ def _sources() -> dict[str, Path]:
     found = {}
     for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
-            found[_module_name(path)] = path
+            if path.resolve() == path.absolute():  # each file once, under its real folder
+                found[_module_name(path)] = path
     return found
 
 

@@ -17,8 +17,8 @@ from support import RunChecks
 from opsbook.commands import maintenance as command
 from opsbook.inventory import load_inventory
 from opsbook.remediate.context import Context
+from opsbook.remediation.maintenance import MaintenanceUnsupported, maintenance_on
 from opsbook.sandbox.stack import Stack
-from remediation.maintenance import MaintenanceUnsupported, maintenance_on
 
 pytestmark = pytest.mark.sandbox
 
@@ -51,7 +51,7 @@ def test_maintenance_on_and_off(
     assert printed == [
         "maintenance on: plan",
         f"  [maintenance-mode] turn maintenance mode on (503 everywhere): touch {flag}",
-        "maintenance on: remediation.maintenance.maintenance_on: applied",
+        "maintenance on: opsbook.remediation.maintenance.maintenance_on: applied",
         f"  [maintenance-mode] turn maintenance mode on (503 everywhere): touch {flag}"
         " -> frontend /health answers 503",
     ]

@@ -38,7 +38,7 @@ def test_words(finding):
 @pytest.fixture
 def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     pytester.makeini("[pytest]\naddopts = --strict-markers -p no:cacheprovider\n")
-    pytester.makeconftest('pytest_plugins = ["opsbook.plugin", "fixtures.targets"]\n')
+    pytester.makeconftest('pytest_plugins = ["opsbook.plugin", "opsbook.fixtures.targets"]\n')
     (pytester.path / "inventory.yaml").write_text("name: metrics\n")
     monkeypatch.setenv("OPSBOOK_INVENTORY", str(pytester.path / "inventory.yaml"))
     pytester.makepyfile(test_m=CHECKS)

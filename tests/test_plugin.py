@@ -31,7 +31,7 @@ def closed_port() -> int:
 def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     """An opsbook suite in a temporary folder, with an inventory of closed ports."""
     pytester.makeini("[pytest]\naddopts = --strict-markers -p no:cacheprovider\n")
-    pytester.makeconftest('pytest_plugins = ["opsbook.plugin", "fixtures.targets"]\n')
+    pytester.makeconftest('pytest_plugins = ["opsbook.plugin", "opsbook.fixtures.targets"]\n')
     monkeypatch.setenv("CANARY_PASSWORD", CANARY)
     monkeypatch.delenv("OPSBOOK_INVENTORY", raising=False)
     monkeypatch.delenv("OPSBOOK_SANDBOX_DIR", raising=False)

@@ -27,10 +27,10 @@ def test_gate():
 '''
 
 RECORD = """
-pytest_plugins = ["opsbook.plugin", "fixtures.targets"]
+pytest_plugins = ["opsbook.plugin", "opsbook.fixtures.targets"]
 
 def pytest_collection_finish(session):
-    from fixtures.targets import _is_postdeploy_gate
+    from opsbook.fixtures.targets import _is_postdeploy_gate
     (session.config.rootpath / "gate.txt").write_text(
         str(_is_postdeploy_gate(session.config, session.items))
     )

@@ -99,7 +99,7 @@ def test_apply_restarts_verifies_and_audits(
 def test_fix_is_idempotent_when_called_directly(sandbox: Stack) -> None:
     from opsbook.inventory import load_inventory
     from opsbook.remediate.context import Context
-    from remediation.services import restart_service
+    from opsbook.remediation.services import restart_service
 
     inventory = load_inventory(sandbox.inventory_path, environ={})
     ctx = Context(inventory, "HEALTH-001", "http", "backend")
@@ -186,7 +186,7 @@ def test_a_fix_the_audit_log_cannot_hold_is_reported_as_such(
     log = read_only_audit_log / "audit.log"
     assert fixed["reason"] == f"NOT in the audit log {log}: Read-only file system"
     assert run.exit_code == 11  # the check passes again, but the trail has a gap
-    fix = "remediation.services.restart_service"
+    fix = "opsbook.remediation.services.restart_service"
     assert f"HEALTH-001[backend]: {fix} applied, NOT in the audit log {log}" in run.output
     assert log.read_text() == ""
     # The same through the remediate command, on a finished run's failure.
@@ -235,8 +235,9 @@ def test_backup_restore_says_what_the_audit_log_cannot_hold(
     )  # fmt: skip
     log = read_only_audit_log / "audit.log"
     assert restored.returncode == 11, restored.stdout + restored.stderr
-    assert "restore latest: remediation.backup.restore_backup: applied - NOT in the audit log" in (
-        restored.stdout
+    assert (
+        "restore latest: opsbook.remediation.backup.restore_backup: applied - NOT in the audit log"
+        in (restored.stdout)
     )
     assert restored.stderr == (
         f"backup: restore latest applied, NOT in the audit log {log}: Read-only file system\n"

@@ -13,9 +13,9 @@ from support import RunChecks, eventually
 
 from opsbook.inventory import load_inventory
 from opsbook.remediate.context import Context
+from opsbook.remediation import database
 from opsbook.sandbox.process import ComponentError
 from opsbook.sandbox.stack import Stack
-from remediation import database
 
 pytestmark = pytest.mark.sandbox
 
@@ -242,7 +242,7 @@ def test_index_name_taken_by_another_index_fails_loudly(
         superuser(sandbox, "DROP INDEX IF EXISTS idx_conversations_user_id;" + RESTORE_INDEXES)
 
 
-# DB-001: restart_service (remediation.services), proven on the database
+# DB-001: restart_service (opsbook.remediation.services), proven on the database
 
 
 @pytest.mark.breaks("DB-001")

@@ -14,8 +14,8 @@ from support import RunChecks
 
 from opsbook.inventory import load_inventory
 from opsbook.remediate.context import Context
+from opsbook.remediation import disk
 from opsbook.sandbox.stack import Stack
-from remediation import disk
 
 pytestmark = pytest.mark.sandbox
 

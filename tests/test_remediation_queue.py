@@ -26,9 +26,9 @@ from support import CheckRun, RunChecks, eventually
 from opsbook.inventory import load_inventory
 from opsbook.remediate.context import Context
 from opsbook.remediate.plan import Plan
+from opsbook.remediation import queue
 from opsbook.sandbox.postgres import Postgres
 from opsbook.sandbox.stack import Stack
-from remediation import queue
 
 pytestmark = pytest.mark.sandbox
 

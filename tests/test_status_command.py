@@ -110,8 +110,9 @@ def test_broken_backend_dashboard(
         f"  python -m opsbook remediate latest --check HEALTH-001 --target backend "
         f"--reports-dir {reports}"
     ) in actions
-    assert "      remediation.services.restart_service (add --apply to carry out the plan)" in (
-        actions
+    assert (
+        "      opsbook.remediation.services.restart_service (add --apply to carry out the plan)"
+        in (actions)
     )
 
 

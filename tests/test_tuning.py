@@ -1,5 +1,5 @@
 """Tuning checks TUNE-001..004 fail on a really broken database and pass once it is restored;
-their fixes (remediation.tuning) are applied for real and are idempotent.
+their fixes (opsbook.remediation.tuning) are applied for real and are idempotent.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from support import RunChecks
 
 from opsbook.inventory import load_inventory
 from opsbook.remediate.context import Context
+from opsbook.remediation import tuning
 from opsbook.sandbox.stack import Stack
-from remediation import tuning
 
 pytestmark = pytest.mark.sandbox
 

@@ -13,12 +13,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from opsbook.locations import reports_dir
+
 
 def register(commands: Any) -> None:
     parser = commands.add_parser("audit-log", help="verify the remediation audit log")
     parser.set_defaults(run=run)
     parser.add_argument("action", choices=["verify"])
-    parser.add_argument("--reports-dir", type=Path, default=Path("reports"))
+    parser.add_argument("--reports-dir", type=Path, default=reports_dir())
 
 
 def run(args: argparse.Namespace) -> int:

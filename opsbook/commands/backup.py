@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from opsbook.locations import inventory_path
+from opsbook.locations import inventory_path, reports_dir
 from opsbook.remediate.audit import EXIT_NOT_AUDITED
 from opsbook.remediate.plan import risky_kinds
 
@@ -47,7 +47,7 @@ def register(commands: Any) -> None:
         metavar="KIND",
         help=f"allow a risky kind of fix (restore needs restore): {', '.join(risky_kinds())}",
     )
-    parser.add_argument("--reports-dir", type=Path, default=Path("reports"))
+    parser.add_argument("--reports-dir", type=Path, default=reports_dir())
 
 
 def _size(total: int) -> str:
@@ -116,8 +116,8 @@ def _restore(inventory: Any, args: argparse.Namespace) -> int:
     from opsbook.remediate.context import Context
     from opsbook.remediate.plan import parse_allow
     from opsbook.remediate.runner import Remediator
+    from opsbook.remediation.backup import restore_backup
     from opsbook.secrets import Redactor
-    from remediation.backup import restore_backup
 
     try:
         allow = parse_allow(args.allow)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from opsbook.inventory import Host, Inventory, InventoryError, load_inventory
-from opsbook.locations import inventory_path
+from opsbook.locations import inventory_path, reports_dir
 from opsbook.remediate.runtime import runtime_for
 
 EXIT_INCOMPLETE = 1
@@ -208,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
     except InventoryError as exc:
         print(f"incident collect: {exc}", file=sys.stderr)
         return 2
-    out = args.out or Path("reports") / f"incident-{started.strftime('%Y%m%dT%H%M%SZ')}"
+    out = args.out or reports_dir() / f"incident-{started.strftime('%Y%m%dT%H%M%SZ')}"
     try:
         evidence = _Evidence(out)
     except OSError as exc:

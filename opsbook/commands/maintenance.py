@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from opsbook.locations import inventory_path
+from opsbook.locations import inventory_path, reports_dir
 from opsbook.remediate.audit import EXIT_NOT_AUDITED
 
 EXIT_FAILED = 1
@@ -35,15 +35,19 @@ def register(commands: Any) -> None:
     parser.set_defaults(run=run)
     parser.add_argument("action", choices=["on", "off"])
     parser.add_argument("--inventory", type=Path, help="default: $OPSBOOK_INVENTORY or sandbox")
-    parser.add_argument("--reports-dir", type=Path, default=Path("reports"))
+    parser.add_argument("--reports-dir", type=Path, default=reports_dir())
 
 
 def run(args: argparse.Namespace) -> int:
     from opsbook.inventory import InventoryError, load_inventory
     from opsbook.remediate.context import Context
     from opsbook.remediate.runner import Remediator
+    from opsbook.remediation.maintenance import (
+        MaintenanceUnsupported,
+        maintenance_off,
+        maintenance_on,
+    )
     from opsbook.secrets import Redactor
-    from remediation.maintenance import MaintenanceUnsupported, maintenance_off, maintenance_on
 
     try:
         inventory = load_inventory(inventory_path(args.inventory))

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from opsbook.locations import reports_dir
 from opsbook.remediate.audit import EXIT_NOT_AUDITED
 from opsbook.remediate.plan import risky_kinds
 
@@ -53,7 +54,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--apply", action="store_true", help="carry out the plan, then verify")
     parser.add_argument("--allow", action="append", default=[], metavar="KIND", help=ALLOW_HELP)
     parser.add_argument("--inventory", type=Path, help="default: the run's inventory")
-    parser.add_argument("--reports-dir", type=Path, default=Path("reports"))
+    parser.add_argument("--reports-dir", type=Path, default=reports_dir())
     parser.add_argument("--reset-budget", nargs="?", const="*", metavar="KIND:TARGET")
 
 

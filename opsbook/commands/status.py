@@ -32,9 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from opsbook.check import Severity
+from opsbook.locations import reports_dir
 from opsbook.outcome import Unit
-
-DEFAULT_REPORTS = Path("reports")
 
 
 class State(enum.IntEnum):
@@ -76,7 +75,7 @@ PROBLEMS = ("failed", "error", "blocked")
 def register(commands: Any) -> None:
     parser = commands.add_parser("status", help="the health dashboard of the last run")
     parser.set_defaults(run=run)
-    parser.add_argument("--reports-dir", type=Path, default=DEFAULT_REPORTS)
+    parser.add_argument("--reports-dir", type=Path, default=reports_dir())
 
 
 def _text(value: object) -> str:
@@ -190,7 +189,7 @@ def _error_lines(problems: list[dict[str, Any]]) -> list[str]:
 
 
 def _action_lines(problems: list[dict[str, Any]], reports: Path) -> list[str]:
-    where = "" if reports == DEFAULT_REPORTS else f" --reports-dir {reports}"
+    where = "" if reports == reports_dir() else f" --reports-dir {reports}"
     lines = []
     for row in problems:
         if not row.get("remediation"):

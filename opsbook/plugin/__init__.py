@@ -41,6 +41,26 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     register(pluginmanager, MODULES)
 
 
+# What a checks run loads: named here, not only found through entry points, so that a run with
+# plugin autoloading turned off (PYTEST_DISABLE_PLUGIN_AUTOLOAD) still has them; each is
+# registered once, whoever loaded it first. pytest-html's fixtures module comes before its
+# plugin, which imports it.
+SUITE = (
+    "opsbook.plugin.garbage",
+    "pytest_metadata.plugin",
+    "pytest_html.fixtures",
+    "pytest_html.plugin",
+    "opsbook.plugin",
+    "opsbook.fixtures.targets",
+    "opsbook.fixtures.containers",
+)
+
+
+def register_suite(pluginmanager: pytest.PytestPluginManager) -> None:
+    """Load everything a checks run needs (the conftest.py files of the checks call this)."""
+    register(pluginmanager, SUITE)
+
+
 def started_by_the_pytest_command() -> bool:
     """Whether this run was started by pytest's console entry point (not by pytest.main()
     called from another program), so that only the interpreter's exit comes after it."""

@@ -54,7 +54,7 @@ class Context:
 
     @property
     def fix_name(self) -> str:
-        """`remediation.services.restart_service`; empty when a fix is called directly."""
+        """`opsbook.remediation.services.restart_service`; empty when a fix is called directly."""
         return name_of(self.fix) if self.fix is not None else ""
 
     @property

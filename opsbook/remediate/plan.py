@@ -50,7 +50,7 @@ class StepKind(enum.StrEnum):
 
 
 def name_of(fix: Callable[..., Any]) -> str:
-    """A fix's name as reports and the audit log give it: `remediation.services.restart_service`."""
+    """A fix's name as reports and the audit log give it: its module, a dot, its function."""
     return f"{fix.__module__}.{fix.__qualname__}"
 
 

@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from opsbook.compose import ComposeError
+from opsbook.locations import state_dir
 from opsbook.sandbox.process import SandboxError
 from opsbook.sandbox.stack import COMPONENTS, SCALABLE, Stack
 
 ENV_SANDBOX_DIR = "OPSBOOK_SANDBOX_DIR"
-DEFAULT_SANDBOX_DIR = Path(".opsbook/sandbox")
-DEFAULT_COMPOSE_DIR = Path(".opsbook/compose")
 ENGINES = ("native", "compose")
 EXIT_FAILED = 1
 EXIT_NOT_RUNNING = 3
@@ -39,7 +38,7 @@ def register(commands: Any) -> None:
         "--dir",
         type=Path,
         default=None,
-        help=f"sandbox directory (default: ${ENV_SANDBOX_DIR} or {DEFAULT_SANDBOX_DIR})",
+        help=f"sandbox directory (default: ${ENV_SANDBOX_DIR}, else .opsbook/sandbox in its home)",
     )
     engine = argparse.ArgumentParser(add_help=False)
     engine.add_argument(
@@ -47,7 +46,7 @@ def register(commands: Any) -> None:
         choices=ENGINES,
         default="native",
         help="native processes (default) or a compose project on a container engine "
-        f"(then DIR defaults to {DEFAULT_COMPOSE_DIR})",
+        "(then DIR defaults to .opsbook/compose in opsbook's home)",
     )
     for action, text in (
         ("up", "start every component; prints the inventory path last"),
@@ -66,7 +65,7 @@ def register(commands: Any) -> None:
 def _sandbox_dir(given: Path | None) -> Path:
     if given is not None:
         return given.absolute()
-    return Path(os.environ.get(ENV_SANDBOX_DIR) or DEFAULT_SANDBOX_DIR).absolute()
+    return Path(os.environ.get(ENV_SANDBOX_DIR) or state_dir("sandbox")).absolute()
 
 
 def _failed(what: str, exc: Exception) -> int:
@@ -130,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_compose(args: argparse.Namespace) -> int:
     from opsbook.sandbox.compose import ComposeStack
 
-    directory = (args.dir or DEFAULT_COMPOSE_DIR).absolute()
+    directory = (args.dir or state_dir("compose")).absolute()
     stack = ComposeStack(directory)
     try:
         if args.action == "up":

@@ -16,7 +16,7 @@ from opsbook.sandbox.process import Process, SandboxError
 
 BINARY = "/usr/bin/prometheus"
 # The repository's alerts/ dir, next to the opsbook package (an editable install or a checkout).
-ALERTS = Path(opsbook.__file__).resolve().parent.parent / "alerts"
+ALERTS = Path(opsbook.__file__).parent / "alerts"  # shipped inside the package
 
 
 class Prometheus(Component):

@@ -1,0 +1,1 @@
+"""The packaged checks, one module per area of the runbooks (installed as `opsbook.checks`)."""
