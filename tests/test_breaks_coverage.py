@@ -154,7 +154,7 @@ def _merge(founds: list[Found]) -> Found:
 
 
 def _read(directory: Path, reader: Callable[[str, Path], Found]) -> Found:
-    return _merge([reader(path.read_text(), path) for path in sorted(directory.glob("*.py"))])
+    return _merge([reader(path.read_text(), path) for path in sorted(directory.rglob("*.py"))])
 
 
 # The project itself

@@ -23,7 +23,7 @@ from opsbook.sandbox.stack import Stack
 
 pytestmark = pytest.mark.sandbox
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 NOWHERE = 'psycopg.connect("host=127.0.0.1 port=1 connect_timeout=1")'
 

@@ -26,7 +26,7 @@ from opsbook.remediate.contract import problems
 from opsbook.remediate.plan import Plan, StepKind, kinds_table, parse_allow
 from opsbook.remediate.runner import Remediator
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def closed_port() -> int:

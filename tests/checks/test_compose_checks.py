@@ -28,7 +28,7 @@ pytestmark = pytest.mark.containers
 
 __all__ = ["compose_stack"]  # a fixture, used by name (and imported from here by other modules)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RunCompose = Callable[..., CheckRun]
 
 

@@ -130,7 +130,7 @@ def test_rule_not_loaded_fails(
     assert row["outcome"] == "failed"
     assert row["message"] == (
         "prometheus prometheus: not loaded: chat-system/QueueBacklog (expected every rule of "
-        f"{Path(__file__).resolve().parent.parent / 'alerts'}/*.yml)"
+        f"{Path(__file__).resolve().parents[2] / 'alerts'}/*.yml)"
     )
     assert row["observed"] == ["chat-system/QueueBacklog"]
 

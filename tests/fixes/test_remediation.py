@@ -21,7 +21,7 @@ from opsbook.sandbox.stack import Stack
 
 pytestmark = pytest.mark.sandbox
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HEALTH = ("--check=HEALTH-001",)
 
 

@@ -26,7 +26,7 @@ from opsbook.sandbox.stack import Stack, sandbox_inventory_sections
 
 pytestmark = pytest.mark.sandbox
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DAY_S = 86400
 
 
