@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -57,6 +57,13 @@ def _resolve_secret(value: object) -> Secret:
     except yamltext.NotText as exc:
         raise ValueError(f"cannot read secret file {path}: {exc}") from None
     return Secret(text.rstrip("\n"), f"file {path}")
+
+
+def _unread_secret(value: object) -> Secret:
+    """A secret checked for its form only (`opsbook inventory check`, `opsbook list`)."""
+    reference = _check_reference(value).reference
+    source = f"env {reference['env']}" if "env" in reference else f"file {reference['file']}"
+    return Secret.unread(source)
 
 
 def _check_reference(value: object) -> SecretReference:
@@ -504,6 +511,13 @@ def _decode(kind: type, value: object) -> object:
     """msgspec's hook for the types it does not know: secrets by reference, paths."""
     if kind is Secret:
         return _resolve_secret(value)
+    return _decode_unread(kind, value)
+
+
+def _decode_unread(kind: type, value: object) -> object:
+    """The same hook, when secrets are not to be read: their references are checked only."""
+    if kind is Secret:
+        return _unread_secret(value)
     if kind is SecretReference:
         return _check_reference(value)
     if kind is Path and isinstance(value, str):
@@ -523,7 +537,7 @@ def _located(error: msgspec.ValidationError) -> tuple[str, str]:
     return match["message"], match["path"] or ""
 
 
-def _name_keys(raw: Any, kind: type, path: str) -> str:
+def _name_keys(raw: Any, kind: type, path: str, hook: Callable[[type, object], object]) -> str:
     """msgspec writes a mapping's key as `[...]`: find which key it was, by trying each alone."""
     import copy
 
@@ -535,7 +549,7 @@ def _name_keys(raw: Any, kind: type, path: str) -> str:
             parent = _walk(trial, prefix.rsplit(".", 1)[0]) if "." in prefix else trial
             parent[prefix.rsplit(".", 1)[-1]] = {key: container[key]}
             try:
-                msgspec.convert(trial, kind, dec_hook=_decode)
+                msgspec.convert(trial, kind, dec_hook=hook)
             except msgspec.ValidationError as exc:
                 if _located(exc)[1].startswith(prefix + "[...]"):
                     path = f"{prefix}.{key}{rest}"
@@ -545,13 +559,17 @@ def _name_keys(raw: Any, kind: type, path: str) -> str:
     return path
 
 
-def convert(raw: Any, kind: type[T], what: str) -> T:
-    """Validate raw data into `kind`; an InventoryError naming the key when it is wrong."""
+def convert(raw: Any, kind: type[T], what: str, *, resolve_secrets: bool = True) -> T:
+    """Validate raw data into `kind`; an InventoryError naming the key when it is wrong.
+
+    With `resolve_secrets=False`, no secret is read: a reference's form is checked, and the
+    value is an unread `Secret` (everything else is validated as always)."""
+    hook = _decode if resolve_secrets else _decode_unread
     try:
-        return msgspec.convert(raw, kind, dec_hook=_decode)
+        return msgspec.convert(raw, kind, dec_hook=hook)
     except msgspec.ValidationError as exc:
         message, path = _located(exc)
-        path = _name_keys(raw, kind, path)
+        path = _name_keys(raw, kind, path, hook)
         field = _FIELD.match(message)
         if field:
             path = f"{path}.{field['name']}"
@@ -563,8 +581,8 @@ def convert(raw: Any, kind: type[T], what: str) -> T:
         raise InventoryError(f"{what}: {key}: {message}") from None
 
 
-def load_inventory(path: Path, environ: Mapping[str, str] | None = None) -> Inventory:
-    """Read, override from the environment, and validate an inventory file."""
+def read_inventory(path: Path, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Read an inventory file and apply the environment's overrides, not yet validated."""
     environ = os.environ if environ is None else environ
     try:
         text = yamltext.read_text_file(path, MAX_INVENTORY_BYTES)
@@ -580,4 +598,15 @@ def load_inventory(path: Path, environ: Mapping[str, str] | None = None) -> Inve
         _apply_environment(raw, environ)
     except InventoryError as exc:
         raise InventoryError(f"inventory {path}: {exc}") from None
-    return convert(raw, Inventory, f"inventory {path}")
+    return raw
+
+
+def load_inventory(
+    path: Path, environ: Mapping[str, str] | None = None, *, resolve_secrets: bool = True
+) -> Inventory:
+    """Read, override from the environment, and validate an inventory file.
+
+    `resolve_secrets=False` reads no secret (a CI job linting a production inventory, `opsbook
+    list`): references are checked for their form, files and variables need not exist."""
+    raw = read_inventory(path, environ)
+    return convert(raw, Inventory, f"inventory {path}", resolve_secrets=resolve_secrets)

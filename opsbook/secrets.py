@@ -22,6 +22,12 @@ class Secret:
         self._value = value
         self.source = source  # where it came from, e.g. "env OPSBOOK_PG_PASSWORD": safe to show
 
+    @classmethod
+    def unread(cls, source: str) -> Secret:
+        """A secret that was named but deliberately not read (an inventory checked without its
+        secrets): its value is empty, and its source says so."""
+        return cls("", f"{source}, not read")
+
     def reveal(self) -> str:
         """The clear value, for the one call that needs it (a driver's password argument)."""
         return self._value
