@@ -34,6 +34,11 @@ AREAS = {
 }
 
 
+# Whether the inventory's secrets are read at start: a plugin that only lists the checks
+# (`opsbook list`) sets it False before pytest_configure; nothing connects in such a run.
+READ_SECRETS = pytest.StashKey[bool]()
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("opsbook")
     group.addoption(
@@ -83,7 +88,7 @@ def pytest_configure(config: pytest.Config) -> None:
     from opsbook.inventory import InventoryError, load_inventory
 
     try:
-        inventory = load_inventory(path)
+        inventory = load_inventory(path, resolve_secrets=config.stash.get(READ_SECRETS, True))
     except InventoryError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[INVENTORY] = inventory
