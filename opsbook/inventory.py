@@ -264,6 +264,7 @@ DEFAULT_BUDGETS = {
     "recreate": Budget(count=1, per_s=3600),
     "end-sessions": Budget(count=3, per_s=3600),
     "delete-files": Budget(count=1, per_s=86400),
+    "trim": Budget(count=2, per_s=3600),
     "alter-system": Budget(count=1, per_s=86400),
     "restore": Budget(count=1, per_s=86400),
     "rollback": Budget(count=2, per_s=3600),
