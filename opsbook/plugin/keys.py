@@ -42,6 +42,9 @@ class Prop(enum.StrEnum):
     REMEDIATION_PLAN = "remediation_plan"
     BEFORE = "before"
     AFTER = "after"
+    # The services a check is about (comma-separated), and the dependency that blocks it.
+    SERVICES = "services"
+    BLOCKED_BY = "blocked_by"
 
 
 # A piece of evidence travels as ("evidence:NAME", text).
@@ -97,6 +100,8 @@ class FindingRow(Struct, kw_only=True):
     evidence: dict[str, str] = field(default_factory=dict)
     waiver: str | None = None
     remediation_attempt: FixAttempt | None = None
+    # The service whose failure blocks this check (the inventory's services), when blocked.
+    blocked_by: str | None = None
 
 
 class Findings(Struct):
