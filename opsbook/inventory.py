@@ -361,6 +361,7 @@ class Inventory(_Model, frozen=True):
     redis: dict[str, Redis] = {}
     hosts: dict[str, Host] = {}
     egress: dict[str, Egress] = {}
+    idle_session_s: Seconds = 600  # DB-002's fix ends sessions idle longer than this
     compose: Compose | None = None
     sandbox: Sandbox | None = None
     thresholds: Thresholds = msgspec.field(default_factory=Thresholds)
