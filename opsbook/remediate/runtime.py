@@ -2,8 +2,8 @@
 
 The inventory says which runtime: `sandbox` (the native processes of `opsbook sandbox`) or
 `compose` (a compose project on a container engine: `docker compose restart`, `up
---force-recreate`, `up --scale`). Every action also has the exact command a person would type,
-for the plan.
+--force-recreate`, `up --scale`, `kill --signal HUP`). Every action also has the exact command
+a person would type, for the plan.
 
 The sandbox's runtime lives in opsbook.remediate.sandbox_runtime, loaded by name from
 RUNTIME_MODULES: production code never imports opsbook.sandbox, and that module is the one
@@ -35,6 +35,12 @@ class Runtime(Protocol):
     def is_running(self, service: str) -> bool: ...
     def restart(self, service: str) -> None: ...
     def recreate(self, service: str) -> None: ...
+
+    def reload(self, service: str) -> None:
+        """Send the service SIGHUP: it reads its configuration again without a restart
+        (Prometheus its rules, nginx its configuration)."""
+        ...
+
     def replicas(self, service: str) -> int: ...
     def scale(self, service: str, count: int) -> None: ...
 
@@ -87,6 +93,8 @@ class ComposeRuntime:
             return ["restart", service], {}
         if verb == "recreate":
             return ["up", "--detach", "--force-recreate", "--no-deps", service], self._port(service)
+        if verb == "reload":
+            return ["kill", "--signal", "HUP", service], {}
         if verb == "scale":
             (count,) = args
             # --no-recreate: the running container keeps its port; extra replicas take free ones
@@ -140,6 +148,9 @@ class ComposeRuntime:
 
     def recreate(self, service: str) -> None:
         self._run("recreate", service)
+
+    def reload(self, service: str) -> None:
+        self._run("reload", service)
 
     def scale(self, service: str, count: int) -> None:
         self._run("scale", service, str(count))

@@ -9,6 +9,8 @@ stays out of every other module's imports (tests/test_imports.py holds both rule
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 from opsbook.inventory import Inventory
@@ -26,6 +28,8 @@ class SandboxRuntime:
         self.stack = Stack(directory)
 
     def command(self, verb: str, service: str, *args: str) -> str:
+        if verb == "reload":
+            return f"kill -HUP {self._pid(service)}"
         words = " ".join((verb, service, *args))
         return f"python -m opsbook sandbox {words} --dir {self.stack.dir}"
 
@@ -37,6 +41,15 @@ class SandboxRuntime:
 
     def recreate(self, service: str) -> None:
         self.stack.recreate(service)
+
+    def _pid(self, service: str) -> int:
+        pid = self.stack.component(service).pid()
+        if pid is None:
+            raise ProcessLookupError(f"{service} does not run: nothing to reload")
+        return pid
+
+    def reload(self, service: str) -> None:
+        os.kill(self._pid(service), signal.SIGHUP)
 
     def replicas(self, service: str) -> int:
         """How many processes of the service run (0 when it is stopped)."""
