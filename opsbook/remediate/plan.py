@@ -104,6 +104,9 @@ class Step:
     when: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
     condition: str | None = None  # shown in the plan: "if backend is still unhealthy"
     result: str | None = None
+    # The service the step acts on, which its kind's budget is charged to (default: the
+    # service of the failing target).
+    service: str | None = None
 
     def line(self) -> str:
         done = f" -> {self.result}" if self.result is not None else ""
@@ -149,10 +152,13 @@ class Plan:
         action: Callable[[], object],
         *,
         only_if: tuple[str, Callable[[], bool]] | None = None,
+        service: str | None = None,
     ) -> None:
-        """Add a step; `only_if=(description, test)` runs it only when the test holds then."""
+        """Add a step; `only_if=(description, test)` runs it only when the test holds then;
+        `service` is the service it acts on, when that is not the failing target's (budgets
+        are charged to it)."""
         condition, when = only_if if only_if else (None, None)
-        self.steps.append(Step(summary, command, kind, action, when, condition))
+        self.steps.append(Step(summary, command, kind, action, when, condition, service=service))
 
     def nothing(self, reason: str) -> Plan:
         """Mark the plan empty: the condition it fixes is not there (idempotency)."""
