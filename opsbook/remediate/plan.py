@@ -18,6 +18,7 @@ class StepKind(enum.StrEnum):
 
     RESTART = "restart", True, "restart a service through the runtime (in-flight work is lost)"
     RECREATE = "recreate", True, "recreate a service's container or process from scratch"
+    RELOAD = "reload", False, "make a service read its configuration again (SIGHUP), no restart"
     SCALE = "scale", False, "change how many replicas of a service run"
     END_SESSIONS = "end-sessions", True, "end database sessions (open transactions roll back)"
     DELETE_FILES = "delete-files", True, "delete files (cannot be undone)"
