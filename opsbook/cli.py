@@ -1,6 +1,7 @@
 """The command line, `python -m opsbook COMMAND`: one module per command in opsbook/commands.
 
     check       run the checks from any folder (any pytest option: -m daily, --inventory)
+    list        every check: id, severity, cadences, area, title, linked fix
     sandbox     run a local instance of the AI chat system (up, status, down, ...)
     remediate   show or apply the fix of a check that failed in a finished run
     audit-log   verify the remediation audit log
@@ -24,6 +25,7 @@ from opsbook.commands import (
     backup,
     check,
     incident,
+    list_checks,
     maintenance,
     remediate,
     status,
@@ -41,7 +43,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=describe())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sandbox = importlib.import_module(SANDBOX_COMMAND)
-    for command in (check, sandbox, remediate, audit_log, maintenance, status, incident, backup):
+    for command in (
+        check,
+        list_checks,
+        sandbox,
+        remediate,
+        audit_log,
+        maintenance,
+        status,
+        incident,
+        backup,
+    ):
         command.register(commands)
     return parser
 
