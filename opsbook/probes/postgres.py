@@ -98,7 +98,7 @@ def connections_by_role(db: Db) -> list[RoleConnections]:
 
 
 class IdleSession(Struct, frozen=True):
-    """A session idle in a transaction: it holds its locks and its snapshot."""
+    """An idle session; idle in a transaction, it holds its locks and its snapshot."""
 
     pid: int
     user: str | None
@@ -129,6 +129,32 @@ def idle_transactions(db: Db, older_than_s: float) -> list[IdleSession]:
         "SELECT pid, usename, datname, coalesce(application_name, ''),"
         " round(extract(epoch FROM now() - state_change))::int, left(query, 120)"
         f" FROM pg_stat_activity WHERE {idle_in_transaction(older_than_s)}"
+        " ORDER BY state_change",
+    )
+    return [IdleSession(*row) for row in rows]
+
+
+def idle_session(older_than_s: float, pids: Iterable[int] | None = None) -> str:
+    """The WHERE clause over pg_stat_activity of the client sessions idle (outside a
+    transaction) for longer than `older_than_s` (of `pids` only, if given): the asking
+    session and superusers' sessions excluded (no one but a superuser may end those)."""
+    where = (
+        "state = 'idle' AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        " AND NOT coalesce((SELECT rolsuper FROM pg_roles WHERE oid = usesysid), false)"
+        f" AND now() - state_change > make_interval(secs => {float(older_than_s)!r})"
+    )
+    if pids is not None:
+        where += f" AND pid IN ({', '.join(str(int(pid)) for pid in pids)})"
+    return where
+
+
+def idle_sessions(db: Db, older_than_s: float) -> list[IdleSession]:
+    """The client sessions idle for longer than `older_than_s`, the longest first."""
+    rows = _rows(
+        db,
+        "SELECT pid, usename, datname, coalesce(application_name, ''),"
+        " round(extract(epoch FROM now() - state_change))::int, left(query, 120)"
+        f" FROM pg_stat_activity WHERE {idle_session(older_than_s)}"
         " ORDER BY state_change",
     )
     return [IdleSession(*row) for row in rows]
