@@ -15,6 +15,7 @@ import pytest
 from opsbook import Finding, HttpTarget, Severity, check
 from opsbook.locations import PACKAGE
 from opsbook.probes import prometheus as probe
+from opsbook.remediation import prometheus
 
 pytestmark = [pytest.mark.observability]
 
@@ -53,7 +54,7 @@ def test_rules_files_are_valid(prometheus: HttpTarget, finding: Finding) -> None
 
 
 @pytest.mark.daily
-@check("ALERT-002", Severity.HIGH)
+@check("ALERT-002", Severity.HIGH, remediation=prometheus.reload_rules)
 def test_shipped_rules_are_loaded(prometheus: HttpTarget, finding: Finding) -> None:
     """The running Prometheus has loaded every rule group and rule of the shipped rules files.
 

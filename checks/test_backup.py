@@ -88,7 +88,7 @@ def test_latest_backup_is_complete(latest: BackupInfo, finding: Finding) -> None
 
 
 @pytest.mark.weekly
-@check("BACKUP-003", Severity.HIGH)
+@check("BACKUP-003", Severity.HIGH, remediation=backups.drill_new_backup)
 def test_latest_backup_restores(
     latest: BackupInfo, postgres: PostgresTarget, inventory: Inventory, finding: Finding
 ) -> None:

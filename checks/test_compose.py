@@ -100,7 +100,7 @@ def test_containers_not_killed_or_restarting(
     )
 
 
-@check("COMPOSE-003", Severity.HIGH)
+@check("COMPOSE-003", Severity.HIGH, remediation=services.restart_service)
 def test_engine_reports_healthy(
     compose_project: ComposeProject, compose_service: str, finding: Finding
 ) -> None:

@@ -25,7 +25,7 @@ def test_postgres_accepts_connections(postgres_target: PostgresTarget, finding: 
     finding.expect(shown, "accepting", ok=reply.answered, problem=reply.reason)
 
 
-@check("DB-002", Severity.HIGH)
+@check("DB-002", Severity.HIGH, remediation=database.end_idle_sessions)
 def test_connections_below_limit(
     postgres: PostgresTarget, thresholds: Thresholds, finding: Finding
 ) -> None:

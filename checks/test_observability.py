@@ -32,7 +32,7 @@ def test_prometheus_answers(prometheus: HttpTarget, finding: Finding) -> None:
     )  # fmt: skip
 
 
-@check("OBS-002", Severity.HIGH)
+@check("OBS-002", Severity.HIGH, remediation=services.restart_scrape_targets)
 def test_every_scrape_target_is_up(prometheus: HttpTarget, finding: Finding) -> None:
     """Every Prometheus scrape target is up.
 

@@ -8,7 +8,7 @@ from opsbook import Finding, PostgresTarget, RedisTarget, Severity, Thresholds, 
 from opsbook.probes import queue as probe
 from opsbook.probes.health import redis_ping
 from opsbook.probes.postgres import messages_stored_within
-from opsbook.remediation import queue
+from opsbook.remediation import queue, services
 
 pytestmark = [pytest.mark.daily, pytest.mark.queue, pytest.mark.postdeploy]
 
@@ -21,7 +21,7 @@ def _excerpt(raw: str) -> str:
 
 
 @pytest.mark.predeploy
-@check("QUEUE-001", Severity.CRITICAL)
+@check("QUEUE-001", Severity.CRITICAL, remediation=services.restart_service)
 def test_redis_answers_ping(redis_target: RedisTarget, finding: Finding) -> None:
     """Redis answers PING.
 
@@ -32,7 +32,7 @@ def test_redis_answers_ping(redis_target: RedisTarget, finding: Finding) -> None
     finding.expect(shown, "PONG", ok=reply.answered, problem=reply.reason)
 
 
-@check("QUEUE-002", Severity.HIGH)
+@check("QUEUE-002", Severity.HIGH, remediation=queue.trim_dead_letters)
 def test_redis_memory_below_limit(
     redis_target: RedisTarget, thresholds: Thresholds, finding: Finding
 ) -> None:
@@ -100,7 +100,7 @@ def test_dead_letter_queue_is_small(
     )  # fmt: skip
 
 
-@check("QUEUE-005", Severity.HIGH)
+@check("QUEUE-005", Severity.HIGH, remediation=queue.restart_consumer)
 def test_oldest_message_is_recent(
     redis_target: RedisTarget, thresholds: Thresholds, finding: Finding
 ) -> None:
@@ -131,7 +131,7 @@ def test_oldest_message_is_recent(
 
 
 @pytest.mark.predeploy
-@check("QUEUE-006", Severity.CRITICAL, remediation=queue.restart_worker)
+@check("QUEUE-006", Severity.CRITICAL, remediation=queue.restart_consumer)
 def test_message_queue_is_draining(
     redis_target: RedisTarget, thresholds: Thresholds, finding: Finding
 ) -> None:
@@ -152,7 +152,7 @@ def test_message_queue_is_draining(
     )
 
 
-@check("QUEUE-007", Severity.HIGH)
+@check("QUEUE-007", Severity.HIGH, remediation=queue.restart_consumer)
 def test_messages_were_stored_recently(
     redis_target: RedisTarget, postgres: PostgresTarget, thresholds: Thresholds, finding: Finding
 ) -> None:

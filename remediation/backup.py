@@ -102,6 +102,66 @@ def take_backup(ctx: Context, *, apply: bool) -> Plan:
     return plan.finish(apply, ctx.gate)
 
 
+def _drill_problem(ctx: Context, info: backup.BackupInfo | None) -> str | None:
+    """What BACKUP-003 finds wrong with a backup when it is restored into a scratch cluster
+    (the same drill), or None when it restores with its invariants."""
+    if info is None:
+        return "there is no backup"
+    problems = backup.verify(info)
+    if problems:
+        return f"{info.name} is incomplete: {problems[0]}"
+    queues = next(iter(ctx.inventory.redis.values())).queues if ctx.inventory.redis else None
+    try:
+        result = backup.drill(info, ctx.target, queues.processed if queues else "")
+    except backup.BackupError as exc:
+        return f"{info.name}: {exc}"
+    found = []
+    if result.orphan_messages:
+        found.append(f"{result.orphan_messages} message(s) without their conversation")
+    if result.processed_missing:
+        found.append(f"{len(result.processed_missing)} processed id(s) not in its messages")
+    return f"{info.name} restored: {'; '.join(found)}" if found else None
+
+
+def drill_new_backup(ctx: Context, *, apply: bool) -> Plan:
+    """Take a new backup and drill it when the latest does not restore.
+
+    Changes: restores the latest backup into a scratch cluster (BACKUP-003's own drill; the
+    scratch cluster is removed afterwards); only if that fails, writes a new backup directory
+    into backup.dir (pg_dump, Redis RDB, tar of backup.data_paths, with manifest.json) and
+    restores that one into a scratch cluster the same way. The failed backup is left as it is,
+    for a person to look at. Production data is only read.
+    Privileges: those of take_backup (the admin credentials of every PostgreSQL and Redis
+    target, write access to backup.dir), and the PostgreSQL server binaries on this machine
+    for the scratch cluster.
+    Undo: delete the new backup directory.
+    """
+    plan = Plan.for_fix(ctx, "backup")
+    settings = ctx.inventory.backup
+    if settings is None:
+        return plan.nothing("the inventory has no backup: section")
+    ctx.postgres_spec()  # a fix of a PostgreSQL target's check: its database is drilled
+    latest = backup.latest_backup(settings.dir)
+    problem = _drill_problem(ctx, latest)
+    if problem is None:
+        assert latest is not None
+        return plan.nothing(f"{latest.name} restores into a scratch cluster")
+
+    def take_and_drill() -> str:
+        info = backup.take_backup(ctx.inventory)
+        still = _drill_problem(ctx, info)
+        drilled = f"drill failed too: {still}" if still else "it restores into a scratch cluster"
+        return f"wrote {info.name} ({len(info.parts())} parts); {drilled}"
+
+    plan.add(
+        f"take a new backup and drill it: {problem}",
+        " && ".join(backup.plan_backup(ctx.inventory)),
+        StepKind.BACKUP,
+        take_and_drill,
+    )
+    return plan.finish(apply, ctx.gate)
+
+
 def restore_backup(ctx: Context, *, apply: bool) -> Plan:
     """Restore every PostgreSQL database and every Redis server from the backup named by the
     context's target (`latest` for the newest).

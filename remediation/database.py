@@ -6,6 +6,7 @@ autocommit), which owns the chatdb tables and holds pg_signal_backend; none need
 
 from __future__ import annotations
 
+from collections import Counter
 from functools import partial
 
 from opsbook.probes import postgres as probe
@@ -67,6 +68,62 @@ def end_idle_transactions(ctx: Context, *, apply: bool) -> Plan:
         plan.add(
             f"end {len(stuck)} session(s) idle in transaction for more than {limit:g}s: "
             + sessions,
+            sql,
+            StepKind.END_SESSIONS,
+            terminate,
+        )
+        return plan.finish(apply, ctx.gate)
+
+
+def end_idle_sessions(ctx: Context, *, apply: bool) -> Plan:
+    """End the sessions idle for longer than the threshold while connections near the limit.
+
+    Changes: only while the connections in use are over thresholds.pg_connections_percent of
+    max_connections (DB-002's own measure), pg_terminate_backend() on each client session idle
+    (not in a transaction) for more than thresholds.idle_session_s; the pids are fixed in the
+    plan and checked again when applying, so a session that has become busy since is left
+    alone. No transaction is lost; the client sees its idle connection drop and a pool opens a
+    new one when it needs it. Superusers' sessions and the remediation's own are never ended.
+    Privileges: the admin role with pg_signal_backend and pg_read_all_stats.
+    Undo: nothing to undo; clients reconnect.
+    """
+    plan = Plan.for_fix(ctx)
+    allowed, limit = ctx.thresholds.pg_connections_percent, ctx.thresholds.idle_session_s
+    with ctx.postgres_admin() as connection:
+        use = probe.connection_use(connection)
+        if use.used_percent <= allowed:
+            return plan.nothing(
+                f"{use.in_use} of {use.max_connections} connections in use "
+                f"({use.used_percent:.0f} %, max {allowed:g} %)"
+            )
+        idle = probe.idle_sessions(connection, limit)
+        if not idle:
+            raise LookupError(
+                f"{use.in_use} of {use.max_connections} connections in use, but none is idle "
+                f"for more than {limit:g} s: nothing opsbook may end (see the connections by "
+                "role in DB-002's evidence)"
+            )
+        pids = [session.pid for session in idle]
+        users = Counter(f"{s.user}@{s.database}" for s in idle)
+        sql = (
+            f"SELECT pid, pg_terminate_backend(pid, {TERMINATE_WAIT_MS}) FROM pg_stat_activity"
+            f" WHERE {probe.idle_session(limit, pids)}"
+        )
+
+        def terminate() -> str:
+            ended = connection.execute(sql).fetchall()
+            done = sum(1 for _, terminated in ended if terminated)
+            after = probe.connection_use(connection)
+            return (
+                f"ended {done} of {len(pids)}; {after.in_use} of {after.max_connections} "
+                f"connections in use now ({after.used_percent:.0f} %)"
+            )
+
+        plan.add(
+            f"end {len(idle)} session(s) idle for more than {limit:g} s ("
+            + ", ".join(f"{n} of {who}" for who, n in users.most_common())
+            + f"): {use.in_use} of {use.max_connections} connections in use "
+            f"({use.used_percent:.0f} %, max {allowed:g} %)",
             sql,
             StepKind.END_SESSIONS,
             terminate,

@@ -1,18 +1,22 @@
-"""Queue overflow: the runbook's process-dlq, a worker restart, and more workers for a backlog.
+"""Queue overflow: the runbook's process-dlq, a consumer restart, more consumers for a backlog,
+and dead letters trimmed when Redis runs short of memory.
 
-The worker's service is `worker` in every runtime; the failing checks' target is the Redis
-queue, so these fixes name the service themselves.
+The failing checks' target is the Redis queue; the service that takes its messages is the
+inventory's consumer (`services: NAME: {role: consumer}`, the one that depends on the queue's
+service): the reference stack's `worker`, the runbook's `backend`.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from opsbook.probes import queue as probe
-from opsbook.remediate.context import Context
+from opsbook.remediate.context import Context, NoRuntime
 from opsbook.remediate.plan import Plan, StepKind
 from opsbook.targets import RedisTarget
 
@@ -21,7 +25,6 @@ if TYPE_CHECKING:
 
     from opsbook.inventory import Queues
 
-WORKER = "worker"
 SCALE_UP_TO = 3
 # How long a fix waits to see what came of it (a requeued letter taken, the queue draining):
 # the re-run of the check must see the outcome, not the moment before it.
@@ -115,21 +118,38 @@ def _checker(ctx: Context) -> RedisTarget:
     return RedisTarget(ctx.target, ctx.redis_spec(), ctx.thresholds.timeout_s)
 
 
-def restart_worker(ctx: Context, *, apply: bool) -> Plan:
-    """Restart the queue worker when messages wait and none is processed.
+def consumer(ctx: Context) -> str:
+    """The service that consumes the failing queue: of the inventory's services with role
+    `consumer`, the one that depends on the queue's service (or the only one)."""
+    queue_service = ctx.inventory.service_of(ctx.target)
+    consumers = ctx.inventory.with_role("consumer")
+    feeding = [name for name in consumers if queue_service in ctx.inventory.dependencies(name)]
+    found = feeding or list(consumers)
+    if len(found) != 1:
+        raise NoRuntime(
+            f"the inventory names {len(found)} consumer(s) of {queue_service}"
+            f"{': ' + ', '.join(found) if found else ''}; the queue fixes need exactly one "
+            "(services: NAME: {role: consumer, depends_on: [" + queue_service + "]})"
+        )
+    return found[0]
 
-    Changes: restarts the `worker` service through the inventory's runtime; on start it hands
-    back what it held in flight, so no message is lost (one may be stored twice over, which the
-    insert ignores). Then waits up to 20 s for the queue to drain. Nothing is done when the
-    queue is empty or draining.
+
+def restart_consumer(ctx: Context, *, apply: bool) -> Plan:
+    """Restart the queue's consumer when messages wait and none is processed.
+
+    Changes: restarts the consumer service the inventory names (role `consumer`) through the
+    inventory's runtime; the reference worker hands back on start what it held in flight, so
+    no message is lost (one may be stored twice over, which the insert ignores). Then waits up
+    to 20 s for the queue to drain. Nothing is done when the queue is empty or draining.
     Privileges: read access to the queue (the checker's credentials); control of the runtime.
-    Undo: nothing to undo; the worker runs the same configuration as before.
+    Undo: nothing to undo; the consumer runs the same configuration as before.
     """
     plan = Plan.for_fix(ctx)
     queues, sample_s = ctx.redis_spec().queues, ctx.thresholds.drain_sample_s
     target = _checker(ctx)
     try:
-        # QUEUE-006's own measure, so that the fix acts exactly when the check fails.
+        # QUEUE-006's own measure (the cause of QUEUE-005's and QUEUE-007's failures as well),
+        # so that the fix acts exactly when nothing moves.
         drain = probe.drain(target, queues, sample_s)
         waiting = drain.waiting
         if waiting == 0:
@@ -138,10 +158,11 @@ def restart_worker(ctx: Context, *, apply: bool) -> Plan:
             return plan.nothing(
                 f"{queues.pending} is draining: {drain.processed} processed in {sample_s:g} s"
             )
+        service = consumer(ctx)
         runtime = ctx.runtime()
 
         def restart() -> str:
-            runtime.restart(WORKER)
+            runtime.restart(service)
             last: list[probe.Drain] = []
 
             def drains() -> bool:
@@ -153,9 +174,9 @@ def restart_worker(ctx: Context, *, apply: bool) -> Plan:
             return f"still not draining after {RESTART_DRAIN_S:g} s ({last[0].waiting} wait)"
 
         plan.add(
-            f"restart {WORKER}: {waiting} messages wait in {queues.pending}, "
+            f"restart {service}: {waiting} messages wait in {queues.pending}, "
             f"0 processed in {sample_s:g} s",
-            runtime.command("restart", WORKER),
+            runtime.command("restart", service),
             StepKind.RESTART,
             restart,
         )
@@ -168,9 +189,9 @@ def scale_workers(ctx: Context, *, apply: bool) -> Plan:
     """Run 3 workers while message_queue holds more than the allowed backlog, then 1 again.
 
     Changes: with a backlog over `thresholds.queue_backlog` and fewer than 3 workers, scales
-    the `worker` service to 3 (starting it if it was stopped), waits up to 60 s for
-    message_queue to empty and scales back to 1. If the queue is not empty by then, 3 workers
-    are left running and the result says so: applied again once the queue is empty (with
+    the consumer service (role `consumer`) to 3 (starting it if it was stopped), waits up to
+    60 s for message_queue to empty and scales back to 1. If the queue is not empty by then, 3
+    workers are left running and the result says so: applied again once the queue is empty (with
     `python -m opsbook remediate RUN --check QUEUE-003 --apply`, or directly), this
     remediation plans only the scale-down. An extra worker stops after the message in hand and
     hands back what it held in flight, so no message is lost or doubled.
@@ -183,18 +204,18 @@ def scale_workers(ctx: Context, *, apply: bool) -> Plan:
     target = _checker(ctx)
     try:
         depth = probe.depth(target, pending)
-        runtime = ctx.runtime()
-        running = runtime.replicas(WORKER)
+        runtime, service = ctx.runtime(), consumer(ctx)
+        running = runtime.replicas(service)
 
         def scale_down() -> str:
-            runtime.scale(WORKER, 1)
-            return f"{runtime.replicas(WORKER)} {WORKER} runs"
+            runtime.scale(service, 1)
+            return f"{runtime.replicas(service)} {service} runs"
 
         if depth <= limit:
             if running > 1 and depth == 0:
                 plan.add(
-                    f"scale {WORKER} from {running} back to 1: {pending} is empty",
-                    runtime.command("scale", WORKER, "1"),
+                    f"scale {service} from {running} back to 1: {pending} is empty",
+                    runtime.command("scale", service, "1"),
                     StepKind.SCALE,
                     scale_down,
                 )
@@ -212,31 +233,111 @@ def scale_workers(ctx: Context, *, apply: bool) -> Plan:
             )
 
         def scale_up() -> str:
-            runtime.scale(WORKER, SCALE_UP_TO)
-            return f"{runtime.replicas(WORKER)} workers run"
+            runtime.scale(service, SCALE_UP_TO)
+            return f"{runtime.replicas(service)} workers run"
 
         def scale_down_once_drained() -> str:
             if not _until(lambda: probe.depth(target, pending) == 0, DRAIN_WAIT_S):
                 return (
                     f"{probe.depth(target, pending)} still wait after {DRAIN_WAIT_S:g} s: "
-                    f"{runtime.replicas(WORKER)} workers left running; apply again once "
+                    f"{runtime.replicas(service)} workers left running; apply again once "
                     f"{pending} is empty to scale back to 1"
                 )
             return scale_down()
 
         plan.add(
-            f"scale {WORKER} from {running} to {SCALE_UP_TO}: {pending} holds {depth} "
+            f"scale {service} from {running} to {SCALE_UP_TO}: {pending} holds {depth} "
             f"(max {limit})",
-            runtime.command("scale", WORKER, str(SCALE_UP_TO)),
+            runtime.command("scale", service, str(SCALE_UP_TO)),
             StepKind.SCALE,
             scale_up,
         )
         plan.add(
-            f"scale {WORKER} back to 1 once {pending} is empty (waits up to {DRAIN_WAIT_S:g} s)",
-            runtime.command("scale", WORKER, "1"),
+            f"scale {service} back to 1 once {pending} is empty (waits up to {DRAIN_WAIT_S:g} s)",
+            runtime.command("scale", service, "1"),
             StepKind.SCALE,
             scale_down_once_drained,
         )
         return plan.finish(apply, ctx.gate)
     finally:
         target.close()
+
+
+def trim_dead_letters(ctx: Context, *, apply: bool) -> Plan:
+    """Free Redis memory by trimming the dead-letter queue to the allowed count, archiving
+    what is trimmed first; pending messages are never touched.
+
+    Changes: only while Redis uses more than thresholds.redis_memory_percent of its maxmemory
+    (QUEUE-002's own measure): the oldest dead letters beyond thresholds.dead_letter_max are
+    written, one JSON line each, to dead-letters-TARGET-TIME.jsonl in backup.dir (fsynced),
+    and only then removed with LTRIM (the newest dead_letter_max stay, for diagnosis; letters
+    dead-lettered meanwhile arrive at the other end and stay too). message_queue, the in-flight
+    lists and processed_messages are not touched. Then it says how much memory Redis uses.
+    Privileges: the Redis admin credentials (LRANGE, LTRIM on dead_letter_queue); write access
+    to backup.dir.
+    Undo: push the archived letters back (`LPUSH dead_letter_queue LINE` for each line of the
+    archive, oldest first), or reprocess them from the archive.
+    """
+    plan = Plan.for_fix(ctx)
+    dead, keep = ctx.redis_spec().queues.dead_letter, ctx.thresholds.dead_letter_max
+    allowed = ctx.thresholds.redis_memory_percent
+    checker = _checker(ctx)
+    try:
+        used = probe.memory(checker)
+        letters = probe.depth(checker, dead)
+    finally:
+        checker.close()
+    if used.used_percent is None:
+        raise ValueError(
+            "maxmemory is not set: trimming cannot bring Redis under a limit it does not have; "
+            "set one (CONFIG SET maxmemory, and in redis.conf)"
+        )
+    if used.used_percent < allowed:
+        return plan.nothing(
+            f"Redis uses {used.used_percent:.0f} % of maxmemory (max {allowed:g} %)"
+        )
+    drop = letters - keep
+    if drop <= 0:
+        raise LookupError(
+            f"Redis uses {used.used_percent:.0f} % of maxmemory, but {dead} holds only {letters} "
+            f"(it keeps {keep}): nothing opsbook may trim; see what else Redis holds "
+            "(redis-cli --bigkeys); pending messages are never trimmed"
+        )
+    settings = ctx.inventory.backup
+    if settings is None:
+        raise LookupError(
+            "the inventory has no backup: section, so there is nowhere to archive the dead "
+            "letters before trimming them"
+        )
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    archive = settings.dir / f"dead-letters-{ctx.target}-{stamp}.jsonl"
+    client = ctx.redis_admin()
+    try:
+
+        def trim() -> str:
+            # The oldest are at the right end; new dead letters arrive at the left, so trimming
+            # from the right removes exactly what was archived.
+            oldest = [str(raw) for raw in client.lrange(dead, -drop, -1)]
+            settings.dir.mkdir(parents=True, exist_ok=True)
+            with archive.open("x", encoding="utf-8") as stream:
+                for raw in reversed(oldest):  # oldest first
+                    stream.write(json.dumps(raw) + "\n")
+                stream.flush()
+                os.fsync(stream.fileno())
+            client.ltrim(dead, 0, -len(oldest) - 1)
+            after = probe.RedisMemory.from_info(client.info("memory"))
+            now = f"{after.used_percent:.0f} %" if after.used_percent is not None else "?"
+            return f"archived and trimmed {len(oldest)}; Redis uses {now} of maxmemory now"
+
+        plan.add(
+            f"archive the {drop} oldest of the {letters} dead letters to {archive} and trim "
+            f"them from {dead} (keeps the newest {keep}): Redis uses "
+            f"{used.used_percent:.0f} % of maxmemory (max {allowed:g} %)",
+            f"LRANGE {dead} -{drop} -1 > {archive} && LTRIM {dead} 0 -{drop + 1}"
+            "  (as the Redis admin)",
+            StepKind.TRIM,
+            trim,
+        )
+        return plan.finish(apply, ctx.gate)
+    finally:
+        client.close()

@@ -278,7 +278,7 @@ def test_stopped_worker_is_restarted_and_drains_queue_006(
             "stored": 50, "processed": 50,
         }  # fmt: skip
 
-        again = queue.restart_worker(context(breakable_sandbox, "QUEUE-006"), apply=True)
+        again = queue.restart_consumer(context(breakable_sandbox, "QUEUE-006"), apply=True)
         assert nothing_to_do(again) == "message_queue is empty"
     finally:
         breakable_sandbox.start("worker")
