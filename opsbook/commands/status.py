@@ -76,6 +76,13 @@ def register(commands: Any) -> None:
     parser = commands.add_parser("status", help="the health dashboard of the last run")
     parser.set_defaults(run=run)
     parser.add_argument("--reports-dir", type=Path, default=reports_dir())
+    parser.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE",
+        help="also write the status page (opsbook.pages.status_page) to FILE; with no run to "
+        "read, a page that says UNKNOWN and why",
+    )
 
 
 def _text(value: object) -> str:
@@ -247,21 +254,44 @@ def render(document: dict[str, Any], reports: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from opsbook.findings_file import FindingsUnreadable, read_findings
+    from opsbook.pages import status_page
 
     latest = args.reports_dir / "latest" / "findings.json"
     if not latest.exists():
-        return _unknown(f"no finished run under {args.reports_dir} (no {latest})")
+        return _unknown(f"no finished run under {args.reports_dir} (no {latest})", args.html)
     try:
         document = read_findings(latest)
     except FindingsUnreadable as exc:
-        return _unknown(str(exc))
+        return _unknown(str(exc), args.html)
     sys.stdout.write(render(document, args.reports_dir))
+    if args.html is not None and not _write_page(args.html, status_page.render(document)):
+        return State.UNKNOWN
     return state(document["findings"])
 
 
-def _unknown(reason: str) -> int:
+def _write_page(path: Path, page: str) -> bool:
+    """Write the status page whole (renamed into place, readable by the owner and the group
+    only, like every report); say why not in one line."""
+    from opsbook.report_files import FILE_MODE
+
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        temporary.write_text(page, encoding="utf-8")
+        temporary.chmod(FILE_MODE)
+        temporary.replace(path)
+    except OSError as exc:
+        print(f"status: cannot write the page {path}: {exc.strerror or exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def _unknown(reason: str, page: Path | None = None) -> int:
     # Monitoring reads the first line of stdout (NRPE drops stderr); a person, and every other
     # opsbook command, says what is wrong in one line on stderr.
     print(f"opsbook status: {State.UNKNOWN.name} - {_text(reason)}")
     print(f"status: {reason}", file=sys.stderr)
+    if page is not None:
+        from opsbook.pages import status_page
+
+        _write_page(page, status_page.render_unknown(reason))
     return State.UNKNOWN
