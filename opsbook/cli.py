@@ -2,6 +2,7 @@
 
     check       run the checks from any folder (any pytest option: -m daily, --inventory)
     list        every check: id, severity, cadences, area, title, linked fix
+    inventory   check an inventory file without its secrets (for CI)
     sandbox     run a local instance of the AI chat system (up, status, down, ...)
     remediate   show or apply the fix of a check that failed in a finished run
     audit-log   verify the remediation audit log
@@ -25,6 +26,7 @@ from opsbook.commands import (
     backup,
     check,
     incident,
+    inventory,
     list_checks,
     maintenance,
     remediate,
@@ -46,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     for command in (
         check,
         list_checks,
+        inventory,
         sandbox,
         remediate,
         audit_log,
