@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from sshd_server import Sshd
 from support import CheckRun, RunChecks
 
 from opsbook.inventory import Inventory, load_inventory
@@ -110,7 +111,8 @@ def run_checks(sandbox: Stack, tmp_path: Path) -> RunChecks:
     """Run the checks suite (`pytest -m daily` by default) against the sandbox.
 
     `run_checks("--check=QUEUE-003")`, `run_checks(env={"OPSBOOK__THRESHOLDS__X": "1"})`,
-    `run_checks(inventory=path)`, `run_checks(reports=shared_dir)`.
+    `run_checks(inventory=path)`, `run_checks(reports=shared_dir)`. The deployment's state
+    (remediation lock, budgets, audit log) is the test's own: `tmp_path / "state"`.
     """
     counter = iter(range(1000))
 
@@ -133,8 +135,12 @@ def run_checks(sandbox: Stack, tmp_path: Path) -> RunChecks:
         environment = {
             k: v for k, v in os.environ.items() if not k.startswith(("OPSBOOK_", "PYTEST_"))
         }
+        # One deployment state (lock, budgets, audit log) per test, shared by its runs: the
+        # session's sandbox serves every test, and a budget one test spends must not brake the
+        # next. `tmp_path / "state"`; a test may give its own.
+        state = {"OPSBOOK__STATE_DIR": str(tmp_path / "state")}
         process = subprocess.run(
-            command, cwd=REPO, env={**environment, **(env or {})},
+            command, cwd=REPO, env={**environment, **state, **(env or {})},
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         return CheckRun(process, reports)
@@ -152,3 +158,17 @@ def small_filesystem(tmp_path: Path) -> Iterator[Path]:
         yield mount_point
     finally:
         subprocess.run(["umount", str(mount_point)], check=True)
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[Sshd]:
+    """A real OpenSSH server on a free loopback port, letting in the test's own key as the
+    current user; `sshd.spec` is its testinfra host spec. Stopped (with its connections) after
+    the test."""
+    (tmp_path / "sshd").mkdir()
+    server = Sshd(tmp_path / "sshd")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
