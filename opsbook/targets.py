@@ -8,10 +8,17 @@ use: a run that never touches PostgreSQL never pays for importing psycopg.
 
 from __future__ import annotations
 
+import atexit
+import math
+import re
+import shutil
 import socket
+import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
@@ -233,30 +240,151 @@ class RedisTarget(_Target):
         return self._client.get()
 
 
+# Testinfra backends that run the `ssh` client: they get a connect timeout, batch mode and one
+# multiplexed connection per host (below). Paramiko, docker and the others keep their own ways.
+SSH_BACKENDS = ("ssh", "safe-ssh")
+# How long an idle master connection outlives its last command (seconds); the run ends its
+# masters itself on exit, this only bounds what a killed run leaves behind.
+SSH_CONTROL_PERSIST_S = 60
+_ssh_control_dir: Path | None = None
+
+
+def _control_dir() -> Path:
+    """This process's folder for ssh master sockets: one master per host (`%C` hashes user,
+    host and port), shared by every target and runtime that reaches the host in this run."""
+    global _ssh_control_dir
+    if _ssh_control_dir is None:
+        # A short path of its own under /tmp: a unix socket path has at most 107 bytes.
+        _ssh_control_dir = Path(tempfile.mkdtemp(prefix="opsbook-ssh-", dir="/tmp"))
+        atexit.register(_close_masters, _ssh_control_dir)
+    return _ssh_control_dir
+
+
+def _close_masters(directory: Path) -> None:
+    """End this run's ssh master connections (`ssh -O exit`), then remove their folder."""
+    for control in directory.iterdir():
+        subprocess.run(
+            ["ssh", "-o", f"ControlPath={control}", "-O", "exit", "opsbook-master"],
+            capture_output=True, timeout=10, check=False,
+        )  # fmt: skip
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def ssh_options(timeout_s: float, *, password: bool = False) -> dict[str, Any]:
+    """testinfra's ssh backend options for one run (a spec's own `?timeout=` etc. win).
+
+    ConnectTimeout (testinfra's `timeout`) bounds the TCP connect and the banner exchange;
+    ServerAlive ends a connection whose host stopped answering; BatchMode keeps ssh from ever
+    waiting for a password or a host key answer on a terminal (sshpass needs the prompt, so
+    not with a password); ControlMaster/ControlPersist make every command of the run share
+    one connection per host.
+    """
+    seconds = max(1, math.ceil(timeout_s))
+    extra = f"-o ServerAliveInterval={seconds} -o ServerAliveCountMax=2"
+    if not password:
+        extra = "-o BatchMode=yes " + extra
+    return {
+        "timeout": seconds,
+        # testinfra %-formats the ssh command line after adding this: %%C reaches ssh as %C.
+        "controlpath": str(_control_dir() / "%%C"),
+        "controlpersist": SSH_CONTROL_PERSIST_S,
+        "ssh_extra_args": extra,
+    }
+
+
+def ssh_reason(stderr: str) -> str:
+    """ssh's own reason, from its last line: `Connection refused`, `Could not resolve hostname
+    web1: Name or service not known`, `Connection timed out during banner exchange`."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    if not lines:
+        return "ssh exited 255 without a reason"
+    last = re.sub(r"^ssh: connect to host \S+ port \d+: ", "", lines[-1])
+    return last.removeprefix("ssh: ").rstrip(".")
+
+
+def _testinfra_host(name: str, where: str, spec: str, timeout_s: float) -> Any:
+    """The testinfra host for a spec; over ssh, with the run's options, and a lost connection
+    (ssh's exit status 255) raised as TargetUnreachable naming the host, not a RuntimeError."""
+    import testinfra
+    import testinfra.backend
+    import testinfra.host
+
+    address, options = testinfra.backend.parse_hostspec(spec)
+    connection = options.get("connection")
+    if connection not in SSH_BACKENDS:
+        return testinfra.get_host(spec)
+    base = testinfra.backend.get_backend_class(connection)
+
+    class Backend(base):  # type: ignore[misc,valid-type]  # testinfra has no type information
+        def run_ssh(self, command: str) -> Any:
+            try:
+                return super().run_ssh(command)
+            except RuntimeError as exc:
+                stderr = getattr(exc.args[0], "stderr", "") if exc.args else ""
+                raise TargetUnreachable("host", name, where, ssh_reason(stderr)) from None
+
+    password = bool(urlsplit(spec).password)
+    for key, value in ssh_options(timeout_s, password=password).items():
+        options.setdefault(key, value)
+    return testinfra.host.Host(Backend(address, **options))
+
+
 @dataclass
 class HostTarget:
     """A machine of the inventory, observed through pytest-testinfra (local, ssh, docker...).
 
     Probes read its facts with testinfra's own modules (`testinfra.file(path).mode`,
-    `testinfra.socket`, `testinfra.run`); checks name it by its inventory name.
+    `testinfra.socket`, `testinfra.run`); checks name it by its inventory name. It is reached
+    once (`reachable()`): a host that cannot be reached costs one connect timeout and is
+    TargetUnreachable for every check that needs it. Over ssh, every command shares one
+    connection per host and run (see ssh_options).
     """
 
     name: str
     spec: Host
+    timeout: float = 3.0  # the inventory's thresholds.timeout_s: ssh's connect timeout
     _host: Any = field(default=None, init=False, repr=False)
+    _reach: _Once[bool] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._reach = _Once(self._probe)
 
     @property
     def label(self) -> str:
         return f"host {self.name}"
 
     @property
+    def where(self) -> str:
+        """The spec as a person reads it: no password, no options."""
+        parts = urlsplit(self.spec.spec)
+        user = f"{parts.username}@" if parts.username else ""
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{user}{parts.hostname or ''}{port}"
+
+    @property
     def testinfra(self) -> Any:
         """The testinfra host (its backend connects on first use)."""
         if self._host is None:
-            import testinfra
-
-            self._host = testinfra.get_host(self.spec.spec)
+            self._host = _testinfra_host(self.name, self.where, self.spec.spec, self.timeout)
         return self._host
+
+    def _probe(self) -> bool:
+        if urlsplit(self.spec.spec).scheme == "local":
+            return True
+        try:
+            done = self.testinfra.run("true")
+        except TargetUnreachable:
+            raise
+        except Exception as exc:  # testinfra's other backends raise their own errors
+            raise TargetUnreachable("host", self.name, self.where, _short(exc)) from None
+        if done.rc != 0:
+            reason = _short(RuntimeError(done.stderr)) if done.stderr.strip() else f"rc {done.rc}"
+            raise TargetUnreachable("host", self.name, self.where, reason)
+        return True
+
+    def reachable(self) -> None:
+        """Raise TargetUnreachable (cached) when the host cannot be reached."""
+        self._reach.get()
 
 
 @dataclass

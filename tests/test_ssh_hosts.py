@@ -1,0 +1,139 @@
+"""Hosts over ssh, against a real OpenSSH server (the `sshd` fixture): one connection per host
+and run, a connect timeout, and a host that cannot be reached reported as one ERROR line.
+
+"Unreachable" here is what the machines allow (loopback only): a closed port, a name that does
+not resolve (.invalid never does, RFC 6761), a port whose listener never answers.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sshd_server import Sshd
+from support import CheckRun
+
+from opsbook.errors import TargetUnreachable
+from opsbook.inventory import Host
+from opsbook.loopback import free_port
+from opsbook.targets import HostTarget
+
+REPO = Path(__file__).resolve().parent.parent
+HANG_BOUND_S = 30.0  # a bound against a hang, far above the 1 s connect timeout
+
+
+def established(port: int) -> int:
+    """How many TCP connections to 127.0.0.1:PORT are established (ss)."""
+    done = subprocess.run(
+        ["ss", "-Htn", "state", "established", "dst", f"127.0.0.1:{port}"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return len(done.stdout.splitlines())
+
+
+def unreachable(spec: str, timeout_s: float = 1.0) -> TargetUnreachable:
+    target = HostTarget("web1", Host(spec=spec), timeout_s)
+    with pytest.raises(TargetUnreachable) as raised:
+        target.reachable()
+    # Cached: a second check of the same host does not try again.
+    with pytest.raises(TargetUnreachable) as again:
+        target.reachable()
+    assert again.value is raised.value
+    return raised.value
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback port that accepts TCP connections (the kernel's backlog) but never says a
+    word: ssh waits for the server's banner, as with a hung host."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield listener.getsockname()[1]
+
+
+def test_commands_on_a_host_share_one_ssh_connection(sshd: Sshd) -> None:
+    host = HostTarget("app1", Host(spec=sshd.spec), 3.0)
+    host.reachable()
+    for _ in range(5):
+        assert host.testinfra.run("echo %s", "over ssh").stdout == "over ssh\n"
+    assert host.testinfra.file(str(sshd.config)).exists
+    # Another target (a fix, a runtime) for the same host rides the same master connection.
+    again = HostTarget("app1", Host(spec=sshd.spec), 3.0)
+    assert again.testinfra.check_output("hostname") == socket.gethostname()
+    assert established(sshd.port) == 1
+
+
+def test_a_host_lost_during_the_run_is_unreachable_naming_it(sshd: Sshd) -> None:
+    host = HostTarget("app1", Host(spec=sshd.spec), 1.0)
+    host.reachable()
+    sshd.stop()  # the listener and the master connection's session
+    with pytest.raises(TargetUnreachable) as raised:
+        host.testinfra.run("true")
+    assert raised.value.line().startswith(f"unreachable: host app1 (ssh://{sshd.user}@127.0.0.1")
+    assert "RuntimeError" not in raised.value.line()
+
+
+def test_a_refused_port_is_unreachable_with_ssh_s_reason() -> None:
+    port = free_port()
+    error = unreachable(f"ssh://ops@127.0.0.1:{port}")
+    where = f"ssh://ops@127.0.0.1:{port}"
+    assert error.line() == f"unreachable: host web1 ({where}): Connection refused"
+
+
+def test_a_name_that_does_not_resolve_is_unreachable() -> None:
+    error = unreachable("ssh://ops@web1.invalid")
+    assert error.line().startswith("unreachable: host web1 (ssh://ops@web1.invalid): ")
+    assert "Could not resolve hostname web1.invalid" in error.reason
+
+
+def test_a_host_that_never_answers_costs_one_connect_timeout(silent_port: int) -> None:
+    started = time.monotonic()
+    error = unreachable(f"ssh://ops@127.0.0.1:{silent_port}", timeout_s=1.0)
+    assert time.monotonic() - started < HANG_BOUND_S
+    assert "timed out" in error.reason
+
+
+def test_a_password_in_the_spec_never_reaches_the_line() -> None:
+    port = free_port()
+    error = unreachable(f"ssh://ops:hunter2@127.0.0.1:{port}?timeout=1")
+    assert "hunter2" not in error.line()
+    assert f"(ssh://ops@127.0.0.1:{port})" in error.line()
+
+
+def run_checks(inventory: Path, tmp_path: Path, *args: str) -> CheckRun:
+    reports = tmp_path / "reports"
+    command = [
+        sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", f"--inventory={inventory}",
+        f"--reports-dir={reports}", *args,
+    ]  # fmt: skip
+    process = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+    return CheckRun(process, reports)
+
+
+def test_an_unreachable_ssh_host_is_one_error_line_and_exit_10(sshd: Sshd, tmp_path: Path) -> None:
+    closed = free_port()
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(
+        "name: ssh-hosts\n"
+        "hosts:\n"
+        f"  app1: {{spec: '{sshd.spec}'}}\n"
+        f"  app2: {{spec: 'ssh://ops@127.0.0.1:{closed}'}}\n"
+        "thresholds: {timeout_s: 2, memory_used_percent: 100}\n"
+    )
+    run = run_checks(inventory, tmp_path, "--check=RES-002")
+    assert run.exit_code == 10, run.output
+    assert run.outcome("RES-002", "app1") == "passed", run.output
+    assert run.outcome("RES-002", "app2") == "error", run.output
+    line = f"unreachable: host app2 (ssh://ops@127.0.0.1:{closed}): Connection refused"
+    assert line in run.output
+    assert "Traceback" not in run.output
+    assert "testinfra.host.Host" not in run.output
+    assert run.row("RES-002", "app2").get("unreachable") is True
