@@ -10,6 +10,7 @@
     status      the health dashboard of the last run
     incident    collect the incident runbook's evidence (logs, status, sockets, a dump)
     backup      back up PostgreSQL, Redis and the data paths (with a manifest)
+    merge       one report from the shards of a fleet run (--shard i/N)
 
 The sandbox's own command is opsbook/sandbox/command.py, in the sandbox package.
 Bad usage exits 2 with one line (argparse); each command documents its other exit codes.
@@ -29,6 +30,7 @@ from opsbook.commands import (
     inventory,
     list_checks,
     maintenance,
+    merge,
     remediate,
     status,
 )
@@ -56,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         status,
         incident,
         backup,
+        merge,
     ):
         command.register(commands)
     return parser
