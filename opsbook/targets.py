@@ -98,11 +98,15 @@ class HttpTarget(_Target):
     _client: _Once[Client] = field(init=False, repr=False)
     _reach: _Once[bool] = field(init=False, repr=False)
     _health: _Once[Response] = field(init=False, repr=False)
+    # Why the service stopped answering, once a request timed out: later requests of the run
+    # fail at once, so a hung service costs one timeout per run, not one per check.
+    _hung: str | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         self._client = _Once(self._new_client)
         self._reach = _Once(self._probe)
         self._health = _Once(self._get_health)
+        self._hung = None
 
     @property
     def where(self) -> str:
@@ -135,11 +139,22 @@ class HttpTarget(_Target):
         from opsbook.http import HttpError
 
         self.reachable()
+        if self._hung is not None:
+            raise TargetUnreachable("http", self.name, self.where, self._hung)
         try:
             return self._client.get().get(path, params)
         except HttpError as exc:
-            reason = f"no answer within {self.timeout:g}s" if exc.timed_out else str(exc)
-            raise TargetUnreachable("http", self.name, self.where, reason) from None
+            if not exc.timed_out:
+                raise TargetUnreachable("http", self.name, self.where, str(exc)) from None
+            self._hung = f"no answer within {self.timeout:g}s"
+            raise TargetUnreachable("http", self.name, self.where, self._hung) from None
+
+    def answers(self) -> None:
+        """Raise TargetUnreachable when the service accepts connections but does not answer
+        (a hung process: the kernel still accepts for it). The run's preflight asks this of
+        every HTTP target at once; the answer itself is not kept (its latency, taken while
+        other targets are being reached, would not be the service's own)."""
+        self.get(self.spec.health_path)
 
     def _get_health(self) -> Response:
         return self.get(self.spec.health_path)
@@ -408,8 +423,9 @@ class Targets:
         """Reach every wanted (kind, name) target at once, so that a run in which every
         target hangs costs one timeout, not one per target. Outcomes are cached for the checks.
 
-        HTTP targets are only connected to, not asked: a GET timed in a thread that competes
-        with the drivers' imports for the interpreter would report the service slower than it is.
+        HTTP targets are asked for their health path (a hung process still has its connections
+        accepted by the kernel), but that answer is not kept: a GET timed in a thread that
+        competes with the drivers' imports would report the service slower than it is.
         Each driver is imported here, before its targets' connections are opened in the pool:
         two imports in two threads take turns at the interpreter and its import locks, and
         take 7% longer than one after the other.
@@ -418,7 +434,7 @@ class Targets:
         from importlib import import_module
 
         wanted = set(wanted)
-        http = [t.reachable for n, t in self.http.items() if ("http", n) in wanted]
+        http = [t.answers for n, t in self.http.items() if ("http", n) in wanted]
         postgres = [t.connection for n, t in self.postgres.items() if ("postgres", n) in wanted]
         redis = [t.client for n, t in self.redis.items() if ("redis", n) in wanted]
         groups: list[tuple[str | None, Sequence[Callable[[], object]]]]

@@ -21,6 +21,7 @@ MODULES = (
     "opsbook.plugin.reports",
     "opsbook.plugin.junit",
     "opsbook.plugin.metrics",
+    "opsbook.plugin.fleet",
 )
 
 

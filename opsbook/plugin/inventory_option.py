@@ -44,8 +44,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--inventory",
         metavar="PATH",
+        action="append",
         help="inventory YAML of the deployment to check (default: $OPSBOOK_INVENTORY, "
-        "else the sandbox's inventory)",
+        "else the sandbox's inventory); give it several times, or a folder of inventories, "
+        "to check a fleet (docs/fleet.md)",
     )
 
 
@@ -55,13 +57,22 @@ def chosen_inventory_path(config: pytest.Config) -> Path | None:
 
 def _chosen_path(config: pytest.Config) -> tuple[Path | None, bool]:
     """The inventory to load, and whether a person asked for it explicitly."""
-    option = config.getoption("inventory")
-    if option is not None and not option.strip():
+    options = config.getoption("inventory") or []
+    if any(not option.strip() for option in options):
         # `--inventory=` (an unset shell variable, say) must not fall back to another one.
         raise pytest.UsageError("--inventory: empty path")
-    given = option or os.environ.get("OPSBOOK_INVENTORY")
+    given = options[-1] if options else os.environ.get("OPSBOOK_INVENTORY")
     if given:
-        return Path(given).expanduser(), True
+        path = Path(given).expanduser()
+        if path.is_dir():
+            # A folder of one inventory (several make a fleet run: opsbook.plugin.fleet).
+            from opsbook.fleet import FleetError, inventory_files
+
+            try:
+                path = inventory_files([path])[0]
+            except FleetError as exc:
+                raise pytest.UsageError(str(exc)) from None
+        return path, True
     default = sandbox_inventory(config.rootpath)
     return (default if default.exists() else None), False
 

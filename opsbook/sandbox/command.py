@@ -53,7 +53,14 @@ def register(commands: Any) -> None:
         ("status", "one line per component; exit 3 unless all run"),
         ("down", "stop every component"),
     ):
-        actions.add_parser(action, help=text, parents=[where, engine])
+        parser = actions.add_parser(action, help=text, parents=[where, engine])
+        if action == "up":
+            parser.add_argument(
+                "--name",
+                default="sandbox",
+                help="the deployment's name in its inventory (default: sandbox); a fleet of "
+                "sandboxes, each `up --dir`, needs one each (native engine)",
+            )
     for action in ("start", "stop", "restart", "recreate"):
         one = actions.add_parser(action, help=f"{action} one component", parents=[where])
         one.add_argument("component", choices=COMPONENTS)
@@ -90,7 +97,7 @@ def _holds_compose_project(stack: Stack) -> bool:
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "engine", "native") == "compose":
         return _run_compose(args)
-    stack = Stack(_sandbox_dir(args.dir))
+    stack = Stack(_sandbox_dir(args.dir), getattr(args, "name", "sandbox"))
     try:
         if args.action == "up":
             inventory = stack.up()

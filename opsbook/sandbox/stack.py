@@ -85,8 +85,10 @@ class ComponentStatus:
 class Stack:
     """One sandbox, in `directory` (made absolute)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, name: str = "sandbox") -> None:
         self.dir = Path(directory).absolute()
+        # The deployment's name in its inventory: a fleet of sandboxes needs one each.
+        self.name = name
         self.layout = Layout(self.dir)
         self._state: SandboxState | None = None
 
@@ -262,8 +264,10 @@ class Stack:
 
         ports = self.state.ports
         inventory: dict[str, Any] = {
-            "name": "sandbox",
+            "name": self.name,
             "sandbox": {"dir": str(self.dir)},
+            # Each sandbox is a deployment of its own: its lock, budgets and audit log too.
+            "state_dir": str(self.dir / "state"),
             **target_sections(
                 self.layout,
                 {**ports, "frontend": ports["nginx"]},
