@@ -20,6 +20,7 @@ import pytest
 
 from opsbook.errors import NotEvaluated
 from opsbook.outcome import Outcome
+from opsbook.plugin.dependencies import BOARD, note_outcome, rechecking, settle_blocked
 from opsbook.plugin.keys import AUDIT_TRAIL_GAPS, CHECK, EVIDENCE_PREFIX, FINDINGS, REDACTOR, Prop
 from opsbook.plugin.remediate import remediate_report
 from opsbook.plugin.waivers import settle_waiver
@@ -70,9 +71,16 @@ def pytest_runtest_makereport(
                 label = f"evidence: {name.removeprefix(EVIDENCE_PREFIX)}"
                 report.sections.append((label, str(content)))
     # The order is owned here, not left to pluggy: could not evaluate (above), then a waiver
-    # (a waived failure is not remediated), then the linked fix.
+    # (a waived failure is not remediated), then a dependency that is down (a blocked failure
+    # is not remediated: the cause's fix comes first), then the linked fix; what is left
+    # tells whether the check's service is down. A check run again at the end of the run is
+    # settled there.
     settle_waiver(item, call, report)
-    remediate_report(item, call, report)
+    if rechecking(item.config):
+        return report
+    if not settle_blocked(item, call, report):
+        remediate_report(item, call, report)
+    note_outcome(item, call, report)
     return report
 
 
@@ -135,3 +143,25 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         for line, count in unreachable.items():
             checks = "check" if count == 1 else "checks"
             terminalreporter.line(f"{line}  ({count} {checks} not evaluated)")
+    _blocked_summary(terminalreporter)
+
+
+def _blocked_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Each cause, then the checks it blocks: what to fix first, and what waits for it."""
+    config = terminalreporter.config
+    blocked: dict[str, list[str]] = {}
+    for row in config.stash[FINDINGS].rows.values():
+        if row.outcome is Outcome.BLOCKED and row.blocked_by:
+            blocked.setdefault(row.blocked_by, []).append(
+                f"  {row.check_id} {row.target or '-'}: {row.message}"
+            )
+    if not blocked:
+        return
+    board = config.stash.get(BOARD, None)
+    causes = board.down if board is not None else {}
+    terminalreporter.section("blocked by a dependency (fix the cause first)", sep="-", yellow=True)
+    for cause, lines in blocked.items():
+        why = causes.get(cause)
+        terminalreporter.line(f"{cause} is down: {why}" if why else f"{cause} is down")
+        for line in lines:
+            terminalreporter.line(line)

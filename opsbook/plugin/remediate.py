@@ -8,20 +8,24 @@ the report records before, action, after, and FIXED or NOT FIXED.
 
 from __future__ import annotations
 
+import importlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from opsbook.errors import NotEvaluated
-from opsbook.outcome import FixVerdict
+from opsbook.outcome import FixVerdict, Outcome
 from opsbook.plugin.keys import (
     CHECK,
     INVENTORY,
     REDACTOR,
     RUN_ID,
     TARGETS,
+    FindingRow,
+    FixAttempt,
     Prop,
     audit_trail_gap,
 )
@@ -173,9 +177,11 @@ class _Fixer:
                     report.outcome = "passed"
                     report.longrepr = None
 
+        started = time.monotonic()
         attempt = self.remediator.apply_one(
             info.spec.remediation, ctx, apply=self.mode == "apply", redact=redact, verify=verify
         )
+        self.announce(info.spec.check_id, info.target, attempt, time.monotonic() - started)
         if attempt.not_audited:
             what = f"{info.spec.check_id}[{info.target or '-'}]: {attempt.remediation}"
             audit_trail_gap(self.config, f"{what} {attempt.status}, {attempt.not_audited}")
@@ -196,6 +202,84 @@ class _Fixer:
         if report.failed:
             report.longrepr = f"{before}\n{redact(note)}"
         report.sections.append(("opsbook remediation", redact(f"{note}\n{plan_text}")))
+
+    def announce(self, check_id: str, target: str | None, attempt: Attempt, seconds: float) -> None:
+        """One line in the terminal for each fix carried out or refused, also with -q: the
+        check, the target, the fix, FIXED or NOT FIXED (or why not), and how long it took."""
+        if self.mode != "apply" or attempt.status in ("planned", "nothing-to-do"):
+            return
+        terminal = self.config.pluginmanager.get_plugin("terminalreporter")
+        if terminal is None:
+            return
+        action = attempt.remediation.rpartition(".")[2]
+        verdict = str(attempt.verdict) if attempt.verdict else attempt.status.upper()
+        why = f" ({attempt.reason})" if attempt.reason and not attempt.verdict else ""
+        line = f"opsbook fix: {check_id} {target or '-'}: {action} {verdict}{why}"
+        writer = getattr(terminal, "_tw", None)
+        if writer is not None and writer.width_of_current_line:
+            # Mid-way through a line of progress: the fix gets a line of its own.
+            terminal.write("\n")
+        terminal.write_line(self.config.stash[REDACTOR](f"{line} in {seconds:.1f} s"), bold=True)
+
+    def fix_row(self, row: FindingRow, recheck: Callable[[], tuple[Outcome, str]]) -> Attempt:
+        """Plan or apply the linked fix of a failed check known by its row only (the controller
+        of an xdist run, or a check whose re-check failed at the end of the run): the check is
+        run again by `recheck`; the row takes the verdict."""
+        from opsbook.remediate.context import Context
+
+        assert row.remediation is not None
+        module, _, name = row.remediation.rpartition(".")
+        fix = getattr(importlib.import_module(module), name)
+        redact = self.config.stash[REDACTOR]
+        ctx = Context(
+            self.remediator.inventory, row.check_id, row.target_kind or "", row.target or ""
+        )
+        before = row.message
+
+        def verify(attempt: Attempt) -> None:
+            if attempt.status not in ("applied", "nothing-to-do"):
+                return
+            deadline = self.remediator.inventory.remediation.verify_timeout_s
+            end = time.monotonic() + (deadline if attempt.status == "applied" else 0)
+            while True:
+                outcome, message = recheck()
+                if outcome is Outcome.PASSED or time.monotonic() >= end:
+                    break
+                time.sleep(VERIFY_INTERVAL_S)
+            passed = outcome is Outcome.PASSED
+            attempt.after = "passed" if passed else redact(message)
+            if attempt.status == "applied":
+                attempt.verdict = FixVerdict.FIXED if passed else FixVerdict.NOT_FIXED
+            if passed:
+                row.outcome = Outcome.FIXED if attempt.status == "applied" else Outcome.PASSED
+
+        started = time.monotonic()
+        attempt = self.remediator.apply_one(
+            fix, ctx, apply=self.mode == "apply", redact=redact, verify=verify
+        )
+        self.announce(row.check_id, row.target, attempt, time.monotonic() - started)
+        if attempt.not_audited:
+            what = f"{row.check_id}[{row.target or '-'}]: {attempt.remediation}"
+            audit_trail_gap(self.config, f"{what} {attempt.status}, {attempt.not_audited}")
+        row.remediation_attempt = FixAttempt(
+            status=attempt.status,
+            verdict=str(attempt.verdict) if attempt.verdict else None,
+            reason=redact(attempt.reason) or None,
+            plan=[redact(line) for line in (attempt.plan.lines() if attempt.plan else [])],
+            before=before or None,
+            after=attempt.after or None,
+        )
+        return attempt
+
+
+def fix_row(
+    config: pytest.Config, row: FindingRow, recheck: Callable[[], tuple[Outcome, str]]
+) -> Attempt | None:
+    """The linked fix of a failed check, by its row (None when the run does not remediate)."""
+    fixer = config.stash.get(FIXER, None)
+    if fixer is None or row.remediation is None:
+        return None
+    return fixer.fix_row(row, recheck)
 
 
 FIXER = pytest.StashKey[_Fixer]()
