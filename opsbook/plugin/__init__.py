@@ -17,6 +17,7 @@ MODULES = (
     "opsbook.plugin.findings",
     "opsbook.plugin.outcomes",
     "opsbook.plugin.remediate",
+    "opsbook.plugin.dependencies",
     "opsbook.plugin.waivers",
     "opsbook.plugin.reports",
     "opsbook.plugin.junit",
