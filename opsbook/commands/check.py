@@ -24,7 +24,7 @@ from typing import Any
 from opsbook.locations import CHECKS, home, is_checkout, reports_dir, state_dir
 
 # pytest's settings for the packaged checks when there is no checkout (and so no pyproject.toml)
-# around them; tests/test_check_command.py holds them equal to the checkout's.
+# around them; tests/test_installed.py holds them equal to the checkout's.
 INSTALLED_INI = CHECKS / "opsbook.ini"
 
 
