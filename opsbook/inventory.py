@@ -271,6 +271,21 @@ DEFAULT_BUDGETS = {
 }
 
 
+class AuditTrail(_Model, frozen=True):
+    """The audit log's key and where its head is exported, out of reach of the reports' writer
+    (docs/remediation.md#the-audit-log)."""
+
+    key_file: Path | None = None  # default: generated in the state directory on first use
+    textfile_dir: Path | None = None  # node-exporter's textfile collector directory
+    pushgateway: str | None = None  # a Pushgateway's URL
+
+    def __post_init__(self) -> None:
+        if self.pushgateway is not None:
+            parts = urlsplit(self.pushgateway)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"pushgateway: not an http(s) URL: {self.pushgateway!r}")
+
+
 class Remediation(_Model, frozen=True):
     """What automatic fixes may do. Risky kinds need to be allowed here or with --allow."""
 
@@ -278,6 +293,7 @@ class Remediation(_Model, frozen=True):
     budgets: dict[str, Budget] = msgspec.field(default_factory=lambda: dict(DEFAULT_BUDGETS))
     verify_timeout_s: Seconds = 30
     retention_days: Annotated[int, Meta(ge=1)] = 30
+    audit_trail: AuditTrail = msgspec.field(default_factory=AuditTrail)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.allow) - set(RISKY_KINDS))
@@ -371,6 +387,8 @@ class Inventory(_Model, frozen=True):
     backup: Backup | None = None
     deploy: Deploy = msgspec.field(default_factory=Deploy)
     services: dict[str, Service] = {}
+    # The deployment's remediation lock, budgets and audit log (default: under opsbook's home).
+    state_dir: Path | None = None
 
     def __post_init__(self) -> None:
         problem = _services_problem(self)
