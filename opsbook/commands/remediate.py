@@ -5,7 +5,8 @@ RUN is `latest`, a run folder's name under the reports directory, or its path. W
 under the same lock, allow-list and budgets as `pytest --remediate=apply`, then the check is
 run again until it passes or the inventory's `remediation.verify_timeout_s` runs out.
 
-    python -m opsbook remediate --reset-budget [KIND:TARGET]   release the brake
+    python -m opsbook remediate --reset-budget [KIND:SERVICE] [--inventory PATH]
+                                                    release the deployment's brake
 
 Exit codes: 0 fixed, planned, or nothing to do; 1 applied but NOT FIXED, or the fix failed;
 2 bad usage (unknown run, check, kind or inventory); 3 refused (not allowed, over budget, or
@@ -105,12 +106,22 @@ def _verify(run: dict[str, Any], row: dict[str, Any], inventory: Path, deadline_
 
 
 def _reset(args: argparse.Namespace) -> int:
-    from opsbook.inventory import Remediation
+    """The brakes are the deployment's (in its state directory): found from --inventory, as
+    every command finds it."""
+    from opsbook.inventory import InventoryError, load_inventory
+    from opsbook.locations import inventory_path
     from opsbook.remediate.budget import Budgets
-    from opsbook.remediate.runner import BUDGETS
+    from opsbook.remediate.runner import BUDGETS, state_dir
 
-    budgets = Budgets(args.reports_dir / BUDGETS, Remediation().budgets)
-    keys = budgets.reset(None if args.reset_budget == "*" else args.reset_budget)
+    try:
+        inventory = load_inventory(inventory_path(args.inventory))
+    except InventoryError as exc:
+        raise Usage(str(exc)) from None
+    budgets = Budgets(state_dir(inventory) / BUDGETS, inventory.remediation.budgets)
+    try:
+        keys = budgets.reset(None if args.reset_budget == "*" else args.reset_budget)
+    except OSError as exc:
+        raise Usage(f"--reset-budget: {exc}") from None
     print(f"reset: {', '.join(keys)}" if keys else "nothing to reset")
     return 0
 

@@ -128,11 +128,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _summary(config: pytest.Config, run: Run, exit_status: int) -> dict[str, Any]:
     from opsbook.plugin.inventory_option import chosen_inventory_path
-    from opsbook.remediate.audit import AuditLog
+    from opsbook.remediate.runner import audit_head
 
     inventory = config.stash[INVENTORY]
     finished = datetime.now(UTC)
-    audit = AuditLog(run.reports_dir / AUDIT_LOG)
     inventory_path = chosen_inventory_path(config)
     return {
         "run_id": run.run_id,
@@ -145,8 +144,8 @@ def _summary(config: pytest.Config, run: Run, exit_status: int) -> dict[str, Any
         "selection": config.option.markexpr or None,
         "exit_code": int(exit_status),
         "counts": config.stash[FINDINGS].counts(),
-        # Anchors the audit log: deleting its newest entries shows against this.
-        "audit_head": audit.head() if audit.path.exists() else None,
+        # Anchors the deployment's audit log (the weaker anchor: see docs/remediation.md).
+        "audit_head": audit_head(inventory) if inventory is not None else None,
     }
 
 
