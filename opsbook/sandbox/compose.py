@@ -222,6 +222,8 @@ class ComposeStack(ComposeDriver):
                 {name: name for name in ("backend", "frontend", "prometheus", "postgres", "redis")},
             ),
             "hosts": {"local": {"spec": "local://", "filesystems": [str(self.dir)]}},
+            # Each sandbox is a deployment of its own: its lock, budgets and audit log too.
+            "state_dir": str(self.dir / "state"),
         }
         text = "# Written by `python -m opsbook sandbox up --engine compose`; rewritten by up.\n"
         text += yaml.safe_dump(inventory, sort_keys=False, default_flow_style=False)
