@@ -127,7 +127,8 @@ class Lister:
             skip = item.get_closest_marker("skip")
             if skip is not None:
                 # Parametrized over an empty section of the inventory: nothing to check here.
-                listed.not_applicable = str(skip.kwargs.get("reason", *skip.args[:1]))
+                reason = skip.kwargs.get("reason") or (skip.args[0] if skip.args else "")
+                listed.not_applicable = str(reason) or "skipped"
             elif info.target is not None and info.target not in listed.targets:
                 listed.targets.append(info.target)
 
