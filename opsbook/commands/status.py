@@ -5,8 +5,11 @@ Read from the last finished run (DIR/latest/findings.json), nothing is probed ag
     service status    up or down per target, from the readiness checks
     resource use      disk, memory, Redis memory, database connections (observed vs limit)
     recent activity   queue depth, messages stored in the window, dead letters, draining
-    recent errors     every failed check, or one that could not be evaluated, with its message
-    quick actions     the remediate command of each failed check that has a linked fix
+    recent errors     every failed check, or one that could not be evaluated, with its message;
+                      the checks blocked by a dependency that is down grouped under it
+    quick actions     the remediate command of each failed check that has a linked fix (not of a
+                      blocked check: its cause is fixed first; not of one that could not be
+                      evaluated: nothing is known to be wrong with it)
 
 Values are printed with their units (`93.5 %`, `12 MiB`). The first line says the state, and the
 exit code is the Nagios plugin's, so that the command drops into existing monitoring (NRPE,
@@ -187,19 +190,32 @@ def _measure_lines(
     return lines
 
 
-def _error_lines(problems: list[dict[str, Any]]) -> list[str]:
-    return [
-        f"  [{row['severity'].upper()}] {row['check_id']} {_where(row)}: "
+def _error_line(row: dict[str, Any], indent: str = "  ") -> str:
+    return (
+        f"{indent}[{row['severity'].upper()}] {row['check_id']} {_where(row)}: "
         f"{_text(row['message']) or row['outcome']}"
-        for row in problems
-    ]
+    )
+
+
+def _error_lines(problems: list[dict[str, Any]]) -> list[str]:
+    """The causes and every other problem, then under each dependency that is down the checks
+    it blocks: what to fix first, and what waits for it."""
+    lines = [_error_line(row) for row in problems if row["outcome"] != "blocked"]
+    blocked: dict[str, list[dict[str, Any]]] = {}
+    for row in problems:
+        if row["outcome"] == "blocked":
+            blocked.setdefault(_text(row.get("blocked_by") or "a dependency"), []).append(row)
+    for cause, rows in blocked.items():
+        lines.append(f"  blocked by {cause} (fix it first):")
+        lines.extend(_error_line(row, "    ") for row in rows)
+    return lines
 
 
 def _action_lines(problems: list[dict[str, Any]], reports: Path) -> list[str]:
     where = "" if reports == reports_dir() else f" --reports-dir {reports}"
     lines = []
     for row in problems:
-        if not row.get("remediation"):
+        if not row.get("remediation") or row["outcome"] != "failed":
             continue
         target = f" --target {row['target']}" if row["target"] else ""
         command = f"python -m opsbook remediate latest --check {row['check_id']}{target}{where}"

@@ -96,10 +96,16 @@ class Board:
         self.level = levels(self.inventory)
 
     def rank(self, services: Iterable[str]) -> int:
-        """Where a check on these services comes: after everything they depend on; a check
-        of no service (a host, the whole deployment) after all of them."""
-        ranks = [self.level.get(s, 0) for s in services]
-        return max(ranks) if ranks else max(self.level.values(), default=0) + 1
+        """Where a check on these services comes: after everything they depend on. A check of
+        no service (a host, the whole deployment) and a check of monitoring, which watches
+        every service, come after all the others: what they see down is known by then."""
+        last = max(self.level.values(), default=0) + 1
+        ranks = [last if self._role(s) == "monitoring" else self.level.get(s, 0) for s in services]
+        return max(ranks) if ranks else last
+
+    def _role(self, service: str) -> str:
+        known = self.inventory.services.get(service)
+        return known.role if known is not None else "other"
 
     def blocker(self, services: tuple[str, ...], up_evidence: object = None) -> str | None:
         """The service that is down and blocks a failure of these services, if one is."""
@@ -107,8 +113,10 @@ class Board:
             for dependency in self.inventory.dependencies(service):
                 if dependency in self.down and dependency not in services:
                     return dependency
+        # Prometheus sees a target down that is down, or that a fix restarted moments ago
+        # (its next scrape has not come yet): the target itself is the cause.
         scraped = self._down_scrape_targets(up_evidence)
-        if scraped and all(service in self.down for service in scraped):
+        if scraped and all(s in self.down or s in self.fixed for s in scraped):
             return scraped[0]
         return None
 
@@ -325,7 +333,7 @@ def settle_run(session: pytest.Session, board: Board) -> None:
         for row in sorted(owed, key=lambda r: _row_rank(board, r)):
             cause = board.blocker(board.services.get(row.nodeid, ()), row.evidence.get("up"))
             if cause is not None:
-                changes.blocked(row, cause, board.down[cause])
+                changes.blocked(row, cause)
                 continue
             attempt = fix_row(config, row, _one(recheck, row.nodeid))
             if attempt is None:
@@ -379,7 +387,7 @@ def _classify(board: Board, row: FindingRow, changes: _Changes) -> None:
         return
     cause = board.blocker(board.services.get(row.nodeid, ()), row.evidence.get("up"))
     if cause is not None:
-        changes.blocked(row, cause, board.down[cause])
+        changes.blocked(row, cause)
         return
     board.note(row.nodeid, row.outcome, row.message, _properties_of(row))
 
@@ -417,7 +425,7 @@ class _Changes:
             # The colour of the counts line follows the categories (pytest's own, private).
             self.terminal._set_main_color()
 
-    def blocked(self, row: FindingRow, cause: str, why: str) -> None:
+    def blocked(self, row: FindingRow, cause: str) -> None:
         row.outcome, row.blocked_by = Outcome.BLOCKED, cause
         row.message = f"blocked by {cause}: {row.message}"
         self.moved(row.nodeid, "blocked", row.message)
@@ -435,10 +443,16 @@ class _Changes:
         }.get(outcome, "skipped")
         self.moved(row.nodeid, category, message)
         if self.terminal is not None:
-            self.terminal.write_line(
-                f"opsbook re-check: {row.check_id} {row.target or '-'}: {outcome.name}"
-                + (f" ({message})" if message else "")
-            )
+            line = f"opsbook re-check: {row.check_id} {row.target or '-'}: {outcome.name}"
+            write_own_line(self.terminal, line + (f" ({message})" if message else ""))
+
+
+def write_own_line(terminal: Any, line: str, **markup: bool) -> None:
+    """A line of its own in the terminal, also when the line of progress is half written."""
+    writer = getattr(terminal, "_tw", None)
+    if writer is not None and writer.width_of_current_line:
+        terminal.write("\n")
+    terminal.write_line(line, **markup)
 
 
 def _inprocess_recheck(session: pytest.Session) -> Recheck:

@@ -18,6 +18,7 @@ import pytest
 
 from opsbook.errors import NotEvaluated
 from opsbook.outcome import FixVerdict, Outcome
+from opsbook.plugin.dependencies import write_own_line
 from opsbook.plugin.keys import (
     CHECK,
     INVENTORY,
@@ -215,11 +216,8 @@ class _Fixer:
         verdict = str(attempt.verdict) if attempt.verdict else attempt.status.upper()
         why = f" ({attempt.reason})" if attempt.reason and not attempt.verdict else ""
         line = f"opsbook fix: {check_id} {target or '-'}: {action} {verdict}{why}"
-        writer = getattr(terminal, "_tw", None)
-        if writer is not None and writer.width_of_current_line:
-            # Mid-way through a line of progress: the fix gets a line of its own.
-            terminal.write("\n")
-        terminal.write_line(self.config.stash[REDACTOR](f"{line} in {seconds:.1f} s"), bold=True)
+        redact = self.config.stash[REDACTOR]
+        write_own_line(terminal, redact(f"{line} in {seconds:.1f} s"), bold=True)
 
     def fix_row(self, row: FindingRow, recheck: Callable[[], tuple[Outcome, str]]) -> Attempt:
         """Plan or apply the linked fix of a failed check known by its row only (the controller

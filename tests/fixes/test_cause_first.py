@@ -1,0 +1,154 @@
+"""The cause first, on the real sandbox (docs/remediation.md#the-cause-first).
+
+A dependency that is down (Redis, PostgreSQL) blocks its dependents' failures: the backend's
+health check is BLOCKED by it, named as the cause in findings.json, the terminal and `opsbook
+status`, and the backend's own fix is not run (its process is the same after the run). With
+`--remediate=apply` the dependency's fix runs first, and what it blocked is checked again and
+passes. Under pytest-xdist the controlling process applies the fixes.
+
+Each run gets a deployment state directory of its own (OPSBOOK_HOME): the restart budgets that
+other tests spend on the same sandbox must not brake these fixes.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from support import CheckRun, RunChecks
+from test_findings_schema import validator
+from test_status_command import dashboard, section
+
+from opsbook.sandbox.stack import Stack
+
+pytestmark = pytest.mark.sandbox
+
+# Outcomes of a healthy stack; LOG-001 still sees the outage's error lines in its window.
+GREEN = {"passed", "fixed", "skipped"}
+
+
+def own_state(tmp_path: Path) -> dict[str, str]:
+    return {"OPSBOOK_HOME": str(tmp_path / "home")}
+
+
+def fix_lines(run: CheckRun) -> list[str]:
+    return [line for line in run.output.splitlines() if line.startswith("opsbook fix: ")]
+
+
+def test_redis_down_blocks_the_backend_and_is_named_as_the_cause(
+    breakable_sandbox: Stack,
+    run_checks: RunChecks,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    reports = tmp_path / "reports"
+    breakable_sandbox.stop("redis")
+    run = run_checks("--remediate=plan", reports=reports, env=own_state(tmp_path))
+    assert run.exit_code == 1, run.output
+    validator().validate(run.document)
+    health = run.row("HEALTH-001", "backend")
+    assert health["outcome"] == "blocked", run.output
+    assert health["blocked_by"] == "redis"
+    assert health["message"].startswith("blocked by redis: backend: GET /health answered 503")
+    # Not remediated, not even planned: the cause's fix comes first.
+    assert health["remediation_attempt"] is None
+    ping = run.row("QUEUE-001", "queue")
+    assert ping["outcome"] == "failed"
+    assert ping["blocked_by"] is None
+    assert ping["remediation_attempt"]["status"] == "planned"
+    assert run.document["run"]["counts"]["blocked"] == 1
+    # The terminal: pytest's counts line, and the cause with what it blocks under it.
+    assert re.search(r"\b1 blocked\b", run.output.splitlines()[-1]), run.output
+    lines = run.output.splitlines()
+    cause = next(i for i, line in enumerate(lines) if line.startswith("redis is down: "))
+    assert lines[cause].startswith("redis is down: QUEUE-001 queue: redis queue: "), lines[cause]
+    assert lines[cause + 1].startswith("  HEALTH-001 backend: blocked by redis: "), lines
+    # `opsbook status`: grouped under the cause; no quick action for what it blocks, nor for
+    # checks of Redis that could not be evaluated.
+    code, out, _ = dashboard(reports, capsys)
+    assert code == 2
+    errors = section(out, "RECENT ERRORS")
+    header = errors.index("  blocked by redis (fix it first):")
+    assert errors[header + 1].startswith("    [CRITICAL] HEALTH-001 backend: blocked by redis: ")
+    assert any(line.startswith("  [CRITICAL] QUEUE-001 queue: ") for line in errors[:header])
+    actions = "\n".join(section(out, "QUICK ACTIONS"))
+    assert "--check QUEUE-001 --target queue" in actions
+    assert "--check HEALTH-001" not in actions
+    assert "--check QUEUE-004" not in actions, "QUEUE-004 could not be evaluated"
+
+
+def test_a_blocked_check_is_not_remediated_even_when_allowed(
+    breakable_sandbox: Stack, run_checks: RunChecks, tmp_path: Path
+) -> None:
+    """Redis is known to be down from a check that cannot reach it (QUEUE-003); the backend's
+    restart is allowed, and not run."""
+    backend = breakable_sandbox.component("backend").pid()
+    breakable_sandbox.stop("redis")
+    run = run_checks(
+        "--check=HEALTH-001,QUEUE-003", "--remediate=apply", "--allow=restart",
+        env=own_state(tmp_path),
+    )  # fmt: skip
+    assert breakable_sandbox.component("backend").pid() == backend
+    health = run.row("HEALTH-001", "backend")
+    assert (health["outcome"], health["blocked_by"]) == ("blocked", "redis"), run.output
+    assert health["remediation_attempt"] is None
+    assert run.outcome("QUEUE-003", "queue") == "error"
+    assert run.row("QUEUE-003", "queue")["remediation_attempt"] is None
+    assert fix_lines(run) == []
+    # Nothing failed: some checks could not be evaluated or were blocked.
+    assert run.exit_code == 10, run.output
+
+
+@pytest.mark.parametrize(
+    ("component", "check_id", "target"),
+    [("redis", "QUEUE-001", "queue"), ("postgres", "DB-001", "chatdb")],
+)
+def test_the_cause_is_fixed_first_and_its_dependents_pass(
+    breakable_sandbox: Stack,
+    run_checks: RunChecks,
+    tmp_path: Path,
+    component: str,
+    check_id: str,
+    target: str,
+) -> None:
+    backend = breakable_sandbox.component("backend").pid()
+    breakable_sandbox.stop(component)
+    run = run_checks("--remediate=apply", "--allow=restart", env=own_state(tmp_path))
+    assert breakable_sandbox.component(component).is_running()
+    # The backend was never restarted: only the cause was.
+    assert breakable_sandbox.component("backend").pid() == backend
+    cause = run.row(check_id, target)
+    assert cause["outcome"] == "fixed", run.output
+    assert cause["remediation_attempt"]["verdict"] == "FIXED"
+    # One line for the one fix applied, although the run is quiet (-q).
+    assert len(fix_lines(run)) == 1, run.output
+    assert re.fullmatch(
+        rf"opsbook fix: {check_id} {target}: restart_service FIXED in \d+\.\d s", fix_lines(run)[0]
+    ), fix_lines(run)
+    assert run.outcome("HEALTH-001", "backend") == "passed"
+    left = {key: outcome for key, outcome in run.outcomes().items() if outcome not in GREEN}
+    assert left == {("LOG-001", "local"): "failed"}, run.output
+
+
+def test_under_xdist_the_controller_applies_the_fix_and_rechecks(
+    breakable_sandbox: Stack, run_checks: RunChecks, tmp_path: Path
+) -> None:
+    """With -n 2 the workers only run checks; the controller fixes PostgreSQL, then runs again
+    what failed or could not be evaluated because of it (the backend's health among them)."""
+    backend = breakable_sandbox.component("backend").pid()
+    breakable_sandbox.stop("postgres")
+    run = run_checks("-n", "2", "--remediate=apply", "--allow=restart", env=own_state(tmp_path))
+    assert breakable_sandbox.component("postgres").is_running()
+    assert breakable_sandbox.component("backend").pid() == backend
+    cause = run.row("DB-001", "chatdb")
+    assert cause["outcome"] == "fixed", run.output
+    assert [line.split(" in ")[0] for line in fix_lines(run)] == [
+        "opsbook fix: DB-001 chatdb: restart_service FIXED"
+    ], run.output
+    assert "opsbook re-check: DB-002 chatdb: PASSED" in run.output
+    left = {key: outcome for key, outcome in run.outcomes().items() if outcome not in GREEN}
+    assert left == {("LOG-001", "local"): "failed"}, run.output
+    # The counts line agrees with findings.json: nothing is left failed but the log check.
+    assert re.search(r"\b1 failed\b", run.output.splitlines()[-1]), run.output
+    assert "error" not in run.output.splitlines()[-1]
