@@ -462,7 +462,9 @@ def test_reports_are_published_whole(suite: pytest.Pytester) -> None:
     reports = suite.path / "reports"
     assert first != second
     assert first.parent == second.parent == reports
-    assert sorted(p.name for p in second.iterdir()) == ["findings.json", "junit.xml", "report.html"]
+    assert sorted(p.name for p in second.iterdir()) == [
+        "findings.json", "junit.xml", "report.html", "status.html",
+    ]  # fmt: skip
     assert not [p for p in reports.iterdir() if p.name.startswith(".")], "no staging left"
 
 

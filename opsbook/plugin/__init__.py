@@ -20,6 +20,7 @@ MODULES = (
     "opsbook.plugin.dependencies",
     "opsbook.plugin.waivers",
     "opsbook.plugin.reports",
+    "opsbook.plugin.html",
     "opsbook.plugin.junit",
     "opsbook.plugin.metrics",
     "opsbook.plugin.fleet",

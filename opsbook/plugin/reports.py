@@ -1,4 +1,5 @@
-"""The audit trail: reports/<UTC stamp>-<run id>/ with report.html, junit.xml, findings.json.
+"""The audit trail: reports/<UTC stamp>-<run id>/ with report.html, junit.xml, findings.json, and
+status.html (the status page, opsbook.pages.status_page, rendered from findings.json).
 
 Everything is written into a hidden staging folder that is renamed into place when the run
 ends, so a reader never opens a half-written file; `reports/latest` then points at it.
@@ -12,7 +13,6 @@ import secrets
 import shutil
 from collections.abc import Generator
 from datetime import UTC, datetime
-from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,8 @@ import pytest
 from msgspec import Struct
 
 from opsbook.check import Severity
-from opsbook.history import Changes, compare, earlier_runs, sparkline
-from opsbook.outcome import Unit
+from opsbook.history import Changes, compare, earlier_runs
+from opsbook.pages import status_page
 from opsbook.plugin.keys import FINDINGS, INVENTORY, RUN_ID, audit_trail_gap
 from opsbook.plugin.outcomes import settle_exit_code
 from opsbook.report_files import (
@@ -149,7 +149,7 @@ def _summary(config: pytest.Config, run: Run, exit_status: int) -> dict[str, Any
     }
 
 
-def _changes(config: pytest.Config, run: Run) -> Changes:
+def changes_since(config: pytest.Config, run: Run) -> Changes:
     """Compared once per run, with earlier runs of the same selection."""
     if CHANGES not in config.stash:
         selection = config.option.markexpr or None
@@ -158,10 +158,14 @@ def _changes(config: pytest.Config, run: Run) -> Changes:
     return config.stash[CHANGES]
 
 
-def _write_json(path: Path, document: object) -> None:
+def _write_text(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
+    temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, path)
+
+
+def _write_json(path: Path, document: object) -> None:
+    _write_text(path, json.dumps(document, indent=2, default=str) + "\n")
 
 
 def _point_latest(run: Run) -> None:
@@ -255,7 +259,7 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
     document = {
         "schema_version": SCHEMA_VERSION,
         "run": _summary(config, run, session.exitstatus),
-        "changes": _changes(config, run).to_dict(),
+        "changes": changes_since(config, run).to_dict(),
         "findings": sorted(
             findings.to_builtins(),
             key=lambda row: (-Severity[row["severity"].upper()], row["check_id"], row["nodeid"]),
@@ -263,6 +267,7 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
     }
     try:
         _write_json(run.staging / "findings.json", document)
+        _write_text(run.staging / "status.html", status_page.render(document))
         restrict_tree(run.staging, run.group)
         os.replace(run.staging, run.final)
         _point_latest(run)
@@ -289,112 +294,3 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if run is not None and config.stash[FINDINGS].rows:
         _retarget_html_message(config, run)
         terminalreporter.write_sep("-", f"opsbook report: {run.final / 'report.html'}")
-
-
-# pytest-html: the columns an operator sorts by, every value escaped.
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_html_results_table_header(cells: list[str]) -> None:
-    cells.insert(1, '<th class="sortable" data-column-type="check">Check</th>')
-    cells.insert(2, '<th class="sortable" data-column-type="severity">Severity</th>')
-    cells.insert(3, '<th class="sortable" data-column-type="target">Target</th>')
-    cells.insert(4, '<th data-column-type="observed">Observed</th>')
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_html_results_table_row(report: pytest.TestReport, cells: list[str]) -> None:
-    # Collection errors come here too, and they carry no user properties.
-    properties = dict(getattr(report, "user_properties", ()))
-    observed = properties.get("observed", "")
-    unit = properties.get("unit")
-    if unit and isinstance(observed, int | float) and not isinstance(observed, bool):
-        observed = Unit(unit).show(observed)
-    elif not isinstance(observed, str):
-        observed = json.dumps(observed, default=str)
-    expected = properties.get("expected")
-    if expected:
-        observed = f"{observed} (expected {expected})"
-    cells.insert(1, f'<td class="col-check">{escape(str(properties.get("check_id", "")))}</td>')
-    cells.insert(2, f'<td class="col-severity">{escape(str(properties.get("severity", "")))}</td>')
-    cells.insert(3, f'<td class="col-target">{escape(str(properties.get("target", "")))}</td>')
-    cells.insert(4, f'<td class="col-observed">{escape(str(observed))}</td>')
-
-
-OUTCOME_COLUMNS = ("failed", "error", "waived", "fixed", "passed", "skipped")
-
-
-def _summary_html(config: pytest.Config, run: Run) -> list[str]:
-    """What an auditor reads first: counts by severity, then what changed since last time."""
-    rows = list(config.stash[FINDINGS].rows.values())
-    head = "".join(f"<th>{escape(o)}</th>" for o in ("severity", *OUTCOME_COLUMNS))
-    body = []
-    for severity in sorted(Severity, reverse=True):
-        mine = [r for r in rows if r.severity == str(severity)]
-        if mine:
-            cells = "".join(
-                f"<td>{sum(r.outcome == o for r in mine)}</td>" for o in OUTCOME_COLUMNS
-            )
-            body.append(f"<tr><td>{escape(str(severity))}</td>{cells}</tr>")
-    html = [f"<h2>Findings by severity</h2><table><tr>{head}</tr>{''.join(body)}</table>"]
-    changes = _changes(config, run)
-    if changes.previous_run is None:
-        html.append("<p>No earlier run of this selection to compare with.</p>")
-        return html
-
-    def listing(title: str, keys: list[tuple[str, str | None]]) -> str:
-        items = "".join(f"<li>{escape(c)}[{escape(t or '-')}]</li>" for c, t in keys)
-        return f"<h3>{escape(title)} ({len(keys)})</h3><ul>{items}</ul>"
-
-    html.append(f"<h2>Since run {escape(changes.previous_run)}</h2>")
-    html.append(listing("Newly failing", changes.newly_failing))
-    html.append(listing("Recovered", changes.recovered))
-    html.append(listing("Flapping", changes.flapping))
-    varying = {key: values for key, values in changes.trends.items() if len(set(values)) > 1}
-    if varying:
-        lines = "".join(
-            f"<tr><td>{escape(c)}[{escape(t or '-')}]</td><td>{values[-1]:g}</td>"
-            f"<td>{sparkline(values)}</td></tr>"
-            for (c, t), values in sorted(varying.items(), key=lambda item: str(item[0]))
-        )
-        html.append(
-            "<h3>Trends of measured values</h3>"
-            f"<table><tr><th>check</th><th>now</th><th>runs</th></tr>{lines}</table>"
-        )
-    return html
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_html_results_summary(
-    prefix: list[str], summary: list[str], postfix: list[str], session: pytest.Session
-) -> None:
-    run = session.config.stash.get(RUN, None)
-    if run is not None and session.config.stash[FINDINGS].rows:
-        prefix.extend(_summary_html(session.config, run))
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_html_report_title(report: Any) -> None:
-    config = getattr(report, "config", None)
-    run = config.stash.get(RUN, None) if config is not None else None
-    inventory = config.stash.get(INVENTORY, None) if config is not None else None
-    parts = ["opsbook report"]
-    if inventory is not None:
-        parts.append(inventory.name)
-    if config is not None and config.option.markexpr:
-        parts.append(f"-m {config.option.markexpr}")
-    if run is not None:
-        parts.append(f"run {run.name}")
-    report.title = " · ".join(parts)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_metadata(metadata: dict[str, Any], config: pytest.Config) -> None:
-    # pytest-metadata copies CI variables (URLs, sometimes tokens) into the report: keep
-    # only what describes the run.
-    keep = {"Python", "Platform", "Packages", "Plugins"}
-    for key in list(metadata):
-        if key not in keep:
-            del metadata[key]
-    inventory = config.stash.get(INVENTORY, None)
-    metadata["Inventory"] = inventory.name if inventory is not None else "(none)"
