@@ -1,9 +1,19 @@
-"""Where the services run, and how to restart, recreate or scale them there.
+"""Where the services run, and how to start, stop, restart, reload, recreate or scale them there.
 
-The inventory says which runtime: `sandbox` (the native processes of `opsbook sandbox`) or
-`compose` (a compose project on a container engine: `docker compose restart`, `up
---force-recreate`, `up --scale`, `kill --signal HUP`). Every action also has the exact command
-a person would type, for the plan.
+Each service of the inventory names its runtime (`Inventory.runtime_of`):
+
+- `sandbox`: the native processes of `opsbook sandbox`;
+- `compose`: a compose project on a container engine (`docker compose restart`, `up
+  --force-recreate`, `up --scale`);
+- `systemd`: systemctl on the service's host (local, or over ssh through testinfra), through
+  sudo where the inventory says (opsbook.remediate.runtimes.systemd);
+- `command`: the inventory's own start/stop/restart/status/reload commands, run on the
+  service's host (opsbook.remediate.runtimes.command).
+
+Every action also has the exact command a person would type, for the plan. A verb a runtime
+cannot do (for a service) is refused with one line naming the runtime (`Unsupported`, a
+`Refused`); `refusal(verb, service)` says so beforehand, so that a fix can plan around it. The
+matrix is in docs/remediation.md#runtimes.
 
 The sandbox's runtime lives in opsbook.remediate.sandbox_runtime, loaded by name from
 RUNTIME_MODULES: production code never imports opsbook.sandbox, and that module is the one
@@ -22,25 +32,57 @@ from urllib.parse import urlsplit
 
 from opsbook.compose import COMPOSE_FILE, ENV_COMPOSE_DIR, ComposeDriver
 from opsbook.inventory import Compose, Inventory
+from opsbook.remediate.plan import Refused
 
-# Runtimes whose modules nothing may import (the sandbox's), by inventory section: each module
-# has `runtime(inventory) -> Runtime`.
-RUNTIME_MODULES = {"sandbox": "opsbook.remediate.sandbox_runtime"}
+# Runtimes loaded by name, each module with `runtime(inventory) -> Runtime`: the sandbox's, which
+# nothing else may import, and the host runtimes, which import this module.
+RUNTIME_MODULES = {
+    "sandbox": "opsbook.remediate.sandbox_runtime",
+    "systemd": "opsbook.remediate.runtimes.systemd",
+    "command": "opsbook.remediate.runtimes.command",
+}
+
+
+# What a runtime may be asked to do to a service. `status` is `is_running`.
+VERBS = ("start", "stop", "restart", "status", "reload", "recreate", "scale")
+
+
+class Unsupported(Refused):
+    """A runtime cannot do this verb (for this service): refused, nothing was attempted."""
+
+    def __init__(self, runtime: str, verb: str, service: str, why: str) -> None:
+        self.runtime, self.verb, self.service, self.why = runtime, verb, service, why
+        super().__init__(f"{runtime} runtime: cannot {verb} {service}: {why}")
+
+
+class RuntimeCommandFailed(Exception):
+    """A runtime's command ran and failed: the message names the runtime, the command, where
+    it ran, and the command's own last words."""
 
 
 class Runtime(Protocol):
     name: str
 
-    def command(self, verb: str, service: str, *args: str) -> str: ...
-    def is_running(self, service: str) -> bool: ...
-    def restart(self, service: str) -> None: ...
-    def recreate(self, service: str) -> None: ...
-
-    def reload(self, service: str) -> None:
-        """Send the service SIGHUP: it reads its configuration again without a restart
-        (Prometheus its rules, nginx its configuration)."""
+    def refusal(self, verb: str, service: str) -> str | None:
+        """Why this runtime cannot do `verb` to `service` (one line naming the runtime); None
+        when it can."""
         ...
 
+    def command(self, verb: str, service: str, *args: str) -> str:
+        """The exact command of a verb, for the plan; raises Unsupported when refused."""
+        ...
+
+    def is_running(self, service: str) -> bool: ...
+    def start(self, service: str) -> None: ...
+    def stop(self, service: str) -> None: ...
+    def restart(self, service: str) -> None: ...
+
+    def reload(self, service: str) -> None:
+        """The service reads its configuration again without a restart (Prometheus its rules,
+        nginx its configuration): SIGHUP, `systemctl reload`, or the inventory's command."""
+        ...
+
+    def recreate(self, service: str) -> None: ...
     def replicas(self, service: str) -> int: ...
     def scale(self, service: str, count: int) -> None: ...
 
@@ -52,6 +94,19 @@ class Runtime(Protocol):
         """The file whose existence puts the frontend into maintenance mode, on this machine;
         None when this runtime has no such switch."""
         ...
+
+
+def refuse(runtime: Runtime, verb: str, service: str) -> None:
+    """Raise Unsupported when `runtime` cannot do `verb` to `service`."""
+    why = runtime.refusal(verb, service)
+    if why is not None:
+        raise Unsupported(runtime.name, verb, service, why)
+
+
+# Compose services (opsbook's compose.yaml) whose main process reloads its configuration on
+# SIGHUP: nginx, PostgreSQL, Prometheus. Others (the Python backend and worker, Redis) would
+# die of it.
+RELOADS_ON_SIGHUP = ("frontend", "nginx", "postgres", "prometheus")
 
 
 class ComposeRuntime:
@@ -89,12 +144,15 @@ class ComposeRuntime:
 
     def _arguments(self, verb: str, service: str, *args: str) -> tuple[list[str], dict[str, str]]:
         """(arguments after `docker compose -p P -f F`, extra environment) for a verb."""
-        if verb == "restart":
-            return ["restart", service], {}
-        if verb == "recreate":
-            return ["up", "--detach", "--force-recreate", "--no-deps", service], self._port(service)
+        refuse(self, verb, service)
+        if verb in ("start", "stop", "restart"):
+            return [verb, service], {}
+        if verb == "status":
+            return ["ps", "--all", service], {}
         if verb == "reload":
             return ["kill", "--signal", "HUP", service], {}
+        if verb == "recreate":
+            return ["up", "--detach", "--force-recreate", "--no-deps", service], self._port(service)
         if verb == "scale":
             (count,) = args
             # --no-recreate: the running container keeps its port; extra replicas take free ones
@@ -103,7 +161,7 @@ class ComposeRuntime:
                 "up", "--detach", "--no-deps", "--no-recreate",
                 "--scale", f"{service}={int(count)}", service,
             ], {}  # fmt: skip
-        raise ValueError(f"compose runtime: no such action {verb!r}")
+        raise Unsupported(self.name, verb, service, "no such verb")
 
     def _port(self, service: str) -> dict[str, str]:
         port = self.ports.get(service)
@@ -143,14 +201,27 @@ class ComposeRuntime:
         """How many containers of the service run (0 when none does)."""
         return sum(1 for state in self._states(service) if state.running)
 
+    def refusal(self, verb: str, service: str) -> str | None:
+        if verb not in VERBS:
+            return f"no such verb (one of {', '.join(VERBS)})"
+        if verb == "reload" and service not in RELOADS_ON_SIGHUP:
+            return "its process does not reload its configuration on SIGHUP; restart it"
+        return None
+
+    def start(self, service: str) -> None:
+        self._run("start", service)
+
+    def stop(self, service: str) -> None:
+        self._run("stop", service)
+
     def restart(self, service: str) -> None:
         self._run("restart", service)
 
-    def recreate(self, service: str) -> None:
-        self._run("recreate", service)
-
     def reload(self, service: str) -> None:
         self._run("reload", service)
+
+    def recreate(self, service: str) -> None:
+        self._run("recreate", service)
 
     def scale(self, service: str, count: int) -> None:
         self._run("scale", service, str(count))
@@ -186,11 +257,28 @@ def published_ports(inventory: Inventory) -> dict[str, int]:
 
 
 def runtime_for(inventory: Inventory) -> Runtime | None:
-    """The inventory's runtime, or None when it names none."""
+    """The deployment's runtime (its sandbox: or compose: section), or None when it names
+    none. A service's own runtime is runtime_of's."""
     if inventory.sandbox is not None:
-        module = importlib.import_module(RUNTIME_MODULES["sandbox"])
-        factory = cast(Callable[[Inventory], Runtime], module.runtime)
-        return factory(inventory)
+        return runtime_named(inventory, "sandbox")
     if inventory.compose is not None:
         return ComposeRuntime.from_inventory(inventory)
     return None
+
+
+def runtime_named(inventory: Inventory, name: str) -> Runtime:
+    """The inventory's runtime called `name` (sandbox, compose, systemd, command)."""
+    if name == "compose":
+        if inventory.compose is None:
+            raise ValueError("the inventory has no compose: section")
+        return ComposeRuntime.from_inventory(inventory)
+    module = importlib.import_module(RUNTIME_MODULES[name])
+    factory = cast(Callable[[Inventory], Runtime], module.runtime)
+    return factory(inventory)
+
+
+def runtime_of(inventory: Inventory, service: str) -> Runtime | None:
+    """The runtime that drives `service`: its own (`services.NAME.runtime`), else the
+    deployment's; None when nothing here can."""
+    name = inventory.runtime_of(service)
+    return runtime_named(inventory, name) if name is not None else None

@@ -14,7 +14,7 @@ import signal
 from pathlib import Path
 
 from opsbook.inventory import Inventory
-from opsbook.remediate.runtime import Runtime
+from opsbook.remediate.runtime import RELOADS_ON_SIGHUP, VERBS, Runtime, refuse
 from opsbook.sandbox.nginx import Nginx
 from opsbook.sandbox.stack import Stack
 
@@ -27,14 +27,30 @@ class SandboxRuntime:
     def __init__(self, directory: Path) -> None:
         self.stack = Stack(directory)
 
+    def refusal(self, verb: str, service: str) -> str | None:
+        if verb not in VERBS:
+            return f"no such verb (one of {', '.join(VERBS)})"
+        if verb == "reload" and service not in RELOADS_ON_SIGHUP:
+            return "its process does not reload its configuration on SIGHUP; restart it"
+        return None
+
     def command(self, verb: str, service: str, *args: str) -> str:
+        refuse(self, verb, service)
         if verb == "reload":
             return f"kill -HUP {self._pid(service)}"
+        if verb == "status":
+            return f"python -m opsbook sandbox status --dir {self.stack.dir}"
         words = " ".join((verb, service, *args))
         return f"python -m opsbook sandbox {words} --dir {self.stack.dir}"
 
     def is_running(self, service: str) -> bool:
         return self.stack.component(service).is_running()
+
+    def start(self, service: str) -> None:
+        self.stack.start(service)
+
+    def stop(self, service: str) -> None:
+        self.stack.stop(service)
 
     def restart(self, service: str) -> None:
         self.stack.restart(service)
@@ -49,6 +65,7 @@ class SandboxRuntime:
         return pid
 
     def reload(self, service: str) -> None:
+        refuse(self, "reload", service)
         os.kill(self._pid(service), signal.SIGHUP)
 
     def replicas(self, service: str) -> int:

@@ -1,0 +1,449 @@
+"""The runtimes' matrix (docs/remediation.md#runtimes), cell by cell, on real things.
+
+- `command`: a real process (a shell service that notes its reloads) driven by the inventory's
+  commands, on this machine and over a real sshd (the `sshd` fixture).
+- `systemd`: a container that boots systemd as PID 1 (Podman, `--systemd=always`, built from
+  tests/data/systemd-host on the local base image), reached over ssh as a user whose sudo
+  allows systemctl only. Needs the `podman` CLI (scripts/setup-container-engine); skipped,
+  with the reason, without it. The first build takes about 40 s, later ones reuse the layers.
+- `compose` and `sandbox`: what they refuse (no stack is needed to refuse); what they do is
+  tested with their stacks (tests/fixes/test_compose_remediation.py, tests/test_sandbox.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sshd_server import Sshd, banner, client_config, keypair
+from support import eventually
+
+from opsbook.errors import TargetUnreachable
+from opsbook.inventory import Inventory, load_inventory
+from opsbook.remediate.plan import Refused
+from opsbook.remediate.runtime import (
+    ComposeRuntime,
+    Runtime,
+    RuntimeCommandFailed,
+    Unsupported,
+    runtime_named,
+    runtime_of,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+SYSTEMD_IMAGE = "localhost/opsbook-systemd-host:test"
+BOOT_DEADLINE_S = 90.0
+
+# A service that runs until stopped and notes each SIGHUP (a reload) in DIR/reloads.
+SERVICE_SCRIPT = """\
+#!/bin/sh
+trap 'echo reloaded >> "$1/reloads"' HUP
+trap 'kill "$child" 2>/dev/null; exit 0' TERM
+while :; do
+    sleep 3600 &
+    child=$!
+    wait "$child"
+done
+"""
+
+
+def load(tmp_path: Path, text: str) -> Inventory:
+    path = tmp_path / "inventory.yaml"
+    path.write_text(text)
+    return load_inventory(path, environ={})
+
+
+def refused_line(runtime: Runtime, verb: str, service: str, *args: str) -> str:
+    """The one line with which `runtime` refuses `verb` (from the action and from the plan)."""
+    why = runtime.refusal(verb, service)
+    assert why is not None, f"{runtime.name} does {verb} {service}"
+    with pytest.raises(Unsupported) as planned:
+        runtime.command(verb, service, *args)
+    action = {
+        "recreate": lambda: runtime.recreate(service),
+        "scale": lambda: runtime.scale(service, int(args[0]) if args else 2),
+        "reload": lambda: runtime.reload(service),
+    }[verb]
+    with pytest.raises(Unsupported) as acted:
+        action()
+    assert isinstance(acted.value, Refused)  # the runner reports it as REFUSED
+    line = str(acted.value)
+    assert line == str(planned.value) == f"{runtime.name} runtime: cannot {verb} {service}: {why}"
+    assert "\n" not in line
+    return line
+
+
+# -- the command runtime ---------------------------------------------------------------------------
+
+
+@dataclass
+class EchoService:
+    """A real process driven by the command runtime: its files and its inventory entry."""
+
+    dir: Path
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / "pid"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid
+
+    def reloads(self) -> int:
+        path = self.dir / "reloads"
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
+    def commands(self, *, reload: bool = True) -> str:
+        script, pid = self.dir / "echo-service", self.pid_file
+        start = f"setsid {script} {self.dir} >/dev/null 2>&1 </dev/null & echo $! > {pid}"
+        entries = [
+            f'start: "{start}"',
+            f'stop: "kill $(cat {pid}) && rm -f {pid}"',
+            f'status: "test -f {pid} && kill -0 $(cat {pid})"',
+        ]
+        if reload:
+            entries.append(f'reload: "kill -HUP $(cat {pid})"')
+        return "{" + ", ".join(entries) + "}"
+
+    def kill(self) -> None:
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+
+
+@pytest.fixture
+def echo(tmp_path: Path) -> Iterator[EchoService]:
+    directory = tmp_path / "echo"
+    directory.mkdir()
+    script = directory / "echo-service"
+    script.write_text(SERVICE_SCRIPT)
+    script.chmod(0o755)
+    service = EchoService(directory)
+    yield service
+    service.kill()
+
+
+def command_inventory(tmp_path: Path, echo: EchoService, spec: str = "local://") -> Inventory:
+    return load(
+        tmp_path,
+        f"""\
+name: commands
+hosts: {{app1: {{spec: "{spec}"}}}}
+thresholds: {{timeout_s: 2}}
+services:
+  echo: {{runtime: command, host: app1, commands: {echo.commands()}}}
+  quiet: {{runtime: command, commands: {echo.commands(reload=False)}}}
+""",
+    )
+
+
+def drive_the_echo_service(runtime: Runtime, echo: EchoService) -> None:
+    """start, status, reload, restart (stop, then start), stop: each seen on the process."""
+    assert runtime.name == "command"
+    assert not runtime.is_running("echo")
+    runtime.start("echo")
+    assert runtime.is_running("echo")
+    first = echo.pid()
+    assert first is not None
+    assert runtime.replicas("echo") == 1
+    runtime.reload("echo")
+    eventually(lambda: echo.reloads() == 1, "the service noted the reload")
+    assert echo.pid() == first  # a reload, not a restart
+    runtime.restart("echo")
+    assert runtime.is_running("echo")
+    assert echo.pid() not in (None, first)
+    runtime.stop("echo")
+    assert not runtime.is_running("echo")
+    assert echo.pid() is None
+    runtime.restart("echo")  # a stopped service: its stop fails, its start still runs
+    assert runtime.is_running("echo")
+
+
+def test_command_runtime_drives_a_real_process_on_this_machine(
+    tmp_path: Path, echo: EchoService
+) -> None:
+    inventory = command_inventory(tmp_path, echo)
+    runtime = runtime_of(inventory, "echo")
+    assert runtime is not None
+    drive_the_echo_service(runtime, echo)
+    # quiet has echo's commands (and no host: this machine), so it runs too.
+    assert runtime.status_lines() == ["echo: on app1: running", "quiet: on local: running"]
+    # The plan shows the inventory's own commands; restart without one is stop, then start.
+    commands = inventory.services["echo"].commands
+    assert commands is not None
+    assert runtime.command("start", "echo") == commands.start
+    assert runtime.command("restart", "echo") == f"{commands.stop}; {commands.start}"
+
+
+def test_command_runtime_over_ssh_drives_the_process_there(
+    tmp_path: Path, echo: EchoService, sshd: Sshd
+) -> None:
+    inventory = command_inventory(tmp_path, echo, sshd.spec)
+    runtime = runtime_named(inventory, "command")
+    drive_the_echo_service(runtime, echo)
+    commands = inventory.services["echo"].commands
+    assert commands is not None
+    where = f"on app1 (ssh://{sshd.user}@127.0.0.1:{sshd.port})"
+    assert runtime.command("stop", "echo") == f"{where}: {commands.stop}"
+
+
+def test_command_runtime_on_an_unreachable_host_is_one_line(
+    tmp_path: Path, echo: EchoService, sshd: Sshd
+) -> None:
+    inventory = command_inventory(tmp_path, echo, sshd.spec.replace(str(sshd.port), "1", 1))
+    runtime = runtime_named(inventory, "command")
+    with pytest.raises(TargetUnreachable) as raised:
+        runtime.restart("echo")
+    assert raised.value.line() == f"unreachable: host app1 (ssh://{sshd.user}@127.0.0.1:1): " + (
+        "Connection refused"
+    )
+    assert runtime.status_lines()[0].startswith("echo: on app1: unknown: unreachable: host app1")
+
+
+def test_command_runtime_refuses_what_the_inventory_gives_no_command_for(
+    tmp_path: Path, echo: EchoService
+) -> None:
+    runtime = runtime_named(command_inventory(tmp_path, echo), "command")
+    assert "the inventory gives no command to recreate it" in refused_line(
+        runtime, "recreate", "echo"
+    )
+    assert "none to scale it" in refused_line(runtime, "scale", "echo", "2")
+    assert refused_line(runtime, "reload", "quiet") == (
+        "command runtime: cannot reload quiet: the inventory gives no reload command"
+    )
+    assert runtime.refusal("start", "nosuch") == (
+        "the inventory declares no command service 'nosuch'"
+    )
+
+
+def test_a_failing_command_is_one_line_naming_runtime_command_and_host(
+    tmp_path: Path, echo: EchoService
+) -> None:
+    runtime = runtime_named(command_inventory(tmp_path, echo), "command")
+    with pytest.raises(RuntimeCommandFailed) as raised:
+        runtime.stop("echo")  # nothing runs: its pid file is missing
+    line = str(raised.value)
+    assert line.startswith("command runtime: stop echo on host app1: `kill $(cat ")
+    # The command's own last words (here: kill's usage, as `cat` found no pid file).
+    assert re.search(r"` failed \(exit status [1-9]\d*: .+\)$", line), line
+    assert "\n" not in line
+
+
+# -- the systemd runtime ---------------------------------------------------------------------
+
+
+@dataclass
+class SystemdHost:
+    """A container booted with systemd, reached over ssh as `ops`."""
+
+    container: str
+    spec: str
+    port: int
+
+    def systemctl(self, *words: str) -> str:
+        done = subprocess.run(
+            ["podman", "exec", self.container, "systemctl", *words],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        return done.stdout.strip()
+
+    def read(self, path: str) -> str:
+        done = subprocess.run(
+            ["podman", "exec", self.container, "cat", path],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        return done.stdout
+
+
+def _podman(*words: str, timeout_s: float = 60, stdin: str | None = None) -> str:
+    done = subprocess.run(
+        ["podman", *words], input=stdin, capture_output=True, text=True,
+        timeout=timeout_s, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        pytest.fail(f"podman {' '.join(words)}: {done.stderr.strip()}", pytrace=False)
+    return done.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def systemd_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemdHost]:
+    if shutil.which("podman") is None:
+        pytest.skip("the podman CLI is missing: run scripts/setup-container-engine")
+    # The layers are cached: a rebuild with nothing changed takes a second.
+    _podman(
+        "build", "--network", "host", "-t", SYSTEMD_IMAGE, str(REPO / "tests/data/systemd-host"),
+        timeout_s=900,
+    )  # fmt: skip
+    container = f"opsbook-systemd-{uuid.uuid4().hex[:8]}"
+    _podman("run", "-d", "--systemd=always", "--name", container, "-p", "127.0.0.1::22",
+            SYSTEMD_IMAGE, "/sbin/init")  # fmt: skip
+    try:
+        end = time.monotonic() + BOOT_DEADLINE_S
+        while True:
+            state = subprocess.run(
+                ["podman", "exec", container, "systemctl", "is-system-running"],
+                capture_output=True, text=True, timeout=60, check=False,
+            ).stdout.strip()  # fmt: skip
+            if state in ("running", "degraded"):
+                break
+            assert time.monotonic() < end, f"systemd did not boot: {state}"
+            time.sleep(0.2)
+        directory = tmp_path_factory.mktemp("systemd-host")
+        public = keypair(directory / "client_key").read_text()
+        keys = "/home/ops/.ssh/authorized_keys"
+        _podman("exec", "-i", container, "sh", "-c", f"cat > {keys} && chown ops:ops {keys}",
+                stdin=public)  # fmt: skip
+        host_key = _podman("exec", container, "cat", "/etc/ssh/ssh_host_ed25519_key.pub")
+        port = int(_podman("port", container, "22").rsplit(":", 1)[1])
+        known_hosts = directory / "known_hosts"
+        known_hosts.write_text(f"[127.0.0.1]:{port} {host_key}\n")
+        config = client_config(directory, directory / "client_key", known_hosts)
+        end = time.monotonic() + BOOT_DEADLINE_S
+        while not banner(port):
+            assert time.monotonic() < end, "the container's sshd did not answer"
+            time.sleep(0.2)
+        yield SystemdHost(container, f"ssh://ops@127.0.0.1:{port}?ssh_config={config}", port)
+    finally:
+        subprocess.run(["podman", "rm", "-f", "-t", "0", container], capture_output=True,
+                       timeout=120, check=False)  # fmt: skip
+
+
+@pytest.fixture
+def systemd(tmp_path: Path, systemd_host: SystemdHost) -> Runtime:
+    inventory = load(
+        tmp_path,
+        f"""\
+name: systemd-host
+hosts: {{box: {{spec: "{systemd_host.spec}"}}}}
+services:
+  echo: {{runtime: systemd, unit: chat-echo.service, host: box, sudo: true}}
+  worker: {{runtime: systemd, unit: "chat-worker@.service", host: box, sudo: true}}
+  unprivileged: {{runtime: systemd, unit: chat-echo.service, host: box}}
+""",
+    )
+    runtime = runtime_of(inventory, "echo")
+    assert runtime is not None
+    assert runtime.name == "systemd"
+    return runtime
+
+
+@pytest.mark.containers
+def test_systemd_runtime_drives_a_unit_over_ssh_through_sudo(
+    systemd: Runtime, systemd_host: SystemdHost
+) -> None:
+    assert not systemd.is_running("echo")
+    systemd.start("echo")
+    assert systemd_host.systemctl("is-active", "chat-echo.service") == "active"
+    assert systemd.is_running("echo")
+    first = systemd_host.systemctl("show", "--value", "-p", "MainPID", "chat-echo.service")
+    systemd.reload("echo")
+    eventually(lambda: "reloaded" in systemd_host.read("/run/chat-echo/echo.reloads"))
+    assert systemd_host.systemctl("show", "--value", "-p", "MainPID", "chat-echo.service") == first
+    systemd.restart("echo")
+    again = systemd_host.systemctl("show", "--value", "-p", "MainPID", "chat-echo.service")
+    assert again not in ("0", first)
+    assert systemd.status_lines()[0] == "echo: chat-echo.service on box: active"
+    systemd.stop("echo")
+    assert systemd_host.systemctl("is-active", "chat-echo.service") == "inactive"
+    assert not systemd.is_running("echo")
+    where = f"on box (ssh://ops@127.0.0.1:{systemd_host.port})"
+    assert systemd.command("restart", "echo") == (
+        f"{where}: sudo -n systemctl restart chat-echo.service"
+    )
+
+
+@pytest.mark.containers
+def test_systemd_runtime_without_sudo_fails_in_one_line(systemd: Runtime) -> None:
+    with pytest.raises(RuntimeCommandFailed) as raised:
+        systemd.start("unprivileged")
+    line = str(raised.value)
+    assert line.startswith(
+        "systemd runtime: start unprivileged on host box: `systemctl start chat-echo.service` "
+        "failed (exit status "
+    )
+    assert "\n" not in line
+
+
+@pytest.mark.containers
+def test_systemd_runtime_scales_the_instances_of_a_templated_unit(
+    systemd: Runtime, systemd_host: SystemdHost
+) -> None:
+    def running() -> list[str]:
+        listing = systemd_host.systemctl(
+            "list-units", "--state=active", "--plain", "--no-legend", "chat-worker@*.service"
+        )
+        return sorted(line.split()[0] for line in listing.splitlines() if line.strip())
+
+    assert systemd.replicas("worker") == 0
+    systemd.restart("worker")  # none runs: a restart starts the first instance
+    assert running() == ["chat-worker@1.service"]
+    systemd.scale("worker", 3)
+    assert systemd.replicas("worker") == 3
+    assert running() == [f"chat-worker@{n}.service" for n in (1, 2, 3)]
+    systemd.reload("worker")
+    for n in (1, 2, 3):
+        reloads = f"/run/chat-echo/worker-{n}.reloads"
+        eventually(lambda path=reloads: "reloaded" in systemd_host.read(path))
+    systemd.scale("worker", 1)
+    assert running() == ["chat-worker@1.service"]
+    systemd.stop("worker")
+    assert running() == []
+    assert systemd.command("scale", "worker", "2").endswith(
+        "sudo -n systemctl start chat-worker@1.service chat-worker@2.service, then stop the "
+        "other running instances of chat-worker@*.service"
+    )
+
+
+@pytest.mark.containers
+def test_systemd_runtime_refuses_recreate_and_scale_of_a_plain_unit(systemd: Runtime) -> None:
+    assert refused_line(systemd, "recreate", "echo") == (
+        "systemd runtime: cannot recreate echo: a unit has no image to recreate it from; restart it"
+    )
+    assert refused_line(systemd, "scale", "echo", "2") == (
+        "systemd runtime: cannot scale echo: scale needs a templated unit (NAME@.service) in "
+        "the inventory, not chat-echo.service"
+    )
+
+
+# -- compose and sandbox: what they refuse ---------------------------------------------------
+
+
+def test_compose_runtime_refuses_to_reload_a_service_that_sighup_would_kill(
+    tmp_path: Path,
+) -> None:
+    inventory = load(tmp_path, "name: chat\ncompose: {project: chat}\n")
+    runtime = runtime_named(inventory, "compose")
+    assert isinstance(runtime, ComposeRuntime)
+    assert refused_line(runtime, "reload", "backend") == (
+        "compose runtime: cannot reload backend: its process does not reload its configuration "
+        "on SIGHUP; restart it"
+    )
+    assert runtime.command("reload", "prometheus").endswith("kill --signal HUP prometheus")
+    for verb in ("start", "stop", "restart"):
+        assert runtime.command(verb, "backend").endswith(f" {verb} backend")
+    assert runtime.command("status", "backend").endswith(" ps --all backend")
+
+
+def test_sandbox_runtime_refuses_to_reload_a_service_that_sighup_would_kill(
+    tmp_path: Path,
+) -> None:
+    inventory = load(tmp_path, f"name: chat\nsandbox: {{dir: {tmp_path / 'sandbox'}}}\n")
+    runtime = runtime_named(inventory, "sandbox")
+    assert refused_line(runtime, "reload", "redis") == (
+        "sandbox runtime: cannot reload redis: its process does not reload its configuration "
+        "on SIGHUP; restart it"
+    )
