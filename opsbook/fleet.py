@@ -313,6 +313,7 @@ def _run_folder(folder: Path) -> Path:
 def write_merged(folder: Path, document: dict[str, Any]) -> None:
     """findings.json, the fleet summary page and one junit.xml into `folder`, each written
     whole."""
+    folder.mkdir(parents=True, exist_ok=True)
     _write(folder / FINDINGS, json.dumps(document, indent=2) + "\n")
     _write(folder / SUMMARY, summary_page(document, folder))
     _write(folder / JUNIT, merged_junit(document))
