@@ -49,8 +49,42 @@ def _given(args: Sequence[str], option: str) -> bool:
     return any(arg == option or arg.startswith(option + "=") for arg in args)
 
 
+# opsbook's options that take a value. pytest decides its rootdir before any plugin has said
+# which options it has, and takes the PATH of `--inventory PATH` for a folder of tests (the
+# rootdir then lands there, and the checks are never found): joined into `--inventory=PATH`,
+# either spelling works.
+VALUE_OPTIONS = {
+    "--allow",
+    "--check",
+    "--fleet-jobs",
+    "--inventory",
+    "--metrics-textfile",
+    "--pushgateway",
+    "--recheck-into",
+    "--remediate",
+    "--reports-dir",
+    "--reports-group",
+    "--shard",
+    "--waivers",
+}
+
+
+def joined(passed: Sequence[str]) -> list[str]:
+    """`--inventory PATH` as `--inventory=PATH` (and the like for every option of opsbook's)."""
+    out: list[str] = []
+    values = iter(passed)
+    for arg in values:
+        if arg in VALUE_OPTIONS:
+            value = next(values, None)
+            out.append(arg if value is None else f"{arg}={value}")
+        else:
+            out.append(arg)
+    return out
+
+
 def pytest_args(extra_checks: Sequence[Path], passed: Sequence[str]) -> list[str]:
     """The pytest command line that runs the packaged checks (and the user's) from here."""
+    passed = joined(passed)
     args = [str(CHECKS), *(str(folder.resolve()) for folder in extra_checks)]
     if not is_checkout(CHECKS.parent):
         # Installed: pytest's settings come with the package, the rootdir is the package, so
