@@ -88,7 +88,7 @@ def test_a_new_audit_log_takes_the_reports_group_and_is_0640(
 ) -> None:
     reports = tmp_path / "reports"
     make_folder(reports, other_group.gr_gid)
-    log = AuditLog(reports / "audit.log")
+    log = AuditLog(reports / "audit.log", key=b"test key")
     log.append({"check": "DEMO-001", "verdict": "FIXED"})
     log.append({"check": "DEMO-002", "verdict": "FIXED"})
     info = log.path.stat()

@@ -234,6 +234,7 @@ def inventory(tmp_path: Path) -> Any:
     path.write_text(
         "name: test\npostgres:\n  chatdb: {port: 5432}\nredis:\n  queue: {}\n"
         "hosts:\n  web1: {}\nhttp:\n  backend: {url: 'http://127.0.0.1:1', kind: backend}\n"
+        f"state_dir: {tmp_path / 'state'}\n"
     )
     return load_inventory(path, environ={})
 
@@ -273,9 +274,15 @@ def test_a_plan_is_named_after_the_fix_the_runner_runs(inventory: Any, tmp_path:
     name = "test_fix_contract.failing_step"
     assert attempt.status == "failed"
     assert attempt.reason.startswith(f"{name} on postgres/chatdb: step 'fail' failed:")
-    log = (tmp_path / "reports" / "audit.log").read_text()
-    (entry,) = [json.loads(line) for line in log.splitlines()]
-    assert (entry["remediation"], entry["status"]) == (name, "failed")
+    # The deployment's audit log: the intent before the step, the outcome after it.
+    log = (tmp_path / "state" / "audit.log").read_text()
+    intent, outcome = [json.loads(line) for line in log.splitlines()]
+    assert (intent["event"], intent["remediation"]) == ("intent", name)
+    assert (outcome["event"], outcome["remediation"], outcome["status"]) == (
+        "outcome",
+        name,
+        "failed",
+    )
     # The lock taken for this fix alone is released again.
     assert remediator.take_lock()
     remediator.release_lock()

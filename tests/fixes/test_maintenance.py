@@ -7,6 +7,7 @@ The command is run in-process through its own register()/run(), as opsbook.cli w
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -41,10 +42,13 @@ def test_maintenance_on_and_off(
     run_checks: RunChecks,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     stack = breakable_sandbox
     flag = stack.dir / "nginx" / "maintenance.on"
     where = ["--inventory", str(stack.inventory_path), "--reports-dir", str(tmp_path)]
+    # The deployment's state of this test alone (as run_checks gives it).
+    monkeypatch.setenv("OPSBOOK__STATE_DIR", str(tmp_path / "state"))
 
     assert opsbook_maintenance("on", *where) == 0
     printed = capsys.readouterr().out.splitlines()
@@ -80,9 +84,11 @@ def test_maintenance_on_and_off(
     assert capsys.readouterr().out.splitlines()[1] == (
         f"  nothing to do: maintenance mode is already off ({flag} does not exist)"
     )
-    # Both switches are in the audit log, as applied remediations are.
-    audit = [line for line in (tmp_path / "audit.log").read_text().splitlines() if line]
-    assert len(audit) == 2
+    # Both switches are in the deployment's audit log (intent and outcome), as applied
+    # remediations are.
+    log = (tmp_path / "state" / "audit.log").read_text()
+    events = [json.loads(line)["event"] for line in log.splitlines()]
+    assert events == ["intent", "outcome", "intent", "outcome"]
 
 
 def test_plan_changes_nothing(sandbox: Stack) -> None:

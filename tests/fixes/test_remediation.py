@@ -14,9 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from support import CheckRun, RunChecks, fill
 
 from opsbook.remediate.lock import RemediationLock
+from opsbook.remediate.runner import LOCK
 from opsbook.sandbox.stack import Stack
 
 pytestmark = pytest.mark.sandbox
@@ -25,12 +27,21 @@ REPO = Path(__file__).resolve().parents[2]
 HEALTH = ("--check=HEALTH-001",)
 
 
-def opsbook(*args: str) -> subprocess.CompletedProcess[str]:
+def opsbook(*args: str, state: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """A command, against the deployment state `state` (run_checks: tmp_path / "state")."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPSBOOK_")}
+    if state is not None:
+        env["OPSBOOK__STATE_DIR"] = str(state)
     return subprocess.run(
         [sys.executable, "-m", "opsbook", *args], cwd=REPO, env=env,
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
+
+
+def audit_entries(state: Path) -> list[dict]:
+    """The deployment's audit log (in its state directory, not in the reports)."""
+    log = state / "audit.log"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
 def attempt(run: CheckRun) -> dict:
@@ -82,18 +93,23 @@ def test_apply_restarts_verifies_and_audits(
     assert fixed["plan"][0].endswith("-> healthy")
     assert fixed["plan"][1].endswith("-> not needed")
     assert breakable_sandbox.component("backend").is_running()
-    (entry,) = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
-    assert (entry["check"], entry["target"], entry["verdict"]) == (
+    # Written ahead: the intent before the restart, the outcome after it.
+    intent, outcome = audit_entries(tmp_path / "state")
+    assert (intent["event"], outcome["event"], outcome["intent"]) == ("intent", "outcome", 1)
+    assert (outcome["check"], outcome["target"], outcome["verdict"]) == (
         "HEALTH-001",
         "http/backend",
         "FIXED",
     )
-    verified = opsbook("audit-log", "verify", f"--reports-dir={tmp_path}")
+    verified = opsbook(
+        "audit-log", "verify", f"--inventory={breakable_sandbox.inventory_path}",
+        f"--reports-dir={tmp_path}", state=tmp_path / "state",
+    )  # fmt: skip
     assert verified.returncode == 0, verified.stderr
     # Applied again on the healthy service: the check passes and nothing is done.
     again = run_checks(*HEALTH, "--remediate=apply", "--allow=restart", reports=tmp_path)
     assert again.outcome("HEALTH-001", "backend") == "passed"
-    assert len((tmp_path / "audit.log").read_text().splitlines()) == 1
+    assert len(audit_entries(tmp_path / "state")) == 2
 
 
 def test_fix_is_idempotent_when_called_directly(sandbox: Stack) -> None:
@@ -118,14 +134,15 @@ def test_budget_brakes_until_a_person_resets_it(
     breakable_sandbox.stop("backend")
     refused = attempt(run_checks(*apply, env=one_restart, reports=tmp_path))
     assert refused["status"] == "refused"
-    assert refused["reason"].startswith("budget spent: 1 restart(s) of http/backend")
+    assert refused["reason"].startswith("budget spent: 1 restart(s) of backend")
     # Braked: refused again although nothing was spent, until a person resets it.
     braked = attempt(run_checks(*apply, env=one_restart, reports=tmp_path))
     assert "is braked since its budget ran out" in braked["reason"]
     reset = opsbook(
-        "remediate", "--reset-budget", "restart:http/backend", f"--reports-dir={tmp_path}"
-    )
-    assert reset.stdout.strip() == "reset: restart:http/backend"
+        "remediate", "--reset-budget", "restart:backend",
+        f"--inventory={breakable_sandbox.inventory_path}", state=tmp_path / "state",
+    )  # fmt: skip
+    assert reset.stdout.strip() == "reset: restart:backend", reset.stderr
     assert attempt(run_checks(*apply, env=one_restart, reports=tmp_path))["verdict"] == "FIXED"
 
 
@@ -133,10 +150,11 @@ def test_a_second_run_does_not_remediate_while_one_holds_the_lock(
     breakable_sandbox: Stack, run_checks: RunChecks, tmp_path: Path
 ) -> None:
     breakable_sandbox.stop("backend")
-    lock = RemediationLock(tmp_path / ".remediation.lock")
+    # The deployment's lock (run_checks: its state in tmp_path / "state"), whichever reports.
+    lock = RemediationLock(tmp_path / "state" / LOCK)
     assert lock.acquire("run held-by-test")
     try:
-        run = run_checks(*HEALTH, "--remediate=apply", "--allow=restart", reports=tmp_path)
+        run = run_checks(*HEALTH, "--remediate=apply", "--allow=restart")
     finally:
         lock.release()
     skipped = attempt(run)
@@ -148,14 +166,16 @@ def test_a_second_run_does_not_remediate_while_one_holds_the_lock(
 def test_a_full_disk_applies_nothing_and_says_why(
     breakable_sandbox: Stack, run_checks: RunChecks, small_filesystem: Path
 ) -> None:
-    """Nothing is applied where its audit trail cannot be written."""
+    """Nothing is applied where its audit trail cannot be written (the deployment's state
+    directory on a full filesystem)."""
     breakable_sandbox.stop("backend")
-    reports = small_filesystem / "reports"
-    reports.mkdir()
+    state = small_filesystem / "state"
     fill(small_filesystem)
-    run = run_checks(*HEALTH, "--remediate=apply", "--allow=restart", reports=reports)
+    run = run_checks(
+        *HEALTH, "--remediate=apply", "--allow=restart", env={"OPSBOOK__STATE_DIR": str(state)}
+    )
     assert run.exit_code == 1, run.output
-    expected = f"skipped - cannot take the remediation lock in {reports}: No space left on device"
+    expected = f"skipped - cannot take the remediation lock in {state}: No space left on device"
     assert expected in run.output
     assert "Traceback" not in run.output
     assert not breakable_sandbox.component("backend").is_running()
@@ -163,41 +183,45 @@ def test_a_full_disk_applies_nothing_and_says_why(
 
 @pytest.fixture
 def read_only_audit_log(tmp_path: Path) -> Iterator[Path]:
-    """reports/audit.log on a read-only bind mount: it reads, but takes no entry."""
-    reports = tmp_path / "reports"
-    reports.mkdir()
-    log = reports / "audit.log"
+    """The deployment's audit log (run_checks: in tmp_path / "state") on a read-only bind
+    mount: it reads, but takes no entry. Yields the state directory."""
+    state = tmp_path / "state"
+    state.mkdir()
+    log = state / "audit.log"
     log.touch()
     subprocess.run(["mount", "--bind", str(log), str(log)], check=True)
     try:
         subprocess.run(["mount", "-o", "remount,ro,bind", str(log)], check=True)
-        yield reports
+        yield state
     finally:
         subprocess.run(["umount", str(log)], check=True)
 
 
-def test_a_fix_the_audit_log_cannot_hold_is_reported_as_such(
+# Written ahead: a fix whose intent the audit log cannot take is not applied at all (until
+# issue 15 it was applied and reported as missing from the log, exit 11).
+NO_INTENT = "not applied: the audit log cannot take its intent: Read-only file system"
+
+
+def test_a_fix_the_audit_log_cannot_hold_is_not_applied(
     breakable_sandbox: Stack, run_checks: RunChecks, read_only_audit_log: Path
 ) -> None:
     breakable_sandbox.stop("backend")
-    run = run_checks(*HEALTH, "--remediate=apply", "--allow=restart", reports=read_only_audit_log)
-    fixed = attempt(run)
-    assert (fixed["status"], fixed["verdict"]) == ("applied", "FIXED"), run.output
+    run = run_checks(*HEALTH, "--remediate=apply", "--allow=restart")
+    skipped = attempt(run)
+    assert (skipped["status"], skipped["reason"]) == ("skipped", NO_INTENT), run.output
+    assert run.exit_code == 1  # the check still fails; the trail has no gap
+    assert not breakable_sandbox.component("backend").is_running()
     log = read_only_audit_log / "audit.log"
-    assert fixed["reason"] == f"NOT in the audit log {log}: Read-only file system"
-    assert run.exit_code == 11  # the check passes again, but the trail has a gap
-    fix = "opsbook.remediation.services.restart_service"
-    assert f"HEALTH-001[backend]: {fix} applied, NOT in the audit log {log}" in run.output
     assert log.read_text() == ""
     # The same through the remediate command, on a finished run's failure.
-    breakable_sandbox.stop("backend")
-    run_checks(*HEALTH, reports=read_only_audit_log)
+    reports = read_only_audit_log.parent / "reports-0"
     applied = opsbook(
         "remediate", "latest", "--check=HEALTH-001", "--target=backend", "--apply",
-        "--allow=restart", f"--reports-dir={read_only_audit_log}",
+        "--allow=restart", f"--reports-dir={reports}", state=read_only_audit_log,
     )  # fmt: skip
-    assert applied.returncode == 11, applied.stdout + applied.stderr
-    assert f"applied - FIXED - NOT in the audit log {log}" in applied.stdout
+    assert applied.returncode == 3, applied.stdout + applied.stderr
+    assert f"skipped - {NO_INTENT}" in applied.stdout
+    assert not breakable_sandbox.component("backend").is_running()
     assert log.read_text() == ""
 
 
@@ -206,18 +230,13 @@ def test_maintenance_command_says_what_the_audit_log_cannot_hold(
 ) -> None:
     log = read_only_audit_log / "audit.log"
     where = ("--inventory", str(breakable_sandbox.inventory_path))
-    reports = f"--reports-dir={read_only_audit_log}"
-    on = opsbook("maintenance", "on", *where, reports)
-    assert on.returncode == 11, on.stdout + on.stderr
-    assert on.stderr == (
-        f"maintenance: on applied, NOT in the audit log {log}: Read-only file system\n"
-    )
-    assert (breakable_sandbox.dir / "nginx" / "maintenance.on").exists()  # done stays done
-    off = opsbook("maintenance", "off", *where, reports)
-    assert off.returncode == 11, off.stdout + off.stderr
+    on = opsbook("maintenance", "on", *where, state=read_only_audit_log)
+    assert on.returncode == 3, on.stdout + on.stderr
+    assert on.stderr == f"maintenance: refused: {NO_INTENT}\n"
+    assert not (breakable_sandbox.dir / "nginx" / "maintenance.on").exists()
     assert log.read_text() == ""
     # The lock it took for the switch is released again.
-    lock = RemediationLock(read_only_audit_log / ".remediation.lock")
+    lock = RemediationLock(read_only_audit_log / LOCK)
     assert lock.acquire("test")
     lock.release()
 
@@ -228,19 +247,17 @@ def test_backup_restore_says_what_the_audit_log_cannot_hold(
     from test_backup import backup_command, backup_inventory
 
     inventory = backup_inventory(breakable_sandbox, tmp_path / "backups")
+    raw = yaml.safe_load(inventory.read_text())
+    inventory.write_text(yaml.safe_dump({**raw, "state_dir": str(read_only_audit_log)}))
     assert backup_command("--inventory", str(inventory)).returncode == 0
     restored = backup_command(
         "restore", "latest", "--inventory", str(inventory), "--apply", "--allow=restore",
-        f"--reports-dir={read_only_audit_log}",
     )  # fmt: skip
     log = read_only_audit_log / "audit.log"
-    assert restored.returncode == 11, restored.stdout + restored.stderr
+    assert restored.returncode == 3, restored.stdout + restored.stderr
     assert (
-        "restore latest: opsbook.remediation.backup.restore_backup: applied - NOT in the audit log"
-        in (restored.stdout)
-    )
-    assert restored.stderr == (
-        f"backup: restore latest applied, NOT in the audit log {log}: Read-only file system\n"
+        f"restore latest: opsbook.remediation.backup.restore_backup: skipped - {NO_INTENT}"
+        in restored.stdout
     )
     assert log.read_text() == ""
 
@@ -277,8 +294,8 @@ def test_two_concurrent_runs_remediate_once(
         thread.join()
     statuses = sorted(attempt(run).get("status", "passed") for run in runs)
     assert statuses.count("applied") == 1, statuses
-    applied = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
-    assert [entry["status"] for entry in applied] == ["applied"]
+    outcomes = [e for e in audit_entries(tmp_path / "state") if e["event"] == "outcome"]
+    assert [entry["status"] for entry in outcomes] == ["applied"]
 
 
 def test_audit_log_tampering_is_detected(
@@ -287,18 +304,24 @@ def test_audit_log_tampering_is_detected(
     for _ in range(2):
         breakable_sandbox.stop("backend")
         run_checks(*HEALTH, "--remediate=apply", "--allow=restart", reports=tmp_path)
-    log = tmp_path / "audit.log"
+    state = tmp_path / "state"
+    log = state / "audit.log"
     original = log.read_text()
-    assert len(original.splitlines()) == 2
+    assert len(original.splitlines()) == 4  # intent and outcome of each
+
+    def verify(reports: Path = tmp_path) -> subprocess.CompletedProcess[str]:
+        where = f"--inventory={breakable_sandbox.inventory_path}"
+        return opsbook("audit-log", "verify", where, f"--reports-dir={reports}", state=state)
+
     log.write_text(original.replace('"verdict": "FIXED"', '"verdict": "NOT FIXED"', 1))
-    edited = opsbook("audit-log", "verify", f"--reports-dir={tmp_path}")
+    edited = verify()
     assert edited.returncode == 1
-    assert "line 1: edited" in edited.stderr
-    log.write_text(original.splitlines(keepends=True)[0])
-    deleted = opsbook("audit-log", "verify", f"--reports-dir={tmp_path}")
+    assert "line 2: its MAC does not match its content" in edited.stderr
+    log.write_text("".join(original.splitlines(keepends=True)[:2]))
+    deleted = verify()
     assert deleted.returncode == 1
-    assert "newest entr(y/ies) deleted (the last run recorded 2)" in deleted.stderr
-    mistyped = opsbook("audit-log", "verify", f"--reports-dir={tmp_path}-typo")
+    assert "2 newest entr(y/ies) deleted (the newest run's record says 4" in deleted.stderr
+    mistyped = verify(Path(f"{tmp_path}-typo"))
     assert mistyped.returncode == 2  # not "intact (0 entries)"
     assert mistyped.stderr == f"audit-log verify: no reports folder at {tmp_path}-typo\n"
 
