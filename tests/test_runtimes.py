@@ -26,9 +26,16 @@ from pathlib import Path
 import pytest
 from sshd_server import Sshd, banner, client_config, keypair
 from support import eventually
+from test_compose_checks import (  # one compose stack for the module, built the same way
+    compose_stack,
+    container,
+    docker,
+    runtime,
+)
 
 from opsbook.errors import TargetUnreachable
 from opsbook.inventory import Inventory, load_inventory
+from opsbook.loopback import http_status
 from opsbook.remediate.plan import Refused
 from opsbook.remediate.runtime import (
     ComposeRuntime,
@@ -38,6 +45,10 @@ from opsbook.remediate.runtime import (
     runtime_named,
     runtime_of,
 )
+from opsbook.sandbox.compose import ComposeStack
+from opsbook.sandbox.stack import Stack
+
+__all__ = ["compose_stack", "runtime"]  # fixtures, used by name
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEMD_IMAGE = "localhost/opsbook-systemd-host:test"
@@ -447,3 +458,75 @@ def test_sandbox_runtime_refuses_to_reload_a_service_that_sighup_would_kill(
         "sandbox runtime: cannot reload redis: its process does not reload its configuration "
         "on SIGHUP; restart it"
     )
+
+
+# -- the sandbox: every verb on its real processes ------------------------------------------
+
+
+def _children(pid: int) -> set[str]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return set(found.stdout.split())
+
+
+def test_sandbox_runtime_does_each_verb_on_its_processes(breakable_sandbox: Stack) -> None:
+    inventory = load_inventory(breakable_sandbox.inventory_path, environ={})
+    runtime = runtime_of(inventory, "backend")
+    assert runtime is not None
+    assert runtime.name == "sandbox"
+    port = breakable_sandbox.state.ports["backend"]
+    runtime.stop("backend")
+    assert not runtime.is_running("backend")
+    assert http_status(port, "/health") is None
+    runtime.start("backend")
+    assert runtime.is_running("backend")
+    eventually(lambda: http_status(port, "/health") == 200, "the started backend answers")
+    before = breakable_sandbox.component("backend").pid()
+    runtime.restart("backend")
+    assert breakable_sandbox.component("backend").pid() not in (None, before)
+    before = breakable_sandbox.component("backend").pid()
+    runtime.recreate("backend")
+    assert breakable_sandbox.component("backend").pid() not in (None, before)
+    # nginx reloads on SIGHUP: the same master starts new workers.
+    master = breakable_sandbox.component("nginx").pid()
+    assert master is not None
+    workers = _children(master)
+    runtime.reload("nginx")
+    eventually(lambda: _children(master) - workers, "nginx started new workers")
+    assert breakable_sandbox.component("nginx").pid() == master
+    runtime.scale("worker", 2)
+    assert runtime.replicas("worker") == 2
+    runtime.scale("worker", 1)
+    assert runtime.replicas("worker") == 1
+    assert any(line.startswith("backend ") for line in runtime.status_lines())
+
+
+# -- compose: start, stop, status and reload on a real compose project ------------------------
+
+
+def _processes(stack: ComposeStack, service: str) -> set[str]:
+    """The pids in a service's container (`docker top`)."""
+    lines = docker(stack, "top", container(stack, service), "pid").splitlines()[1:]
+    return {line.strip() for line in lines if line.strip()}
+
+
+@pytest.mark.containers
+def test_compose_runtime_starts_stops_and_reloads_services(
+    compose_stack: ComposeStack, runtime: ComposeRuntime
+) -> None:
+    name = container(compose_stack, "worker")
+    runtime.stop("worker")
+    assert not runtime.is_running("worker")
+    assert docker(compose_stack, "inspect", "-f", "{{.State.Running}}", name).strip() == "false"
+    runtime.start("worker")
+    assert runtime.is_running("worker")
+    assert docker(compose_stack, "inspect", "-f", "{{.State.Running}}", name).strip() == "true"
+    # nginx reloads on SIGHUP: the same container (not restarted) runs new workers.
+    frontend = container(compose_stack, "frontend")
+    started = docker(compose_stack, "inspect", "-f", "{{.State.StartedAt}}", frontend).strip()
+    before = _processes(compose_stack, "frontend")
+    runtime.reload("frontend")
+    eventually(lambda: _processes(compose_stack, "frontend") - before, "nginx ran new workers")
+    assert (
+        docker(compose_stack, "inspect", "-f", "{{.State.StartedAt}}", frontend).strip() == started
+    )
+    assert any("worker" in line for line in runtime.status_lines())
