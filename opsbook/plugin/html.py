@@ -25,6 +25,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import os
+import re
 import socket
 import sys
 from datetime import UTC, datetime
@@ -170,6 +171,8 @@ class HtmlReport:
         self.config = config
         # pytest-html's report data, as its title hook hands it over: its outcome counts.
         self.report_data: Any = None
+        # The outcome each check's row was drawn with (see _redraw_settled_rows).
+        self.drawn: dict[str, Outcome] = {}
 
     def _row(self, report: pytest.TestReport | pytest.CollectReport) -> FindingRow | None:
         return self.config.stash[FINDINGS].rows.get(report.nodeid)
@@ -226,6 +229,7 @@ class HtmlReport:
         else:
             mine = self._cells(row)
             self._set_result(report, RESULTS.get(row.outcome), cells)
+            self.drawn[report.nodeid] = row.outcome
         cells[1:1] = mine
 
     def _set_result(
@@ -370,6 +374,7 @@ class HtmlReport:
 
         findings = self.config.stash[FINDINGS]
         run = self.config.stash.get(RUN, None)
+        self._redraw_settled_rows()
         prefix.append(f"<style>{present.STYLE}{LAYOUT}</style>")
         gaps = self.config.stash.get(AUDIT_TRAIL_GAPS, [])
         judged = present.verdict(findings.counts(), len(gaps))
@@ -386,6 +391,45 @@ class HtmlReport:
             postfix.extend(self._audit_summary(run))
             if run is not None:
                 postfix.extend(_changes_html(self.config, run))
+
+    def _redraw_settled_rows(self) -> None:
+        """Draw again the rows whose outcome was settled after pytest-html drew them: once every
+        check ran, a failure is found blocked by its cause, a blocked check checked again
+        passes (opsbook.plugin.dependencies). Their cells, sort keys, Result and counts, and
+        details, in pytest-html's data as its title hook handed it over."""
+        data = getattr(self.report_data, "data", None)
+        counts = getattr(self.report_data, "outcomes", None)
+        if not isinstance(data, dict) or counts is None:
+            return
+        rows = self.config.stash[FINDINGS].rows
+        for nodeid, drawn in self.drawn.items():
+            row = rows.get(nodeid)
+            if row is None or row.outcome == drawn:
+                continue
+            for test in data.get("tests", {}).get(nodeid, []):
+                self._redraw(test, row, counts)
+            self.drawn[nodeid] = row.outcome
+
+    def _redraw(self, test: dict[str, Any], row: FindingRow, counts: dict[str, Any]) -> None:
+        from pytest_html import extras
+
+        cells = test.get("resultsTableRow")
+        if not isinstance(cells, list) or len(cells) < 1 + len(COLUMNS):
+            return
+        fresh = self._cells(row)
+        cells[1 : 1 + len(COLUMNS)] = fresh
+        for (column, _, sortable), cell in zip(COLUMNS, fresh, strict=True):
+            if sortable:
+                test[column] = _inner(cell)
+        result, old = RESULTS.get(row.outcome), str(test.get("result", ""))
+        if result and result != old and result.lower() in counts and old.lower() in counts:
+            cells[0] = f'<td class="col-result">{result}</td>'
+            test["result"] = result
+            counts[old.lower()]["value"] -= 1
+            counts[result.lower()]["value"] += 1
+        details = self._details(row)
+        kept = [extra for extra in test.get("extras", []) if not _is_ours(extra)]
+        test["extras"] = [*kept, extras.html(details)] if details else kept
 
     def _scope(self) -> dict[str, str]:
         from opsbook.plugin.inventory_option import chosen_inventory_path
@@ -467,6 +511,16 @@ class HtmlReport:
             f"<h3>Waivers applied ({len(body)})</h3>",
             f'<table class="opsbook-table" id="opsbook-waivers">{head}{"".join(body)}</table>',
         ]
+
+
+def _inner(cell: str) -> str:
+    """A cell's inner HTML, as pytest-html reads a sortable column's value."""
+    found = re.search(r"<td.*?>(.*?)</td>", cell)
+    return found.group(1) if found else ""
+
+
+def _is_ours(extra: object) -> bool:
+    return isinstance(extra, dict) and 'class="opsbook-details"' in str(extra.get("content"))
 
 
 def _severity(name: str) -> int:
