@@ -458,6 +458,9 @@ def test_sandbox_runtime_refuses_to_reload_a_service_that_sighup_would_kill(
         "sandbox runtime: cannot reload redis: its process does not reload its configuration "
         "on SIGHUP; restart it"
     )
+    assert refused_line(runtime, "scale", "backend", "2") == (
+        "sandbox runtime: cannot scale backend: it runs as one process (only worker can be scaled)"
+    )
 
 
 # -- the sandbox: every verb on its real processes ------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 from opsbook.inventory import Inventory
 from opsbook.remediate.runtime import RELOADS_ON_SIGHUP, VERBS, Runtime, refuse
 from opsbook.sandbox.nginx import Nginx
-from opsbook.sandbox.stack import Stack
+from opsbook.sandbox.stack import SCALABLE, Stack
 
 
 class SandboxRuntime:
@@ -32,6 +32,8 @@ class SandboxRuntime:
             return f"no such verb (one of {', '.join(VERBS)})"
         if verb == "reload" and service not in RELOADS_ON_SIGHUP:
             return "its process does not reload its configuration on SIGHUP; restart it"
+        if verb == "scale" and service not in SCALABLE:
+            return f"it runs as one process (only {', '.join(SCALABLE)} can be scaled)"
         return None
 
     def command(self, verb: str, service: str, *args: str) -> str:
@@ -73,6 +75,7 @@ class SandboxRuntime:
         return self.stack.replicas(service)
 
     def scale(self, service: str, count: int) -> None:
+        refuse(self, "scale", service)
         self.stack.scale(service, count)
 
     def status_lines(self) -> list[str]:
