@@ -1,9 +1,9 @@
 """`python -m opsbook maintenance on|off`: the maintenance page, switched by a person.
 
-Prints the plan, then carries it out under the remediation lock, and records it in the audit
-log (reports/audit.log), like any applied remediation. `on` makes the frontend answer 503 with
-the maintenance page everywhere, /health included; `off` serves the site again. Asking for the
-state it is already in changes nothing and says so.
+Prints the plan, then carries it out under the remediation lock, and records it in the
+deployment's audit log (in its state directory), like any applied remediation. `on` makes the
+frontend answer 503 with the maintenance page everywhere, /health included; `off` serves the
+site again. Asking for the state it is already in changes nothing and says so.
 
 The inventory is --inventory, else $OPSBOOK_INVENTORY, else the sandbox's
 ($OPSBOOK_SANDBOX_DIR or .opsbook/sandbox)/inventory.yaml.

@@ -56,7 +56,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--allow", action="append", default=[], metavar="KIND", help=ALLOW_HELP)
     parser.add_argument("--inventory", type=Path, help="default: the run's inventory")
     parser.add_argument("--reports-dir", type=Path, default=reports_dir())
-    parser.add_argument("--reset-budget", nargs="?", const="*", metavar="KIND:TARGET")
+    parser.add_argument("--reset-budget", nargs="?", const="*", metavar="KIND:SERVICE")
 
 
 def _run_dir(reports: Path, ref: str) -> Path:
