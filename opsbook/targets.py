@@ -409,6 +409,9 @@ class Targets:
     http: dict[str, HttpTarget]
     postgres: dict[str, PostgresTarget]
     redis: dict[str, RedisTarget]
+    # Other facts a run reads once (the compose project's engine snapshot): forgotten with
+    # the targets after a fix, so that a re-check looks afresh.
+    snapshots: list[Any] = field(default_factory=list)
 
     @classmethod
     def from_inventory(cls, inventory: Inventory) -> Targets:
@@ -463,3 +466,5 @@ class Targets:
         for group in (self.http, self.postgres, self.redis):
             for target in group.values():
                 target.reset()
+        for snapshot in self.snapshots:
+            snapshot.forget()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC
 from pathlib import Path
@@ -185,6 +186,13 @@ class ComposeProject:
     def __init__(self, client: Any, project: str) -> None:
         self.client = client
         self.project = project
+        # One engine snapshot per run: the project's containers are listed (and inspected)
+        # once, not once per service and check; forget() after a fix changed them.
+        self._snapshot: list[Any] | None = None
+
+    def forget(self) -> None:
+        """Read the containers afresh at the next question (a fix changed them)."""
+        self._snapshot = None
 
     @property
     def label(self) -> str:
@@ -192,16 +200,19 @@ class ComposeProject:
 
     def containers(self, service: str | None = None) -> list[Any]:
         """The project's containers (of one service), stopped ones included, by number."""
-        labels = [f"{PROJECT_LABEL}={self.project}"]
-        if service is not None:
-            labels.append(f"{SERVICE_LABEL}={service}")
-        with asking_engine(service or self.label, "docker ps"):
-            # ignore_removed: a container removed between the list and its inspect (a recreate)
-            # is not an error, it is gone.
-            found = self.client.containers.list(
-                all=True, filters={"label": labels}, ignore_removed=True
-            )
-        return sorted(found, key=lambda c: int(c.labels.get(NUMBER_LABEL, "0") or 0))
+        if self._snapshot is None:
+            with asking_engine(service or self.label, "docker ps"):
+                # ignore_removed: a container removed between the list and its inspect (a
+                # recreate) is not an error, it is gone.
+                found = self.client.containers.list(
+                    all=True,
+                    filters={"label": [f"{PROJECT_LABEL}={self.project}"]},
+                    ignore_removed=True,
+                )
+            self._snapshot = sorted(found, key=lambda c: int(c.labels.get(NUMBER_LABEL, "0") or 0))
+        if service is None:
+            return list(self._snapshot)
+        return [c for c in self._snapshot if c.labels.get(SERVICE_LABEL) == service]
 
     def states(self, service: str | None = None) -> list[ContainerState]:
         """`docker inspect` of the project's containers (of one service), by number."""
@@ -224,12 +235,23 @@ def usage(project: ComposeProject, window_s: float) -> dict[str, Usage]:
     """CPU and memory use of every running container of the project, by name: two one-shot
     `docker stats` samples, `window_s` apart, taken for all containers at once."""
     running = [c for c in project.containers() if c.status == "running"]
+    if not running:
+        return {}
+
+    def sample() -> dict[str, Any]:
+        # Every container's one-shot stats at once: the engine takes its time per container
+        # (Podman about 0.1 s), and one after another that adds up (the runbook's `docker
+        # stats` asks the engine for all of them at once too).
+        with ThreadPoolExecutor(max_workers=len(running)) as pool:
+            answers = pool.map(lambda c: c.stats(stream=False), running)
+            return {c.name: answer for c, answer in zip(running, answers, strict=True)}
+
     with asking_engine(project.label, "docker stats"):
         started = time.monotonic()
-        first = {c.name: c.stats(stream=False) for c in running}
+        first = sample()
         time.sleep(window_s)
         elapsed = time.monotonic() - started
-        second = {c.name: c.stats(stream=False) for c in running}
+        second = sample()
     return {name: usage_between(first[name], second[name], elapsed) for name in second}
 
 

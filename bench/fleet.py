@@ -1,0 +1,107 @@
+"""Benchmark: a fleet of sandboxes checked with `pytest -m daily`, by size, and the all-hung bound.
+
+    .venv/bin/python bench/fleet.py [--sizes 1 5 10] [--rounds 3]
+
+Starts max(sizes) native sandboxes (each `sandbox up --dir`, its own name), then for each size
+times `pytest -m daily --inventory=FOLDER` over that many of them, round after round (sizes take
+turns, so the machine's noise falls on all alike): median wall time, its ratio to one
+deployment, and the peak memory of the run (the parent and its children: RUSAGE_CHILDREN's max
+resident set, the largest single process). Then every sandbox is frozen (SIGSTOP) and the run
+over 1 and over all is timed once each: the bound is the inventories' timeout (3 s) plus 5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from opsbook.sandbox.stack import Stack  # noqa: E402
+
+
+def timed(folder: Path, reports: Path) -> tuple[float, int, int]:
+    """Seconds, exit code, and peak resident memory (KiB) of one fleet run."""
+    started = time.perf_counter()
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "pytest", "-q", "-m", "daily"),
+            *(f"--inventory={folder}", f"--reports-dir={reports}", "-p", "no:cacheprovider"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        check=False,
+    )
+    elapsed = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return elapsed, done.returncode, peak
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 5, 10])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="opsbook-bench-fleet-"))
+    base.chmod(0o755)  # PostgreSQL runs as its own OS user, which must reach the stacks
+    stacks = [Stack(base / f"d{i:02}", f"d{i:02}") for i in range(max(args.sizes))]
+    try:
+        for stack in stacks:
+            stack.up()
+        folders = {}
+        for size in args.sizes:
+            folder = base / f"fleet-{size}"
+            folder.mkdir()
+            for stack in stacks[:size]:
+                shutil.copy(stack.inventory_path, folder / f"{stack.name}.yaml")
+            folders[size] = folder
+        times: dict[int, list[float]] = {size: [] for size in args.sizes}
+        for size in args.sizes:  # warm-up, not counted
+            timed(folders[size], base / "reports")
+        for _ in range(args.rounds):
+            for size in args.sizes:
+                elapsed, code, _ = timed(folders[size], base / "reports")
+                if code not in (0, 1):
+                    print(f"fleet of {size}: exit {code}", file=sys.stderr)
+                    return 1
+                times[size].append(elapsed)
+        one = statistics.median(times[min(args.sizes)])
+        print(f"{args.rounds} rounds, medians (min-max), on {os.cpu_count()} cores")
+        for size, samples in times.items():
+            median = statistics.median(samples)
+            print(
+                f"  {size:3} deployments  {median:6.2f}s ({min(samples):.2f}-{max(samples):.2f})"
+                f"  x{median / one:4.1f} of one"
+            )
+        print(
+            f"  peak resident memory of one process: {timed(folders[max(args.sizes)], base)[2] // 1024} MiB"
+        )
+        pids = [s.pid for stack in stacks for s in stack.status() if s.pid]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            for size in (min(args.sizes), max(args.sizes)):
+                elapsed, code, _ = timed(folders[size], base / "hung")
+                print(f"  all hung, {size:3} deployments: {elapsed:6.2f}s, exit {code}")
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+    finally:
+        for stack in stacks:
+            stack.down()
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
