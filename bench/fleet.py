@@ -83,9 +83,8 @@ def main() -> int:
                 f"  {size:3} deployments  {median:6.2f}s ({min(samples):.2f}-{max(samples):.2f})"
                 f"  x{median / one:4.1f} of one"
             )
-        print(
-            f"  peak resident memory of one process: {timed(folders[max(args.sizes)], base)[2] // 1024} MiB"
-        )
+        peak = timed(folders[max(args.sizes)], base / "reports")[2]
+        print(f"  peak resident memory of one process: {peak // 1024} MiB")
         pids = [s.pid for stack in stacks for s in stack.status() if s.pid]
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
