@@ -31,6 +31,7 @@ from opsbook.loopback import free_port
 from opsbook.remediate.context import Context
 from opsbook.remediate.plan import Plan, StepKind
 from opsbook.remediate.runner import AUDIT, KEY, TERMINATED, Remediator, audit_head
+from opsbook.sandbox.stack import Stack
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOYMENT = "audit-trail"
@@ -564,3 +565,71 @@ def test_a_brake_holds_for_every_reports_folder(tmp_path: Path) -> None:
     braked = apply(inventory, tmp_path / "d", restart_redis, queue)
     assert braked.status == "refused"
     assert "restart of redis is braked since its budget ran out" in braked.reason
+
+
+# The same on the real sandbox, in a real checks run: the backend answers 404 on the health
+# path the inventory is made to name, so restart_service restarts it and then waits for it to
+# answer (20 s), and the verification for up to 10 minutes: a fix that is still going on when
+# the signal comes.
+ENDLESS_FIX = {
+    "OPSBOOK__HTTP__BACKEND__HEALTH_PATH": "/no-such-page",
+    "OPSBOOK__REMEDIATION__VERIFY_TIMEOUT_S": "600",
+}
+
+
+def start_checks(stack: Stack, tmp_path: Path) -> subprocess.Popen[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPSBOOK", "PYTEST"))}
+    return subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly",
+         f"--inventory={stack.inventory_path}", f"--reports-dir={tmp_path / 'reports'}",
+         "--check=HEALTH-001", "--remediate=apply", "--allow=restart"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**environment, **ENDLESS_FIX, "OPSBOOK__STATE_DIR": str(tmp_path / "state")},
+    )  # fmt: skip
+
+
+def wait_for_intent(process: subprocess.Popen[str], log: Path) -> None:
+    def intent_written() -> bool:
+        assert process.poll() is None, "the run ended before its fix began"
+        return log.exists() and '"event": "intent"' in log.read_text()
+
+    eventually(intent_written, "the run writes the fix's intent", deadline_s=120)
+
+
+def test_a_checks_run_killed_mid_fix_leaves_the_intent(
+    breakable_sandbox: Stack, tmp_path: Path
+) -> None:
+    process = start_checks(breakable_sandbox, tmp_path)
+    log = tmp_path / "state" / AUDIT
+    try:
+        wait_for_intent(process, log)
+    finally:
+        process.kill()
+        process.communicate(timeout=60)
+    (intent,) = [json.loads(line) for line in log.read_text().splitlines()]
+    assert (intent["event"], intent["check"], intent["target"]) == (
+        "intent", "HEALTH-001", "http/backend",
+    )  # fmt: skip
+    assert intent["remediation"] == "opsbook.remediation.services.restart_service"
+
+
+def test_sigterm_ends_a_checks_run_mid_fix_and_records_it(
+    breakable_sandbox: Stack, tmp_path: Path
+) -> None:
+    process = start_checks(breakable_sandbox, tmp_path)
+    log = tmp_path / "state" / AUDIT
+    try:
+        wait_for_intent(process, log)
+        process.send_signal(signal.SIGTERM)
+        # A generous bound against the hang (the fix would wait 20 s, its check 10 minutes),
+        # not a speed test.
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 2, output  # interrupted, as pytest ends on SIGTERM
+    assert "terminated (SIGTERM): stopped after the check that was running" in output
+    intent, outcome = [json.loads(line) for line in log.read_text().splitlines()]
+    assert (outcome["event"], outcome["intent"]) == ("outcome", intent["seq"])
+    assert TERMINATED in outcome["reason"]
