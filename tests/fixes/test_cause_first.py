@@ -6,8 +6,9 @@ status`, and the backend's own fix is not run (its process is the same after the
 `--remediate=apply` the dependency's fix runs first, and what it blocked is checked again and
 passes. Under pytest-xdist the controlling process applies the fixes.
 
-Each run gets a deployment state directory of its own (OPSBOOK_HOME): the restart budgets that
-other tests spend on the same sandbox must not brake these fixes.
+Each test gives the deployment a state directory of its own (an inventory that differs from the
+sandbox's only in `state_dir`): the restart budgets that other tests spend on the same sandbox
+must not brake these fixes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from support import CheckRun, RunChecks
 from test_findings_schema import validator
 from test_status_command import dashboard, section
@@ -28,8 +30,12 @@ pytestmark = pytest.mark.sandbox
 GREEN = {"passed", "fixed", "skipped"}
 
 
-def own_state(tmp_path: Path) -> dict[str, str]:
-    return {"OPSBOOK_HOME": str(tmp_path / "home")}
+def own_state(sandbox: Stack, tmp_path: Path) -> Path:
+    """The sandbox's inventory with a state directory (lock, budgets, audit log) of the test's."""
+    raw = yaml.safe_load(sandbox.inventory_path.read_text(encoding="utf-8"))
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(yaml.safe_dump({**raw, "state_dir": str(tmp_path / "state")}))
+    return inventory
 
 
 def fix_lines(run: CheckRun) -> list[str]:
@@ -43,8 +49,9 @@ def test_redis_down_blocks_the_backend_and_is_named_as_the_cause(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     reports = tmp_path / "reports"
+    inventory = own_state(breakable_sandbox, tmp_path)
     breakable_sandbox.stop("redis")
-    run = run_checks("--remediate=plan", reports=reports, env=own_state(tmp_path))
+    run = run_checks("--remediate=plan", reports=reports, inventory=inventory)
     assert run.exit_code == 1, run.output
     validator().validate(run.document)
     health = run.row("HEALTH-001", "backend")
@@ -87,7 +94,7 @@ def test_a_blocked_check_is_not_remediated_even_when_allowed(
     breakable_sandbox.stop("redis")
     run = run_checks(
         "--check=HEALTH-001,QUEUE-003", "--remediate=apply", "--allow=restart",
-        env=own_state(tmp_path),
+        inventory=own_state(breakable_sandbox, tmp_path),
     )  # fmt: skip
     assert breakable_sandbox.component("backend").pid() == backend
     health = run.row("HEALTH-001", "backend")
@@ -113,8 +120,9 @@ def test_the_cause_is_fixed_first_and_its_dependents_pass(
     target: str,
 ) -> None:
     backend = breakable_sandbox.component("backend").pid()
+    inventory = own_state(breakable_sandbox, tmp_path)
     breakable_sandbox.stop(component)
-    run = run_checks("--remediate=apply", "--allow=restart", env=own_state(tmp_path))
+    run = run_checks("--remediate=apply", "--allow=restart", inventory=inventory)
     assert breakable_sandbox.component(component).is_running()
     # The backend was never restarted: only the cause was.
     assert breakable_sandbox.component("backend").pid() == backend
@@ -137,8 +145,9 @@ def test_under_xdist_the_controller_applies_the_fix_and_rechecks(
     """With -n 2 the workers only run checks; the controller fixes PostgreSQL, then runs again
     what failed or could not be evaluated because of it (the backend's health among them)."""
     backend = breakable_sandbox.component("backend").pid()
+    inventory = own_state(breakable_sandbox, tmp_path)
     breakable_sandbox.stop("postgres")
-    run = run_checks("-n", "2", "--remediate=apply", "--allow=restart", env=own_state(tmp_path))
+    run = run_checks("-n", "2", "--remediate=apply", "--allow=restart", inventory=inventory)
     assert breakable_sandbox.component("postgres").is_running()
     assert breakable_sandbox.component("backend").pid() == backend
     cause = run.row("DB-001", "chatdb")
