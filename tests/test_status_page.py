@@ -154,7 +154,7 @@ def test_a_merged_document_keeps_its_deployments_apart() -> None:
     html = status_page.render(document)
     assert html.index("<td>us/queue</td>") < html.index("<td>eu/queue</td>")
     assert '<span class="headline">FAILED</span>' in html  # counted from the rows
-    assert "<td>1.5 s</td><td>&lt;= 1 s</td>" in html
+    assert '<td data-label="observed">1.5 s</td><td data-label="expected">&lt;= 1 s</td>' in html
 
 
 def test_what_a_target_answered_is_escaped() -> None:

@@ -151,8 +151,8 @@ STYLE = """
 .opsbook-facts dd { margin: 0; overflow-wrap: anywhere; }
 .opsbook-table { border-collapse: collapse; margin: 4px 0 12px; color: #222; }
 .opsbook-table th, .opsbook-table td { border: 1px solid #ddd; padding: 3px 6px; text-align: left;
-  vertical-align: top; overflow-wrap: anywhere; }
-.outcome { font-weight: bold; white-space: nowrap; }
+  vertical-align: top; overflow-wrap: break-word; }
+.outcome { font-weight: bold; }
 .outcome.failed, .outcome.error, .outcome.blocked { color: #b02a37; }
 .outcome.waived, .outcome.skipped { color: #8a5a00; }
 .outcome.fixed, .outcome.passed { color: #1e7e34; }

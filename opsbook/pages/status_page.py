@@ -32,6 +32,15 @@ body {{ font-family: Helvetica, Arial, sans-serif; font-size: 14px; margin: 12px
 h1 {{ font-size: 20px; margin: 0 0 8px; }}
 h2 {{ font-size: 16px; margin: 16px 0 4px; }}
 table {{ width: 100%; }}
+/* A phone: each check a card, each cell a line named by its column. */
+@media (max-width: 600px) {{
+  table.cards, table.cards tbody, table.cards tr, table.cards td {{ display: block; }}
+  table.cards tr.head {{ display: none; }}
+  table.cards tr {{ border-top: 2px solid #ccc; padding: 4px 0; }}
+  table.cards td {{ border: none; padding: 1px 4px; }}
+  table.cards td:empty {{ display: none; }}
+  table.cards td[data-label]::before {{ content: attr(data-label) ": "; font-weight: bold; }}
+}}
 {style}
 </style>
 </head>
@@ -117,6 +126,9 @@ def _area(row: Row) -> str:
     return present.area_of(list(row.get("markers") or []), str(row["check_id"]))
 
 
+COLUMNS = ("outcome", "check", "severity", "target", "title", "observed", "expected")
+
+
 def _findings_table(rows: list[Row], element_id: str, several_deployments: bool) -> str:
     body = []
     for row in sorted(rows, key=lambda r: present.row_order(r["outcome"], r["severity"])):
@@ -126,24 +138,27 @@ def _findings_table(rows: list[Row], element_id: str, several_deployments: bool)
         blocked_by = row.get("blocked_by")
         if blocked_by:
             note = f"blocked by {present.text(blocked_by)}"
+        title = escape(present.text(row.get("title") or ""))
+        cells = (
+            _outcome(row["outcome"]),
+            escape(str(row["check_id"])),
+            escape(str(row["severity"])),
+            escape(_target(row, several_deployments)),
+            title + (f'<span class="note">{escape(note)}</span>' if note else ""),
+            escape(present.row_value(row)),
+            escape(present.expected_shown(row.get("expected"), row.get("unit"))),
+        )
+        # data-label names the cell where a phone shows the row as a card.
         body.append(
             "<tr>"
-            f"<td>{_outcome(row['outcome'])}</td>"
-            f"<td>{escape(str(row['check_id']))}</td>"
-            f"<td>{escape(str(row['severity']))}</td>"
-            f"<td>{escape(_target(row, several_deployments))}</td>"
-            f"<td>{escape(present.text(row.get('title') or ''))}"
-            + (f'<span class="note">{escape(note)}</span>' if note else "")
-            + "</td>"
-            f"<td>{escape(present.row_value(row))}</td>"
-            f"<td>{escape(present.expected_shown(row.get('expected'), row.get('unit')))}</td>"
-            "</tr>"
+            + "".join(f'<td data-label="{c}">{v}</td>' for c, v in zip(COLUMNS, cells, strict=True))
+            + "</tr>"
         )
-    head = "".join(
-        f"<th>{h}</th>"
-        for h in ("outcome", "check", "severity", "target", "title", "observed", "expected")
+    head = "".join(f"<th>{column}</th>" for column in COLUMNS)
+    return (
+        f'<table class="opsbook-table cards" id="{element_id}">'
+        f'<tr class="head">{head}</tr>{"".join(body)}</table>'
     )
-    return f'<table class="opsbook-table" id="{element_id}"><tr>{head}</tr>{"".join(body)}</table>'
 
 
 def _facts(facts: dict[str, str]) -> str:

@@ -91,6 +91,8 @@ body > * { min-width: 0; }
 footer { order: 4; }
 #results-table .col-result, #results-table th[data-column-type="result"] { display: none; }
 #results-table td { vertical-align: top; overflow-wrap: anywhere; color: #222; }
+/* The audit summary's tables scroll inside themselves on a narrow screen, the page does not. */
+.additional-summary.postfix table { display: block; overflow-x: auto; max-width: 100%; }
 .opsbook-details p { margin: 2px 0 4px; color: #222; }
 .opsbook-details pre { margin: 2px 0; white-space: pre-wrap; }
 #results-table td.col-outcome { min-width: 8em; max-width: 18em; }
