@@ -118,10 +118,19 @@ def _checker(ctx: Context) -> RedisTarget:
     return RedisTarget(ctx.target, ctx.redis_spec(), ctx.thresholds.timeout_s)
 
 
-def consumer(ctx: Context) -> str:
-    """The service that consumes the failing queue: of the inventory's services with role
-    `consumer`, the one that depends on the queue's service (or the only one)."""
-    queue_service = ctx.inventory.service_of(ctx.target)
+def _queue_of(ctx: Context) -> RedisTarget:
+    """The queue of a check about it: the failing Redis target, or, for a check of the
+    pipeline (QUEUE-007: a PostgreSQL target with the queue), the inventory's one queue."""
+    if ctx.target_kind == "redis" or len(ctx.inventory.redis) != 1:
+        return _checker(ctx)
+    ((name, spec),) = ctx.inventory.redis.items()
+    return RedisTarget(name, spec, ctx.thresholds.timeout_s)
+
+
+def _consumer_of(ctx: Context, queue: str) -> str:
+    """The service that consumes `queue` (a Redis target): of the inventory's services with
+    role `consumer`, the one that depends on the queue's service (or the only one)."""
+    queue_service = ctx.inventory.service_of(queue)
     consumers = ctx.inventory.with_role("consumer")
     feeding = [name for name in consumers if queue_service in ctx.inventory.dependencies(name)]
     found = feeding or list(consumers)
@@ -132,6 +141,11 @@ def consumer(ctx: Context) -> str:
             "(services: NAME: {role: consumer, depends_on: [" + queue_service + "]})"
         )
     return found[0]
+
+
+def consumer(ctx: Context) -> str:
+    """The service that consumes the failing queue (see _consumer_of)."""
+    return _consumer_of(ctx, ctx.target)
 
 
 def restart_consumer(ctx: Context, *, apply: bool) -> Plan:
@@ -145,8 +159,8 @@ def restart_consumer(ctx: Context, *, apply: bool) -> Plan:
     Undo: nothing to undo; the consumer runs the same configuration as before.
     """
     plan = Plan.for_fix(ctx)
-    queues, sample_s = ctx.redis_spec().queues, ctx.thresholds.drain_sample_s
-    target = _checker(ctx)
+    target = _queue_of(ctx)
+    queues, sample_s = target.spec.queues, ctx.thresholds.drain_sample_s
     try:
         # QUEUE-006's own measure (the cause of QUEUE-005's and QUEUE-007's failures as well),
         # so that the fix acts exactly when nothing moves.
@@ -158,7 +172,7 @@ def restart_consumer(ctx: Context, *, apply: bool) -> Plan:
             return plan.nothing(
                 f"{queues.pending} is draining: {drain.processed} processed in {sample_s:g} s"
             )
-        service = consumer(ctx)
+        service = _consumer_of(ctx, target.name)
         runtime = ctx.runtime()
 
         def restart() -> str:
