@@ -70,6 +70,7 @@ def test_plan_shows_the_exact_compose_commands(
 
 
 @pytest.mark.breaks("COMPOSE-001")
+@pytest.mark.fixes("COMPOSE-001")
 def test_stopped_backend_is_restarted_by_the_daily_run(
     compose_stack: ComposeStack, runtime: ComposeRuntime, run_compose
 ) -> None:

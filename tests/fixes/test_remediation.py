@@ -78,6 +78,7 @@ def test_risky_fix_needs_the_allow_list(
 
 
 @pytest.mark.breaks("HEALTH-001")
+@pytest.mark.fixes("HEALTH-001")
 def test_apply_restarts_verifies_and_audits(
     breakable_sandbox: Stack, run_checks: RunChecks, tmp_path: Path
 ) -> None:

@@ -44,6 +44,7 @@ def superuser(stack: Stack, sql: str) -> str:
 
 
 @pytest.mark.breaks("DB-003")
+@pytest.mark.fixes("DB-003")
 def test_idle_transaction_is_ended(sandbox: Stack, run_checks: RunChecks) -> None:
     connection = app_connection(sandbox)
     try:
@@ -140,6 +141,7 @@ INDEX_EXISTS = "SELECT count(*) FROM pg_indexes WHERE indexname = 'idx_conversat
 
 
 @pytest.mark.breaks("DB-005")
+@pytest.mark.fixes("DB-005")
 def test_missing_index_is_created(sandbox: Stack, run_checks: RunChecks) -> None:
     superuser(sandbox, "DROP INDEX idx_conversations_user_id")
     try:
@@ -246,11 +248,13 @@ def test_index_name_taken_by_another_index_fails_loudly(
 
 
 @pytest.mark.breaks("DB-001")
+@pytest.mark.fixes("DB-001")
 def test_stopped_postgres_is_restarted(fresh_sandbox: Stack, run_checks: RunChecks) -> None:
     """A fresh sandbox: while PostgreSQL is down the backend logs errors, which would fail
     LOG-001 on the shared sandbox for the next five minutes."""
     stack = fresh_sandbox
     inventory = stack.inventory_path
+    dependents = {name: stack.component(name).pid() for name in ("backend", "worker")}
     stack.stop("postgres")
 
     planned = run_checks("--check=DB-001", "--remediate=plan", inventory=inventory)
@@ -263,10 +267,12 @@ def test_stopped_postgres_is_restarted(fresh_sandbox: Stack, run_checks: RunChec
     attempt = row["remediation_attempt"]
     assert (attempt["status"], attempt["verdict"]) == ("applied", "FIXED")
     assert attempt["plan"][0] == (
-        f"[restart] restart postgres: python -m opsbook sandbox restart postgres "
-        f"--dir {stack.dir} -> healthy"
+        "[restart] restart postgres, which serves chatdb: python -m opsbook sandbox restart "
+        f"postgres --dir {stack.dir} -> healthy"
     )
     assert attempt["plan"][1].endswith("-> not needed")  # no recreate
+    # The cause is restarted, not what depends on it.
+    assert {name: stack.component(name).pid() for name in dependents} == dependents
 
     health = run_checks("--check=HEALTH-001", inventory=inventory)
     assert health.outcome("HEALTH-001", "backend") == "passed", health.output

@@ -31,6 +31,7 @@ def write(path: Path, kib: int, age_days: float) -> Path:
 
 
 @pytest.mark.breaks("RES-001")
+@pytest.mark.fixes("RES-001")
 def test_old_backups_and_rotated_logs_are_deleted(
     sandbox: Stack, run_checks: RunChecks, small_filesystem: Path, tmp_path: Path
 ) -> None:

@@ -165,6 +165,7 @@ def nothing_to_do(plan: Plan) -> str:
 
 
 @pytest.mark.breaks("QUEUE-004")
+@pytest.mark.fixes("QUEUE-004")
 def test_dead_letters_are_stored_after_reprocessing_queue_004(
     sandbox: Stack, admin_redis: redis.Redis, run_checks: RunChecks
 ) -> None:
@@ -241,6 +242,7 @@ def test_poison_dead_letters_come_back_and_the_report_says_not_fixed(
 
 
 @pytest.mark.breaks("QUEUE-006")
+@pytest.mark.fixes("QUEUE-006")
 def test_stopped_worker_is_restarted_and_drains_queue_006(
     breakable_sandbox: Stack, admin_redis: redis.Redis, run_checks: RunChecks
 ) -> None:
@@ -285,6 +287,7 @@ def test_stopped_worker_is_restarted_and_drains_queue_006(
 
 
 @pytest.mark.breaks("QUEUE-003")
+@pytest.mark.fixes("QUEUE-003")
 def test_backlog_scales_workers_up_and_back_to_one_queue_003(
     breakable_sandbox: Stack, admin_redis: redis.Redis, run_checks: RunChecks
 ) -> None:

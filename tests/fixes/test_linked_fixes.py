@@ -1,0 +1,361 @@
+"""The fixes linked to the runbook's checks, each proven on the real sandbox: the component is
+really broken, the check fails, `--remediate=apply` carries out the linked fix, and the same
+check, run again, passes (FIXED). Each fix acts on the cause: the service that owns the failing
+target (Redis for QUEUE-001), never a service that depends on it (the backend keeps its pid).
+
+Breakage that makes the application log errors (Redis down, a consumer restarted under load)
+runs on a fresh sandbox of its own, so that LOG-001 of later runs on the shared one stays clean.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+import requests
+from support import CheckRun, RunChecks, eventually
+from test_alerting import RULES, loaded_rules, reload_prometheus
+from test_backup import backup_command, backup_inventory
+from test_remediation_queue import start_conversation
+
+from opsbook import backup
+from opsbook.sandbox.stack import Stack
+
+pytestmark = pytest.mark.sandbox
+
+PENDING = "message_queue"
+DEAD_LETTER = "dead_letter_queue"
+TIMEOUT_S = 3.0
+
+
+def fixed(run: CheckRun, check_id: str, target: str | None = None) -> dict[str, Any]:
+    """The attempt of a check the run fixed: applied, FIXED, and the check passed after."""
+    row = run.row(check_id, target)
+    assert row["outcome"] == "fixed", run.output
+    attempt = row["remediation_attempt"]
+    assert (attempt["status"], attempt["verdict"], attempt["after"]) == (
+        "applied", "FIXED", "passed",
+    ), attempt  # fmt: skip
+    return dict(attempt)
+
+
+def pids(stack: Stack, *names: str) -> dict[str, int | None]:
+    return {name: stack.component(name).pid() for name in names}
+
+
+def admin_client(stack: Stack) -> redis.Redis:
+    password = (stack.dir / "secrets" / "redis-default.password").read_text().strip()
+    return redis.Redis(
+        port=stack.state.ports["redis"], password=password, socket_timeout=TIMEOUT_S,
+        decode_responses=True,
+    )  # fmt: skip
+
+
+def message(content: str, conversation: str | None = None, age_s: float = 0.0) -> str:
+    """A message of a conversation (the worker stores it), enqueued age_s ago."""
+    return json.dumps(
+        {
+            "id": str(uuid.uuid4()), "conversation_id": conversation, "user_id": "opsbook-test",
+            "role": "user", "content": content, "enqueued_at": time.time() - age_s,
+        }
+    )  # fmt: skip
+
+
+# QUEUE-001 and DB-001: the service that owns the target is restarted, not its dependents
+
+
+@pytest.mark.breaks("QUEUE-001")
+@pytest.mark.fixes("QUEUE-001")
+def test_stopped_redis_is_restarted_and_the_backend_is_left_alone(
+    fresh_sandbox: Stack, run_checks: RunChecks
+) -> None:
+    stack, inventory = fresh_sandbox, fresh_sandbox.inventory_path
+    dependents = pids(stack, "backend", "worker", "nginx")
+    stack.stop("redis")
+    run = run_checks(
+        "--check=QUEUE-001", "--remediate=apply", "--allow=restart,recreate", inventory=inventory
+    )
+    attempt = fixed(run, "QUEUE-001", "queue")
+    assert attempt["plan"] == [
+        f"[restart] restart redis, which serves queue: python -m opsbook sandbox restart redis "
+        f"--dir {stack.dir} -> healthy",
+        f"[recreate] recreate redis (only if queue is still unhealthy): python -m opsbook "
+        f"sandbox recreate redis --dir {stack.dir} -> not needed",
+    ]
+    assert stack.component("redis").is_running()
+    assert pids(stack, "backend", "worker", "nginx") == dependents
+    # The next daily run is green but for the log check (the outage's errors are in the logs).
+    daily = run_checks(inventory=inventory)
+    failing = {
+        key: outcome
+        for key, outcome in daily.outcomes().items()
+        if outcome not in ("passed", "skipped") and not key[0].startswith("LOG-")
+    }
+    assert not failing, daily.output
+
+
+# BACKUP-002 and BACKUP-003: a new backup, proven by the check on fresh facts
+
+
+def _rewrite_manifest(info: backup.BackupInfo, dump: Path) -> None:
+    """Record the dump as it is now: complete by its manifest, whatever its content."""
+    manifest = json.loads((info.path / "manifest.json").read_text())
+    manifest["parts"][dump.name].update(
+        size=dump.stat().st_size, sha256=hashlib.sha256(dump.read_bytes()).hexdigest()
+    )
+    (info.path / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.fixture
+def one_backup(sandbox: Stack, tmp_path: Path) -> tuple[Path, backup.BackupInfo]:
+    """(an inventory whose backups go to a folder of the test's own, the one backup there)."""
+    inventory = backup_inventory(sandbox, tmp_path / "backups")
+    taken = backup_command("--inventory", str(inventory))
+    assert taken.returncode == 0, taken.stderr
+    latest = backup.latest_backup(tmp_path / "backups")
+    assert latest is not None
+    return inventory, latest
+
+
+# Until the re-check resolves the check's fixtures again (issue 15, "Verification sees fresh
+# facts", opsbook/plugin/remediate.py), it reads the `latest` backup of the failed attempt: the
+# fix writes a good new backup (its plan says so), and the verdict stays NOT FIXED.
+STALE_LATEST = pytest.mark.xfail(
+    reason="the re-check reuses the failed attempt's `latest` fixture", strict=True
+)
+
+
+@pytest.mark.fixes("BACKUP-002")
+@STALE_LATEST
+def test_truncated_backup_is_replaced_by_a_new_one(
+    one_backup: tuple[Path, backup.BackupInfo], run_checks: RunChecks
+) -> None:
+    inventory, truncated = one_backup
+    dump = truncated.path / "postgres-chatdb.dump"
+    dump.write_bytes(dump.read_bytes()[:200])
+    run = run_checks("--check=BACKUP-002", "-m", "backup", "--remediate=apply", inventory=inventory)
+    attempt = fixed(run, "BACKUP-002")
+    assert attempt["plan"][0].startswith(
+        f"[backup] take a backup: {truncated.name} is incomplete: "
+    ), attempt
+    latest = backup.latest_backup(truncated.path.parent)
+    assert latest is not None
+    assert latest.name != truncated.name
+    assert backup.verify(latest) == []
+
+
+@pytest.mark.fixes("BACKUP-003")
+@STALE_LATEST
+def test_backup_that_does_not_restore_is_replaced_and_drilled(
+    one_backup: tuple[Path, backup.BackupInfo], run_checks: RunChecks
+) -> None:
+    inventory, broken = one_backup
+    dump = broken.path / "postgres-chatdb.dump"
+    dump.write_bytes(dump.read_bytes()[:200])
+    _rewrite_manifest(broken, dump)
+    run = run_checks("--check=BACKUP-003", "-m", "backup", "--remediate=apply", inventory=inventory)
+    attempt = fixed(run, "BACKUP-003", "chatdb")
+    (step,) = attempt["plan"]
+    assert step.startswith(
+        f"[backup] take a new backup and drill it: {broken.name}: pg_restore of "
+    ), step
+    assert step.endswith("parts); it restores into a scratch cluster"), step
+    assert not list(Path("/tmp").glob("opsbook-drill-*")), "a scratch cluster was left behind"
+
+
+# ALERT-002: rules written but not loaded
+
+
+@pytest.mark.fixes("ALERT-002")
+def test_rules_written_but_not_loaded_are_loaded_by_a_reload(
+    breakable_sandbox: Stack, run_checks: RunChecks
+) -> None:
+    rules = breakable_sandbox.dir / "prometheus" / "rules" / RULES
+    shipped = rules.read_text()
+    # Prometheus loads an empty rules dir; then a deploy writes the rules and forgets the reload.
+    rules.unlink()
+    try:
+        reload_prometheus(breakable_sandbox)
+        eventually(lambda: not loaded_rules(breakable_sandbox), "Prometheus dropped the rules")
+    finally:
+        rules.write_text(shipped)
+    prometheus_pid = breakable_sandbox.component("prometheus").pid()
+    run = run_checks("--check=ALERT-002", "--remediate=apply")
+    attempt = fixed(run, "ALERT-002")
+    (step,) = attempt["plan"]
+    assert step.startswith("[reload] reload prometheus: not loaded: group chat-system"), step
+    assert f": kill -HUP {prometheus_pid} -> every shipped rule is loaded" in step, step
+    assert breakable_sandbox.component("prometheus").pid() == prometheus_pid  # not restarted
+
+
+# OBS-002: a scrape target down, its service restarted
+
+
+def _scraped_up(stack: Stack, job: str) -> str | None:
+    url = f"http://127.0.0.1:{stack.state.ports['prometheus']}/api/v1/query"
+    try:
+        answer = requests.get(url, params={"query": f'up{{job="{job}"}}'}, timeout=TIMEOUT_S)
+    except requests.RequestException:
+        return None
+    series = answer.json()["data"]["result"]
+    return str(series[0]["value"][1]) if series else None
+
+
+@pytest.mark.fixes("OBS-002")
+def test_scrape_target_down_has_its_service_restarted(
+    breakable_sandbox: Stack, run_checks: RunChecks
+) -> None:
+    breakable_sandbox.stop("backend")
+    eventually(lambda: _scraped_up(breakable_sandbox, "backend") == "0", "backend scraped down")
+    prometheus_pid = breakable_sandbox.component("prometheus").pid()
+    run = run_checks("--check=OBS-002", "--remediate=apply", "--allow=restart")
+    attempt = fixed(run, "OBS-002")
+    (step,) = attempt["plan"]
+    port = breakable_sandbox.state.ports["backend"]
+    assert step == (
+        f"[restart] restart backend: scrape target backend/127.0.0.1:{port} is down: "
+        f"python -m opsbook sandbox restart backend --dir {breakable_sandbox.dir} "
+        "-> answers, scraped up"
+    )
+    assert breakable_sandbox.component("prometheus").pid() == prometheus_pid
+
+
+# DB-002: connections near the limit, idle sessions ended
+
+
+def app_connection(stack: Stack) -> psycopg.Connection[tuple[Any, ...]]:
+    password = (stack.dir / "secrets" / "chat_app.password").read_text().strip()
+    return psycopg.connect(
+        host="127.0.0.1", port=stack.state.ports["postgres"], dbname="chatdb", user="chat_app",
+        password=password, connect_timeout=3, application_name="opsbook-test-idle",
+    )  # fmt: skip
+
+
+@pytest.mark.fixes("DB-002")
+def test_idle_sessions_are_ended_when_connections_near_the_limit(
+    fresh_sandbox: Stack, run_checks: RunChecks
+) -> None:
+    """A fresh sandbox: the worker's own idle connection is ended too, and it logs an error
+    the next time it stores a message."""
+    idle = {"OPSBOOK__THRESHOLDS__IDLE_SESSION_S": "1"}
+    connections = [app_connection(fresh_sandbox) for _ in range(40)]  # of max_connections 50
+    try:
+        for connection in connections:
+            connection.autocommit = True
+            connection.execute("SELECT 1")  # idle from now on, outside a transaction
+        time.sleep(1.5)  # past the 1 s idle limit; what is measured is PostgreSQL's state_change
+        run = run_checks(
+            "--check=DB-002", "--remediate=apply", "--allow=end-sessions", env=idle,
+            inventory=fresh_sandbox.inventory_path,
+        )  # fmt: skip
+        attempt = fixed(run, "DB-002", "chatdb")
+        (step,) = attempt["plan"]
+        assert step.startswith("[end-sessions] end "), step
+        assert "of chat_app@chatdb" in step
+        ended = 0
+        for connection in connections:
+            try:
+                connection.execute("SELECT 1")
+            except psycopg.OperationalError:
+                ended += 1
+        assert ended == 40
+    finally:
+        for connection in connections:
+            connection.close()
+
+
+# QUEUE-002: Redis memory, dead letters archived and trimmed, pending messages untouched
+
+
+@pytest.fixture
+def stopped_worker(breakable_sandbox: Stack) -> Iterator[redis.Redis]:
+    """The worker stopped (so that pending messages stay pending); the queue is cleaned up
+    after the test, and the worker started again."""
+    client = admin_client(breakable_sandbox)
+    breakable_sandbox.stop("worker")
+    yield client
+    client.delete(PENDING, DEAD_LETTER)
+    breakable_sandbox.start("worker")
+    client.close()
+
+
+@pytest.mark.fixes("QUEUE-002")
+def test_dead_letters_filling_redis_are_archived_and_trimmed(
+    breakable_sandbox: Stack, stopped_worker: redis.Redis, run_checks: RunChecks
+) -> None:
+    client = stopped_worker
+    pending = [message(f"pending {n}") for n in range(5)]
+    client.lpush(PENDING, *pending)
+    letters = [f"dead letter {n} " + "x" * 4000 for n in range(1000)]  # about 4 MiB
+    pipe = client.pipeline(transaction=False)
+    for letter in letters:
+        pipe.lpush(DEAD_LETTER, letter)
+    pipe.execute()
+    original = client.config_get("maxmemory")["maxmemory"]
+    used = int(client.info("memory")["used_memory"])
+    try:
+        client.config_set("maxmemory", int(used / 0.93))  # 93 % used, 90 % allowed
+        run = run_checks("--check=QUEUE-002", "--remediate=apply", "--allow=trim")
+        attempt = fixed(run, "QUEUE-002", "queue")
+    finally:
+        client.config_set("maxmemory", original)
+    (step,) = attempt["plan"]
+    assert step.startswith("[trim] archive the 990 oldest of the 1000 dead letters to "), step
+    assert client.lrange(PENDING, 0, -1) == pending[::-1]  # untouched, in order
+    assert client.lrange(DEAD_LETTER, 0, -1) == letters[:-11:-1]  # the newest 10 stay
+    (archive,) = (breakable_sandbox.dir / "backups").glob("dead-letters-queue-*.jsonl")
+    try:
+        archived = [json.loads(line) for line in archive.read_text().splitlines()]
+        assert archived == letters[:990]  # oldest first, each once
+    finally:
+        archive.unlink()
+
+
+# QUEUE-005 and QUEUE-007: nothing moving, the inventory's consumer restarted
+
+
+@pytest.mark.fixes("QUEUE-005", "QUEUE-007")
+@pytest.mark.parametrize(
+    ("check_id", "target", "env"),
+    [
+        ("QUEUE-005", "queue", {"OPSBOOK__THRESHOLDS__OLDEST_MESSAGE_AGE_S": "5"}),
+        # A check of the pipeline: its target is the database with the queue.
+        ("QUEUE-007", "chatdb-queue", {"OPSBOOK__THRESHOLDS__PROCESSED_WINDOW_S": "1"}),
+    ],
+)
+def test_stopped_consumer_is_restarted(
+    fresh_sandbox: Stack, run_checks: RunChecks, check_id: str, target: str, env: dict[str, str]
+) -> None:
+    stack = fresh_sandbox
+    client = admin_client(stack)
+    conversation = start_conversation(stack, client)
+    backend = stack.component("backend").pid()
+    stack.stop("worker")
+    try:
+        time.sleep(1.1)  # nothing stored within QUEUE-007's 1 s window
+        waiting = [message(f"waiting {n}", conversation, age_s=60) for n in range(20)]
+        client.lpush(PENDING, *waiting)
+        run = run_checks(
+            f"--check={check_id}", "--remediate=apply", "--allow=restart", env=env,
+            inventory=stack.inventory_path,
+        )  # fmt: skip
+        attempt = fixed(run, check_id, target)
+        (step,) = attempt["plan"]
+        assert step.startswith(
+            "[restart] restart worker: 20 messages wait in message_queue, 0 processed in 0.5 s: "
+            f"python -m opsbook sandbox restart worker --dir {stack.dir} -> "
+        ), step
+        assert stack.component("worker").is_running()
+        assert stack.component("backend").pid() == backend
+        eventually(lambda: client.llen(PENDING) == 0, "the queue drained")
+    finally:
+        stack.start("worker")
+        client.close()
