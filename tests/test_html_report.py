@@ -393,3 +393,36 @@ def test_a_row_settled_after_it_was_drawn_is_drawn_again(
     filters = browser.find_element(By.CSS_SELECTOR, ".filters").text
     assert "0 Failed" in filters
     assert "1 Not applicable or blocked" in filters
+
+
+def test_a_green_run_says_passed(
+    browser: Any, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    suite = mixed_suite(pytester, monkeypatch)
+    assert suite.runpytest("-m", "daily", "-k", "test_passes").ret == 0
+    load(browser, run_folder(suite) / "report.html")
+    from selenium.webdriver.common.by import By
+
+    verdict = browser.find_element(By.ID, "opsbook-verdict")
+    assert verdict.text.splitlines() == ["PASSED", "1 passed"]
+    assert "passed" in verdict.get_attribute("class").split()
+
+
+def test_an_expired_waiver_says_so_and_the_failure_counts(
+    browser: Any, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    suite = mixed_suite(pytester, monkeypatch)
+    waivers = suite.path / "waivers.yaml"
+    waivers.write_text(waivers.read_text().replace("2999-01-01", "2000-01-01"))
+    assert suite.runpytest("-m", "daily", "-k", "test_waived").ret == 1
+    load(browser, run_folder(suite) / "report.html")
+    row = row_of(browser, "MIX-005")
+    assert row["outcome"] == "Failed\nwaiver expired on 2000-01-01"
+    assert (
+        "Waiver: owner alice, ticket OPS-1, expires 2000-01-01, reason: vault migration "
+        "(expired, so the failure counts)" in details_of(browser, "MIX-005")
+    )
+    from selenium.webdriver.common.by import By
+
+    waivers_table = browser.find_element(By.ID, "opsbook-waivers").text
+    assert "expired: the failure counts failed" in waivers_table

@@ -162,3 +162,30 @@ def test_what_a_target_answered_is_escaped() -> None:
     html = status_page.render(document)
     assert "<img" not in html
     assert "&lt;img src=x onerror=alert(1)&gt;" in html
+
+
+@pytest.mark.parametrize(
+    ("counts", "gaps", "headline"),
+    [
+        pytest.param({"failed": 1, "error": 1}, 1, "FAILED", id="a-failure-wins"),
+        pytest.param({"error": 1, "passed": 2}, 1, "AUDIT TRAIL INCOMPLETE", id="then-the-trail"),
+        pytest.param({"blocked": 1, "passed": 2}, 0, "COULD NOT EVALUATE", id="blocked"),
+        pytest.param({"waived": 1, "fixed": 1, "skipped": 1}, 0, "PASSED", id="green"),
+        pytest.param({}, 0, "NO CHECKS", id="nothing"),
+    ],
+)
+def test_the_verdict_is_the_exit_codes_in_words(
+    counts: dict[str, int], gaps: int, headline: str
+) -> None:
+    from opsbook.pages.present import verdict
+
+    assert verdict(counts, gaps).headline == headline
+
+
+def test_the_counts_are_said_worst_first() -> None:
+    from opsbook.pages.present import verdict
+
+    counts = {"passed": 3, "skipped": 1, "fixed": 1, "waived": 1, "blocked": 1, "error": 2}
+    assert verdict({**counts, "failed": 1}).counts == (
+        "1 failed; 2 could not evaluate; 1 blocked; 1 waived; 1 fixed; 1 not applicable; 3 passed"
+    )
