@@ -273,7 +273,9 @@ class Remediator:
         verify: Verify | None = None,
     ) -> Attempt:
         """Plan or apply one fix: under the lock (the run's, or one taken for this fix alone),
-        run it, let `verify` run the check again, record the attempt in the audit log, release.
+        write its intent to the audit log, run it, let `verify` run the check again, write the
+        outcome, release. SIGTERM meanwhile abandons the fix's and the verification's waits
+        (the outcome says so); a program without a SIGTERM handler of its own then exits 143.
 
         The attempt's `not_audited` says why the audit log does not hold it, if it does not:
         a caller must show that and exit accordingly (audit.EXIT_NOT_AUDITED).
@@ -285,7 +287,7 @@ class Remediator:
         terminated: Terminated | None = None
         try:
             try:
-                with _abandon_on_sigterm():
+                with _abandon_on_sigterm() if apply else contextlib.nullcontext():
                     attempt = self._run(fix, ctx, apply=apply)
                     if verify is not None:
                         verify(attempt)
@@ -334,10 +336,11 @@ class Remediator:
     def _record(self, attempt: Attempt, ctx: Context, redact: Callable[[str], str]) -> str | None:
         """Append the outcome of an attempt that acted, or tried to, to the audit log; say why
         not if it cannot be (the attempt's reason says it too). An outcome names its intent;
-        a refusal or failure before anything acted has none."""
-        if attempt.status not in ("applied", "failed", "refused"):
-            return None
+        a refusal or failure before anything acted has none. Every intent gets its outcome,
+        "nothing-to-do" included (the condition was gone when the fix looked again)."""
         intent = self._pending[2] if self._pending is not None else None
+        if intent is None and attempt.status not in ("applied", "failed", "refused"):
+            return None
         try:
             self._write(
                 "outcome", ctx, attempt.remediation,

@@ -308,6 +308,31 @@ TAMPERING: list[tuple[Callable[[Trail], None], str]] = [
 ]
 
 
+def test_every_intent_gets_an_outcome_even_when_nothing_was_left_to_do(tmp_path: Path) -> None:
+    inventory = load_inventory(write_inventory(tmp_path), environ={})
+
+    def gone_when_applied(ctx: Context, *, apply: bool) -> Plan:
+        """Scale the backend, unless it recovered meanwhile (a test's fix).
+
+        Changes: nothing.
+        Privileges: none.
+        Undo: nothing to undo.
+        """
+        plan = Plan.for_fix(ctx)
+        if apply:  # the condition went away between the plan and the fix
+            return plan.nothing("backend answers now")
+        plan.add("scale backend", "true", StepKind.SCALE, lambda: "done")
+        return plan.finish(apply, ctx.gate)
+
+    attempt = apply(inventory, tmp_path / "reports", gone_when_applied, ("http", "backend"))
+    assert attempt.status == "nothing-to-do"
+    log = (tmp_path / "state" / AUDIT).read_text()
+    intent, outcome = [json.loads(line) for line in log.splitlines()]
+    assert (outcome["event"], outcome["intent"], outcome["status"]) == (
+        "outcome", intent["seq"], "nothing-to-do",
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("tamper", "expected"), TAMPERING, ids=[tamper.__name__ for tamper, _ in TAMPERING]
 )
