@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from sshd_server import Sshd, banner, client_config, keypair
@@ -42,11 +43,13 @@ from opsbook.remediate.runtime import (
     Runtime,
     RuntimeCommandFailed,
     Unsupported,
+    maintenance_served,
     runtime_named,
     runtime_of,
 )
 from opsbook.sandbox.compose import ComposeStack
 from opsbook.sandbox.stack import Stack
+from opsbook.targets import HttpTarget
 
 __all__ = ["compose_stack", "runtime"]  # fixtures, used by name
 
@@ -77,12 +80,18 @@ def refused_line(runtime: Runtime, verb: str, service: str, *args: str) -> str:
     """The one line with which `runtime` refuses `verb` (from the action and from the plan)."""
     why = runtime.refusal(verb, service)
     assert why is not None, f"{runtime.name} does {verb} {service}"
+    plan = (
+        (lambda: runtime.maintenance_command(True, service))
+        if verb == "maintenance"
+        else (lambda: runtime.command(verb, service, *args))
+    )
     with pytest.raises(Unsupported) as planned:
-        runtime.command(verb, service, *args)
+        plan()
     action = {
         "recreate": lambda: runtime.recreate(service),
         "scale": lambda: runtime.scale(service, int(args[0]) if args else 2),
         "reload": lambda: runtime.reload(service),
+        "maintenance": lambda: runtime.maintenance(True, service),
     }[verb]
     with pytest.raises(Unsupported) as acted:
         action()
@@ -233,6 +242,10 @@ def test_command_runtime_refuses_what_the_inventory_gives_no_command_for(
         runtime, "recreate", "echo"
     )
     assert "none to scale it" in refused_line(runtime, "scale", "echo", "2")
+    assert refused_line(runtime, "maintenance", "echo").endswith(
+        "the inventory names no maintenance switch for a host's nginx; switch its maintenance "
+        "page by hand, as the maintenance-window runbook says"
+    )
     assert refused_line(runtime, "reload", "quiet") == (
         "command runtime: cannot reload quiet: the inventory gives no reload command"
     )
@@ -428,6 +441,7 @@ def test_systemd_runtime_refuses_recreate_and_scale_of_a_plain_unit(systemd: Run
         "systemd runtime: cannot scale echo: scale needs a templated unit (NAME@.service) in "
         "the inventory, not chat-echo.service"
     )
+    assert "switch its maintenance page by hand" in refused_line(systemd, "maintenance", "echo")
 
 
 # -- compose and sandbox: what they refuse ---------------------------------------------------
@@ -501,6 +515,16 @@ def test_sandbox_runtime_does_each_verb_on_its_processes(breakable_sandbox: Stac
     runtime.scale("worker", 1)
     assert runtime.replicas("worker") == 1
     assert any(line.startswith("backend ") for line in runtime.status_lines())
+    # Maintenance: the flag nginx tests on every request; read back from the entry itself.
+    assert runtime.maintenance_command(True, "nginx") == (
+        f"touch {breakable_sandbox.dir / 'nginx' / 'maintenance.on'}"
+    )
+    runtime.maintenance(True, "nginx")
+    assert _statuses(inventory) == {503}
+    assert _served(inventory)
+    runtime.maintenance(False, "nginx")
+    assert 503 not in _statuses(inventory)
+    assert not _served(inventory)
 
 
 # -- compose: start, stop, status and reload on a real compose project ------------------------
@@ -533,3 +557,48 @@ def test_compose_runtime_starts_stops_and_reloads_services(
         docker(compose_stack, "inspect", "-f", "{{.State.StartedAt}}", frontend).strip() == started
     )
     assert any("worker" in line for line in runtime.status_lines())
+
+
+def _served(inventory: Inventory) -> bool:
+    (name, endpoint), *_ = sorted(inventory.endpoints("frontend").items())
+    frontend = HttpTarget(name, endpoint, 3.0)
+    try:
+        return maintenance_served(frontend)
+    finally:
+        frontend.close()
+
+
+def _statuses(inventory: Inventory) -> set[int]:
+    (_, endpoint), *_ = sorted(inventory.endpoints("frontend").items())
+    port = urlsplit(endpoint.url).port or 80
+    return {http_status(port, path) or 0 for path in ("/", "/health", "/api/health")}
+
+
+@pytest.mark.containers
+def test_compose_maintenance_is_served_by_nginx_and_read_from_the_entry(
+    compose_stack: ComposeStack, runtime: ComposeRuntime
+) -> None:
+    inventory = load_inventory(compose_stack.inventory_path, environ={})
+    assert not _served(inventory)
+    assert runtime.maintenance_command(True, "frontend").endswith(
+        "exec -T frontend sh -c 'touch /var/lib/nginx/maintenance.on && nginx -s reload'"
+    )
+    runtime.maintenance(True, "frontend")
+    try:
+        assert _statuses(inventory) == {503}  # every path, /health included
+        assert _served(inventory)
+    finally:
+        runtime.maintenance(False, "frontend")
+    assert 503 not in _statuses(inventory)
+    assert not _served(inventory)
+    # Switched on by hand inside the container: the entry says so all the same.
+    frontend = container(compose_stack, "frontend")
+    docker(compose_stack, "exec", frontend, "touch", "/var/lib/nginx/maintenance.on")
+    try:
+        assert _served(inventory)
+    finally:
+        docker(compose_stack, "exec", frontend, "rm", "-f", "/var/lib/nginx/maintenance.on")
+    assert not _served(inventory)
+    assert "the maintenance page is the frontend's" in refused_line(
+        runtime, "maintenance", "backend"
+    )

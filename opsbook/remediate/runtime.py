@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 from opsbook.compose import COMPOSE_FILE, ENV_COMPOSE_DIR, ComposeDriver
 from opsbook.inventory import Compose, Inventory
 from opsbook.remediate.plan import Refused
+from opsbook.targets import HttpTarget
 
 # Runtimes loaded by name, each module with `runtime(inventory) -> Runtime`: the sandbox's, which
 # nothing else may import, and the host runtimes, which import this module.
@@ -43,8 +44,9 @@ RUNTIME_MODULES = {
 }
 
 
-# What a runtime may be asked to do to a service. `status` is `is_running`.
-VERBS = ("start", "stop", "restart", "status", "reload", "recreate", "scale")
+# What a runtime may be asked to do to a service. `status` is `is_running`; `maintenance` is
+# the frontend's maintenance page, on or off.
+VERBS = ("start", "stop", "restart", "status", "reload", "recreate", "scale", "maintenance")
 
 
 class Unsupported(Refused):
@@ -95,6 +97,24 @@ class Runtime(Protocol):
         None when this runtime has no such switch."""
         ...
 
+    def maintenance_command(self, on: bool, service: str) -> str:
+        """The exact command that switches `service`'s maintenance page on or off; raises
+        Unsupported when this runtime has no switch for it."""
+        ...
+
+    def maintenance(self, on: bool, service: str) -> None:
+        """Switch `service`'s (the frontend's nginx) maintenance page on or off. Whether it is
+        on is read from the entry itself: maintenance_served()."""
+        ...
+
+
+def maintenance_served(frontend: HttpTarget) -> bool:
+    """Whether the entry serves the maintenance page now: its answer at / is a 503 carrying
+    the page (nginx's, in the sandbox and in the compose stack), whoever switched it on.
+    TargetUnreachable when nothing answers."""
+    answer = frontend.get("/")
+    return answer.status_code == 503 and MAINTENANCE_TITLE in answer.text
+
 
 def refuse(runtime: Runtime, verb: str, service: str) -> None:
     """Raise Unsupported when `runtime` cannot do `verb` to `service`."""
@@ -102,6 +122,13 @@ def refuse(runtime: Runtime, verb: str, service: str) -> None:
     if why is not None:
         raise Unsupported(runtime.name, verb, service, why)
 
+
+# The maintenance page of opsbook's nginx (opsbook/sandbox/nginx.py, containers/nginx), and the
+# file inside the compose frontend's container that nginx.conf tests: while it exists, every
+# path answers 503 with the page.
+MAINTENANCE_TITLE = "<title>Maintenance</title>"
+COMPOSE_MAINTENANCE_FLAG = "/var/lib/nginx/maintenance.on"
+COMPOSE_FRONTENDS = ("frontend", "nginx")
 
 # Compose services (opsbook's compose.yaml) whose main process reloads its configuration on
 # SIGHUP: nginx, PostgreSQL, Prometheus. Others (the Python backend and worker, Redis) would
@@ -149,6 +176,16 @@ class ComposeRuntime:
             return [verb, service], {}
         if verb == "status":
             return ["ps", "--all", service], {}
+        if verb == "maintenance":
+            (switch,) = args
+            # The flag file is what nginx.conf tests; the reload has nginx read its configuration
+            # again, so that the page is served through whatever it says now.
+            change = (
+                f"touch {COMPOSE_MAINTENANCE_FLAG}"
+                if switch == "on"
+                else (f"rm -f {COMPOSE_MAINTENANCE_FLAG}")
+            )
+            return ["exec", "-T", service, "sh", "-c", f"{change} && nginx -s reload"], {}
         if verb == "reload":
             return ["kill", "--signal", "HUP", service], {}
         if verb == "recreate":
@@ -206,6 +243,8 @@ class ComposeRuntime:
             return f"no such verb (one of {', '.join(VERBS)})"
         if verb == "reload" and service not in RELOADS_ON_SIGHUP:
             return "its process does not reload its configuration on SIGHUP; restart it"
+        if verb == "maintenance" and service not in COMPOSE_FRONTENDS:
+            return f"the maintenance page is the frontend's (nginx: {', '.join(COMPOSE_FRONTENDS)})"
         return None
 
     def start(self, service: str) -> None:
@@ -231,7 +270,13 @@ class ComposeRuntime:
         return self.stack.compose("ps", "--all").strip().splitlines()
 
     def maintenance_flag(self) -> Path | None:
-        return None  # nginx in a container: its maintenance page is switched by hand
+        return None  # the flag is inside the frontend's container: maintenance() switches it
+
+    def maintenance_command(self, on: bool, service: str) -> str:
+        return self.command("maintenance", service, "on" if on else "off")
+
+    def maintenance(self, on: bool, service: str) -> None:
+        self._run("maintenance", service, "on" if on else "off")
 
 
 def port_variable(service: str) -> str:

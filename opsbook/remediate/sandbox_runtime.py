@@ -34,6 +34,11 @@ class SandboxRuntime:
             return "its process does not reload its configuration on SIGHUP; restart it"
         if verb == "scale" and service not in SCALABLE:
             return f"it runs as one process (only {', '.join(SCALABLE)} can be scaled)"
+        if verb == "maintenance":
+            if service != "nginx":
+                return "the maintenance page is the frontend's (nginx)"
+            if self.maintenance_flag() is None:
+                return f"no sandbox nginx in {self.stack.dir} (is the sandbox up?)"
         return None
 
     def command(self, verb: str, service: str, *args: str) -> str:
@@ -42,6 +47,9 @@ class SandboxRuntime:
             return f"kill -HUP {self._pid(service)}"
         if verb == "status":
             return f"python -m opsbook sandbox status --dir {self.stack.dir}"
+        if verb == "maintenance":
+            flag = self.maintenance_flag()
+            return f"touch {flag}" if args == ("on",) else f"rm -f {flag}"
         words = " ".join((verb, service, *args))
         return f"python -m opsbook sandbox {words} --dir {self.stack.dir}"
 
@@ -82,6 +90,13 @@ class SandboxRuntime:
         """One line per component (and per extra replica): running or not, pid, port."""
         return [status.line() for status in self.stack.status()]
 
+    def maintenance_command(self, on: bool, service: str) -> str:
+        return self.command("maintenance", service, "on" if on else "off")
+
+    def maintenance(self, on: bool, service: str) -> None:
+        """The flag file, which nginx tests on every request (no reload needed)."""
+        _maintenance(self, on, service)
+
     def maintenance_flag(self) -> Path | None:
         """DIR/nginx/maintenance.on, which the sandbox's nginx tests on every request; None
         when no sandbox nginx has been set up in DIR (is the sandbox up?)."""
@@ -95,3 +110,14 @@ def runtime(inventory: Inventory) -> Runtime:
     as a Runtime so that mypy holds SandboxRuntime to the protocol)."""
     assert inventory.sandbox is not None
     return SandboxRuntime(inventory.sandbox.dir)
+
+
+def _maintenance(runtime: SandboxRuntime, on: bool, service: str) -> None:
+    refuse(runtime, "maintenance", service)
+    flag = runtime.maintenance_flag()
+    assert flag is not None  # refusal() covers a sandbox without nginx
+    if on:
+        flag.touch()
+        flag.chmod(0o644)  # nginx's workers (nobody as root) must see it
+    else:
+        flag.unlink(missing_ok=True)
