@@ -658,3 +658,28 @@ def test_sigterm_ends_a_checks_run_mid_fix_and_records_it(
     intent, outcome = [json.loads(line) for line in log.read_text().splitlines()]
     assert (outcome["event"], outcome["intent"]) == ("outcome", intent["seq"])
     assert TERMINATED in outcome["reason"]
+
+
+def test_unreadable_budgets_refuse_until_a_person_resets_them(tmp_path: Path) -> None:
+    inventory_path = write_inventory(tmp_path)
+    inventory = load_inventory(inventory_path, environ={})
+    budgets = tmp_path / "state" / "remediation-budgets.json"
+    budgets.parent.mkdir()
+    budgets.write_text('{"restart:redis": {"times": [')  # cut short
+    refused = apply(inventory, tmp_path / "reports", restart_redis, ("redis", "queue"))
+    assert refused.status == "refused"
+    assert (
+        refused.reason
+        == f"restart of redis refused: the budgets in {budgets} are not readable JSON"
+    )
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPSBOOK", "PYTEST"))}
+    reset = subprocess.run(
+        [sys.executable, "-m", "opsbook", "remediate", "--reset-budget",
+         f"--inventory={inventory_path}"],
+        cwd=REPO, env=environment, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert (reset.returncode, reset.stdout) == (0, "reset: (unreadable budgets)\n"), reset.stderr
+    assert (
+        apply(inventory, tmp_path / "reports", restart_redis, ("redis", "queue")).status
+        == "applied"
+    )
