@@ -359,3 +359,88 @@ def test_stopped_consumer_is_restarted(
     finally:
         stack.start("worker")
         client.close()
+
+
+# OBS-001 and BACKUP-001: Prometheus stopped, backups stopped
+
+
+@pytest.mark.fixes("OBS-001")
+def test_stopped_prometheus_is_restarted(breakable_sandbox: Stack, run_checks: RunChecks) -> None:
+    breakable_sandbox.stop("prometheus")
+    run = run_checks("--check=OBS-001", "--remediate=apply", "--allow=restart")
+    attempt = fixed(run, "OBS-001", "prometheus")
+    assert attempt["plan"][0].endswith(
+        f"restart prometheus --dir {breakable_sandbox.dir} -> healthy"
+    ), attempt
+    assert breakable_sandbox.component("prometheus").is_running()
+
+
+@pytest.mark.fixes("BACKUP-001")
+def test_no_backup_has_one_taken(sandbox: Stack, tmp_path: Path, run_checks: RunChecks) -> None:
+    inventory = backup_inventory(sandbox, tmp_path / "backups")  # backups stopped: none there
+    run = run_checks("--check=BACKUP-001", "-m", "backup", "--remediate=apply", inventory=inventory)
+    attempt = fixed(run, "BACKUP-001")
+    assert attempt["plan"][0].startswith("[backup] take a backup: there is no backup: "), attempt
+    latest = backup.latest_backup(tmp_path / "backups")
+    assert latest is not None
+    assert backup.verify(latest) == []
+
+
+# TUNE-002, TUNE-003, TUNE-004: the database's statistics, dead rows and settings
+
+
+def superuser(stack: Stack, sql: str) -> str:
+    return stack.component("postgres").psql(sql, database="chatdb").strip()
+
+
+@pytest.fixture
+def autovacuum_off(fresh_sandbox: Stack) -> Stack:
+    """A fresh sandbox whose agents table autovacuum leaves alone (it would fix it first)."""
+    superuser(fresh_sandbox, "ALTER TABLE agents SET (autovacuum_enabled = off)")
+    return fresh_sandbox
+
+
+@pytest.mark.fixes("TUNE-002")
+def test_stale_statistics_are_analyzed(autovacuum_off: Stack, run_checks: RunChecks) -> None:
+    superuser(
+        autovacuum_off,
+        "INSERT INTO agents (name, status, last_active)"
+        " SELECT 'agent-' || n, 'idle', now() FROM generate_series(1, 500) AS n",
+    )
+    run = run_checks(
+        "--check=TUNE-002", "--remediate=apply", inventory=autovacuum_off.inventory_path
+    )
+    attempt = fixed(run, "TUNE-002", "chatdb")
+    assert attempt["plan"][0].endswith(": ANALYZE public.agents -> done"), attempt
+
+
+@pytest.mark.fixes("TUNE-003")
+def test_dead_rows_are_vacuumed(autovacuum_off: Stack, run_checks: RunChecks) -> None:
+    superuser(
+        autovacuum_off,
+        "INSERT INTO agents (name, status) SELECT 'doomed-' || n, 'idle'"
+        " FROM generate_series(1, 300) AS n; DELETE FROM agents WHERE name LIKE 'doomed-%';",
+    )
+    run = run_checks(
+        "--check=TUNE-003", "--remediate=apply", inventory=autovacuum_off.inventory_path
+    )
+    attempt = fixed(run, "TUNE-003", "chatdb")
+    assert any(line.endswith("VACUUM (ANALYZE) public.agents -> done") for line in attempt["plan"])
+
+
+@pytest.mark.fixes("TUNE-004")
+def test_lowered_setting_is_set_again(fresh_sandbox: Stack, run_checks: RunChecks) -> None:
+    running = superuser(fresh_sandbox, "SHOW maintenance_work_mem")
+    expect = {"OPSBOOK__TUNING__MAINTENANCE_WORK_MEM": running}
+    superuser(
+        fresh_sandbox, "ALTER SYSTEM SET maintenance_work_mem = '16MB'; SELECT pg_reload_conf();"
+    )
+    run = run_checks(
+        "--check=TUNE-004", "--remediate=apply", "--allow=alter-system", env=expect,
+        inventory=fresh_sandbox.inventory_path,
+    )  # fmt: skip
+    attempt = fixed(run, "TUNE-004", "chatdb")
+    assert attempt["plan"][0].endswith(
+        f"ALTER SYSTEM SET maintenance_work_mem = '{running}' -> done"
+    ), attempt
+    assert superuser(fresh_sandbox, "SHOW maintenance_work_mem") == running
