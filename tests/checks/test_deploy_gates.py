@@ -40,6 +40,7 @@ def _broken_backend(tmp_path: Path) -> Path:
 
 
 @pytest.mark.breaks("HEALTH-001", "DEPLOY-005", "DEPLOY-006", "ROLLBACK-001")
+@pytest.mark.fixes("ROLLBACK-001")
 def test_broken_deploy_is_caught_and_rolled_back(
     fresh_sandbox: Stack, tmp_path: Path, run_checks: RunChecks
 ) -> None:
