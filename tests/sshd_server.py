@@ -84,7 +84,7 @@ class Sshd:
             "KbdInteractiveAuthentication no\n"
             "UsePAM no\n"
             "MaxStartups 100\n"
-            "LogLevel ERROR\n"
+            "LogLevel INFO\n"  # one "Accepted publickey" line per connection: tests count them
         )
         self.ssh_config = client_config(directory, self.identity, known_hosts)
         self.process: subprocess.Popen[bytes] | None = None
@@ -107,6 +107,11 @@ class Sshd:
             if self.process.poll() is not None or time.monotonic() > end:
                 raise RuntimeError(f"sshd did not start: {(self.dir / 'sshd.log').read_text()}")
             time.sleep(0.05)
+
+    def connections(self) -> int:
+        """How many connections this server has let in so far (its log says each)."""
+        log = self.dir / "sshd.log"
+        return log.read_text().count("Accepted publickey") if log.exists() else 0
 
     def stop(self) -> None:
         """Stop the listener and every connection it serves (its whole session)."""

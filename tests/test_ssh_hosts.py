@@ -118,22 +118,32 @@ def run_checks(inventory: Path, tmp_path: Path, *args: str) -> CheckRun:
     return CheckRun(process, reports)
 
 
+HOST_CHECKS = ("RES-001", "RES-002", "LOG-001")  # the daily checks of a host
+
+
 def test_an_unreachable_ssh_host_is_one_error_line_and_exit_10(sshd: Sshd, tmp_path: Path) -> None:
     closed = free_port()
+    log = tmp_path / "chat.log"
+    log.write_text("backend: listening on :8000\n")
     inventory = tmp_path / "inventory.yaml"
     inventory.write_text(
         "name: ssh-hosts\n"
         "hosts:\n"
-        f"  app1: {{spec: '{sshd.spec}'}}\n"
-        f"  app2: {{spec: 'ssh://ops@127.0.0.1:{closed}'}}\n"
-        "thresholds: {timeout_s: 2, memory_used_percent: 100}\n"
+        f"  app1: {{spec: '{sshd.spec}', logs: ['{log}']}}\n"
+        f"  app2: {{spec: 'ssh://ops@127.0.0.1:{closed}', logs: [/var/log/chat.log]}}\n"
+        # This machine's own disk and memory use are not under test.
+        "thresholds: {timeout_s: 2, memory_used_percent: 100, disk_used_percent: 100}\n"
     )
-    run = run_checks(inventory, tmp_path, "--check=RES-002")
+    run = run_checks(inventory, tmp_path, "-m", "daily")
     assert run.exit_code == 10, run.output
-    assert run.outcome("RES-002", "app1") == "passed", run.output
-    assert run.outcome("RES-002", "app2") == "error", run.output
     line = f"unreachable: host app2 (ssh://ops@127.0.0.1:{closed}): Connection refused"
-    assert line in run.output
+    for check_id in HOST_CHECKS:
+        assert run.outcome(check_id, "app1") == "passed", run.output
+        assert run.outcome(check_id, "app2") == "error", run.output
+        assert run.row(check_id, "app2").get("unreachable") is True
+    assert f"{line}  (3 checks not evaluated)" in run.output
     assert "Traceback" not in run.output
     assert "testinfra.host.Host" not in run.output
-    assert run.row("RES-002", "app2").get("unreachable") is True
+    # The three checks of app1 shared one connection, which the run closed when it ended.
+    assert sshd.connections() == 1
+    assert established(sshd.port) == 0
