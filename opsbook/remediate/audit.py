@@ -416,7 +416,11 @@ def verify(
     verdict = Verdict()
     found = AuditLog(path).scan()
     verdict.count = len(found.entries)
+    # A torn line that a later entry records is reported once, by that entry.
+    recorded_torn = {e.get("line") for _, e in found.entries if e.get("event") == "torn"}
     for number in found.unreadable:
+        if number in recorded_torn:
+            continue
         torn = found.torn_tail and number == found.lines
         what = "torn: a write was cut short" if torn else "not a whole JSON entry"
         verdict.problems.append(f"line {number}: {what}")
@@ -441,8 +445,8 @@ def verify(
         event = entry.get("event")
         if event == "intent" and isinstance(seq, int):
             intents[seq] = entry
-        elif event == "outcome":
-            intents.pop(entry.get("intent"), None)  # type: ignore[arg-type]
+        elif event == "outcome" and isinstance(entry.get("intent"), int):
+            intents.pop(entry["intent"], None)
         elif event == "torn":
             verdict.problems.append(
                 f"line {entry.get('line')}: torn (a write was cut short; recorded by entry {seq} "
@@ -455,14 +459,6 @@ def verify(
                 f"recorded {anchored.get('count')} entries, the log held "
                 f"{(entry.get('found') or {}).get('count')}"
             )
-    # The torn lines recorded by an entry are reported once, by that entry.
-    recorded_torn = {e.get("line") for _, e in found.entries if e.get("event") == "torn"}
-    verdict.problems = [
-        p
-        for p in verdict.problems
-        if not any(p.startswith(f"line {n}: torn: ") for n in recorded_torn)
-        and not any(p == f"line {n}: not a whole JSON entry" for n in recorded_torn)
-    ]
     for seq, entry in intents.items():
         verdict.notes.append(
             f"entry {seq}: {entry.get('remediation')} on {entry.get('target')} (run "
