@@ -268,8 +268,6 @@ class Stack:
             "sandbox": {"dir": str(self.dir)},
             # Each sandbox is a deployment of its own: its lock, budgets and audit log too.
             "state_dir": str(self.dir / "state"),
-            # Each sandbox is a deployment of its own: its lock, budgets and audit log too.
-            "state_dir": str(self.dir / "state"),
             **target_sections(
                 self.layout,
                 {**ports, "frontend": ports["nginx"]},
