@@ -309,11 +309,13 @@ def ssh_options(timeout_s: float, *, password: bool = False) -> dict[str, Any]:
 
 def ssh_reason(stderr: str) -> str:
     """ssh's own reason, from its last line: `Connection refused`, `Could not resolve hostname
-    web1: Name or service not known`, `Connection timed out during banner exchange`."""
+    web1: Name or service not known`, `Connection timed out during banner exchange`,
+    `Permission denied (publickey)`, `Host key verification failed`."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     if not lines:
         return "ssh exited 255 without a reason"
-    last = re.sub(r"^ssh: connect to host \S+ port \d+: ", "", lines[-1])
+    # The host and user are already in the line that reports it: keep what went wrong.
+    last = re.sub(r"^(ssh: connect to host \S+ port \d+|[^\s@]+@\S+): ", "", lines[-1])
     return last.removeprefix("ssh: ").rstrip(".")
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sshd_server import Sshd
+from sshd_server import Sshd, keypair
 from support import CheckRun
 
 from opsbook.errors import TargetUnreachable
@@ -147,3 +147,26 @@ def test_an_unreachable_ssh_host_is_one_error_line_and_exit_10(sshd: Sshd, tmp_p
     # The three checks of app1 shared one connection, which the run closed when it ended.
     assert sshd.connections() == 1
     assert established(sshd.port) == 0
+
+
+def test_a_key_the_host_refuses_is_unreachable_with_ssh_s_reason(
+    sshd: Sshd, tmp_path: Path
+) -> None:
+    stranger = tmp_path / "stranger"
+    keypair(stranger)
+    config = sshd.ssh_config.read_text().replace(str(sshd.identity), str(stranger))
+    (tmp_path / "stranger_config").write_text(config)
+    spec = sshd.spec.replace(str(sshd.ssh_config), str(tmp_path / "stranger_config"))
+    assert unreachable(spec).reason == "Permission denied (publickey)"
+
+
+def test_a_host_key_that_does_not_match_is_unreachable(sshd: Sshd, tmp_path: Path) -> None:
+    impostor = keypair(tmp_path / "impostor").read_text()
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{sshd.port} {impostor}")
+    config = tmp_path / "config"
+    config.write_text(
+        sshd.ssh_config.read_text().replace(str(sshd.dir / "known_hosts"), str(known_hosts))
+    )
+    error = unreachable(sshd.spec.replace(str(sshd.ssh_config), str(config)))
+    assert error.reason == "Host key verification failed"
