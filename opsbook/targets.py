@@ -394,8 +394,9 @@ class HostTarget:
             raise
         except Exception as exc:  # testinfra's other backends raise their own errors
             raise TargetUnreachable("host", self.name, self.where, _short(exc)) from None
-        if done.rc != 0:
-            reason = _short(RuntimeError(done.stderr)) if done.stderr.strip() else f"rc {done.rc}"
+        if done.rc != 0:  # the backend connected, but the host would not run a command
+            said = done.stderr.strip().splitlines()
+            reason = said[0] if said else f"`true` exited {done.rc}"
             raise TargetUnreachable("host", self.name, self.where, reason)
         return True
 
