@@ -8,14 +8,11 @@ is never recreated (there is no image to recreate it from): refused, restart it 
 
 from __future__ import annotations
 
-import re
 import shlex
 
 from opsbook.inventory import Inventory
 from opsbook.remediate.runtime import Runtime, refuse
 from opsbook.remediate.runtimes import HostRuntime
-
-_INSTANCE = re.compile(r"^(?P<stem>[^@\s]+)@(?P<instance>[^.\s]+)\.service$")
 
 
 class SystemdRuntime(HostRuntime):
