@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from sshd_server import Sshd, banner, client_config, keypair
-from support import eventually
+from support import CheckRun, eventually
 from test_compose_checks import (  # one compose stack for the module, built the same way
     compose_stack,
     container,
@@ -602,3 +603,42 @@ def test_compose_maintenance_is_served_by_nginx_and_read_from_the_entry(
     assert "the maintenance page is the frontend's" in refused_line(
         runtime, "maintenance", "backend"
     )
+
+
+@pytest.mark.containers
+def test_a_host_whose_sshd_is_stopped_is_one_error_line_and_exit_10(
+    systemd_host: SystemdHost, tmp_path: Path
+) -> None:
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(
+        f"name: systemd-host\nhosts: {{box: {{spec: '{systemd_host.spec}'}}}}\n"
+        "thresholds: {timeout_s: 2, memory_used_percent: 100}\n"
+    )
+
+    def run() -> CheckRun:
+        command = [
+            sys.executable, "-m", "pytest", "-q", "-p", "no:randomly",
+            f"--inventory={inventory}", f"--reports-dir={tmp_path / 'reports'}",
+            "--check=RES-002",
+        ]  # fmt: skip
+        done = subprocess.run(
+            command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+        )
+        return CheckRun(done, tmp_path / "reports")
+
+    healthy = run()
+    assert healthy.exit_code == 0, healthy.output
+    assert systemd_host.systemctl("stop", "ssh.service") == ""
+    try:
+        started = time.monotonic()
+        down = run()
+        assert time.monotonic() - started < 60  # a bound against a hang, not a timing
+    finally:
+        systemd_host.systemctl("start", "ssh.service")
+    assert down.exit_code == 10, down.output
+    assert down.outcome("RES-002", "box") == "error"
+    where = f"ssh://ops@127.0.0.1:{systemd_host.port}"
+    lines = [line for line in down.output.splitlines() if line.startswith("unreachable: ")]
+    assert lines, down.output
+    assert all(line.startswith(f"unreachable: host box ({where}): ") for line in lines)
+    assert "Traceback" not in down.output
