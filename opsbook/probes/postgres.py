@@ -1,5 +1,6 @@
-"""PostgreSQL's facts: connections in use, sessions idle in a transaction, the chat tables, their
-indexes and statistics, the memory settings, pg_stat_statements, recently stored messages.
+"""PostgreSQL's facts: the server's version, connections in use, sessions idle in a transaction,
+the chat tables, their indexes and statistics, the memory settings, pg_stat_statements, recently
+stored messages.
 
 Each probe reads through the run's target (the monitoring role) or through a connection a fix
 opened as the admin role: the same SQL for both, so that a fix decides with the facts its check
@@ -53,6 +54,15 @@ def _rows(db: Db, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]
         if isinstance(db, PostgresTarget):
             return db.query(sql, tuple(params))
         return db.execute(sql.encode(), params).fetchall()
+
+
+# The server
+
+
+def server_version_num(db: Db) -> int:
+    """The server's version as a number: 150004 is 15.4, major version 15 (the number // 10000)."""
+    ((value,),) = _rows(db, "SHOW server_version_num")
+    return int(value)
 
 
 # Connections
