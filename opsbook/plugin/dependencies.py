@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,10 @@ NOT_A_CAUSE = frozenset({"security", "access"})
 UP_EVIDENCE = EVIDENCE_PREFIX + "up"
 # Bounds a re-check's pytest run against a hang (the checks have timeouts of their own).
 RECHECK_TIMEOUT_S = 300.0
+# How long a check blocked by a cause that was fixed may take to pass: facts lag behind a fix
+# (Prometheus's next scrape, a client's reconnect). At most the inventory's verify_timeout_s.
+RECHECK_WINDOW_S = 10.0
+RECHECK_INTERVAL_S = 0.5
 
 # A re-check: node ids -> (outcome, one-line message) for each that ran.
 Recheck = Callable[[list[str]], dict[str, tuple[Outcome, str]]]
@@ -85,10 +90,15 @@ class Board:
     down: dict[str, str] = field(default_factory=dict)
     # node id -> the services its check is about (from its target parameters)
     services: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    # node ids already run again at the end of the run, so that none is run twice
-    rechecked: set[str] = field(default_factory=set)
-    # services a fix proved FIXED in this run
-    fixed: set[str] = field(default_factory=set)
+    # node id -> how many fixes had been proved when it was last run again (at the end of the
+    # run): a check is run again once after each fix that may change what it sees
+    rechecked: dict[str, int] = field(default_factory=dict)
+    # services a fix proved FIXED in this run, with the count of fixes proved by then
+    fixed_at: dict[str, int] = field(default_factory=dict)
+    fixes: int = 0
+    # services whose own failures are blocked by a cause (service -> the cause): not healthy,
+    # but not a cause either
+    blocked_services: dict[str, str] = field(default_factory=dict)
     # True while checks are run again: the report hooks then leave them alone
     rechecking: bool = False
 
@@ -113,10 +123,11 @@ class Board:
             for dependency in self.inventory.dependencies(service):
                 if dependency in self.down and dependency not in services:
                     return dependency
-        # Prometheus sees a target down that is down, or that a fix restarted moments ago
-        # (its next scrape has not come yet): the target itself is the cause.
+        # Prometheus sees a target down that is down (or blocked), or that a fix restarted
+        # moments ago (its next scrape has not come yet): the target itself is the cause.
         scraped = self._down_scrape_targets(up_evidence)
-        if scraped and all(s in self.down or s in self.fixed for s in scraped):
+        troubled = self.down.keys() | self.fixed_at.keys() | self.blocked_services.keys()
+        if scraped and all(s in troubled for s in scraped):
             return scraped[0]
         return None
 
@@ -137,6 +148,11 @@ class Board:
             if str(value) != "1"
         ]
 
+    def mark_blocked(self, nodeid: str, cause: str) -> None:
+        services = self.services.get(nodeid, ())
+        if len(services) == 1 and services[0] != cause:
+            self.blocked_services.setdefault(services[0], cause)
+
     def note(self, nodeid: str, outcome: Outcome, line: str, properties: dict[str, Any]) -> None:
         """Learn from a check's final outcome whether its service is down (or up again)."""
         services = self.services.get(nodeid, ())
@@ -147,7 +163,8 @@ class Board:
         if outcome in (Outcome.PASSED, Outcome.FIXED):
             if outcome is Outcome.FIXED:
                 self.down.pop(service, None)
-                self.fixed.add(service)
+                self.fixes += 1
+                self.fixed_at[service] = self.fixes
             return
         markers = set(str(properties.get(Prop.MARKERS, "")).split(","))
         unreachable = outcome is Outcome.NOT_EVALUATED and Prop.UNREACHABLE in properties
@@ -172,8 +189,9 @@ def _distributed(config: pytest.Config) -> bool:
 
 def pytest_configure(config: pytest.Config) -> None:
     inventory = config.stash.get(INVENTORY, None)
-    if inventory is None or hasattr(config, "workerinput"):
-        # An xdist worker knows only its share of the run: the controller decides.
+    if inventory is None or hasattr(config, "workerinput") or config.getoption("recheck_into"):
+        # An xdist worker knows only its share of the run: the controller decides. A re-check
+        # run reports what it sees; the run that started it knows the causes.
         return
     board = config.stash[BOARD] = Board(inventory, distributed=_distributed(config))
     config.pluginmanager.register(_Rows(config, board), "opsbook-dependencies-rows")
@@ -241,6 +259,7 @@ def settle_blocked(
     report.outcome = "skipped"
     report.longrepr = (str(item.path), (lineno or 0) + 1, reason)
     report.user_properties.append((Prop.BLOCKED_BY, cause))
+    board.mark_blocked(item.nodeid, cause)
     return True
 
 
@@ -333,7 +352,7 @@ def settle_run(session: pytest.Session, board: Board) -> None:
         for row in sorted(owed, key=lambda r: _row_rank(board, r)):
             cause = board.blocker(board.services.get(row.nodeid, ()), row.evidence.get("up"))
             if cause is not None:
-                changes.blocked(row, cause)
+                changes.blocked(row, cause, board)
                 continue
             attempt = fix_row(config, row, _one(recheck, row.nodeid))
             if attempt is None:
@@ -341,24 +360,58 @@ def settle_run(session: pytest.Session, board: Board) -> None:
             if row.outcome is Outcome.FIXED:
                 changes.moved(row.nodeid, "passed")
             board.note(row.nodeid, row.outcome, row.message, _properties_of(row))
+        # What a cause that is up again blocked (not while the cause is itself blocked: a view
+        # of the backend waits for the backend's own re-check and fix).
+        unsettled = set(board.down) | set(board.blocked_services)
         again = [
             row.nodeid
             for row in rows.values()
-            if row.nodeid not in board.rechecked
-            and (
-                (row.outcome is Outcome.BLOCKED and row.blocked_by not in board.down)
-                or (
-                    row.outcome is Outcome.NOT_EVALUATED
-                    and row.unreachable
-                    and set(board.services.get(row.nodeid, ())) & board.fixed
-                )
-            )
+            if _unblocked(board, row, unsettled) or _stale(board, row)
         ]
         if not again:
             return
-        board.rechecked.update(again)
-        for nodeid, (outcome, message) in recheck(again).items():
-            changes.rechecked(rows[nodeid], outcome, message)
+        board.rechecked.update(dict.fromkeys(again, board.fixes))
+        window = min(RECHECK_WINDOW_S, board.inventory.remediation.verify_timeout_s)
+        for nodeid, (outcome, message) in _recheck_within(recheck, again, window).items():
+            row = rows[nodeid]
+            for service in board.services.get(nodeid, ()):
+                board.blocked_services.pop(service, None)
+            changes.rechecked(row, outcome, message)
+            board.note(nodeid, outcome, message, _properties_of(row))
+
+
+def _unblocked(board: Board, row: FindingRow, unsettled: set[str]) -> bool:
+    """A check blocked by a cause that is no longer down (nor itself blocked), not run again
+    since the latest fix."""
+    return (
+        row.outcome is Outcome.BLOCKED
+        and row.blocked_by not in unsettled
+        and board.rechecked.get(row.nodeid, -1) < board.fixes
+    )
+
+
+def _stale(board: Board, row: FindingRow) -> bool:
+    """A check of a service that a fix proved FIXED after the check last ran, which failed
+    (with no fix of its own tried) or could not be evaluated: it saw the service broken."""
+    bad = row.outcome is Outcome.NOT_EVALUATED or (
+        row.outcome is Outcome.FAILED and row.remediation_attempt is None
+    )
+    fixed = [board.fixed_at[s] for s in board.services.get(row.nodeid, ()) if s in board.fixed_at]
+    return bad and bool(fixed) and board.rechecked.get(row.nodeid, -1) < max(fixed)
+
+
+def _recheck_within(
+    recheck: Recheck, nodeids: list[str], window_s: float
+) -> dict[str, tuple[Outcome, str]]:
+    """Run the checks again, and those that do not pass again until the window closes."""
+    end = time.monotonic() + window_s
+    results = recheck(nodeids)
+    while True:
+        waiting = [n for n, (outcome, _) in results.items() if outcome.bad]
+        if not waiting or time.monotonic() >= end:
+            return results
+        time.sleep(RECHECK_INTERVAL_S)
+        results.update(recheck(waiting))
 
 
 def _one(recheck: Recheck, nodeid: str) -> Callable[[], tuple[Outcome, str]]:
@@ -387,7 +440,7 @@ def _classify(board: Board, row: FindingRow, changes: _Changes) -> None:
         return
     cause = board.blocker(board.services.get(row.nodeid, ()), row.evidence.get("up"))
     if cause is not None:
-        changes.blocked(row, cause)
+        changes.blocked(row, cause, board)
         return
     board.note(row.nodeid, row.outcome, row.message, _properties_of(row))
 
@@ -425,7 +478,8 @@ class _Changes:
             # The colour of the counts line follows the categories (pytest's own, private).
             self.terminal._set_main_color()
 
-    def blocked(self, row: FindingRow, cause: str) -> None:
+    def blocked(self, row: FindingRow, cause: str, board: Board) -> None:
+        board.mark_blocked(row.nodeid, cause)
         row.outcome, row.blocked_by = Outcome.BLOCKED, cause
         row.message = f"blocked by {cause}: {row.message}"
         self.moved(row.nodeid, "blocked", row.message)

@@ -161,3 +161,26 @@ def test_under_xdist_the_controller_applies_the_fix_and_rechecks(
     # The counts line agrees with findings.json: nothing is left failed but the log check.
     assert re.search(r"\b1 failed\b", run.output.splitlines()[-1]), run.output
     assert "error" not in run.output.splitlines()[-1]
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist"])
+def test_redis_is_fixed_before_the_backend_when_both_are_down(
+    breakable_sandbox: Stack, run_checks: RunChecks, tmp_path: Path, workers: list[str]
+) -> None:
+    """Redis and the backend both stopped: Redis's fix runs first; the backend, checked again
+    once Redis answers, still fails on its own and gets its own fix; Prometheus's view of the
+    backend is not fixed on its own (it is blocked by the backend, then passes)."""
+    inventory = own_state(breakable_sandbox, tmp_path)
+    breakable_sandbox.stop("redis")
+    breakable_sandbox.stop("backend")
+    run = run_checks(*workers, "--remediate=apply", "--allow=restart", inventory=inventory)
+    assert [line.split(" in ")[0] for line in fix_lines(run)] == [
+        "opsbook fix: QUEUE-001 queue: restart_service FIXED",
+        "opsbook fix: HEALTH-001 backend: restart_service FIXED",
+    ], run.output
+    assert run.outcome("QUEUE-001", "queue") == "fixed"
+    assert run.outcome("HEALTH-001", "backend") == "fixed"
+    for check_id in ("HEALTH-002", "HEALTH-003"):
+        assert run.outcome(check_id, "backend") == "passed", run.output
+    assert run.outcome("OBS-002", "prometheus") == "passed", run.output
+    assert run.row("OBS-002", "prometheus")["remediation_attempt"] is None
