@@ -7,9 +7,11 @@ not resolve (.invalid never does, RFC 6761), a port whose listener never answers
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +59,30 @@ def silent_port() -> Iterator[int]:
         yield listener.getsockname()[1]
 
 
+@pytest.fixture
+def stalling_port() -> Iterator[int]:
+    """A loopback port whose server says its SSH banner, then nothing more: a host that stalls
+    in the key exchange."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):  # the listener closed at the end of the test
+            while True:
+                connection, _ = listener.accept()
+                connection.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+                accepted.append(connection)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    yield listener.getsockname()[1]
+    listener.close()
+    for connection in accepted:
+        connection.close()
+
+
 def test_commands_on_a_host_share_one_ssh_connection(sshd: Sshd) -> None:
     host = HostTarget("app1", Host(spec=sshd.spec), 3.0)
     host.reachable()
@@ -97,6 +123,13 @@ def test_a_host_that_never_answers_costs_one_connect_timeout(silent_port: int) -
     error = unreachable(f"ssh://ops@127.0.0.1:{silent_port}", timeout_s=1.0)
     assert time.monotonic() - started < HANG_BOUND_S
     assert "timed out" in error.reason
+
+
+def test_a_host_that_stalls_after_its_banner_costs_one_timeout_too(stalling_port: int) -> None:
+    started = time.monotonic()
+    error = unreachable(f"ssh://ops@127.0.0.1:{stalling_port}", timeout_s=1.0)
+    assert time.monotonic() - started < HANG_BOUND_S
+    assert error.reason == f"Connection to 127.0.0.1 port {stalling_port} timed out"
 
 
 def test_a_password_in_the_spec_never_reaches_the_line() -> None:
