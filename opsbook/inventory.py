@@ -117,8 +117,12 @@ class HttpEndpoint(_Model, frozen=True):
     health_path: str = "/health"
     user: str | None = None
     password: Secret | None = None
+    # kind prometheus: alerts that fire here by design; ALERT-004 lists them but does not fail
+    expected_alerts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.expected_alerts and self.kind != "prometheus":
+            raise ValueError(f"expected_alerts: only for kind prometheus, not {self.kind}")
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"url: not an http(s) URL: {self.url!r}")
@@ -366,6 +370,11 @@ class Thresholds(_Model, frozen=True):
     container_cpu_percent: Percent = 90
     processed_window_s: Seconds = 3600
     drain_sample_s: Annotated[float, Meta(gt=0, le=60)] = 0.5  # a healthy worker takes a message
+    # OBS-004 fails above either: http_5xx_rate (per second, the runbook's) or this share of
+    # the application's responses (which catches a small deployment that fails every request)
+    http_5xx_ratio: Annotated[float, Meta(ge=0, le=1)] = 0.05
+    traffic_window_s: Seconds = 300  # OBS-004: the real traffic looked at (the runbook's 5 min)
+    cpu_pressure_percent: Percent = 80  # RES-003: time runnable tasks waited for a CPU
 
 
 class Inventory(_Model, frozen=True):
