@@ -36,12 +36,15 @@ from xml.etree import ElementTree
 
 import yaml
 
+from opsbook.pages import status_page
+
 TARGET_SECTIONS = {"http", "postgres", "redis", "hosts", "prometheus", "grafana", "compose"}
 TARGET_SECTIONS |= {"services"}
 INVENTORY_SUFFIXES = {".yaml", ".yml"}
 FINDINGS = "findings.json"
 SUMMARY = "summary.html"
 JUNIT = "junit.xml"
+STATUS_PAGE = "status.html"  # every deployment's targets, worst first (opsbook.pages)
 # Which exit code a fleet run ends with when its deployments' differ: the worst, in this order.
 # pytest's internal error and usage error first, then an unreachable target (10), then a
 # failed check (1); "no check selected" (5) only when it is every deployment's.
@@ -316,6 +319,7 @@ def write_merged(folder: Path, document: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     _write(folder / FINDINGS, json.dumps(document, indent=2) + "\n")
     _write(folder / SUMMARY, summary_page(document, folder))
+    _write(folder / STATUS_PAGE, status_page.render(document))
     _write(folder / JUNIT, merged_junit(document))
 
 
