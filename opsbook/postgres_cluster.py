@@ -5,8 +5,9 @@ Two users, one component: the sandbox's `postgres` (a server that outlives the c
 started it, under the sandbox's pid files) and the restore drill's scratch cluster (a throwaway
 server on a private socket, stopped when the drill ends: `Cluster.running`).
 
-The binaries are in $OPSBOOK_PG_BIN (read when a tool is run, not at import), by default
-Debian's /usr/lib/postgresql/15/bin. PostgreSQL refuses to run as root, so as root the server
+The programs are the cluster's own version's (its PG_VERSION), or for a cluster not yet made
+the newest installed: $OPSBOOK_PG_BIN, else the standard folders (opsbook.pg_tools), looked up
+when a program is run, not at import. PostgreSQL refuses to run as root, so as root the server
 and initdb run as the `postgres` OS user, which must be able to reach the cluster's home.
 """
 
@@ -23,22 +24,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-ENV_PG_BIN = "OPSBOOK_PG_BIN"
-DEFAULT_PG_BIN = "/usr/lib/postgresql/15/bin"
+from opsbook.pg_tools import PgToolsError, server_bin
+
 SUPERUSER = "postgres"
 COMMAND_TIMEOUT_S = 60
 START_DEADLINE_S = 30.0
 STOP_GRACE_S = 15.0
-
-
-def pg_bin() -> Path:
-    """The directory of PostgreSQL's programs: $OPSBOOK_PG_BIN, else Debian's."""
-    return Path(os.environ.get(ENV_PG_BIN) or DEFAULT_PG_BIN)
-
-
-def pg_tool(name: str) -> str:
-    """The path of one PostgreSQL program (`pg_dump`, `pg_restore`, `psql`, ...)."""
-    return str(pg_bin() / name)
 
 
 class ClusterError(Exception):
@@ -82,6 +73,22 @@ class Cluster:
     def initialised(self) -> bool:
         return (self.data / "PG_VERSION").exists()
 
+    @property
+    def major(self) -> int | None:
+        """The major version the cluster was made with (PG_VERSION); None before initdb."""
+        try:
+            return int((self.data / "PG_VERSION").read_text(encoding="ascii").strip())
+        except (OSError, ValueError):
+            return None
+
+    def tool(self, name: str) -> str:
+        """The path of one of the server's programs for this cluster (initdb, postgres,
+        pg_isready, psql, createdb, pg_restore); ClusterError when none is installed."""
+        try:
+            return str(server_bin(self.major) / name)
+        except PgToolsError as exc:
+            raise ClusterError(str(exc)) from None
+
     def dsn(self, database: str, user: str = SUPERUSER) -> str:
         """A libpq connection string over the unix socket."""
         return f"host={self.socket_dir} port={self.port} dbname={database} user={user}"
@@ -112,14 +119,14 @@ class Cluster:
     def initdb(self, *auth: str) -> None:
         """Create the cluster's data directory (`auth`: initdb's --auth-* options)."""
         self.command(
-            [pg_tool("initdb"), "-D", str(self.data), "-U", SUPERUSER, *auth,
+            [self.tool("initdb"), "-D", str(self.data), "-U", SUPERUSER, *auth,
              "--encoding=UTF8", "--locale=C",
              "--no-sync"]  # a cluster opsbook makes is never precious: skip initdb's fsyncs
         )  # fmt: skip
 
     def server_argv(self, *settings: str) -> list[str]:
         """The server's command line; `settings` are NAME=VALUE, each passed with -c."""
-        argv = [pg_tool("postgres"), "-D", str(self.data)]
+        argv = [self.tool("postgres"), "-D", str(self.data)]
         for setting in settings:
             argv += ["-c", setting]
         return argv
@@ -128,7 +135,7 @@ class Cluster:
         """pg_isready on `host` (default: the cluster's socket), with a timeout."""
         try:
             done = subprocess.run(
-                [pg_tool("pg_isready"), "-q", "-h", host or str(self.socket_dir),
+                [self.tool("pg_isready"), "-q", "-h", host or str(self.socket_dir),
                  "-p", str(self.port), "-t", "1"],
                 capture_output=True, timeout=5, check=False,
             )  # fmt: skip
@@ -139,7 +146,7 @@ class Cluster:
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL as the superuser over the unix socket; stops at the first error."""
         return self.command(
-            [pg_tool("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+            [self.tool("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
              "-h", str(self.socket_dir), "-p", str(self.port), "-U", SUPERUSER, "-d", database],
             stdin=sql,
         )  # fmt: skip

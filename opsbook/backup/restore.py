@@ -9,13 +9,21 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from opsbook.backup.tools import BackupError, admin_login, pg_env, redis_admin_client, run_tool
+from opsbook.backup.tools import (
+    BackupError,
+    admin_login,
+    pg_client,
+    pg_env,
+    postgres_admin_connection,
+    redis_admin_client,
+    run_tool,
+    server_major,
+)
 from opsbook.inventory import Postgres, Redis
-from opsbook.postgres_cluster import pg_tool
 
 
-def _toc(dump: Path) -> list[str]:
-    return run_tool([pg_tool("pg_restore"), "-l", str(dump)], what=f"reading {dump}").splitlines()
+def _toc(pg_restore: str, dump: Path) -> list[str]:
+    return run_tool([pg_restore, "-l", str(dump)], what=f"reading {dump}").splitlines()
 
 
 _TOC_ENTRY = re.compile(
@@ -56,17 +64,10 @@ def restore_postgres(spec: Postgres, dump: Path) -> dict[str, int]:
     Data only: the schema must exist (a lost table needs `pg_restore --clean` as the database
     owner). As the admin role, which owns the tables. Returns the restored row counts.
     """
-    import psycopg
-
     user, password = admin_login(spec.admin, "postgres")
-    entries = [m for line in _toc(dump) if (m := _TOC_ENTRY.match(line))]
-    tables = [(m["schema"], m["name"]) for m in entries if m["kind"] == "TABLE DATA"]
-    if not tables:
-        raise BackupError(f"{dump} holds no table data")
-    with psycopg.connect(
-        host=spec.host, port=spec.port, dbname=spec.database, user=user, password=password,
-        sslmode=spec.sslmode, connect_timeout=10, application_name="opsbook-restore",
-    ) as conn:  # fmt: skip
+    with postgres_admin_connection(spec, "opsbook-restore") as conn:
+        # pg_restore and psql of the server's own version: what they write is what it reads.
+        major = server_major(conn)
         references = [
             (str(child), str(parent))
             for child, parent in conn.execute(
@@ -74,6 +75,12 @@ def restore_postgres(spec: Postgres, dump: Path) -> dict[str, int]:
                 " WHERE contype = 'f'"
             ).fetchall()
         ]
+    pg_restore = pg_client("pg_restore", major, f"restoring {dump.name}")
+    psql = pg_client("psql", major, f"restoring {dump.name}")
+    entries = [m for line in _toc(pg_restore, dump) if (m := _TOC_ENTRY.match(line))]
+    tables = [(m["schema"], m["name"]) for m in entries if m["kind"] == "TABLE DATA"]
+    if not tables:
+        raise BackupError(f"{dump} holds no table data")
     references = [(_qualify(c), _qualify(p)) for c, p in references]
     ordered = _fk_order(tables, references)
     line_of = {(m["schema"], m["name"]): m.string for m in entries if m["kind"] == "TABLE DATA"}
@@ -83,20 +90,17 @@ def restore_postgres(spec: Postgres, dump: Path) -> dict[str, int]:
         list_file = Path(scratch) / "restore.list"
         list_file.write_text("\n".join(listing) + "\n", encoding="utf-8")
         script = run_tool(
-            [pg_tool("pg_restore"), "--data-only", "-L", str(list_file), "-f", "-", str(dump)],
+            [pg_restore, "--data-only", "-L", str(list_file), "-f", "-", str(dump)],
             what=f"pg_restore of {dump.name}",
         )
     names = ", ".join(f'"{schema}"."{name}"' for schema, name in ordered)
     sql = f"TRUNCATE {names};\n{script}"
     run_tool(
-        [pg_tool("psql"), "-X", "-q", "--single-transaction", "-v", "ON_ERROR_STOP=1",
+        [psql, "-X", "-q", "--single-transaction", "-v", "ON_ERROR_STOP=1",
          "-h", spec.host, "-p", str(spec.port), "-U", user, "-d", spec.database, "-f", "-"],
         env=pg_env(spec, password), input=sql, what=f"restoring {dump.name} into {spec.database}",
     )  # fmt: skip
-    with psycopg.connect(
-        host=spec.host, port=spec.port, dbname=spec.database, user=user, password=password,
-        sslmode=spec.sslmode, connect_timeout=10, application_name="opsbook-restore",
-    ) as conn:  # fmt: skip
+    with postgres_admin_connection(spec, "opsbook-restore") as conn:
         return {
             name: int(conn.execute(f'SELECT count(*) FROM "{schema}"."{name}"').fetchone()[0])  # type: ignore[index]
             for schema, name in ordered

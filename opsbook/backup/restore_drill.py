@@ -23,7 +23,7 @@ from msgspec import Struct
 from opsbook.backup.manifest import BackupInfo, postgres_part
 from opsbook.backup.tools import BackupError, run_tool
 from opsbook.loopback import free_port
-from opsbook.postgres_cluster import SUPERUSER, Cluster, ClusterError, pg_tool
+from opsbook.postgres_cluster import SUPERUSER, Cluster, ClusterError
 
 # The scratch cluster is never precious: no durability, so the restore runs at full speed.
 SCRATCH_SETTINGS = ("fsync=off", "full_page_writes=off", "synchronous_commit=off")
@@ -152,10 +152,10 @@ def drill(info: BackupInfo, target: str, processed_queue: str) -> DrillResult:
                 processed.extend(str(x) for x in client.lrange(processed_queue, 0, -1))
     with scratch_postgres() as scratch:
         where = ["-h", str(scratch.socket_dir), "-p", str(scratch.port), "-U", SUPERUSER]
-        run_tool([pg_tool("createdb"), *where, database],
+        run_tool([scratch.tool("createdb"), *where, database],
                  what="createdb in the scratch cluster")  # fmt: skip
         began = time.monotonic()
-        run_tool([pg_tool("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error",
+        run_tool([scratch.tool("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error",
                   *where, "-d", database, str(dump)],
                  what=f"pg_restore of {dump.name} into a scratch cluster")  # fmt: skip
         restore_s = time.monotonic() - began

@@ -34,12 +34,15 @@ from opsbook.backup.manifest import (
 from opsbook.backup.tools import (
     BackupError,
     admin_login,
+    pg_client,
     pg_dump_command,
     pg_env,
+    postgres_admin_connection,
     redis_admin_client,
     redis_cli_args,
     redis_env,
     run_tool,
+    server_major,
 )
 from opsbook.inventory import Inventory, Redis
 
@@ -85,7 +88,8 @@ def plan_backup(inventory: Inventory) -> list[str]:
         lines.append("REDISCLI_AUTH=<admin password> " + shlex.join(argv))
     for name, spec in sorted(inventory.postgres.items()):
         user = spec.admin.user if spec.admin else "?"
-        argv = pg_dump_command(spec, user, stage / postgres_part(name))
+        # Which pg_dump is decided when the backup is taken: the server's version's.
+        argv = pg_dump_command("pg_dump", spec, user, stage / postgres_part(name))
         lines.append("PGPASSWORD=<admin password> " + shlex.join(argv))
     if inventory.backup.data_paths:
         paths = [str(p) for p in inventory.backup.data_paths]
@@ -111,9 +115,15 @@ def take_backup(inventory: Inventory) -> BackupInfo:
         for target, spec in sorted(inventory.postgres.items()):
             out, begun = stage / postgres_part(target), utc_now()
             user, password = admin_login(spec.admin, f"postgres {target}")
-            run_tool(pg_dump_command(spec, user, out), env=pg_env(spec, password),
-                     what=f"pg_dump of postgres {target}")  # fmt: skip
-            parts[out.name] = _part(out, "postgres", target, begun, database=spec.database)
+            what = f"pg_dump of postgres {target}"
+            with postgres_admin_connection(spec, "opsbook-backup") as conn:
+                major = server_major(conn)
+            pg_dump = pg_client("pg_dump", major, what)
+            run_tool(pg_dump_command(pg_dump, spec, user, out), env=pg_env(spec, password),
+                     what=what)  # fmt: skip
+            parts[out.name] = _part(
+                out, "postgres", target, begun, database=spec.database, server_major=major
+            )
         if inventory.backup.data_paths:
             out, begun = stage / DATA_PART, utc_now()
             _tar(inventory.backup.data_paths, out)

@@ -1,6 +1,9 @@
 """The client tools a backup runs (pg_dump, pg_restore, psql, redis-cli): where they are, their
 command lines, the environment that carries the credentials, and how they are run.
 
+PostgreSQL's are those of the server's major version (asked as the admin role, the login they
+use), else a newer one's, never an older one's (opsbook.pg_tools).
+
 Credentials are the targets' `admin:` entries, read when a tool runs and handed to it through
 its environment (PGPASSWORD, REDISCLI_AUTH), never on a command line.
 """
@@ -11,11 +14,14 @@ import os
 import shlex
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from opsbook.inventory import Admin, Postgres, Redis
-from opsbook.postgres_cluster import pg_tool
+from opsbook.pg_tools import PgToolsError, client_tool, major_of
+
+if TYPE_CHECKING:
+    import psycopg
 
 COMMAND_TIMEOUT_S = 600
 
@@ -53,9 +59,43 @@ def run_tool(
     return str(done.stdout)
 
 
-def pg_dump_command(spec: Postgres, user: str, out: Path) -> list[str]:
+def postgres_admin_connection(spec: Postgres, application: str) -> psycopg.Connection[Any]:
+    """A connection as the target's admin role (BackupError when it cannot be opened)."""
+    import psycopg
+
+    user, password = admin_login(spec.admin, "postgres")
+    try:
+        return psycopg.connect(
+            host=spec.host, port=spec.port, dbname=spec.database, user=user, password=password,
+            sslmode=spec.sslmode, connect_timeout=10, application_name=application,
+        )  # fmt: skip
+    except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()
+        raise BackupError(
+            f"postgres {spec.host}:{spec.port}/{spec.database} as {user}: "
+            f"{reason[-1] if reason else type(exc).__name__}"
+        ) from None
+
+
+def server_major(conn: psycopg.Connection[Any]) -> int:
+    """The major version of the server behind `conn`, as SHOW server_version_num says."""
+    from opsbook.probes.postgres import server_version_num
+
+    return major_of(server_version_num(conn))
+
+
+def pg_client(name: str, major: int, what: str) -> str:
+    """The path of PostgreSQL's `name` program for a server of `major`; BackupError naming
+    `what`, the versions and the places looked in when only older ones are installed."""
+    try:
+        return str(client_tool(name, major))
+    except PgToolsError as exc:
+        raise BackupError(f"{what}: {exc}") from None
+
+
+def pg_dump_command(pg_dump: str, spec: Postgres, user: str, out: Path) -> list[str]:
     return [
-        pg_tool("pg_dump"), "--format=custom", "--no-password",
+        pg_dump, "--format=custom", "--no-password",
         "-h", spec.host, "-p", str(spec.port), "-U", user, "-d", spec.database, "-f", str(out),
     ]  # fmt: skip
 

@@ -1,4 +1,4 @@
-"""PostgreSQL 15: a private cluster with the `chatdb` database, its schema and two roles.
+"""PostgreSQL (15 or newer): a private cluster with the `chatdb` database, its schema and two roles.
 
 The superuser is reached only through a unix socket under the sandbox dir (peer auth, mapped
 from the OS user that runs the server); every other login is SCRAM over 127.0.0.1. There is no
@@ -73,9 +73,15 @@ class Postgres(Component):
         return server_os_user()
 
     def _process(self) -> Process:
+        try:
+            argv = self.cluster.server_argv()
+        except ClusterError:
+            # No server programs on this machine: status and stop still work, and prepare()
+            # says where it looked before anything is started.
+            argv = ["postgres", "-D", str(self.data)]
         return Process(
             name=self.name,
-            argv=self.cluster.server_argv(),
+            argv=argv,
             log=self.layout.log(self.name),
             pid_file=self.layout.pid_file(self.name),
             user=SUPERUSER if os.geteuid() == 0 else None,
@@ -112,6 +118,10 @@ class Postgres(Component):
         port = require_port(self)
         cluster = self.cluster
         self._check_reachable()
+        try:
+            cluster.tool("postgres")
+        except ClusterError as exc:
+            raise self._failed(exc) from None
         cluster.owned_dir(self.home, 0o755)
         cluster.owned_dir(self.socket_dir, 0o755)
         if not cluster.initialised:
