@@ -5,14 +5,15 @@ a check could not reach a target it serves, or when a critical check of it faile
 access finding does not count: an open door does not stop a service from answering). A failure
 of a service while something it depends on is down is BLOCKED by that dependency: reported under
 its cause, never remediated; the cause's own fix runs first. Prometheus's view of a target (the
-`up` series of OBS-002) is blocked by that target itself when the target is down.
+`up` series of OBS-002) is blocked by that target itself when the target is down, blocked, or
+was just restarted by a fix.
 
 The checks of the services others depend on run first (a stable reordering at collection), so
 the cause is known, and fixed with `--remediate=apply`, before its dependents run. What could not
-be settled in order (a check blocked before its cause was fixed, a cause's own checks that could
-not reach it before its fix) is settled once every check has run: the fixes still owed are
-applied in dependency order, and every check blocked by a cause that was fixed is run again; its
-new result replaces the blocked one.
+be settled in order is settled once every check has run, in dependency order: the fixes still
+owed are applied, and a check that saw something a fix then changed (blocked by a cause that is
+up again, or a check of a fixed service that failed or could not reach it) is run again, once
+after each such fix, within a short window; its new result replaces the old one.
 
 Under pytest-xdist the workers only run checks: the controller, which sees every report, settles
 all of this once they are done, and re-checks in a pytest run of its own (`--recheck-into`).
@@ -563,14 +564,20 @@ def _subprocess_recheck(config: pytest.Config) -> Recheck:
             command = [
                 sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--no-reports",
                 f"--rootdir={config.rootpath}", f"--recheck-into={into}", "-n", "0",
+                # Whatever PYTEST_ADDOPTS says: a re-check only looks.
+                "--remediate=off",
                 *([f"--inventory={inventory}"] if inventory else []),
                 *(["-c", str(config.inipath)] if config.inipath else []),
                 *nodeids,
             ]  # fmt: skip
-            subprocess.run(
-                command, cwd=config.rootpath, env=dict(os.environ), capture_output=True,
-                text=True, timeout=RECHECK_TIMEOUT_S, check=False,
-            )  # fmt: skip
+            try:
+                subprocess.run(
+                    command, cwd=config.rootpath, env=dict(os.environ), capture_output=True,
+                    text=True, timeout=RECHECK_TIMEOUT_S, check=False,
+                )  # fmt: skip
+            except (OSError, subprocess.TimeoutExpired):
+                # Nothing is known: each check stays as it was ("the re-check did not run").
+                return {}
             if not into.exists():
                 return {}
             found = json.loads(into.read_text(encoding="utf-8"))
