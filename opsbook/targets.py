@@ -262,17 +262,19 @@ SSH_BACKENDS = ("ssh", "safe-ssh")
 # masters itself on exit, this only bounds what a killed run leaves behind.
 SSH_CONTROL_PERSIST_S = 60
 _ssh_control_dir: Path | None = None
+_ssh_control_lock = threading.Lock()
 
 
 def _control_dir() -> Path:
     """This process's folder for ssh master sockets: one master per host (`%C` hashes user,
     host and port), shared by every target and runtime that reaches the host in this run."""
     global _ssh_control_dir
-    if _ssh_control_dir is None:
-        # A short path of its own under /tmp: a unix socket path has at most 107 bytes.
-        _ssh_control_dir = Path(tempfile.mkdtemp(prefix="opsbook-ssh-", dir="/tmp"))
-        atexit.register(_close_masters, _ssh_control_dir)
-    return _ssh_control_dir
+    with _ssh_control_lock:  # hosts are reached in parallel (the hosts fixture)
+        if _ssh_control_dir is None:
+            # A short path of its own under /tmp: a unix socket path has at most 107 bytes.
+            _ssh_control_dir = Path(tempfile.mkdtemp(prefix="opsbook-ssh-", dir="/tmp"))
+            atexit.register(_close_masters, _ssh_control_dir)
+        return _ssh_control_dir
 
 
 def _close_masters(directory: Path) -> None:
