@@ -203,3 +203,54 @@ def test_a_host_key_that_does_not_match_is_unreachable(sshd: Sshd, tmp_path: Pat
     )
     error = unreachable(sshd.spec.replace(str(sshd.ssh_config), str(config)))
     assert error.reason == "Host key verification failed"
+
+
+class SilentServer:
+    """A loopback port that accepts connections and never says a word, counting how many are
+    open at once."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port: int = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.open = self.most = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = self.listener.accept()
+                with self.lock:
+                    self.open += 1
+                    self.most = max(self.most, self.open)
+                threading.Thread(target=self._hold, args=(connection,), daemon=True).start()
+
+    def _hold(self, connection: socket.socket) -> None:
+        with connection, contextlib.suppress(OSError):
+            while connection.recv(1024):
+                pass
+        with self.lock:
+            self.open -= 1
+
+
+def test_hosts_that_never_answer_are_waited_for_together(tmp_path: Path) -> None:
+    server = SilentServer()
+    try:
+        inventory = tmp_path / "inventory.yaml"
+        inventory.write_text(
+            "name: ssh-hosts\n"
+            "hosts:\n"
+            f"  app1: {{spec: 'ssh://one@127.0.0.1:{server.port}'}}\n"
+            f"  app2: {{spec: 'ssh://two@127.0.0.1:{server.port}'}}\n"
+            "thresholds: {timeout_s: 1}\n"
+        )
+        run = run_checks(inventory, tmp_path, "--check=RES-002")
+    finally:
+        server.listener.close()
+    assert run.exit_code == 10, run.output
+    assert run.outcome("RES-002", "app1") == run.outcome("RES-002", "app2") == "error"
+    assert "timed out" in run.row("RES-002", "app2")["message"]
+    # Both hosts were waited for at the same time, not one timeout after the other.
+    assert server.most == 2
