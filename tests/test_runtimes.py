@@ -6,8 +6,10 @@
   tests/data/systemd-host on the local base image), reached over ssh as a user whose sudo
   allows systemctl only. Needs the `podman` CLI (scripts/setup-container-engine); skipped,
   with the reason, without it. The first build takes about 40 s, later ones reuse the layers.
-- `compose` and `sandbox`: what they refuse (no stack is needed to refuse); what they do is
-  tested with their stacks (tests/fixes/test_compose_remediation.py, tests/test_sandbox.py).
+- `sandbox`: every verb on the session's native stack (`breakable_sandbox`).
+- `compose`: start, stop, status, reload and maintenance on a real compose project (one stack
+  for the module, as tests/checks/test_compose_checks.py builds it; restart, recreate and scale
+  are in tests/fixes/test_compose_remediation.py). What a runtime refuses needs no stack.
 """
 
 from __future__ import annotations
