@@ -29,7 +29,6 @@ import argparse
 import enum
 import json
 import sys
-import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from typing import Any
 from opsbook.check import Severity
 from opsbook.locations import reports_dir
 from opsbook.outcome import Unit
+from opsbook.pages import present
 
 
 class State(enum.IntEnum):
@@ -89,27 +89,12 @@ def register(commands: Any) -> None:
 
 
 def _text(value: object) -> str:
-    """One printable line: a finding can hold anything a target answered (escape sequences)."""
-    line = " ".join(str(value).split())
-    return "".join(ch if unicodedata.category(ch)[0] != "C" else "?" for ch in line)
+    return present.text(value)
 
 
 def _shown(value: object, unit: str | None = None) -> str:
-    """A typed value as a person reads it: `93.5 %`, `yes`, `a, b`, `processed=3, waiting=0`."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int | float):
-        if unit in set(Unit):
-            return Unit(unit).show(value)
-        number = f"{value:g}" if isinstance(value, float) else str(value)
-        return f"{number} {_text(unit)}" if unit else number
-    if isinstance(value, list):
-        return ", ".join(_shown(item) for item in value) or "none"
-    if isinstance(value, dict):
-        return ", ".join(f"{_text(k)}={_shown(v)}" for k, v in value.items())
-    return _text(value)
+    """A typed value as a person reads it (as the HTML pages show it), `-` for none."""
+    return present.shown(value, unit) or "-"
 
 
 def _value(row: dict[str, Any]) -> str:
