@@ -110,6 +110,10 @@ CHECKS_CASES = [
     ),
     pytest.param(None, ["--inventory="], {}, "--inventory: empty path", id="inventory-empty"),
     pytest.param(
+        _inventory, ["--allow=restat"], {}, "--allow: no such kind of step: restat",
+        id="allow-unknown-kind",
+    ),
+    pytest.param(
         _waivers(WAIVER.replace(b"CHECK", b"NOPE-001").replace(b"DATE", b"2099-01-01")),
         [], {}, "waiver for NOPE-001 (alice, OPS-1): no such check", id="waiver-unknown-check",
     ),
@@ -189,3 +193,74 @@ def test_audit_log_verify_refuses_a_damaged_anchor_in_one_line(
     )
     assert result.returncode == 1, result.stdout + result.stderr
     _one_line(result.stderr, expected)
+
+
+REMEDIATE_CASES = [
+    *FINDINGS_CASES,
+    pytest.param(
+        json.dumps({"run": {}, "findings": [{"check_id": "DB-001", "outcome": "failed"}]}).encode(),
+        "not a run's findings: DB-001 has no nodeid",
+        id="row-without-nodeid",
+    ),
+]
+
+
+@pytest.mark.parametrize(("content", "expected"), REMEDIATE_CASES)
+def test_remediate_refuses_a_damaged_findings_file_in_one_line(
+    tmp_path: Path, content: bytes, expected: str
+) -> None:
+    reports = _reports(tmp_path, content)
+    result = _run(
+        [sys.executable, "-m", "opsbook", "remediate", "latest", "--check", "DB-001",
+         f"--reports-dir={reports}"],
+        {}, tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    _one_line(result.stderr, expected)
+
+
+SANDBOX_USAGE = 2  # the sandbox command's bad usage (docs/sandbox.md), argparse's own code
+MISSING = "no such folder"
+
+SANDBOX_CASES = [
+    pytest.param(["status"], MISSING, id="status-dir-missing"),
+    pytest.param(["status", "--engine", "compose"], MISSING, id="status-dir-missing-compose"),
+    pytest.param(["scale", "worker", "9"], "cannot scale worker to 9 (1 to 8)", id="scale-9"),
+    pytest.param(["scale", "worker", "0"], "cannot scale worker to 0 (1 to 8)", id="scale-0"),
+    pytest.param(
+        ["scale", "worker", "100000"], "cannot scale worker to 100000 (1 to 8)", id="scale-huge"
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), SANDBOX_CASES)
+def test_the_sandbox_command_refuses_bad_usage_in_one_line_and_makes_no_folder(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    missing = tmp_path / "no sandbox here"
+    result = _run(
+        [sys.executable, "-m", "opsbook", "sandbox", *args, "--dir", str(missing)], {}, tmp_path
+    )
+    assert result.returncode == SANDBOX_USAGE, result.stdout + result.stderr
+    _one_line(result.stderr, expected)
+    assert not missing.exists()
+
+
+BACKUP_INVENTORY = INVENTORY + "backup: {dir: BACKUPS}\n"
+
+
+def _allow_command(tmp_path: Path, command: str) -> list[str]:
+    if command == "remediate":
+        return ["remediate", "latest", "--check", "DB-001", f"--reports-dir={tmp_path}"]
+    inventory = _inventory(tmp_path, BACKUP_INVENTORY.replace("BACKUPS", str(tmp_path / "b")))
+    return ["backup", "restore", "latest", "--apply", f"--inventory={inventory}"]
+
+
+@pytest.mark.parametrize("command", ["remediate", "backup"])
+def test_allow_with_an_unknown_kind_is_one_line(tmp_path: Path, command: str) -> None:
+    result = _run(
+        [sys.executable, "-m", "opsbook", *_allow_command(tmp_path, command), "--allow=restat"],
+        {}, tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    _one_line(result.stderr, "--allow: no such kind of step: restat (risky kinds: ")

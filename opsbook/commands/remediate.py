@@ -9,16 +9,16 @@ run again until it passes or the inventory's `remediation.verify_timeout_s` runs
                                                     release the deployment's brake
 
 Exit codes: 0 fixed, planned, or nothing to do; 1 applied but NOT FIXED, or the fix failed;
-2 bad usage (unknown run, check, kind or inventory); 3 refused (not allowed, over budget, or
-another run holds the remediation lock, or it cannot be written); 11 fixed, but the audit log
-could not take the entry (a full disk, say: the output says why), as a checks run exits.
+2 bad usage (unknown run, check, kind or inventory; a run whose findings.json cannot be read,
+in one line saying why); 3 refused (not allowed, over budget, or another run holds the
+remediation lock, or it cannot be written); 11 fixed, but the audit log could not take the
+entry (a full disk, say: the output says why), as a checks run exits.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import subprocess
 import sys
@@ -68,12 +68,20 @@ def _run_dir(reports: Path, ref: str) -> Path:
 
 
 def _rows(run_dir: Path, check: str, target: str | None) -> tuple[dict[str, Any], list[Any]]:
-    document = json.loads((run_dir / "findings.json").read_text(encoding="utf-8"))
+    from opsbook.findings_file import FindingsUnreadable, read_findings
+
+    try:
+        document = read_findings(run_dir / "findings.json")
+    except FindingsUnreadable as exc:
+        raise Usage(str(exc)) from None
     rows = [r for r in document["findings"] if r["check_id"] == check]
     if not rows:
         raise Usage(f"check {check} did not run in {run_dir.name}")
+    if any(not isinstance(r.get("nodeid"), str) for r in rows):
+        # The check is run again by its node id: a row without one cannot be verified.
+        raise Usage(f"{run_dir / 'findings.json'}: not a run's findings: {check} has no nodeid")
     if target is not None:
-        rows = [r for r in rows if r["target"] == target]
+        rows = [r for r in rows if r.get("target") == target]
         if not rows:
             raise Usage(f"check {check} did not run on target {target} in {run_dir.name}")
     return document["run"], rows
@@ -174,7 +182,7 @@ def _one(
     from opsbook.outcome import FixVerdict
     from opsbook.remediate.context import Context
 
-    where = f"{row['check_id']} on {row['target'] or '-'}"
+    where = f"{row['check_id']} on {row.get('target') or '-'}"
     if row["outcome"] not in ("failed", "error"):
         print(f"{where}: {row['outcome']} in that run, nothing to remediate")
         return 0
@@ -188,7 +196,7 @@ def _one(
             attempt.verdict = FixVerdict.NOT_FIXED if after else FixVerdict.FIXED
             attempt.after = redact(after) or "passed"
 
-    ctx = Context(inventory, row["check_id"], row.get("target_kind") or "", row["target"])
+    ctx = Context(inventory, row["check_id"], row.get("target_kind") or "", row.get("target") or "")
     attempt = remediator.apply_one(
         _import(row["remediation"]), ctx, apply=args.apply, redact=redact, verify=verify
     )

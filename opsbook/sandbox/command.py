@@ -7,7 +7,9 @@ production code never imports opsbook.sandbox.
 container engine (compose.yaml; docs/compose.md) instead of native processes.
 
 Exit codes: 0 done; 1 a component failed (one line naming it, then the tail of its log, on
-stderr); 2 bad usage; 3 `status` found a component not running.
+stderr); 2 bad usage, in one line: `status --dir` on a folder that does not exist (status never
+creates one), `scale` to a count outside 1 to MAX_REPLICAS; 3 `status` found a component not
+running (without --dir, also when the default sandbox folder does not exist yet).
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from typing import Any
 from opsbook.compose import ComposeError
 from opsbook.locations import state_dir
 from opsbook.sandbox.process import SandboxError
-from opsbook.sandbox.stack import COMPONENTS, SCALABLE, Stack
+from opsbook.sandbox.stack import COMPONENTS, MAX_REPLICAS, SCALABLE, ComponentStatus, Stack
 
 ENV_SANDBOX_DIR = "OPSBOOK_SANDBOX_DIR"
 ENGINES = ("native", "compose")
 EXIT_FAILED = 1
+EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
 
 
@@ -66,7 +69,7 @@ def register(commands: Any) -> None:
         one.add_argument("component", choices=COMPONENTS)
     scale = actions.add_parser("scale", help="run N processes of a component", parents=[where])
     scale.add_argument("component", choices=SCALABLE)
-    scale.add_argument("count", type=int)
+    scale.add_argument("count", type=int, help=f"1 to {MAX_REPLICAS}")
 
 
 def _sandbox_dir(given: Path | None) -> Path:
@@ -94,10 +97,29 @@ def _holds_compose_project(stack: Stack) -> bool:
     return any(line.startswith("compose:") for line in text.splitlines())
 
 
+def _usage(args: argparse.Namespace) -> str:
+    """What is wrong with the command line that argparse cannot see; '' when nothing."""
+    if args.action == "status" and args.dir is not None and not args.dir.is_dir():
+        return f"--dir {args.dir}: no such folder (no sandbox there)"
+    if args.action == "scale" and not 1 <= args.count <= MAX_REPLICAS:
+        return f"cannot scale {args.component} to {args.count} (1 to {MAX_REPLICAS})"
+    return ""
+
+
 def run(args: argparse.Namespace) -> int:
+    problem = _usage(args)
+    if problem:
+        print(f"sandbox {args.action}: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     if getattr(args, "engine", "native") == "compose":
         return _run_compose(args)
-    stack = Stack(_sandbox_dir(args.dir), getattr(args, "name", "sandbox"))
+    directory = _sandbox_dir(args.dir)
+    if args.action == "status" and not directory.is_dir():
+        # Nothing was ever set up here: every component is stopped, and status makes no folder.
+        for name in COMPONENTS:
+            print(ComponentStatus(name, False, None, None).line())
+        return EXIT_NOT_RUNNING
+    stack = Stack(directory, getattr(args, "name", "sandbox"))
     try:
         if args.action == "up":
             inventory = stack.up()
