@@ -38,6 +38,7 @@ import pytest
 from opsbook.outcome import Outcome
 from opsbook.plugin.collection import TARGET_KINDS
 from opsbook.plugin.keys import CHECK, EVIDENCE_PREFIX, FINDINGS, INVENTORY, TARGETS, Prop
+from opsbook.plugin.remediate import fix_row, write_own_line
 
 if TYPE_CHECKING:
     from opsbook.inventory import Inventory
@@ -335,8 +336,6 @@ def _row_rank(board: Board, row: FindingRow) -> int:
 def settle_run(session: pytest.Session, board: Board) -> None:
     """Once every check has run: decide what is blocked (under xdist), apply the fixes still
     owed in dependency order, and run again what a fixed cause blocked."""
-    from opsbook.plugin.remediate import fix_row
-
     config = session.config
     rows = config.stash[FINDINGS].rows
     recheck = _subprocess_recheck(config) if board.distributed else _inprocess_recheck(session)
@@ -500,14 +499,6 @@ class _Changes:
         if self.terminal is not None:
             line = f"opsbook re-check: {row.check_id} {row.target or '-'}: {outcome.name}"
             write_own_line(self.terminal, line + (f" ({message})" if message else ""))
-
-
-def write_own_line(terminal: Any, line: str, **markup: bool) -> None:
-    """A line of its own in the terminal, also when the line of progress is half written."""
-    writer = getattr(terminal, "_tw", None)
-    if writer is not None and writer.width_of_current_line:
-        terminal.write("\n")
-    terminal.write_line(line, **markup)
 
 
 def _inprocess_recheck(session: pytest.Session) -> Recheck:

@@ -12,13 +12,12 @@ import importlib
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from opsbook.errors import NotEvaluated
 from opsbook.outcome import FixVerdict, Outcome
-from opsbook.plugin.dependencies import write_own_line
 from opsbook.plugin.keys import (
     CHECK,
     INVENTORY,
@@ -268,6 +267,14 @@ class _Fixer:
             after=attempt.after or None,
         )
         return attempt
+
+
+def write_own_line(terminal: Any, line: str, **markup: bool) -> None:
+    """A line of its own in the terminal, also when the line of progress is half written."""
+    writer = getattr(terminal, "_tw", None)
+    if writer is not None and writer.width_of_current_line:
+        terminal.write("\n")
+    terminal.write_line(line, **markup)
 
 
 def fix_row(
