@@ -198,17 +198,26 @@ class ComposeProject:
     def label(self) -> str:
         return f"compose project {self.project}"
 
+    def _inspect(self, listed: Any) -> Any:
+        import docker.errors
+
+        try:
+            return self.client.containers.get(listed.id)
+        except docker.errors.NotFound:
+            return None  # removed between the list and its inspect (a recreate): it is gone
+
     def containers(self, service: str | None = None) -> list[Any]:
         """The project's containers (of one service), stopped ones included, by number."""
         if self._snapshot is None:
             with asking_engine(service or self.label, "docker ps"):
                 # ignore_removed: a container removed between the list and its inspect (a
                 # recreate) is not an error, it is gone.
-                found = self.client.containers.list(
-                    all=True,
-                    filters={"label": [f"{PROJECT_LABEL}={self.project}"]},
-                    ignore_removed=True,
+                listed = self.client.containers.list(
+                    all=True, filters={"label": [f"{PROJECT_LABEL}={self.project}"]}, sparse=True
                 )
+                # Inspected all at once (the SDK's own list inspects one after another).
+                with ThreadPoolExecutor(max_workers=max(1, len(listed))) as pool:
+                    found = [c for c in pool.map(self._inspect, listed) if c is not None]
             self._snapshot = sorted(found, key=lambda c: int(c.labels.get(NUMBER_LABEL, "0") or 0))
         if service is None:
             return list(self._snapshot)
