@@ -6,7 +6,7 @@ GET /health               200 {"status":"ok","database":"ok","redis":"ok"}, or 5
 POST /api/messages        {"content","user_id"[,"conversation_id","role"]}
                           -> 202 {"id","conversation_id"}, queued on message_queue
 GET /api/messages/<id>    the stored message, or 404
-GET /metrics              http_requests_total{status}, queue_pending_messages
+GET /metrics              http_requests_total{handler,status}, queue_pending_messages
 
 No response body carries versions, DSNs or stack traces; failures are logged with ERROR.
 """
@@ -42,6 +42,19 @@ from chatapp.config import PENDING, AppConfig, setup_logging
 MAX_BODY = 64 * 1024
 log = logging.getLogger("backend")
 
+# The `handler` label of http_requests_total: the route that answered, from a fixed set (a
+# path with a message id in it would make a series per message), with the statuses each
+# route answers. Every pair is exported from the start at 0, as prometheus_client advises
+# for labels known in advance: the first 500 of an outage is then an increase Prometheus
+# sees, where a series born at 1 would show none.
+ROUTES = {
+    "/api/messages": ("202", "400", "413", "500", "503"),
+    "/api/messages/{id}": ("200", "404", "500", "503"),
+    "/health": ("200", "500", "503"),
+    "/metrics": ("200", "500"),
+    "other": ("404", "501"),
+}
+
 
 class Backend:
     """The application behind the HTTP handler (one per process)."""
@@ -53,9 +66,12 @@ class Backend:
         # process_resident_memory_bytes and friends, for the HighMemoryUsage alert.
         ProcessCollector(registry=self.registry)
         self.requests = Counter(
-            "http_requests", "HTTP requests answered, by status code", ["status"],
-            registry=self.registry,
+            "http_requests", "HTTP requests answered, by route and status code",
+            ["handler", "status"], registry=self.registry,
         )  # fmt: skip
+        for handler, statuses in ROUTES.items():
+            for status in statuses:
+                self.requests.labels(handler=handler, status=status)
         pending = Gauge(
             "queue_pending_messages", "Messages waiting in message_queue (LLEN at scrape)",
             registry=self.registry,
@@ -163,12 +179,13 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "chat-backend"
     sys_version = ""
     app: Backend  # set on the class by serve()
+    handler = "other"  # the route answering this request (a key of ROUTES)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.info("%s %s", self.address_string(), format % args)
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.app.requests.labels(status=str(status)).inc()
+        self.app.requests.labels(handler=self.handler, status=str(status)).inc()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -187,6 +204,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
+        self.handler = (
+            path if path in ("/health", "/metrics")
+            else "/api/messages/{id}" if path.startswith("/api/messages/")
+            else "other"
+        )  # fmt: skip
         try:
             if path == "/health":
                 self._json(*self.app.health())
@@ -202,6 +224,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
+        self.handler = "/api/messages" if path == "/api/messages" else "other"
         if path != "/api/messages":
             self._json(404, {"error": "not found"})
             return
