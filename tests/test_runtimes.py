@@ -257,6 +257,22 @@ def test_command_runtime_refuses_what_the_inventory_gives_no_command_for(
     )
 
 
+def test_a_status_command_that_cannot_run_is_a_failure_not_a_stopped_service(
+    tmp_path: Path, echo: EchoService
+) -> None:
+    inventory = load(
+        tmp_path,
+        "name: commands\nservices:\n  echo: {runtime: command, commands: "
+        "{start: 'true', stop: 'true', status: no-such-status-tool}}\n",
+    )
+    runtime = runtime_named(inventory, "command")
+    with pytest.raises(RuntimeCommandFailed) as raised:
+        runtime.is_running("echo")
+    assert str(raised.value).startswith(
+        "command runtime: status echo on host local: `no-such-status-tool` failed (exit status 127"
+    )
+
+
 def test_a_failing_command_is_one_line_naming_runtime_command_and_host(
     tmp_path: Path, echo: EchoService
 ) -> None:

@@ -96,13 +96,19 @@ class HostRuntime:
         done = host.testinfra.run(f"timeout {COMMAND_TIMEOUT_S} sh -c %s", command)
         if done.rc in ok:
             return done
+        raise self.failure(verb, service, command, done)
+
+    def failure(self, verb: str, service: str, command: str, done: Any) -> RuntimeCommandFailed:
+        """The one line for a command that failed: runtime, verb, service, host, the command
+        and its own last words (or `timeout`'s)."""
         if done.rc == TIMED_OUT:
             why = f"no answer within {COMMAND_TIMEOUT_S} s"
         else:
             last = [line.strip() for line in done.stderr.splitlines() if line.strip()][-1:]
             why = f"exit status {done.rc}" + (f": {last[0]}" if last else "")
-        raise RuntimeCommandFailed(
-            f"{self.name} runtime: {verb} {service} on host {host.name}: `{command}` failed ({why})"
+        return RuntimeCommandFailed(
+            f"{self.name} runtime: {verb} {service} on host {self.host(service).name}: "
+            f"`{command}` failed ({why})"
         )
 
     def maintenance_flag(self) -> None:

@@ -70,10 +70,14 @@ class CommandRuntime(HostRuntime):
 
     def is_running(self, service: str) -> bool:
         refuse(self, "status", service)
-        # Any exit status is an answer (0: runs); only `timeout`'s 124 is not.
-        answers = tuple(rc for rc in range(256) if rc != 124)
+        # Any exit status is an answer (0: runs), but for `timeout`'s 124 (no answer), the
+        # shell's 126 and 127 (the command cannot run) and a sudo that refused: "not running"
+        # would be a guess, and a fix would act on it.
+        answers = tuple(rc for rc in range(256) if rc not in (124, 126, 127))
         status = self._sudo(service, self.commands(service).status)
         done = self.run("status", service, status, ok=answers)
+        if done.rc != 0 and self.sudo(service) and done.stderr.lstrip().startswith("sudo:"):
+            raise self.failure("status", service, status, done)
         return bool(done.rc == 0)
 
     def replicas(self, service: str) -> int:
