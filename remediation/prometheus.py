@@ -8,6 +8,7 @@ from opsbook.locations import PACKAGE
 from opsbook.probes import prometheus as probe
 from opsbook.remediate.context import Context
 from opsbook.remediate.plan import Plan, StepKind
+from opsbook.remediate.runtime import refuse
 from opsbook.remediation.services import owner, runtime_of
 from opsbook.targets import HttpTarget
 
@@ -55,6 +56,7 @@ def reload_rules(ctx: Context, *, apply: bool) -> Plan:
         return plan.nothing("every shipped rule is loaded")
     service = owner(ctx)
     runtime = runtime_of(ctx, service)
+    refuse(runtime, "reload", service)
 
     def reload() -> str:
         runtime.reload(service)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from opsbook.probes import queue as probe
 from opsbook.remediate.context import Context, NoRuntime
 from opsbook.remediate.plan import Plan, StepKind
+from opsbook.remediation.services import runtime_of
 from opsbook.targets import RedisTarget
 
 if TYPE_CHECKING:
@@ -173,7 +174,7 @@ def restart_consumer(ctx: Context, *, apply: bool) -> Plan:
                 f"{queues.pending} is draining: {drain.processed} processed in {sample_s:g} s"
             )
         service = _consumer_of(ctx, target.name)
-        runtime = ctx.runtime()
+        runtime = runtime_of(ctx, service)
 
         def restart() -> str:
             runtime.restart(service)
@@ -218,7 +219,8 @@ def scale_workers(ctx: Context, *, apply: bool) -> Plan:
     target = _checker(ctx)
     try:
         depth = probe.depth(target, pending)
-        runtime, service = ctx.runtime(), consumer(ctx)
+        service = consumer(ctx)
+        runtime = runtime_of(ctx, service)
         running = runtime.replicas(service)
 
         def scale_down() -> str:

@@ -17,6 +17,7 @@ from opsbook.inventory import Inventory
 from opsbook.probes.containers import ComposeProject, connect
 from opsbook.probes.health import answers_now
 from opsbook.probes.prometheus import ScrapeTarget, scrape_targets
+from opsbook.remediate import runtime as runtimes
 from opsbook.remediate.context import Context, NoRuntime
 from opsbook.remediate.plan import Plan, StepKind
 from opsbook.remediate.runtime import Runtime
@@ -43,16 +44,16 @@ def owner(ctx: Context) -> str:
 
 
 def runtime_of(ctx: Context, service: str) -> Runtime:
-    """The runtime that drives `service`; NoRuntime when opsbook cannot drive it from here
-    (none named, or a systemd or command service, which this fix does not restart yet)."""
+    """The runtime that drives `service`: its own (`services.NAME.runtime`: systemd, command),
+    else the deployment's (sandbox or compose, the context's); NoRuntime when none can."""
     declared = ctx.inventory.runtime_of(service)
-    runtime = ctx.runtime()
-    if declared != runtime.name:
-        raise NoRuntime(
-            f"{service} runs under {declared or 'no runtime'}, not {runtime.name}: "
-            "opsbook cannot restart it from here"
-        )
-    return runtime
+    if declared is None:
+        raise NoRuntime(f"the inventory names no runtime that drives {service}")
+    inventory = ctx.inventory
+    deployment = "sandbox" if inventory.sandbox else "compose" if inventory.compose else None
+    if declared == deployment:
+        return ctx.runtime()
+    return runtimes.runtime_named(ctx.inventory, declared)
 
 
 def _compose_problems(ctx: Context, service: str) -> list[str]:
@@ -114,6 +115,7 @@ def restart_service(ctx: Context, *, apply: bool) -> Plan:
         why = ""
     service = owner(ctx)
     runtime = runtime_of(ctx, service)
+    runtimes.refuse(runtime, "restart", service)
     if service != ctx.target:
         why = f", which serves {ctx.target}{why}"
 
@@ -124,13 +126,14 @@ def restart_service(ctx: Context, *, apply: bool) -> Plan:
     plan.add(
         f"restart {service}{why}", runtime.command("restart", service), StepKind.RESTART, restart
     )
-    plan.add(
-        f"recreate {service}",
-        runtime.command("recreate", service),
-        StepKind.RECREATE,
-        lambda: runtime.recreate(service),
-        only_if=(f"if {ctx.target} is still unhealthy", lambda: not _healthy(ctx)),
-    )
+    if runtime.refusal("recreate", service) is None:  # a systemd unit has no image, say
+        plan.add(
+            f"recreate {service}",
+            runtime.command("recreate", service),
+            StepKind.RECREATE,
+            lambda: runtime.recreate(service),
+            only_if=(f"if {ctx.target} is still unhealthy", lambda: not _healthy(ctx)),
+        )
     return plan.finish(apply, ctx.gate)
 
 

@@ -92,12 +92,13 @@ def test_stopped_redis_is_restarted_and_the_backend_is_left_alone(
     ]
     assert stack.component("redis").is_running()
     assert pids(stack, "backend", "worker", "nginx") == dependents
-    # The next daily run is green but for the log check (the outage's errors are in the logs).
+    # The next daily run is green but for the log check (the outage's errors are in the logs)
+    # and the host's resources (RES-*: this machine's load, shared with other test runs).
     daily = run_checks(inventory=inventory)
     failing = {
         key: outcome
         for key, outcome in daily.outcomes().items()
-        if outcome not in ("passed", "skipped") and not key[0].startswith("LOG-")
+        if outcome not in ("passed", "skipped") and not key[0].startswith(("LOG-", "RES-"))
     }
     assert not failing, daily.output
 
