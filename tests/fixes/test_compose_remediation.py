@@ -9,7 +9,9 @@ Needs a Docker API and `docker compose`; skipped, with the reason, when either i
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -17,6 +19,8 @@ from pathlib import Path
 import msgspec
 import pytest
 import redis
+import requests
+import yaml
 from test_compose_checks import (  # one stack per module, built the same way
     SHORT_LOG_WINDOW,
     compose_stack,
@@ -131,6 +135,121 @@ def test_memory_squeezed_backend_is_recreated(
     assert again.exit_code == 0, again.output
     limits = again.row("COMPOSE-005", "backend")["observed"][name]
     assert limits["memory_bytes"] == 256 * 2**20, limits
+
+
+@pytest.mark.fixes("COMPOSE-002")
+def test_killed_worker_is_restarted(
+    compose_stack: ComposeStack, runtime: ComposeRuntime, run_compose
+) -> None:
+    name = container(compose_stack, "worker")
+    docker(compose_stack, "kill", name)
+    eventually(lambda: not runtime.is_running("worker"), "the worker is killed")
+    run = run_compose("--check=COMPOSE-002", "--remediate=apply", "--allow=restart")
+    fixed = attempt(run, "COMPOSE-002", "worker")
+    assert (fixed["status"], fixed["verdict"]) == ("applied", "FIXED"), run.output
+    assert fixed["plan"][0].startswith(f"[restart] restart worker ({name} is exited (137)): "), (
+        fixed
+    )
+    assert fixed["plan"][0].endswith("restart worker -> healthy"), fixed
+    assert runtime.replicas("worker") == 1
+
+
+class HealthcheckTimer:
+    """Runs the worker's HEALTHCHECK every second, as Docker's own timer would: Podman without
+    systemd never runs one by itself (`podman healthcheck run NAME` does)."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.stopping = name, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stopping.wait(1.0):
+            subprocess.run(
+                ["podman", "healthcheck", "run", self.name], capture_output=True, timeout=30
+            )
+
+    def __enter__(self) -> HealthcheckTimer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=40)
+
+
+@pytest.mark.fixes("COMPOSE-003")
+def test_unhealthy_worker_is_restarted(
+    compose_stack: ComposeStack, runtime: ComposeRuntime, run_compose
+) -> None:
+    if shutil.which("podman") is None:
+        pytest.skip("the engine is not Podman: its own timer runs the HEALTHCHECK")
+    name = container(compose_stack, "worker")
+    with HealthcheckTimer(name):
+        # The worker's HEALTHCHECK tests its ready file: gone, the container turns unhealthy.
+        docker(compose_stack, "exec", name, "rm", "-f", "/tmp/worker.ready")
+
+        def unhealthy() -> bool:
+            health = docker(compose_stack, "inspect", "-f", "{{.State.Health.Status}}", name)
+            return health.strip() == "unhealthy"
+
+        eventually(unhealthy, "the worker is reported unhealthy", deadline_s=60)
+        run = run_compose(
+            "--check=COMPOSE-003", "--remediate=apply", "--allow=restart,recreate",
+            env=SHORT_LOG_WINDOW,
+        )  # fmt: skip
+    fixed = attempt(run, "COMPOSE-003", "worker")
+    assert (fixed["status"], fixed["verdict"]) == ("applied", "FIXED"), run.output
+    assert fixed["plan"][0].startswith(f"[restart] restart worker ({name} is unhealthy): "), fixed
+
+
+@pytest.mark.fixes("OBS-002")
+def test_scrape_target_down_has_its_compose_service_restarted(
+    compose_stack: ComposeStack, runtime: ComposeRuntime, run_compose
+) -> None:
+    docker(compose_stack, "stop", "--time", "5", container(compose_stack, "backend"))
+    prometheus = load_inventory(compose_stack.inventory_path, environ={}).http["prometheus"]
+
+    def backend_scraped(value: str) -> bool:
+        answer = requests.get(
+            f"{prometheus.url}/api/v1/query", params={"query": 'up{job="backend"}'}, timeout=3
+        ).json()
+        return [s["value"][1] for s in answer["data"]["result"]] == [value]
+
+    try:
+        eventually(lambda: backend_scraped("0"), "Prometheus scraped the stopped backend")
+        run = run_compose("--check=OBS-002", "--remediate=apply", "--allow=restart")
+    finally:
+        runtime.restart("backend")
+    fixed = attempt(run, "OBS-002", "prometheus")
+    assert (fixed["status"], fixed["verdict"]) == ("applied", "FIXED"), run.output
+    (step,) = fixed["plan"]
+    assert step.startswith(
+        "[restart] restart backend: scrape target backend/backend:8000 is down"
+    ), step
+    assert step.endswith(" restart backend -> answers, scraped up"), step
+
+
+@pytest.mark.fixes("COMPOSE-007")
+def test_unpublished_redis_stopped_is_restarted(
+    compose_stack: ComposeStack, runtime: ComposeRuntime, run_compose, tmp_path: Path
+) -> None:
+    raw = yaml.safe_load(compose_stack.inventory_path.read_text())
+    del raw["postgres"], raw["redis"]
+    for service in ("postgres", "redis"):  # the services no longer serve those targets
+        raw.get("services", {}).get(service, {}).pop("targets", None)
+    unpublished = tmp_path / "unpublished.yaml"
+    unpublished.write_text(yaml.safe_dump(raw))
+    docker(compose_stack, "stop", "--time", "5", container(compose_stack, "redis"))
+    try:
+        run = run_compose(
+            "--check=COMPOSE-007", "--remediate=apply", "--allow=restart", inventory=unpublished,
+            env=SHORT_LOG_WINDOW,
+        )  # fmt: skip
+    finally:
+        runtime.restart("redis")  # whatever the fix did, the next test finds Redis running
+    fixed = attempt(run, "COMPOSE-007", "redis")
+    assert (fixed["status"], fixed["verdict"]) == ("applied", "FIXED"), run.output
+    assert fixed["plan"][0].endswith("restart redis -> healthy"), fixed
 
 
 def test_backend_scales_to_three_and_back(
