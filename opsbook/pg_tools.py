@@ -9,8 +9,8 @@ looked in first, and its programs are version-checked like PATH's.
 A client program (pg_dump, pg_restore, psql) is the server's major version's. When that one is
 not installed, the nearest newer one will do (pg_dump dumps servers of its own version or
 older, pg_restore reads the archives of its own pg_dump or older ones); an older one never:
-pg_dump refuses a newer server at best, and a backup taken with it would be one the server's own
-tools cannot be trusted to restore. The error names the versions and every place looked in.
+an older pg_dump does not know what a newer server may hold (it refuses one at best), so a
+backup is never taken with it. The error names the versions and every place looked in.
 
 The server's programs (postgres, initdb, pg_isready, createdb) for a cluster opsbook runs itself
 are those of the cluster's own version (its PG_VERSION file), else the newest installed.
@@ -72,7 +72,7 @@ class Places:
 
 def major_of(version_num: int) -> int:
     """The major version of `server_version_num` (150004 is 15.4: 15). Before 10 the major had
-    two parts (90624 is 9.6.24); those come out as 9, older than any version opsbook accepts."""
+    two parts (90624 is 9.6.24); those come out as 9, whose servers any newer pg_dump serves."""
     return version_num // 10000
 
 
