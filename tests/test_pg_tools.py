@@ -124,12 +124,16 @@ def test_a_servers_programs_are_its_versions_else_the_newest_installed(tree: Pat
     assert server_bin(16, places) == tree / "bin"
 
 
-def test_a_cluster_runs_the_programs_of_the_version_that_made_it(tmp_path: Path) -> None:
+def test_a_cluster_knows_the_version_that_made_it_and_opsbook_pg_bin_overrides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cluster = Cluster(tmp_path, 5432)
     assert cluster.major is None
     cluster.data.mkdir()
     (cluster.data / "PG_VERSION").write_text("15\n")
     assert cluster.major == 15
+    monkeypatch.setenv("OPSBOOK_PG_BIN", str(tmp_path / "own"))
+    assert cluster.tool("initdb") == str(tmp_path / "own" / "initdb")
 
 
 def test_server_version_num_gives_the_major_version() -> None:
