@@ -22,14 +22,15 @@ from opsbook.remediation.services import runtime_of
 from opsbook.targets import RedisTarget
 
 if TYPE_CHECKING:
-    from redis import Redis
-
-    from opsbook.inventory import Queues
+    pass
 
 SCALE_UP_TO = 3
 # How long a fix waits to see what came of it (a requeued letter taken, the queue draining):
 # the re-run of the check must see the outcome, not the moment before it.
 SETTLE_S = 10.0
+# Once the letters are taken, the consumer is done with them when nothing more comes back to
+# the dead-letter queue and no further id is stored for this long.
+QUIET_S = 1.0
 RESTART_DRAIN_S = 20.0
 DRAIN_WAIT_S = 60.0
 POLL_S = 0.1
@@ -44,11 +45,18 @@ def _until(condition: Callable[[], bool], deadline_s: float) -> bool:
     return True
 
 
-def _in_flight_lists(client: Redis, queues: Queues) -> list[str]:
-    # The reference worker's convention: PENDING:processing, and PENDING:processing:NAME for
-    # each further worker.
-    prefix = f"{queues.pending}:processing"
-    return [prefix, *client.scan_iter(match=f"{prefix}:*", count=100)]
+def _quiet_for(snapshot: Callable[[], object], quiet_s: float, deadline_s: float) -> bool:
+    """Whether what `snapshot` shows stops changing for `quiet_s`, within `deadline_s`."""
+    end = time.monotonic() + deadline_s
+    last, since = snapshot(), time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        if time.monotonic() >= end:
+            return False
+        time.sleep(POLL_S)
+        now = snapshot()
+        if now != last:
+            last, since = now, time.monotonic()
+    return True
 
 
 def reprocess_dead_letters(ctx: Context, *, apply: bool) -> Plan:
@@ -58,8 +66,9 @@ def reprocess_dead_letters(ctx: Context, *, apply: bool) -> Plan:
     message_queue with one atomic LMOVE, so an interruption loses or doubles none (and the
     worker's insert ignores an id it has stored before). As many moves as letters were there
     when it began: letters that fail again return to dead_letter_queue and are not looped.
-    Then it waits up to 10 s for the worker to take them and says how many came back.
-    Privileges: the Redis admin credentials of the inventory (LMOVE on both lists, SCAN).
+    Then it waits up to 10 s for a consumer to take them (until none comes back and no id is
+    stored for 1 s: whatever the consumer's own lists are called) and says how many came back.
+    Privileges: the Redis admin credentials of the inventory (LMOVE, LRANGE, LLEN).
     Undo: not needed and not possible per message: a letter that can be stored is stored (the
     same as if it had never failed); one that cannot goes back to dead_letter_queue.
     """
@@ -86,22 +95,29 @@ def reprocess_dead_letters(ctx: Context, *, apply: bool) -> Plan:
                 moved.append(str(raw))
             if not moved:
                 return f"moved 0: {dead} was empty by then"
-            last = moved[-1]  # the worker takes from the right: the last moved is taken last
+            last = moved[-1]  # the consumer takes from the right: the last moved is taken last
 
-            def taken() -> bool:
-                return all(
-                    client.lpos(key, last) is None
-                    for key in [pending, *_in_flight_lists(client, queues)]
+            def back() -> int:
+                return (Counter(client.lrange(dead, 0, -1)) & Counter(moved)).total()
+
+            def progress() -> tuple[int, int, object]:
+                # What the consumer does with the letters, seen from outside whatever its own
+                # in-flight lists are called: letters coming back, ids stored.
+                return (
+                    back(),
+                    int(client.llen(queues.processed)),
+                    client.lindex(queues.processed, 0),
                 )
 
-            if not _until(taken, SETTLE_S):
+            taken = _until(lambda: client.lpos(pending, last) is None, SETTLE_S)
+            if not taken or not _quiet_for(progress, QUIET_S, SETTLE_S):
                 waiting = int(client.llen(pending))
                 return (
-                    f"moved {len(moved)}; not all taken by a worker within {SETTLE_S:g} s "
-                    f"({waiting} wait in {pending}: is a worker running?)"
+                    f"moved {len(moved)}; not all taken by a consumer within {SETTLE_S:g} s "
+                    f"({waiting} wait in {pending}: does a consumer run?)"
                 )
-            back = Counter(client.lrange(dead, 0, -1)) & Counter(moved)
-            return f"moved {len(moved)}; {back.total()} came back to {dead}"
+            came_back = back()
+            return f"moved {len(moved)}; {came_back} came back to {dead}"
 
         plan.add(
             f"move the {letters} dead letters back to {pending}, one atomic LMOVE each",
