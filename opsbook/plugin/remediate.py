@@ -3,7 +3,14 @@
 With `plan`, each failing check that has a remediation gets its plan in the report. With
 `apply`, the plan is carried out under the run's lock, the allow-list and the budgets, and then
 the very same check runs again (until it passes or `remediation.verify_timeout_s` runs out):
-the report records before, action, after, and FIXED or NOT FIXED.
+the report records before, action, after, and FIXED or NOT FIXED. Each fix applied or refused
+prints one line in the terminal, also with -q.
+
+A check blocked by a dependency that is down is not remediated (opsbook.plugin.dependencies
+decides, before this module is asked). A failed check known only by its row is fixed with
+`fix_row` once every check ran: under pytest-xdist, where the controlling process has no checks
+of its own and the workers never remediate, and for a check that still fails when run again
+after its cause was fixed.
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     mode = config.getoption("remediate")
     inventory = config.stash[INVENTORY]
+    # An xdist worker never remediates: the controlling process does, once every check ran.
     if mode == "off" or inventory is None or hasattr(config, "workerinput"):
         return
     from opsbook.remediate.runner import Remediator
