@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -435,3 +436,25 @@ def messages_stored_within(db: Db, window_s: float) -> int:
         (window_s,),
     )
     return int(stored)
+
+
+def stored_before(db: Db, ids: Sequence[str], older_than_s: float) -> set[str]:
+    """Which of these message ids are stored, with a timestamp more than `older_than_s` ago
+    (an id that is not a UUID is no message's)."""
+    uuids = [i for i in ids if _is_uuid(i)]
+    if not uuids:
+        return set()
+    rows = _rows(
+        db,
+        "SELECT id::text FROM messages WHERE id = ANY(%s::uuid[])"
+        ' AND "timestamp" < now() - make_interval(secs => %s)',
+        (uuids, float(older_than_s)),
+    )
+    return {str(row[0]) for row in rows}
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text.lower()
+    except ValueError:
+        return False
