@@ -26,7 +26,7 @@ class StepKind(enum.StrEnum):
     MAINTENANCE = "maintenance", False, "VACUUM or ANALYZE tables (reads and writes go on)"
     CREATE_INDEX = "create-index", False, "build or rebuild an index without blocking writes"
     REQUEUE = "requeue", False, "move queued messages between lists, losing or doubling none"
-    TRIM = "trim", True, "drop dead letters from Redis (archived first), never pending ones"
+    TRIM = "trim", True, "trim dead letters (archived first) or old history in Redis, never pending"
     BACKUP = "backup", False, "take a backup (production data is only read)"
     RESTORE = "restore", True, "overwrite databases and queues with a backup's contents"
     ROLLBACK = "rollback", True, "deploy the previous release again"
