@@ -32,7 +32,7 @@ def test_redis_answers_ping(redis_target: RedisTarget, finding: Finding) -> None
     finding.expect(shown, "PONG", ok=reply.answered, problem=reply.reason)
 
 
-@check("QUEUE-002", Severity.HIGH, remediation=queue.trim_dead_letters)
+@check("QUEUE-002", Severity.HIGH, remediation=queue.trim_queue_memory)
 def test_redis_memory_below_limit(
     redis_target: RedisTarget, thresholds: Thresholds, finding: Finding
 ) -> None:

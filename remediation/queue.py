@@ -15,14 +15,15 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from opsbook.probes import postgres as postgres_probe
 from opsbook.probes import queue as probe
 from opsbook.remediate.context import Context, NoRuntime
 from opsbook.remediate.plan import Plan, StepKind
 from opsbook.remediation.services import runtime_of
-from opsbook.targets import RedisTarget
+from opsbook.targets import PostgresTarget, RedisTarget
 
 if TYPE_CHECKING:
-    pass
+    from redis import Redis
 
 SCALE_UP_TO = 3
 # How long a fix waits to see what came of it (a requeued letter taken, the queue draining):
@@ -295,23 +296,59 @@ def scale_workers(ctx: Context, *, apply: bool) -> Plan:
         target.close()
 
 
-def trim_dead_letters(ctx: Context, *, apply: bool) -> Plan:
-    """Free Redis memory by trimming the dead-letter queue to the allowed count, archiving
-    what is trimmed first; pending messages are never touched.
+# processed_messages is read from its oldest end in chunks of this many ids, up to this many.
+HISTORY_CHUNK = 1000
+HISTORY_MOST = 100_000
+DAY_S = 86400
+
+
+def _history_past_retention(ctx: Context, client: Redis, processed: str) -> int:
+    """How many ids at the oldest end of `processed` belong to messages stored longer than
+    remediation.retention_days ago (counted from that end, stopping at the first that does
+    not: an id whose message is newer, or not stored at all, is kept with all after it)."""
+    if len(ctx.inventory.postgres) != 1:
+        return 0  # which database holds the messages is not known
+    ((name, spec),) = ctx.inventory.postgres.items()
+    database = PostgresTarget(name, spec, ctx.thresholds.timeout_s)
+    older_than_s = ctx.inventory.remediation.retention_days * DAY_S
+    count = 0
+    try:
+        while count < HISTORY_MOST:
+            end = -count - 1
+            chunk = [str(i) for i in client.lrange(processed, end - HISTORY_CHUNK + 1, end)]
+            old = postgres_probe.stored_before(database, chunk, older_than_s)
+            for message_id in reversed(chunk):  # from the oldest end
+                if message_id not in old:
+                    return count
+                count += 1
+            if len(chunk) < HISTORY_CHUNK:
+                return count
+        return count
+    finally:
+        database.close()
+
+
+def trim_queue_memory(ctx: Context, *, apply: bool) -> Plan:
+    """Free Redis memory by trimming what opsbook may drop: dead letters beyond the allowed
+    count (archived first) and processed history past retention; never pending messages.
 
     Changes: only while Redis uses more than thresholds.redis_memory_percent of its maxmemory
-    (QUEUE-002's own measure): the oldest dead letters beyond thresholds.dead_letter_max are
-    written, one JSON line each, to dead-letters-TARGET-TIME.jsonl in backup.dir (fsynced),
-    and only then removed with LTRIM (the newest dead_letter_max stay, for diagnosis; letters
-    dead-lettered meanwhile arrive at the other end and stay too). message_queue, the in-flight
-    lists and processed_messages are not touched. Then it says how much memory Redis uses.
-    Privileges: the Redis admin credentials (LRANGE, LTRIM on dead_letter_queue); write access
-    to backup.dir.
+    (QUEUE-002's own measure). The oldest dead letters beyond thresholds.dead_letter_max are
+    written, one JSON line each, to dead-letters-TARGET-TIME.jsonl in backup.dir (fsynced), and
+    only then removed with LTRIM (the newest dead_letter_max stay, for diagnosis). The oldest
+    ids of processed_messages whose messages PostgreSQL has stored for longer than
+    remediation.retention_days are removed with LTRIM (they are in the database). New entries
+    arrive at the other end of both lists and stay. message_queue and the consumers' in-flight
+    lists are not touched. Then it says how much memory Redis uses.
+    Privileges: the Redis admin credentials (LRANGE, LTRIM); read access to the messages table
+    (the checker's credentials); write access to backup.dir.
     Undo: push the archived letters back (`LPUSH dead_letter_queue LINE` for each line of the
-    archive, oldest first), or reprocess them from the archive.
+    archive, oldest first); the trimmed ids of processed_messages are only a history of what
+    PostgreSQL holds, and are not brought back.
     """
     plan = Plan.for_fix(ctx)
-    dead, keep = ctx.redis_spec().queues.dead_letter, ctx.thresholds.dead_letter_max
+    queues, keep = ctx.redis_spec().queues, ctx.thresholds.dead_letter_max
+    dead, processed = queues.dead_letter, queues.processed
     allowed = ctx.thresholds.redis_memory_percent
     checker = _checker(ctx)
     try:
@@ -328,48 +365,72 @@ def trim_dead_letters(ctx: Context, *, apply: bool) -> Plan:
         return plan.nothing(
             f"Redis uses {used.used_percent:.0f} % of maxmemory (max {allowed:g} %)"
         )
-    drop = letters - keep
-    if drop <= 0:
-        raise LookupError(
-            f"Redis uses {used.used_percent:.0f} % of maxmemory, but {dead} holds only {letters} "
-            f"(it keeps {keep}): nothing opsbook may trim; see what else Redis holds "
-            "(redis-cli --bigkeys); pending messages are never trimmed"
-        )
-    settings = ctx.inventory.backup
-    if settings is None:
-        raise LookupError(
-            "the inventory has no backup: section, so there is nowhere to archive the dead "
-            "letters before trimming them"
-        )
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    archive = settings.dir / f"dead-letters-{ctx.target}-{stamp}.jsonl"
+    why = f"Redis uses {used.used_percent:.0f} % of maxmemory (max {allowed:g} %)"
     client = ctx.redis_admin()
     try:
 
-        def trim() -> str:
-            # The oldest are at the right end; new dead letters arrive at the left, so trimming
-            # from the right removes exactly what was archived.
-            oldest = [str(raw) for raw in client.lrange(dead, -drop, -1)]
-            settings.dir.mkdir(parents=True, exist_ok=True)
-            with archive.open("x", encoding="utf-8") as stream:
-                for raw in reversed(oldest):  # oldest first
-                    stream.write(json.dumps(raw) + "\n")
-                stream.flush()
-                os.fsync(stream.fileno())
-            client.ltrim(dead, 0, -len(oldest) - 1)
+        def memory_now() -> str:
             after = probe.RedisMemory.from_info(client.info("memory"))
             now = f"{after.used_percent:.0f} %" if after.used_percent is not None else "?"
-            return f"archived and trimmed {len(oldest)}; Redis uses {now} of maxmemory now"
+            return f"Redis uses {now} of maxmemory now"
 
-        plan.add(
-            f"archive the {drop} oldest of the {letters} dead letters to {archive} and trim "
-            f"them from {dead} (keeps the newest {keep}): Redis uses "
-            f"{used.used_percent:.0f} % of maxmemory (max {allowed:g} %)",
-            f"LRANGE {dead} -{drop} -1 > {archive} && LTRIM {dead} 0 -{drop + 1}"
-            "  (as the Redis admin)",
-            StepKind.TRIM,
-            trim,
-        )
+        drop = letters - keep
+        settings = ctx.inventory.backup
+        if drop > 0 and settings is not None:
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            archive = settings.dir / f"dead-letters-{ctx.target}-{stamp}.jsonl"
+
+            def trim_dead() -> str:
+                # The oldest are at the right end; new dead letters arrive at the left, so
+                # trimming from the right removes exactly what was archived.
+                oldest = [str(raw) for raw in client.lrange(dead, -drop, -1)]
+                settings.dir.mkdir(parents=True, exist_ok=True)
+                with archive.open("x", encoding="utf-8") as stream:
+                    for raw in reversed(oldest):  # oldest first
+                        stream.write(json.dumps(raw) + "\n")
+                    stream.flush()
+                    os.fsync(stream.fileno())
+                client.ltrim(dead, 0, -len(oldest) - 1)
+                return f"archived and trimmed {len(oldest)}; {memory_now()}"
+
+            plan.add(
+                f"archive the {drop} oldest of the {letters} dead letters to {archive} and trim "
+                f"them from {dead} (keeps the newest {keep}): {why}",
+                f"LRANGE {dead} -{drop} -1 > {archive} && LTRIM {dead} 0 -{drop + 1}"
+                "  (as the Redis admin)",
+                StepKind.TRIM,
+                trim_dead,
+            )
+        old = _history_past_retention(ctx, client, processed)
+        if old:
+            days = ctx.inventory.remediation.retention_days
+
+            def trim_history() -> str:
+                client.ltrim(processed, 0, -old - 1)
+                return f"trimmed {old}; {memory_now()}"
+
+            plan.add(
+                f"trim the {old} oldest ids of {processed}, of messages stored more than "
+                f"{days} days ago: {why}",
+                f"LTRIM {processed} 0 -{old + 1}  (as the Redis admin)",
+                StepKind.TRIM,
+                trim_history,
+                only_if=(
+                    f"if Redis still uses {allowed:g} % of maxmemory or more",
+                    lambda: (
+                        (probe.RedisMemory.from_info(client.info("memory")).used_percent or 0)
+                        >= allowed
+                    ),
+                ),
+            )
+        if not plan.steps:
+            raise LookupError(
+                f"{why}, but opsbook may trim nothing: {dead} holds {letters} (it keeps {keep})"
+                + ("" if settings else ", and there is no backup: section to archive them in")
+                + f"; no id of {processed} is past {ctx.inventory.remediation.retention_days} "
+                "days; see what else Redis holds (redis-cli --bigkeys); pending messages are "
+                "never trimmed"
+            )
         return plan.finish(apply, ctx.gate)
     finally:
         client.close()

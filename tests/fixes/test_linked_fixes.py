@@ -33,6 +33,7 @@ pytestmark = pytest.mark.sandbox
 
 PENDING = "message_queue"
 DEAD_LETTER = "dead_letter_queue"
+PROCESSED = "processed_messages"
 TIMEOUT_S = 3.0
 
 
@@ -318,6 +319,53 @@ def test_dead_letters_filling_redis_are_archived_and_trimmed(
         assert archived == letters[:990]  # oldest first, each once
     finally:
         archive.unlink()
+
+
+@pytest.mark.fixes("QUEUE-002")
+def test_processed_history_past_retention_is_trimmed(
+    breakable_sandbox: Stack, stopped_worker: redis.Redis, run_checks: RunChecks
+) -> None:
+    """Ids of messages PostgreSQL has held for 40 days (retention: 30) fill Redis; the newer
+    history and every pending message stay."""
+    client, tag = stopped_worker, f"opsbook-history-{uuid.uuid4()}"
+    pending = [message(f"pending {n}") for n in range(5)]
+    client.lpush(PENDING, *pending)
+    old = superuser(
+        breakable_sandbox,
+        f"INSERT INTO conversations (id, user_id) VALUES ('{uuid.uuid4()}', '{tag}');"
+        ' INSERT INTO messages (id, conversation_id, role, content, "timestamp")'
+        f" SELECT gen_random_uuid(), c.id, 'user', '{tag}', now() - interval '40 days'"
+        f" FROM conversations c, generate_series(1, 20000) WHERE c.user_id = '{tag}'"
+        " RETURNING id",
+    ).split()[:20000]
+    assert len(old) == 20000
+    newer = client.lrange(PROCESSED, 0, -1)
+    pipe = client.pipeline(transaction=False)
+    for chunk in range(0, len(old), 1000):
+        pipe.rpush(PROCESSED, *old[chunk : chunk + 1000])  # the oldest end
+    pipe.execute()
+    original = client.config_get("maxmemory")["maxmemory"]
+    used = int(client.info("memory")["used_memory"])
+    try:
+        client.config_set("maxmemory", int(used / 0.93))
+        run = run_checks("--check=QUEUE-002", "--remediate=apply", "--allow=trim")
+        attempt = fixed(run, "QUEUE-002", "queue")
+    finally:
+        client.config_set("maxmemory", original)
+        while client.lindex(PROCESSED, -1) in set(old):
+            client.ltrim(PROCESSED, 0, -2)
+        superuser(
+            breakable_sandbox,
+            f"DELETE FROM messages WHERE content = '{tag}';"
+            f" DELETE FROM conversations WHERE user_id = '{tag}'",
+        )
+    (step,) = attempt["plan"]
+    assert step.startswith(
+        "[trim] trim the 20000 oldest ids of processed_messages, of messages stored more than "
+        "30 days ago: Redis uses "
+    ), step
+    assert client.lrange(PROCESSED, 0, -1) == newer
+    assert client.lrange(PENDING, 0, -1) == pending[::-1]
 
 
 # QUEUE-005 and QUEUE-007: nothing moving, the inventory's consumer restarted
