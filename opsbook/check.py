@@ -8,6 +8,29 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+# Cadences say when a check runs; areas say what it looks at. `--strict-markers` rejects others.
+CADENCES = {
+    "daily": "the daily health runbook, run from cron",
+    "weekly": "slower checks run once a week (restore drill)",
+    "predeploy": "gate before a deploy; a failure means do not deploy",
+    "postdeploy": "gate after a deploy; a failure means roll back",
+    "audit": "the security and access audit",
+}
+AREAS = {
+    "health": "services answer and report themselves healthy",
+    "database": "PostgreSQL",
+    "queue": "the Redis message queue",
+    "resources": "disk, memory and CPU",
+    "observability": "Prometheus, Grafana and alert rules",
+    "logs": "errors in the service logs",
+    "network": "connectivity beyond the stack (opt-in)",
+    "security": "hardening of the stack",
+    "access": "who and what can reach the stack",
+    "backup": "backups exist, are complete and restore",
+    "compose": "the stack as a compose project on a container engine",
+}
+
+
 CHECK_ID = re.compile(r"^[A-Z][A-Z0-9]*(-[A-Z][A-Z0-9]*)*-\d{3}$")
 ATTRIBUTE = "__opsbook_check__"
 

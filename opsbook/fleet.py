@@ -36,6 +36,7 @@ from xml.etree import ElementTree
 
 import yaml
 
+from opsbook.check import AREAS
 from opsbook.pages import status_page
 
 TARGET_SECTIONS = {"http", "postgres", "redis", "hosts", "prometheus", "grafana", "compose"}
@@ -375,7 +376,7 @@ def area_grid(document: dict[str, Any]) -> tuple[list[str], list[tuple[str, dict
     for run in document["run"].get("deployments", []):
         cells.setdefault(str(run["deployment"]), {})
     for row in document["findings"]:
-        areas = [m for m in row.get("markers", []) if m in AREA_NAMES] or ["other"]
+        areas = [m for m in row.get("markers", []) if m in AREAS] or ["other"]
         for area in areas:
             cells.setdefault(row["deployment"], {}).setdefault(area, []).append(row["outcome"])
     areas = sorted({area for by_area in cells.values() for area in by_area})
@@ -389,22 +390,6 @@ def area_grid(document: dict[str, Any]) -> tuple[list[str], list[tuple[str, dict
         return WORST_FIRST.index(worst) if worst in WORST_FIRST else 99, entry[0]
 
     return areas, sorted(grid, key=rank)
-
-
-# The areas of docs/writing-checks.md (the plugin's AREAS), for the summary's columns.
-AREA_NAMES = {
-    "health",
-    "database",
-    "queue",
-    "resources",
-    "observability",
-    "logs",
-    "network",
-    "security",
-    "access",
-    "backup",
-    "compose",
-}
 
 
 def summary_page(document: dict[str, Any], folder: Path) -> str:

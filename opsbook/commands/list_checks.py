@@ -100,8 +100,7 @@ class Lister:
             self.broken.append(f"{report.nodeid}: {last}")
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        from opsbook.check import spec_of
-        from opsbook.plugin.inventory_option import AREAS, CADENCES
+        from opsbook.check import AREAS, CADENCES, spec_of
         from opsbook.plugin.keys import CHECK, INVENTORY
 
         inventory = session.config.stash.get(INVENTORY, None)

@@ -125,7 +125,7 @@ def expected_shown(expected: object, unit: str | None) -> str:
 
 def area_of(markers: list[str], check_id: str) -> str:
     """The check's area marker (`health`, `queue`...), else its id's prefix in lower case."""
-    from opsbook.plugin.inventory_option import AREAS
+    from opsbook.check import AREAS
 
     return next((m for m in markers if m in AREAS), check_id.rsplit("-", 1)[0].lower())
 

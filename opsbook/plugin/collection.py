@@ -6,8 +6,7 @@ import inspect
 
 import pytest
 
-from opsbook.check import CHECK_ID, Severity, spec_of
-from opsbook.plugin.inventory_option import AREAS, CADENCES
+from opsbook.check import AREAS, CADENCES, CHECK_ID, Severity, spec_of
 from opsbook.plugin.keys import CHECK, INVENTORY, CheckInfo, Prop
 from opsbook.remediate.contract import problems as fix_problems
 

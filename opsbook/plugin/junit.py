@@ -31,8 +31,8 @@ import pytest
 # is pinned below 10 in pyproject.toml.
 from _pytest.junitxml import bin_xml_escape, xml_key
 
+from opsbook.check import AREAS
 from opsbook.outcome import Unit
-from opsbook.plugin.inventory_option import AREAS
 from opsbook.plugin.keys import EVIDENCE_PREFIX, INVENTORY, Prop
 
 if TYPE_CHECKING:
