@@ -96,11 +96,12 @@ def restart_service(ctx: Context, *, apply: bool) -> Plan:
     make it healthy.
 
     Changes: restarts the owning service (the inventory's services model: Redis for the queue,
-    PostgreSQL for the database; never a service that depends on it) through the runtime the
-    inventory names (the sandbox's process control, or the container engine); only if it is
-    still unhealthy 20 s later, recreates it. In-flight requests to it are lost. A compose
-    service is healthy when every one of its containers runs and none is unhealthy.
-    Privileges: control of the runtime (the sandbox owner, or access to the Docker API).
+    PostgreSQL for the database; never a service that depends on it) through its runtime
+    (sandbox, compose, systemd or command); only if it is still unhealthy 20 s later, and
+    where the runtime can, recreates it. In-flight requests to it are lost. A compose service
+    is healthy when every one of its containers runs and none is unhealthy.
+    Privileges: control of the service's runtime (the sandbox owner, access to the Docker API,
+    or systemctl or the inventory's commands on the service's host).
     Undo: nothing to undo; the service runs the same configuration as before.
     """
     plan = Plan.for_fix(ctx)
@@ -167,11 +168,11 @@ def restart_scrape_targets(ctx: Context, *, apply: bool) -> Plan:
     """Restart the service of each Prometheus scrape target that is down.
 
     Changes: for each scrape target whose `up` is 0, restarts the service that owns it (the
-    inventory's target at the scrape target's host:port, or named like its job), through the
-    inventory's runtime, then waits up to 20 s for it to answer and for Prometheus to scrape it
+    inventory's target at the scrape target's host:port, or named like its job), through its
+    runtime, then waits up to 20 s for it to answer and for Prometheus to scrape it
     up again. In-flight requests to it are lost. A scrape target the inventory does not know is
     named in the plan and left alone.
-    Privileges: read access to Prometheus's API; control of the runtime.
+    Privileges: read access to Prometheus's API; control of each service's runtime.
     Undo: nothing to undo; each service runs the same configuration as before.
     """
     plan = Plan.for_fix(ctx)
@@ -203,6 +204,7 @@ def restart_scrape_targets(ctx: Context, *, apply: bool) -> Plan:
 
     for service, targets in owned.items():
         runtime = runtime_of(ctx, service)
+        runtimes.refuse(runtime, "restart", service)
         names = {t.name for t in down if scraped_target(ctx.inventory, t) in targets}
 
         def restart(
