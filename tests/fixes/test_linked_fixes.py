@@ -13,7 +13,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,10 @@ from test_backup import backup_command, backup_inventory
 from test_remediation_queue import start_conversation
 
 from opsbook import backup
+from opsbook.inventory import load_inventory
+from opsbook.remediate.context import Context
+from opsbook.remediate.plan import Plan
+from opsbook.remediation import database, prometheus, queue, services
 from opsbook.sandbox.stack import Stack
 
 pytestmark = pytest.mark.sandbox
@@ -46,6 +50,18 @@ def fixed(run: CheckRun, check_id: str, target: str | None = None) -> dict[str, 
         "applied", "FIXED", "passed",
     ), attempt  # fmt: skip
     return dict(attempt)
+
+
+def nothing_to_do(
+    stack: Stack, fix: Callable[..., Plan], check_id: str, kind: str, target: str,
+    env: dict[str, str] | None = None, inventory: Path | None = None,
+) -> str:  # fmt: skip
+    """Apply the fix again, directly, once its check passes: it must find nothing to do."""
+    loaded = load_inventory(inventory or stack.inventory_path, environ=env or {})
+    plan = fix(Context(loaded, check_id, kind, target, fix=fix), apply=True)
+    assert plan.nothing_to_do is not None, plan.lines()
+    assert not plan.applied
+    return plan.nothing_to_do
 
 
 def pids(stack: Stack, *names: str) -> dict[str, int | None]:
@@ -93,6 +109,8 @@ def test_stopped_redis_is_restarted_and_the_backend_is_left_alone(
     ]
     assert stack.component("redis").is_running()
     assert pids(stack, "backend", "worker", "nginx") == dependents
+    again = nothing_to_do(stack, services.restart_service, "QUEUE-001", "redis", "queue")
+    assert again == "queue answers now"
     # The next daily run is green but for the log check (the outage's errors are in the logs)
     # and the host's resources (RES-*: this machine's load, shared with other test runs).
     daily = run_checks(inventory=inventory)
@@ -196,6 +214,10 @@ def test_rules_written_but_not_loaded_are_loaded_by_a_reload(
     assert step.startswith("[reload] reload prometheus: not loaded: group chat-system"), step
     assert f": kill -HUP {prometheus_pid} -> every shipped rule is loaded" in step, step
     assert breakable_sandbox.component("prometheus").pid() == prometheus_pid  # not restarted
+    again = nothing_to_do(
+        breakable_sandbox, prometheus.reload_rules, "ALERT-002", "http", "prometheus"
+    )
+    assert again == "every shipped rule is loaded"
 
 
 # OBS-002: a scrape target down, its service restarted
@@ -228,6 +250,10 @@ def test_scrape_target_down_has_its_service_restarted(
         "-> answers, scraped up"
     )
     assert breakable_sandbox.component("prometheus").pid() == prometheus_pid
+    again = nothing_to_do(
+        breakable_sandbox, services.restart_scrape_targets, "OBS-002", "http", "prometheus"
+    )
+    assert again == "every scrape target is up"
 
 
 # DB-002: connections near the limit, idle sessions ended
@@ -269,6 +295,10 @@ def test_idle_sessions_are_ended_when_connections_near_the_limit(
             except psycopg.OperationalError:
                 ended += 1
         assert ended == 40
+        again = nothing_to_do(
+            fresh_sandbox, database.end_idle_sessions, "DB-002", "postgres", "chatdb", idle
+        )
+        assert again.endswith(" %, max 80 %)"), again
     finally:
         for connection in connections:
             connection.close()
@@ -313,6 +343,8 @@ def test_dead_letters_filling_redis_are_archived_and_trimmed(
     assert step.startswith("[trim] archive the 990 oldest of the 1000 dead letters to "), step
     assert client.lrange(PENDING, 0, -1) == pending[::-1]  # untouched, in order
     assert client.lrange(DEAD_LETTER, 0, -1) == letters[:-11:-1]  # the newest 10 stay
+    again = nothing_to_do(breakable_sandbox, queue.trim_queue_memory, "QUEUE-002", "redis", "queue")
+    assert again.endswith("% of maxmemory (max 90 %)"), again
     (archive,) = (breakable_sandbox.dir / "backups").glob("dead-letters-queue-*.jsonl")
     try:
         archived = [json.loads(line) for line in archive.read_text().splitlines()]
@@ -405,6 +437,8 @@ def test_stopped_consumer_is_restarted(
         assert stack.component("worker").is_running()
         assert stack.component("backend").pid() == backend
         eventually(lambda: client.llen(PENDING) == 0, "the queue drained")
+        again = nothing_to_do(stack, queue.restart_consumer, check_id, "redis", "queue", env)
+        assert again == "message_queue is empty"
     finally:
         stack.start("worker")
         client.close()
