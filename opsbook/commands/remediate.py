@@ -183,6 +183,11 @@ def _one(
     from opsbook.remediate.context import Context
 
     where = f"{row['check_id']} on {row.get('target') or '-'}"
+    if row["outcome"] == "blocked":
+        # Its own fix would act on a symptom (a restarted backend does not bring Redis back).
+        print(f"{where}: blocked by {row.get('blocked_by') or 'a dependency'} in that run: "
+              "remediate that first, then run the checks again")  # fmt: skip
+        return 0
     if row["outcome"] not in ("failed", "error"):
         print(f"{where}: {row['outcome']} in that run, nothing to remediate")
         return 0
