@@ -44,7 +44,8 @@ class FixVerdict(enum.StrEnum):
 
     FIXED = "FIXED"
     NOT_FIXED = "NOT FIXED"
-    # Not applied: not allowed, over budget, another run holds the lock, blocked by a cause.
+    # Not applied: not allowed, over budget, another run holds the lock (a blocked check's fix
+    # is not attempted at all: its cause is fixed first).
     REFUSED = "REFUSED"
 
 
