@@ -170,10 +170,24 @@ def _stack_status(evidence: _Evidence, inventory: Inventory) -> None:
 
 
 def _dump_databases(evidence: _Evidence, inventory: Inventory) -> None:
+    from opsbook.backup.tools import (
+        BackupError,
+        pg_client,
+        postgres_admin_connection,
+        server_major,
+    )
+
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     for name, pg in inventory.postgres.items():
         if pg.admin is None or pg.admin.password is None:
             evidence.note(f"postgres {name}: no admin credentials in the inventory: no dump")
+            continue
+        try:
+            # The pg_dump of the server's own major version or newer, never an older one.
+            with postgres_admin_connection(pg, "opsbook-incident") as conn:
+                dump = pg_client("pg_dump", server_major(conn), f"postgres {name}")
+        except BackupError as exc:
+            evidence.note(f"{exc}: no dump")
             continue
         relative = f"database/{name}-{pg.database}-{stamp}.incident-backup.dump"
         target = evidence.root / relative
@@ -181,7 +195,7 @@ def _dump_databases(evidence: _Evidence, inventory: Inventory) -> None:
         # The password travels in the environment, never on the command line (ps shows argv).
         env = {**os.environ, "PGPASSWORD": pg.admin.password.resolve().reveal()}
         command = [
-            "pg_dump", "--format=custom", f"--file={target}",
+            dump, "--format=custom", f"--file={target}",
             f"--host={pg.host}", f"--port={pg.port}", f"--username={pg.admin.user}",
             f"--dbname={pg.database}", "--no-password",
         ]  # fmt: skip
