@@ -27,9 +27,11 @@ def backup_settings(inventory: Inventory) -> Backup:
     return inventory.backup
 
 
-@pytest.fixture
-def latest(backup_settings: Backup) -> BackupInfo:
-    """The newest of opsbook's backups (FAIL when there is none: that is what is wrong)."""
+def newest(backup_settings: Backup) -> BackupInfo:
+    """The newest of opsbook's backups (FAIL when there is none: that is what is wrong).
+
+    Looked up in the check's body, not in a fixture: a check run again after its fix (a new
+    backup) must see the new one."""
     found = latest_backup(backup_settings.dir)
     if found is None:
         raise AssertionError(f"backup dir {backup_settings.dir}: no opsbook backup found")
@@ -68,11 +70,12 @@ def test_latest_backup_is_recent(backup_settings: Backup, finding: Finding) -> N
 
 @pytest.mark.daily
 @check("BACKUP-002", Severity.HIGH, remediation=backups.take_backup)
-def test_latest_backup_is_complete(latest: BackupInfo, finding: Finding) -> None:
+def test_latest_backup_is_complete(backup_settings: Backup, finding: Finding) -> None:
     """The latest backup is complete: every part present, sizes and checksums as recorded.
 
     Risk: a truncated or corrupted dump is found out only when it is needed for a restore.
     """
+    latest = newest(backup_settings)
     problems = verify(latest)
     if problems:
         finding.attach("problems", problems)
@@ -90,7 +93,7 @@ def test_latest_backup_is_complete(latest: BackupInfo, finding: Finding) -> None
 @pytest.mark.weekly
 @check("BACKUP-003", Severity.HIGH, remediation=backups.drill_new_backup)
 def test_latest_backup_restores(
-    latest: BackupInfo, postgres: PostgresTarget, inventory: Inventory, finding: Finding
+    backup_settings: Backup, postgres: PostgresTarget, inventory: Inventory, finding: Finding
 ) -> None:
     """The latest backup restores into a scratch database, with its rows and invariants.
 
@@ -100,6 +103,7 @@ def test_latest_backup_restores(
     expected = (
         "restores; counts >= production's before the backup; no orphans; processed ids stored"
     )
+    latest = newest(backup_settings)
     problems = verify(latest)
     if problems:
         finding.observe("incomplete", expected=expected)

@@ -145,16 +145,7 @@ def one_backup(sandbox: Stack, tmp_path: Path) -> tuple[Path, backup.BackupInfo]
     return inventory, latest
 
 
-# Until the re-check resolves the check's fixtures again (issue 15, "Verification sees fresh
-# facts", opsbook/plugin/remediate.py), it reads the `latest` backup of the failed attempt: the
-# fix writes a good new backup (its plan says so), and the verdict stays NOT FIXED.
-STALE_LATEST = pytest.mark.xfail(
-    reason="the re-check reuses the failed attempt's `latest` fixture", strict=True
-)
-
-
 @pytest.mark.fixes("BACKUP-002")
-@STALE_LATEST
 def test_truncated_backup_is_replaced_by_a_new_one(
     one_backup: tuple[Path, backup.BackupInfo], run_checks: RunChecks
 ) -> None:
@@ -173,7 +164,6 @@ def test_truncated_backup_is_replaced_by_a_new_one(
 
 
 @pytest.mark.fixes("BACKUP-003")
-@STALE_LATEST
 def test_backup_that_does_not_restore_is_replaced_and_drilled(
     one_backup: tuple[Path, backup.BackupInfo], run_checks: RunChecks
 ) -> None:
