@@ -48,7 +48,13 @@ class Traffic(Struct, frozen=True):
 def _increase(target: HttpTarget, matchers: str, window_s: float) -> dict[tuple[str, str], float]:
     # Milliseconds: PromQL's durations are whole numbers of a unit.
     window = f"{round(window_s * 1000)}ms"
-    query = f"sum by (job, instance) (increase({REQUESTS}{{{matchers}}}[{window}]))"
+    selector = f"{REQUESTS}{{{matchers}}}"
+    # A series with one sample in the window (a Prometheus or a target scraped once) has no
+    # increase() at all: it counts as none, rather than as a target that exports nothing.
+    query = (
+        f"sum by (job, instance) (increase({selector}[{window}]))"
+        f" or sum by (job, instance) ({selector} * 0)"
+    )
     series = _api(target, "/api/v1/query", {"query": query})["result"]
     return {
         (s["metric"].get("job", "?"), s["metric"].get("instance", "?")): float(s["value"][1])
