@@ -13,8 +13,9 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.sandbox
 
 PSI = Path("/proc/pressure/cpu")
 LIMIT = {"OPSBOOK__THRESHOLDS__CPU_PRESSURE_PERCENT": "85"}
-HEALTHY_LIMIT = {"OPSBOOK__THRESHOLDS__CPU_PRESSURE_PERCENT": "95"}
+QUIET = 65  # some avg10 below which this machine is not saturated by others' work
 
 
 def some_avg10() -> float:
@@ -53,28 +54,45 @@ def busy_cpus() -> Iterator[None]:
             loop.wait(timeout=10)
 
 
+def within(condition: Callable[[], bool], deadline_s: float) -> bool:
+    """Whether condition() comes true within deadline_s (polled every half second)."""
+    end = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.5)
+    return True
+
+
 @pytest.mark.breaks("RES-003")
 @pytest.mark.skipif(not PSI.exists(), reason="this kernel has no pressure stall information")
 def test_busy_processes_saturating_the_cpu_fail_res_003(run_checks: RunChecks) -> None:
-    """The sandbox's host `local` is this machine: PSI's avg10 climbs while the loops run (a
-    10 s average, so the test waits for it, up to a generous bound) and falls once they stop."""
+    """The sandbox's host `local` is this machine. As for memory (RES-002), the limit is set for
+    the test: between what this shared machine shows without the loops (mostly below 65 %) and
+    with them (PSI's avg10 is a 10 s average: the test waits for it to climb to 85 % and to
+    fall again, up to generous bounds). A machine already saturated by other work cannot show
+    the difference: the test is then skipped, saying so."""
+    if not within(lambda: some_avg10() < QUIET, 120):
+        pytest.skip(f"this machine's CPU is saturated by other work (some avg10 {some_avg10()})")
+    loaded, limit = 85, 75
+    env = {"OPSBOOK__THRESHOLDS__CPU_PRESSURE_PERCENT": str(limit)}
     with busy_cpus():
-        eventually(lambda: some_avg10() >= 92, "CPU pressure some avg10 >= 92 %", 120)
-        run = run_checks("--check=RES-003", env=LIMIT)
+        eventually(lambda: some_avg10() >= loaded, f"CPU pressure some avg10 >= {loaded}", 120)
+        run = run_checks("--check=RES-003", env=env)
     row = run.row("RES-003", "local")
     assert row["outcome"] == "failed", run.output
     observed = re.fullmatch(
         r"host local: runnable tasks waited for a CPU (\d+\.\d) % of the last 10 s "
-        r"\(PSI some avg10\) \(expected <= 85\)",
+        rf"\(PSI some avg10\) \(expected <= {limit}\)",
         row["message"],
     )
     assert observed, row["message"]
-    assert float(observed[1]) > 85
-    assert (row["observed"], row["unit"], row["expected"]) == (float(observed[1]), "%", "<= 85")
+    assert float(observed[1]) > limit
+    assert (row["observed"], row["unit"]) == (float(observed[1]), "%")
     assert row["evidence"]["busiest processes (pid, %cpu, command)"]
-    # Healthy again: the loops are gone and the pressure has fallen back.
-    eventually(lambda: some_avg10() < 90, "CPU pressure some avg10 < 90 %", 120)
-    again = run_checks("--check=RES-003", env=HEALTHY_LIMIT)
+    # Healthy again: the loops are gone and the pressure has fallen back below the limit.
+    eventually(lambda: some_avg10() < limit - 2, f"CPU pressure some avg10 < {limit - 2}", 120)
+    again = run_checks("--check=RES-003", env=env)
     assert again.outcome("RES-003", "local") == "passed", again.output
 
 
