@@ -30,11 +30,11 @@ def test_real_traffic_has_few_server_errors(
     """The application's real traffic has few server errors (5xx), as Prometheus counted it.
 
     Risk: an application that answers 500 to its users while /health says 200 passes every
-    health check; the runbook's service-down symptom is "unreachable or 5xx". Both limits
-    hold: the runbook's rate (thresholds.http_5xx_rate, per second) and a share of the
-    requests (thresholds.http_5xx_ratio), which a small deployment that fails every request
-    stays under the rate of. Requests to /health and /metrics are not counted: probes and
-    scrapes are not users.
+    health check; the runbook's service-down symptom is "unreachable or 5xx". Two limits: the
+    runbook's rate (thresholds.http_5xx_rate, 5xx per second), which a busy deployment reaches
+    first, and a share of the requests (thresholds.http_5xx_ratio), which catches a small
+    deployment failing every request well under that rate. Requests to /health and /metrics
+    are not counted: probes and scrapes are not users.
     """
     window = thresholds.traffic_window_s
     seen = traffic(prometheus, window)
