@@ -51,6 +51,13 @@ def _running_stack(prefix: str) -> Iterator[Stack]:
 SANDBOX_FIXTURES = {"sandbox", "fresh_sandbox", "breakable_sandbox"}
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # RES-003 measures this machine's CPU, shared with the tests' own load (and other agents'):
+    # every checks run a test starts inherits a limit it cannot exceed, so that the healthy
+    # runs stay healthy on a busy CI machine. RES-003's own tests set the limits they need.
+    os.environ.setdefault("OPSBOOK__THRESHOLDS__CPU_PRESSURE_PERCENT", "100")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SANDBOX_FIXTURES.intersection(getattr(item, "fixturenames", ())):
