@@ -40,7 +40,7 @@ def own_state(sandbox: Stack, tmp_path: Path) -> Path:
 
 def left_broken(run: CheckRun) -> dict[tuple[str, str | None], str]:
     """The checks of the stack's services that are not green. The host's checks are left out:
-    LOG-001 still sees the outage's error lines in its window, and CPU-001 sees the load of
+    LOG-001 still sees the outage's error lines in its window, and RES-003 sees the load of
     whatever else this machine runs."""
     return {
         key: outcome
