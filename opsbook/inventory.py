@@ -365,6 +365,7 @@ class Thresholds(_Model, frozen=True):
     http_5xx_rate: Annotated[float, Meta(ge=0)] = 0.1
     pg_connections_percent: Percent = 80
     idle_in_transaction_s: Seconds = 300
+    idle_session_s: Seconds = 600  # DB-002's fix ends sessions idle longer than this
     log_window_s: Seconds = 300
     container_restarts_max: Count = 3
     container_cpu_percent: Percent = 90
@@ -386,7 +387,6 @@ class Inventory(_Model, frozen=True):
     redis: dict[str, Redis] = {}
     hosts: dict[str, Host] = {}
     egress: dict[str, Egress] = {}
-    idle_session_s: Seconds = 600  # DB-002's fix ends sessions idle longer than this
     compose: Compose | None = None
     sandbox: Sandbox | None = None
     thresholds: Thresholds = msgspec.field(default_factory=Thresholds)
