@@ -61,29 +61,17 @@ def test_shipped_rules_are_loaded(prometheus: HttpTarget, finding: Finding) -> N
     Risk: an alert that is written down but not loaded never fires; the outage it describes
     is found by users instead.
     """
-    shipped = probe.shipped_rules(SHIPPED_RULES)
-    if not shipped:
+    rules = probe.rules_loaded(prometheus, SHIPPED_RULES)
+    if not rules.shipped:
         finding.fail(f"no rules shipped in {SHIPPED_RULES}")
-    loaded = {
-        group.name: {rule.name for rule in group.rules} for group in probe.rule_groups(prometheus)
-    }
-    missing = [f"group {group}" for group in shipped if group not in loaded]
-    missing += [
-        f"{group}/{name}"
-        for group, names in shipped.items()
-        if group in loaded
-        for name in dict.fromkeys(names)
-        if name not in loaded[group]
-    ]
-    total = sum(len(set(names)) for names in shipped.values())
-    finding.attach("loaded", {group: sorted(names) for group, names in loaded.items()})
+    finding.attach("loaded", rules.loaded)
     finding.observe(
-        missing or f"all {total} rules loaded",
-        expected=f"all {total} rules of {len(shipped)} group(s) loaded",
+        rules.missing or f"all {rules.total} rules loaded",
+        expected=f"all {rules.total} rules of {len(rules.shipped)} group(s) loaded",
     )
-    if missing:
+    if rules.missing:
         finding.fail(
-            f"not loaded: {', '.join(missing)} (expected every rule of {SHIPPED_RULES}/*.yml)"
+            f"not loaded: {', '.join(rules.missing)} (expected every rule of {SHIPPED_RULES}/*.yml)"
         )
 
 

@@ -18,24 +18,13 @@ POLL_S = 0.25
 
 
 def _not_loaded(ctx: Context) -> list[str]:
-    """ALERT-002's own comparison: the shipped groups and rules the running Prometheus does
-    not evaluate (asked on a connection of its own)."""
+    """ALERT-002's own fact: the shipped groups and rules the running Prometheus does not
+    evaluate (asked on a connection of its own)."""
     target = HttpTarget(ctx.target, ctx.http_spec(), ctx.thresholds.timeout_s)
     try:
-        loaded = {
-            group.name: {rule.name for rule in group.rules} for group in probe.rule_groups(target)
-        }
+        return probe.rules_loaded(target, SHIPPED_RULES).missing
     finally:
         target.close()
-    shipped = probe.shipped_rules(SHIPPED_RULES)
-    missing = [f"group {group}" for group in shipped if group not in loaded]
-    return missing + [
-        f"{group}/{name}"
-        for group, names in shipped.items()
-        if group in loaded
-        for name in dict.fromkeys(names)
-        if name not in loaded[group]
-    ]
 
 
 def reload_rules(ctx: Context, *, apply: bool) -> Plan:

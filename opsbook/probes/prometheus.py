@@ -110,6 +110,37 @@ def rule_files(target: HttpTarget) -> RuleFiles:
     return RuleFiles(tuple(found), tuple(unseen))
 
 
+class RulesLoaded(Struct, frozen=True):
+    """The shipped rules against what the running Prometheus evaluates (ALERT-002's fact)."""
+
+    shipped: dict[str, list[str]]
+    loaded: dict[str, list[str]]
+    # "group NAME" for a group not loaded at all, "GROUP/RULE" for a rule missing from one.
+    missing: list[str]
+
+    @property
+    def total(self) -> int:
+        return sum(len(set(names)) for names in self.shipped.values())
+
+
+def rules_loaded(target: HttpTarget, directory: Path) -> RulesLoaded:
+    """Which shipped rule groups and rules (the *.yml of `directory`) Prometheus does not
+    evaluate: the check and its fix (a reload) compare the same way."""
+    shipped = shipped_rules(directory)
+    loaded = {
+        group.name: sorted({rule.name for rule in group.rules}) for group in rule_groups(target)
+    }
+    missing = [f"group {group}" for group in shipped if group not in loaded]
+    missing += [
+        f"{group}/{name}"
+        for group, names in shipped.items()
+        if group in loaded
+        for name in dict.fromkeys(names)
+        if name not in loaded[group]
+    ]
+    return RulesLoaded(shipped, loaded, missing)
+
+
 def shipped_rules(directory: Path) -> dict[str, list[str]]:
     """The rule names of each group in the rules files (*.yml) of a directory."""
     groups: dict[str, list[str]] = {}

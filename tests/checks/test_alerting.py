@@ -18,6 +18,7 @@ import requests
 import yaml
 from support import RunChecks, eventually
 
+from opsbook.locations import PACKAGE
 from opsbook.sandbox.stack import Stack
 
 pytestmark = pytest.mark.sandbox
@@ -130,7 +131,7 @@ def test_rule_not_loaded_fails(
     assert row["outcome"] == "failed"
     assert row["message"] == (
         "prometheus prometheus: not loaded: chat-system/QueueBacklog (expected every rule of "
-        f"{Path(__file__).resolve().parents[2] / 'alerts'}/*.yml)"
+        f"{PACKAGE / 'alerts'}/*.yml)"
     )
     assert row["observed"] == ["chat-system/QueueBacklog"]
 
