@@ -212,6 +212,7 @@ def restore_backup(ctx: Context, *, apply: bool) -> Plan:
             ),
             RESTORE,
             _restore_queue(redis_spec, rdb, partial(runtime.restart, service), expected),
+            service=service,
         )
     if not plan.steps:
         return plan.nothing(f"{info.name} holds no part of this inventory's targets")

@@ -61,5 +61,6 @@ def reload_rules(ctx: Context, *, apply: bool) -> Plan:
         runtime.command("reload", service),
         StepKind.RELOAD,
         reload,
+        service=service,
     )
     return plan.finish(apply, ctx.gate)

@@ -211,6 +211,7 @@ def restart_consumer(ctx: Context, *, apply: bool) -> Plan:
             runtime.command("restart", service),
             StepKind.RESTART,
             restart,
+            service=service,
         )
         return plan.finish(apply, ctx.gate)
     finally:
@@ -251,6 +252,7 @@ def scale_workers(ctx: Context, *, apply: bool) -> Plan:
                     runtime.command("scale", service, "1"),
                     StepKind.SCALE,
                     scale_down,
+                    service=service,
                 )
                 return plan.finish(apply, ctx.gate)
             if running > 1:
@@ -284,12 +286,14 @@ def scale_workers(ctx: Context, *, apply: bool) -> Plan:
             runtime.command("scale", service, str(SCALE_UP_TO)),
             StepKind.SCALE,
             scale_up,
+            service=service,
         )
         plan.add(
             f"scale {service} back to 1 once {pending} is empty (waits up to {DRAIN_WAIT_S:g} s)",
             runtime.command("scale", service, "1"),
             StepKind.SCALE,
             scale_down_once_drained,
+            service=service,
         )
         return plan.finish(apply, ctx.gate)
     finally:

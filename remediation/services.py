@@ -125,7 +125,11 @@ def restart_service(ctx: Context, *, apply: bool) -> Plan:
         return "healthy" if _until(lambda: _healthy(ctx), READY_DEADLINE_S) else "still unhealthy"
 
     plan.add(
-        f"restart {service}{why}", runtime.command("restart", service), StepKind.RESTART, restart
+        f"restart {service}{why}",
+        runtime.command("restart", service),
+        StepKind.RESTART,
+        restart,
+        service=service,
     )
     if runtime.refusal("recreate", service) is None:  # a systemd unit has no image, say
         plan.add(
@@ -134,6 +138,7 @@ def restart_service(ctx: Context, *, apply: bool) -> Plan:
             StepKind.RECREATE,
             lambda: runtime.recreate(service),
             only_if=(f"if {ctx.target} is still unhealthy", lambda: not _healthy(ctx)),
+            service=service,
         )
     return plan.finish(apply, ctx.gate)
 
@@ -227,5 +232,6 @@ def restart_scrape_targets(ctx: Context, *, apply: bool) -> Plan:
             runtime.command("restart", service),
             StepKind.RESTART,
             restart,
+            service=service,
         )
     return plan.finish(apply, ctx.gate)
