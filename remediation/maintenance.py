@@ -6,34 +6,49 @@ turning it on takes the chat down for every user on purpose.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from opsbook.inventory import Inventory
 from opsbook.remediate.context import Context
 from opsbook.remediate.plan import Plan, StepKind
-from opsbook.remediate.runtime import runtime_for
+from opsbook.remediate.runtime import Runtime, maintenance_served, runtime_of
 from opsbook.targets import HttpTarget
 
 KIND = StepKind.MAINTENANCE_MODE
 
 
 class MaintenanceUnsupported(Exception):
-    """The inventory's runtime has no maintenance switch opsbook knows how to use."""
+    """The frontend's runtime has no maintenance switch opsbook knows how to use."""
 
 
-def _flag(inventory: Inventory) -> Path:
-    if inventory.sandbox is None:
-        runtime = f"compose project {inventory.compose.project}" if inventory.compose else "none"
+def _frontend(inventory: Inventory) -> tuple[str, Runtime]:
+    """The service that serves the frontend (its nginx), and the runtime that drives it."""
+    names = sorted(inventory.endpoints("frontend"))
+    service = inventory.service_of(names[0]) if names else "nginx"
+    runtime = runtime_of(inventory, service)
+    if runtime is None:
         raise MaintenanceUnsupported(
-            f"maintenance mode is switched by opsbook for the sandbox runtime only (this "
-            f"inventory's runtime: {runtime}); switch nginx to its maintenance page by hand, "
-            "as the maintenance-window runbook says"
+            f"no runtime drives {service} (name one under services: in the inventory)"
         )
-    sandbox = runtime_for(inventory)
-    flag = sandbox.maintenance_flag() if sandbox is not None else None
-    if flag is None:
-        raise MaintenanceUnsupported(f"no sandbox nginx in {inventory.sandbox.dir} (is it up?)")
-    return flag
+    why = runtime.refusal("maintenance", service)
+    if why is not None:
+        raise MaintenanceUnsupported(
+            f"{runtime.name} runtime: cannot switch {service}'s maintenance page: {why}; "
+            "switch nginx to its maintenance page by hand, as the maintenance-window runbook says"
+        )
+    return service, runtime
+
+
+def _served(inventory: Inventory, timeout_s: float) -> list[str]:
+    """The frontends that serve the maintenance page now, read from the entry itself: a page
+    switched on by hand counts as much as opsbook's."""
+    served = []
+    for name, endpoint in sorted(inventory.endpoints("frontend").items()):
+        frontend = HttpTarget(name, endpoint, timeout_s)
+        try:
+            if maintenance_served(frontend):
+                served.append(name)
+        finally:
+            frontend.close()
+    return served
 
 
 def _frontend_answers(inventory: Inventory, expected: int, timeout_s: float) -> str:
@@ -55,45 +70,59 @@ def maintenance_on(ctx: Context, *, apply: bool) -> Plan:
     """Put the frontend into maintenance mode: every path, /health included, answers 503 with
     the maintenance page.
 
-    Changes: creates the sandbox's flag file DIR/nginx/maintenance.on, which nginx tests on
-    every request (no reload), then asks each frontend's /health and expects 503. Every user
-    sees the maintenance page until maintenance_off; HEALTH-001 fails for the frontend
-    meanwhile. Other runtimes raise MaintenanceUnsupported for now.
-    Privileges: write access to the sandbox directory (its owner).
-    Undo: maintenance_off (`python -m opsbook maintenance off`).
+    Changes: switches the frontend's nginx to its maintenance page through the service's
+    runtime (the sandbox's flag file; in a compose stack, the flag file inside the frontend's
+    container and an nginx reload), then asks each frontend's /health and expects 503. Every
+    user sees the maintenance page until maintenance_off; HEALTH-001 fails for the frontend
+    meanwhile. Runtimes with no switch (systemd, command) raise MaintenanceUnsupported.
+    Privileges: control of the frontend's runtime (the sandbox directory's owner, or the
+    container engine).
+    Undo: maintenance_off (`opsbook maintenance off`).
     """
     plan = Plan.for_fix(ctx)
-    flag = _flag(ctx.inventory)
-    if flag.exists():
-        return plan.nothing(f"maintenance mode is already on ({flag} exists)")
+    service, runtime = _frontend(ctx.inventory)
+    served = _served(ctx.inventory, ctx.thresholds.timeout_s)
+    if served:
+        return plan.nothing(f"maintenance mode is already on ({', '.join(served)} serves the page)")
 
     def turn_on() -> str:
-        # Exclusive create: if someone else turned it on meanwhile, say so rather than pretend.
-        with flag.open("x", encoding="utf-8"):
-            pass
-        flag.chmod(0o644)  # nginx's workers (nobody as root) must see it
+        runtime.maintenance(True, service)
         return _frontend_answers(ctx.inventory, 503, ctx.thresholds.timeout_s)
 
-    plan.add("turn maintenance mode on (503 everywhere)", f"touch {flag}", KIND, turn_on)
+    plan.add(
+        "turn maintenance mode on (503 everywhere)",
+        runtime.maintenance_command(True, service),
+        KIND,
+        turn_on,
+        service=service,
+    )
     return plan.finish(apply, ctx.gate)
 
 
 def maintenance_off(ctx: Context, *, apply: bool) -> Plan:
     """End maintenance mode: the frontend serves the site again.
 
-    Changes: removes the sandbox's flag file DIR/nginx/maintenance.on, then asks each
-    frontend's /health and expects 200. Other runtimes raise MaintenanceUnsupported for now.
-    Privileges: write access to the sandbox directory (its owner).
+    Changes: switches the frontend's nginx back through the service's runtime (removes the
+    flag file; in a compose stack, inside the container, then an nginx reload), then asks
+    each frontend's /health and expects 200. Runtimes with no switch raise
+    MaintenanceUnsupported.
+    Privileges: control of the frontend's runtime.
     Undo: maintenance_on.
     """
     plan = Plan.for_fix(ctx)
-    flag = _flag(ctx.inventory)
-    if not flag.exists():
-        return plan.nothing(f"maintenance mode is already off ({flag} does not exist)")
+    service, runtime = _frontend(ctx.inventory)
+    if not _served(ctx.inventory, ctx.thresholds.timeout_s):
+        return plan.nothing("maintenance mode is already off (no frontend serves the page)")
 
     def turn_off() -> str:
-        flag.unlink()
+        runtime.maintenance(False, service)
         return _frontend_answers(ctx.inventory, 200, ctx.thresholds.timeout_s)
 
-    plan.add("turn maintenance mode off (serve the site)", f"rm {flag}", KIND, turn_off)
+    plan.add(
+        "turn maintenance mode off (serve the site)",
+        runtime.maintenance_command(False, service),
+        KIND,
+        turn_off,
+        service=service,
+    )
     return plan.finish(apply, ctx.gate)
