@@ -202,3 +202,25 @@ def test_the_schema_refuses_a_document_that_breaks_the_contract(
     where[path[-1]] = value
     with pytest.raises(ValidationError):
         validator().validate(document)
+
+
+def test_the_run_says_who_and_what_produced_it(
+    mixed_run: tuple[pytest.RunResult, dict[str, Any]],
+) -> None:
+    """An auditor's page rendered from findings.json alone can name the opsbook version and
+    commit, the operator and the inventory it read."""
+    import hashlib
+
+    from opsbook import version
+    from opsbook.pages import status_page
+
+    _, document = mixed_run
+    made = document["run"]["provenance"]
+    assert made["opsbook_version"] == version.version()
+    assert made["commit"] == version.commit()
+    assert "@" in made["operator"]
+    inventory = Path(document["run"]["inventory_path"])
+    assert made["inventory_sha256"] == hashlib.sha256(inventory.read_bytes()).hexdigest()
+    page = status_page.render(document)
+    assert f"run by {made['operator']}" in page
+    assert made["inventory_sha256"] in page

@@ -179,6 +179,14 @@ def render(document: dict[str, Any]) -> str:
         "Run": present.text(summary.get("run_id") or "?"),
         "Finished": present.text(summary.get("finished") or "?"),
     }
+    made = summary.get("provenance") or {}
+    if made:
+        facts["Produced by"] = present.text(
+            f"opsbook {made.get('opsbook_version')} (commit {str(made.get('commit'))[:12]}), "
+            f"run by {made.get('operator')}"
+        )
+        if made.get("inventory_sha256"):
+            facts["Inventory SHA-256"] = present.text(made["inventory_sha256"])
     attention = [r for r in rows if present.needs_a_person(r["outcome"])]
     several = len({r.get("deployment") for r in rows}) > 1
     sections = [

@@ -22,15 +22,10 @@ Every value added is escaped here: pytest-html inserts the cells as HTML.
 
 from __future__ import annotations
 
-import getpass
-import hashlib
-import os
 import re
-import socket
 import sys
 from datetime import UTC, datetime
 from html import escape
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -40,6 +35,7 @@ from opsbook.outcome import Outcome
 from opsbook.pages import present
 from opsbook.plugin.keys import AUDIT_TRAIL_GAPS, FINDINGS, INVENTORY, FindingRow
 from opsbook.plugin.waivers import WAIVERS
+from opsbook.provenance import file_sha256, operator
 
 if TYPE_CHECKING:
     from opsbook.inventory import Inventory
@@ -127,22 +123,6 @@ def pytest_metadata(metadata: dict[str, Any], config: pytest.Config) -> None:
     for key in list(metadata):
         if key not in keep:
             del metadata[key]
-
-
-def operator() -> str:
-    """user@host of the runner."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = f"uid {os.getuid()}"
-    return f"{user}@{socket.gethostname()}"
-
-
-def file_sha256(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
 
 
 def fix_summary(remediation: str) -> str:

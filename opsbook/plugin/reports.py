@@ -128,6 +128,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _summary(config: pytest.Config, run: Run, exit_status: int) -> dict[str, Any]:
     from opsbook.plugin.inventory_option import chosen_inventory_path
+    from opsbook.provenance import provenance
     from opsbook.remediate.runner import audit_head
 
     inventory = config.stash[INVENTORY]
@@ -146,6 +147,7 @@ def _summary(config: pytest.Config, run: Run, exit_status: int) -> dict[str, Any
         "counts": config.stash[FINDINGS].counts(),
         # Anchors the deployment's audit log (the weaker anchor: see docs/remediation.md).
         "audit_head": audit_head(inventory) if inventory is not None else None,
+        "provenance": provenance(inventory_path),
     }
 
 
