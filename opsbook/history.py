@@ -94,7 +94,9 @@ def compare(rows: list[dict[str, Any]], earlier: list[dict[str, Any]]) -> Change
         before = previous.get(key)
         if now in BAD and before is not None and before not in BAD:
             changes.newly_failing.append(key)
-        if now not in BAD and before in BAD:
+        # Recovered: it passes again by itself. A check fixed in this run failed in it, and a
+        # waived one still fails: neither is called recovered.
+        if now == "passed" and before in BAD:
             changes.recovered.append(key)
         seen = [run[key] for run in indexed if key in run]
         series = [failed for failed, _ in seen] + [now in BAD]

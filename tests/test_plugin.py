@@ -14,6 +14,7 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import fill
@@ -563,3 +564,18 @@ def test_history_names_newly_failing_recovered_flapping_and_trends(
     monkeypatch.setenv("DEPTH", "1")
     suite.runpytest("-m", "daily or weekly")
     assert findings(suite)["changes"]["previous_run"] is None
+
+
+def test_a_fixed_or_waived_check_is_not_called_recovered() -> None:
+    """Since the last run: a check that failed and was fixed in this run, or whose failure is
+    waived, did not recover by itself; one that passes again did."""
+    from opsbook.history import compare
+
+    def run(run_id: str, outcomes: dict[str, str]) -> dict[str, Any]:
+        rows = [{"check_id": c, "target": None, "outcome": o} for c, o in outcomes.items()]
+        return {"run": {"run_id": run_id}, "findings": rows}
+
+    before = run("a", {"FIX-001": "failed", "WAIVE-001": "failed", "BACK-001": "error"})
+    now = run("b", {"FIX-001": "fixed", "WAIVE-001": "waived", "BACK-001": "passed"})
+    changes = compare(now["findings"], [before])
+    assert changes.to_dict()["recovered"] == ["BACK-001"]
