@@ -6,6 +6,8 @@
   tests/data/systemd-host on the local base image), reached over ssh as a user whose sudo
   allows systemctl only. Needs the `podman` CLI (scripts/setup-container-engine); skipped,
   with the reason, without it. The first build takes about 40 s, later ones reuse the layers.
+  HEALTH-001's fix is applied end to end there to a stopped backend unit (python3's
+  http.server as chat-backend.service, published on loopback).
 - `sandbox`: every verb on the session's native stack (`breakable_sandbox`).
 - `compose`: start, stop, status, reload and maintenance on a real compose project (one stack
   for the module, as tests/checks/test_compose_checks.py builds it; restart, recreate and scale
@@ -14,6 +16,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -296,6 +299,7 @@ class SystemdHost:
     container: str
     spec: str
     port: int
+    backend_port: int  # chat-backend.service's http.server, published on loopback
 
     def systemctl(self, *words: str) -> str:
         done = subprocess.run(
@@ -333,7 +337,7 @@ def systemd_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemdHo
     )  # fmt: skip
     container = f"opsbook-systemd-{uuid.uuid4().hex[:8]}"
     _podman("run", "-d", "--systemd=always", "--name", container, "-p", "127.0.0.1::22",
-            SYSTEMD_IMAGE, "/sbin/init")  # fmt: skip
+            "-p", "127.0.0.1::8000", SYSTEMD_IMAGE, "/sbin/init")  # fmt: skip
     try:
         end = time.monotonic() + BOOT_DEADLINE_S
         while True:
@@ -352,6 +356,7 @@ def systemd_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemdHo
                 stdin=public)  # fmt: skip
         host_key = _podman("exec", container, "cat", "/etc/ssh/ssh_host_ed25519_key.pub")
         port = int(_podman("port", container, "22").rsplit(":", 1)[1])
+        backend_port = int(_podman("port", container, "8000").rsplit(":", 1)[1])
         known_hosts = directory / "known_hosts"
         known_hosts.write_text(f"[127.0.0.1]:{port} {host_key}\n")
         config = client_config(directory, directory / "client_key", known_hosts)
@@ -359,7 +364,8 @@ def systemd_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemdHo
         while not banner(port):
             assert time.monotonic() < end, "the container's sshd did not answer"
             time.sleep(0.2)
-        yield SystemdHost(container, f"ssh://ops@127.0.0.1:{port}?ssh_config={config}", port)
+        spec = f"ssh://ops@127.0.0.1:{port}?ssh_config={config}"
+        yield SystemdHost(container, spec, port, backend_port)
     finally:
         subprocess.run(["podman", "rm", "-f", "-t", "0", container], capture_output=True,
                        timeout=120, check=False)  # fmt: skip
@@ -461,6 +467,81 @@ def test_systemd_runtime_refuses_recreate_and_scale_of_a_plain_unit(systemd: Run
         "the inventory, not chat-echo.service"
     )
     assert "switch its maintenance page by hand" in refused_line(systemd, "maintenance", "echo")
+
+
+@pytest.mark.containers
+@pytest.mark.fixes("HEALTH-001")
+def test_health_fix_restarts_a_stopped_systemd_unit_over_ssh(
+    systemd_host: SystemdHost, tmp_path: Path
+) -> None:
+    """The issue's proof, end to end: the backend (a real HTTP service, chat-backend.service)
+    answers, its unit stopped -> HEALTH-001 fails -> `--remediate=apply --allow=restart`
+    restarts it with `sudo -n systemctl restart` over ssh -> FIXED, audited."""
+    unit = "chat-backend.service"
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(
+        f"""\
+name: systemd-host
+hosts: {{box: {{spec: "{systemd_host.spec}"}}}}
+thresholds: {{timeout_s: 2}}
+http:
+  backend: {{kind: backend, url: "http://127.0.0.1:{systemd_host.backend_port}"}}
+services:
+  backend: {{runtime: systemd, unit: {unit}, host: box, sudo: true, targets: [backend]}}
+"""
+    )
+    state = tmp_path / "state"
+
+    def run(name: str, *args: str) -> CheckRun:
+        reports = tmp_path / name
+        command = [
+            sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-m", "daily",
+            f"--inventory={inventory}", f"--reports-dir={reports}", "--check=HEALTH-001", *args,
+        ]  # fmt: skip
+        environment = {
+            k: v for k, v in os.environ.items() if not k.startswith(("OPSBOOK_", "PYTEST_"))
+        }
+        done = subprocess.run(
+            command, cwd=REPO, env={**environment, "OPSBOOK__STATE_DIR": str(state)},
+            capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+        return CheckRun(done, reports)
+
+    systemd_host.systemctl("start", unit)
+    try:
+        eventually(
+            lambda: http_status(systemd_host.backend_port, "/health") == 200,
+            "the backend answers",
+        )
+        healthy = run("healthy")
+        assert healthy.outcome("HEALTH-001", "backend") == "passed", healthy.output
+        assert systemd_host.systemctl("stop", unit) == ""
+        assert systemd_host.systemctl("is-active", unit) == "inactive"
+        fixed = run("fixed", "--remediate=apply", "--allow=restart")
+        assert fixed.exit_code == 0, fixed.output
+        row = fixed.row("HEALTH-001", "backend")
+        assert row["outcome"] == "fixed", fixed.output
+        assert row["message"].startswith("backend: GET /health: "), row["message"]
+        attempt = row["remediation_attempt"]
+        assert (attempt["status"], attempt["verdict"], attempt["after"]) == (
+            "applied", "FIXED", "passed"
+        ), attempt  # fmt: skip
+        where = f"on box (ssh://ops@127.0.0.1:{systemd_host.port})"
+        assert attempt["plan"] == [
+            f"[restart] restart backend: {where}: sudo -n systemctl restart {unit} -> healthy"
+        ], attempt["plan"]
+        assert systemd_host.systemctl("is-active", unit) == "active"
+        assert http_status(systemd_host.backend_port, "/health") == 200
+        # Written ahead, in the deployment's state: the intent before the restart, the outcome.
+        log = state / "audit.log"
+        intent, outcome = (json.loads(line) for line in log.read_text().splitlines())
+        assert (intent["event"], outcome["event"], outcome["intent"]) == ("intent", "outcome", 1)
+        assert (intent["check"], intent["target"]) == ("HEALTH-001", "http/backend")
+        assert (outcome["check"], outcome["target"], outcome["verdict"]) == (
+            "HEALTH-001", "http/backend", "FIXED"
+        )  # fmt: skip
+    finally:
+        systemd_host.systemctl("stop", unit)
 
 
 # -- compose and sandbox: what they refuse ---------------------------------------------------
