@@ -6,8 +6,9 @@ import pytest
 
 from opsbook import Finding, HttpTarget, Severity, TargetUnreachable, Thresholds, Unit, check
 from opsbook.probes.disclosure import disclosures
-from opsbook.probes.health import http_health
+from opsbook.probes.health import api_answer, http_health
 from opsbook.remediation import services
+from opsbook.targets import Targets
 
 pytestmark = [pytest.mark.daily, pytest.mark.health, pytest.mark.postdeploy]
 
@@ -69,3 +70,35 @@ def test_health_reveals_nothing(http_service: HttpTarget, finding: Finding) -> N
     if found:
         finding.attach("response", answer.text[:BODY_CHARS])
     finding.expect_none([f"/health discloses {what}" for what in found])
+
+
+@check("HEALTH-004", Severity.HIGH)
+def test_public_entry_reaches_the_backend(
+    http_service: HttpTarget, targets: Targets, finding: Finding
+) -> None:
+    """The public entry passes API requests to the backend: the same answer through it as
+    from the backend itself.
+
+    Risk: with nginx sending /api to the wrong upstream (or none), every chat fails while the
+    frontend's own /health and the backend's both answer 200.
+    """
+    path = http_service.spec.api_path
+    if http_service.spec.kind != "frontend" or path is None:
+        pytest.skip("no api_path for this entry in the inventory (HEALTH-004 is a frontend's)")
+    backends = sorted(name for name, t in targets.http.items() if t.spec.kind == "backend")
+    if not backends:
+        pytest.skip("no backend in the inventory to compare the entry's answer with")
+    direct = api_answer(targets.http[backends[0]], path)
+    try:
+        through = api_answer(http_service, path)
+    except TargetUnreachable as exc:
+        finding.observe("no answer", expected=direct.shown())
+        finding.fail(f"GET {path}: {exc.reason}")
+    if through != direct:
+        finding.attach("through the entry", through.body)
+        finding.attach(f"from {backends[0]}", direct.body)
+    finding.expect(
+        through.shown(), f"{direct.shown()}, as {backends[0]} answers it", ok=through == direct,
+        problem=f"GET {path} answered {through.shown()} through the entry, "
+        f"{direct.shown()} from {backends[0]}",
+    )  # fmt: skip

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from opsbook.plugin.findings import Finding
     from opsbook.remediate.context import Context
     from opsbook.remediate.plan import Plan
-    from opsbook.targets import HostTarget, HttpTarget, PostgresTarget, RedisTarget
+    from opsbook.targets import HostTarget, HttpTarget, PostgresTarget, RedisTarget, Targets
 
 _LAZY = {
     "Inventory": "opsbook.inventory",
@@ -36,12 +36,13 @@ _LAZY = {
     "HttpTarget": "opsbook.targets",
     "PostgresTarget": "opsbook.targets",
     "RedisTarget": "opsbook.targets",
+    "Targets": "opsbook.targets",
 }
 
 __all__ = [
     "Context", "Finding", "FixVerdict", "HostTarget", "HttpTarget", "Inventory", "NotEvaluated",
     "Outcome", "Plan", "PostgresTarget", "RedisTarget", "Severity", "TargetUnreachable",
-    "Thresholds", "Unit", "check",
+    "Targets", "Thresholds", "Unit", "check",
 ]  # fmt: skip
 
 

@@ -119,10 +119,17 @@ class HttpEndpoint(_Model, frozen=True):
     password: Secret | None = None
     # kind prometheus: alerts that fire here by design; ALERT-004 lists them but does not fail
     expected_alerts: tuple[str, ...] = ()
+    # kind frontend: a path of the backend's API this entry proxies; HEALTH-004 asks it through
+    # the entry and from the backend, and expects the same answer (a read: GET, no side effect)
+    api_path: str | None = None
 
     def __post_init__(self) -> None:
         if self.expected_alerts and self.kind != "prometheus":
             raise ValueError(f"expected_alerts: only for kind prometheus, not {self.kind}")
+        if self.api_path is not None and (
+            self.kind != "frontend" or not self.api_path.startswith("/")
+        ):
+            raise ValueError("api_path: a path starting with /, only for kind frontend")
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"url: not an http(s) URL: {self.url!r}")

@@ -90,3 +90,24 @@ def answers_now(target: Target) -> bool:
         return False
     finally:
         target.close()
+
+
+class ApiAnswer(Struct, frozen=True):
+    """One GET of the backend's API: status, media type and body (the body cut short)."""
+
+    status_code: int
+    media_type: str
+    body: str
+
+    def shown(self) -> str:
+        return f"{self.status_code} {self.media_type or 'no type'}"
+
+
+BODY_CHARS = 500
+
+
+def api_answer(target: HttpTarget, path: str) -> ApiAnswer:
+    """GET `path` of `target` (TargetUnreachable without an answer)."""
+    response = target.get(path)
+    media = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
+    return ApiAnswer(response.status_code, media, response.text[:BODY_CHARS])

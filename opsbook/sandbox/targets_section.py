@@ -28,6 +28,8 @@ def target_sections(
                 "kind": "frontend",
                 "url": f"http://127.0.0.1:{ports['frontend']}",
                 "service": services["frontend"],
+                # The reference backend answers 404 (JSON) for an id that is no message.
+                "api_path": "/api/messages/opsbook-route-probe",
             },
             "prometheus": {
                 "kind": "prometheus",

@@ -307,3 +307,46 @@ def test_everything_unreachable_ends_within_one_timeout(
     summary = summary.split("short test summary info")[0]
     for target in ("postgres chatdb", "redis queue", "http backend", "http prometheus"):
         assert summary.count(f"unreachable: {target} ") == 1, summary
+
+
+@pytest.mark.breaks("HEALTH-004")
+def test_api_sent_to_the_wrong_upstream_fails_the_public_path(
+    breakable_sandbox: Stack, run_checks: RunChecks
+) -> None:
+    """nginx's /api/ sent to Prometheus instead of the backend: both /health still answer 200,
+    HEALTH-004 sees the API answer through the entry differ from the backend's own."""
+    stack = breakable_sandbox
+    ports = stack.state.ports
+    config = stack.dir / "nginx" / "nginx.conf"
+    healthy = config.read_text()
+    probe = f"http://127.0.0.1:{ports['nginx']}/api/messages/opsbook-route-probe"
+
+    def reload_nginx() -> None:
+        pid = stack.component("nginx").pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGHUP)
+
+    passed = run_checks("--check=HEALTH-004")
+    assert passed.outcome("HEALTH-004", "frontend") == "passed"
+    assert passed.row("HEALTH-004", "frontend")["observed"] == "404 application/json"
+    config.write_text(
+        healthy.replace(f"127.0.0.1:{ports['backend']};", f"127.0.0.1:{ports['prometheus']};")
+    )
+    reload_nginx()
+    try:
+        eventually(lambda: requests.get(probe, timeout=5).headers.get("Content-Type", "")
+                   != "application/json", "nginx sends /api/ to Prometheus")  # fmt: skip
+        run = run_checks("--check=HEALTH-001,HEALTH-004")
+        assert run.outcome("HEALTH-001", "frontend") == "passed"
+        assert run.outcome("HEALTH-001", "backend") == "passed"
+        row = run.row("HEALTH-004", "frontend")
+        assert row["outcome"] == "failed"
+        assert row["message"].startswith(
+            "frontend: GET /api/messages/opsbook-route-probe answered 404 text/plain through "
+            "the entry, 404 application/json from backend"
+        ), row["message"]
+    finally:
+        config.write_text(healthy)
+        reload_nginx()
+    eventually(lambda: requests.get(probe, timeout=5).headers.get("Content-Type", "")
+               == "application/json", "nginx sends /api/ to the backend again")  # fmt: skip
