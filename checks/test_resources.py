@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from opsbook import Finding, HostTarget, Severity, Thresholds, Unit, check
+from opsbook import Finding, HostTarget, Inventory, Severity, Thresholds, Unit, check
 from opsbook.probes.disk import DiskUsage, disk_usage
 from opsbook.probes.host import NotObserved, memory
 from opsbook.remediation import disk
@@ -12,25 +14,40 @@ from opsbook.remediation import disk
 pytestmark = [pytest.mark.daily, pytest.mark.resources]
 
 
+def written_by_the_stack(host: HostTarget, inventory: Inventory) -> list[str]:
+    """Where the stack writes on this host, besides the filesystems the inventory lists: the
+    backups and the application data (on the runner's own host, where the inventory's paths
+    are) and the folders of the host's logs. A full backups volume stops the backups first."""
+    paths = [str(Path(log).parent) for log in host.spec.logs]
+    if host.spec.spec.startswith("local://") and inventory.backup is not None:
+        paths += [str(inventory.backup.dir), *map(str, inventory.backup.data_paths)]
+    return list(dict.fromkeys(paths))
+
+
 @check("RES-001", Severity.HIGH, remediation=disk.delete_past_retention)
 def test_data_filesystems_have_room(
-    host: HostTarget, thresholds: Thresholds, finding: Finding
+    host: HostTarget, inventory: Inventory, thresholds: Thresholds, finding: Finding
 ) -> None:
     """Data filesystems are below the disk use limit.
 
     Risk: when a filesystem fills up, PostgreSQL stops accepting writes, Redis cannot save its
     snapshot and logs are lost: the chat stops storing messages.
     """
-    if not host.spec.filesystems:
+    wanted = [(path, False) for path in host.spec.filesystems]
+    wanted += [(path, True) for path in written_by_the_stack(host, inventory)]
+    if not wanted:
         pytest.skip(f"{host.label}: no filesystems listed in the inventory")
     limit = thresholds.disk_used_percent
     measured: list[DiskUsage] = []
     unmeasured: list[str] = []
-    for path in host.spec.filesystems:
+    for path, nearest in wanted:
         try:
-            measured.append(disk_usage(host, path, timeout_s=thresholds.timeout_s))
+            usage = disk_usage(host, path, timeout_s=thresholds.timeout_s, nearest_existing=nearest)
         except NotObserved as exc:
             unmeasured.append(f"{path}: {exc.reason}")
+            continue
+        if all(usage.mount != other.mount for other in measured):  # each filesystem once
+            measured.append(usage)
     finding.attach("df", measured)
     full = [f"{u.path} is {u.used_percent} % full" for u in measured if u.used_percent > limit]
     # A hung mount must not hide a full one: what is known to be full fails the check.

@@ -180,7 +180,8 @@ class Host(_Model, frozen=True):
     """A machine for host-level checks, reached through a testinfra host spec."""
 
     spec: str = "local://"
-    filesystems: tuple[str, ...] = ("/",)
+    # The runbook's `df -h /` and `/var`; RES-001 adds where the stack writes (backups, logs).
+    filesystems: tuple[str, ...] = ("/", "/var")
     logs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:

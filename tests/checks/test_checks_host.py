@@ -44,6 +44,31 @@ def inventory_copy(stack: Stack, directory: Path, **changes: Any) -> Path:
 
 
 @pytest.mark.breaks("RES-001")
+def test_a_full_backups_volume_fails_though_no_filesystem_is_listed(
+    sandbox: Stack, run_checks: RunChecks, small_filesystem: Path, tmp_path: Path
+) -> None:
+    """The backups' folder is on a filesystem of its own that the inventory does not list:
+    RES-001 measures it anyway (where the stack writes), and fails when it is full."""
+    raw = yaml.safe_load(sandbox.inventory_path.read_text())
+    backups = small_filesystem / "backups"
+    inventory = inventory_copy(
+        sandbox, tmp_path, local={"filesystems": [str(sandbox.dir)]},
+        backup={**raw["backup"], "dir": str(backups)},
+    )  # fmt: skip
+    filler = small_filesystem / "filler"
+    filler.write_bytes(b"x" * 1800 * 1024)  # of 2048 KiB: 88%
+    run = run_checks("--check=RES-001", inventory=inventory)
+    row = run.row("RES-001", "local")
+    assert row["outcome"] == "failed", run.output
+    # Not created yet: measured on its nearest existing folder, which its files will fill.
+    assert f"{small_filesystem} is " in row["message"], row["message"]
+    filler.unlink()
+    assert run_checks("--check=RES-001", inventory=inventory).outcome("RES-001", "local") == (
+        "passed"
+    )
+
+
+@pytest.mark.breaks("RES-001")
 def test_full_data_filesystem_fails(
     sandbox: Stack, run_checks: RunChecks, small_filesystem: Path, tmp_path: Path
 ) -> None:
