@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC
 from pathlib import Path
@@ -229,39 +229,116 @@ class ComposeProject:
 
 
 ENGINE_TIMEOUT_S = 10.0
+# The SDK's lowest API version: a placeholder until the engine's own is read from /_ping.
+_PLACEHOLDER_API_VERSION = "1.24"
+ONE_SHOT_API_VERSION = (1, 41)  # `stats?one-shot=true`: Docker answers without its 1 s wait
 
 
-def connect(docker_host: str | None, timeout_s: float = ENGINE_TIMEOUT_S) -> Any:
-    """A docker SDK client for `docker_host` (None: the client's default, $DOCKER_HOST)."""
+def _client(docker_host: str | None, version: str | None, timeout: int) -> Any:
     import docker
 
     if docker_host:
-        return docker.DockerClient(base_url=docker_host, timeout=max(1, round(timeout_s)))
-    return docker.from_env(timeout=max(1, round(timeout_s)))
+        return docker.DockerClient(base_url=docker_host, version=version, timeout=timeout)
+    return docker.from_env(version=version, timeout=timeout)
+
+
+def connect(docker_host: str | None, timeout_s: float = ENGINE_TIMEOUT_S) -> Any:
+    """A docker SDK client for `docker_host` (None: the client's default, $DOCKER_HOST), whose
+    engine answered /_ping.
+
+    The engine's API version is read from /_ping's `API-Version` header, not from /version as
+    the SDK does on its own: Podman answers /version in about 0.5 s (it gathers the host's
+    facts), /_ping in 2 ms.
+    """
+    import docker.errors
+
+    timeout = max(1, round(timeout_s))
+    probe = _client(docker_host, _PLACEHOLDER_API_VERSION, timeout)
+    try:
+        # Unversioned, as `docker` itself pings: any engine answers it.
+        answer = probe.api.get(f"{probe.api.base_url}/_ping", timeout=timeout)
+        answer.raise_for_status()
+    except Exception as exc:  # requests' errors, OSError: as the SDK's own version lookup says
+        reason = str(exc).split("\n", 1)[0] or type(exc).__name__
+        raise docker.errors.DockerException(f"no answer to /_ping: {reason}") from None
+    finally:
+        probe.close()
+    # An engine without the header: the SDK asks /version itself.
+    return _client(docker_host, answer.headers.get("API-Version"), timeout)
+
+
+def _one_shot(client: Any) -> dict[str, bool]:
+    version = tuple(int(part) for part in str(client.api.api_version).split(".")[:2])
+    return {"one_shot": True} if version >= ONE_SHOT_API_VERSION else {}
+
+
+class UsageWindow:
+    """CPU and memory use of every running container of the project: two one-shot `docker
+    stats` samples at least `window_s` apart, each taken for all containers at once.
+
+    The first sample (with its own `docker ps` of the running containers) is taken in the
+    background as soon as the window is opened, so that the time between the two samples is
+    spent on other checks rather than asleep; CPU use is the CPU time used between the samples
+    over the time between them, however long that was. A container removed in between (a fix
+    recreated it) is left out. An engine error is raised, as NotEvaluated, by `usage()`.
+    """
+
+    def __init__(self, project: ComposeProject, window_s: float) -> None:
+        self.project = project
+        self.window_s = window_s
+        # One thread, ended once the first sample is in: each engine call in it is bounded
+        # by the client's timeout.
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="opsbook-stats")
+        self._first: Future[tuple[dict[str, Any], float, dict[str, Any]]]
+        self._first = pool.submit(self._first_sample)
+        pool.shutdown(wait=False)
+
+    def _first_sample(self) -> tuple[dict[str, Any], float, dict[str, Any]]:
+        listed = self.project.client.containers.list(  # running ones only, as `docker stats`
+            filters={"label": [f"{PROJECT_LABEL}={self.project.project}"]}, sparse=True
+        )
+        # A sparse container has no `Name`, its `Names` (`/name` on Docker, `name` on Podman).
+        running = {str((c.attrs.get("Names") or [c.id])[0]).lstrip("/"): c for c in listed}
+        started = time.monotonic()
+        return running, started, self._sample(running)
+
+    def _sample(self, running: Mapping[str, Any]) -> dict[str, Any]:
+        """Every container's one-shot stats at once (None: removed since the first sample):
+        the engine takes its time per container (Podman about 0.1 s), and one after another
+        that adds up (the runbook's `docker stats` asks the engine for all of them at once)."""
+        import docker.errors
+
+        extra = _one_shot(self.project.client)
+
+        def stats(container: Any) -> Any:
+            try:
+                return container.stats(stream=False, **extra)
+            except docker.errors.NotFound:
+                return None
+
+        if not running:
+            return {}
+        with ThreadPoolExecutor(max_workers=len(running)) as pool:
+            return dict(zip(running, pool.map(stats, running.values()), strict=True))
+
+    def usage(self) -> dict[str, Usage]:
+        """The use of every running container, by name (waits out the rest of the window)."""
+        with asking_engine(self.project.label, "docker stats"):
+            running, started, first = self._first.result()
+            time.sleep(max(0.0, self.window_s - (time.monotonic() - started)) if running else 0)
+            elapsed = time.monotonic() - started
+            second = self._sample(running)
+        return {
+            name: usage_between(first[name], answer, elapsed)
+            for name, answer in second.items()
+            if answer is not None and first[name] is not None
+        }
 
 
 def usage(project: ComposeProject, window_s: float) -> dict[str, Usage]:
     """CPU and memory use of every running container of the project, by name: two one-shot
     `docker stats` samples, `window_s` apart, taken for all containers at once."""
-    running = [c for c in project.containers() if c.status == "running"]
-    if not running:
-        return {}
-
-    def sample() -> dict[str, Any]:
-        # Every container's one-shot stats at once: the engine takes its time per container
-        # (Podman about 0.1 s), and one after another that adds up (the runbook's `docker
-        # stats` asks the engine for all of them at once too).
-        with ThreadPoolExecutor(max_workers=len(running)) as pool:
-            answers = pool.map(lambda c: c.stats(stream=False), running)
-            return {c.name: answer for c, answer in zip(running, answers, strict=True)}
-
-    with asking_engine(project.label, "docker stats"):
-        started = time.monotonic()
-        first = sample()
-        time.sleep(window_s)
-        elapsed = time.monotonic() - started
-        second = sample()
-    return {name: usage_between(first[name], second[name], elapsed) for name in second}
+    return UsageWindow(project, window_s).usage()
 
 
 def log_errors(
