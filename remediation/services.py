@@ -38,7 +38,7 @@ def _until(condition: Callable[[], bool], deadline_s: float) -> bool:
 
 def owner(ctx: Context) -> str:
     """The service that owns the failing target (a compose check's target is the service)."""
-    if ctx.target_kind == "compose":
+    if ctx.target_kind in ("compose", "service"):
         return ctx.target
     return ctx.inventory.service_of(ctx.target)
 
@@ -88,6 +88,8 @@ def _target_answers(inventory: Inventory, kind: str, name: str) -> bool:
 def _healthy(ctx: Context) -> bool:
     if ctx.target_kind == "compose":
         return not _compose_problems(ctx, ctx.target)
+    if ctx.target_kind == "service":  # HEALTH-005: its runtime says it runs
+        return runtime_of(ctx, ctx.target).is_running(ctx.target)
     return _target_answers(ctx.inventory, ctx.target_kind, ctx.target)
 
 

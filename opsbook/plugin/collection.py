@@ -35,6 +35,7 @@ TARGET_KINDS = {
     "postgres_target": "postgres",
     "redis_target": "redis",
     "host": "host",
+    "stack_service": "service",
     "compose_service": "compose",
     "limited_compose_service": "compose",
     "unpublished_service": "compose",
@@ -49,6 +50,7 @@ LABEL_PREFIXES = {
     "postgres_target": "postgres ",
     "redis_target": "redis ",
     "host": "host ",
+    "stack_service": "service ",
 }
 
 

@@ -350,3 +350,28 @@ def test_api_sent_to_the_wrong_upstream_fails_the_public_path(
         reload_nginx()
     eventually(lambda: requests.get(probe, timeout=5).headers.get("Content-Type", "")
                == "application/json", "nginx sends /api/ to the backend again")  # fmt: skip
+
+
+@pytest.mark.breaks("HEALTH-005")
+@pytest.mark.fixes("HEALTH-005")
+def test_a_dead_idle_worker_fails_and_is_restarted(
+    breakable_sandbox: Stack, run_checks: RunChecks
+) -> None:
+    """The worker killed while no message flows: only the process check can see it; its fix
+    starts the worker again (and nothing else: the backend keeps its pid)."""
+    stack = breakable_sandbox
+    worker = stack.component("worker").pid()
+    backend = stack.component("backend").pid()
+    assert worker is not None
+    os.kill(worker, signal.SIGKILL)
+    eventually(lambda: not stack.component("worker").is_running(), "the worker is gone")
+    run = run_checks("--check=HEALTH-005")
+    row = run.row("HEALTH-005", "worker")
+    assert row["outcome"] == "failed"
+    assert row["message"] == "service worker: not running (sandbox runtime) (expected running)"
+    assert run.outcome("HEALTH-005", "backend") == "passed"
+    fixed = run_checks("--check=HEALTH-005", "--remediate=apply", "--allow=restart")
+    attempt = fixed.row("HEALTH-005", "worker")["remediation_attempt"]
+    assert (fixed.outcome("HEALTH-005", "worker"), attempt["verdict"]) == ("fixed", "FIXED")
+    assert stack.component("worker").is_running()
+    assert stack.component("backend").pid() == backend

@@ -1,0 +1,33 @@
+"""Every process of the stack runs, traffic or not: the sysadmin's process check."""
+
+from __future__ import annotations
+
+import pytest
+
+from opsbook import Finding, Inventory, Severity, check
+from opsbook.remediate.runtime import RuntimeCommandFailed, runtime_of
+from opsbook.remediation import services
+
+pytestmark = [pytest.mark.daily, pytest.mark.health]
+
+
+@check("HEALTH-005", Severity.HIGH, remediation=services.restart_service)
+def test_every_service_of_the_stack_runs(
+    stack_service: str, inventory: Inventory, finding: Finding
+) -> None:
+    """The service runs, as its runtime sees it (process, container, unit), even when idle.
+
+    Risk: a dead consumer goes unnoticed while no traffic flows (the queue checks need
+    messages to see it), and the first messages after a quiet night wait for nobody.
+    """
+    runtime = runtime_of(inventory, stack_service)
+    if runtime is None:
+        pytest.skip(f"no runtime drives {stack_service} (name one under services:)")
+    try:
+        running = runtime.is_running(stack_service)
+    except RuntimeCommandFailed as exc:
+        finding.not_evaluated(str(exc))
+    finding.expect(
+        "running" if running else "not running", "running", ok=running,
+        problem=f"not running ({runtime.name} runtime)",
+    )  # fmt: skip
