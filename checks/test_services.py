@@ -23,6 +23,8 @@ def test_every_service_of_the_stack_runs(
     runtime = runtime_of(inventory, stack_service)
     if runtime is None:
         pytest.skip(f"no runtime drives {stack_service} (name one under services:)")
+    if runtime.name == "compose":
+        pytest.skip("COMPOSE-001 checks the containers of a compose service, from one snapshot")
     try:
         running = runtime.is_running(stack_service)
     except RuntimeCommandFailed as exc:
