@@ -5,10 +5,11 @@
 Collected, for every host of the inventory: its service logs (and, for a sandbox, every log of
 the sandbox), the processes (`ps`), the listening sockets (`ss -ltnp`); the status of the
 stack's components (the sandbox's, or the compose project's containers through `docker ps`
-when the engine answers); with --dump-database, a `pg_dump -Fc` of each database made as its
-admin role, named `*.incident-backup.dump`. Everything goes into DIR (default
-reports/incident-<UTC stamp>, mode 0700) with manifest.json: SHA-256 and size of every file and
-what could not be collected. Nothing is stopped or changed.
+when the engine answers, with each container's log of the last 24 hours); with
+--dump-database, a `pg_dump -Fc` of each database made as its admin role, named
+`*.incident-backup.dump`. Everything goes into DIR (default reports/incident-<UTC stamp>, mode
+0700) with manifest.json: SHA-256 and size of every file and what could not be collected.
+Nothing is stopped or changed.
 
 The dump is opt-in: it reads every table of a database that may already be struggling, and it
 copies every chat into the evidence folder.
@@ -167,6 +168,40 @@ def _stack_status(evidence: _Evidence, inventory: Inventory) -> None:
             evidence.note(f"compose {inventory.compose.project}: docker ps failed: {reason}")
             return
         evidence.write("status/containers.txt", done.stdout)
+        _compose_logs(evidence, inventory, env)
+
+
+def _compose_logs(evidence: _Evidence, inventory: Inventory, env: dict[str, str]) -> None:
+    """The last 24 hours of each container's log (`docker logs --since 24h`), its tail capped
+    like a host log's: what the runbook's `docker-compose logs` would show."""
+    assert inventory.compose is not None
+    project = inventory.compose.project
+    try:
+        listed = subprocess.run(
+            ["docker", "ps", "--all", "--format", "{{.Names}}",
+             "--filter", f"label=com.docker.compose.project={project}"],
+            capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, env=env, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        evidence.note(f"compose {project}: docker ps: {exc}")
+        return
+    for name in listed.stdout.split():
+        try:
+            done = subprocess.run(
+                ["docker", "logs", "--since", "24h", "--timestamps", name],
+                capture_output=True, timeout=COMMAND_TIMEOUT_S, env=env, check=False,
+            )  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            evidence.note(f"compose {project}: docker logs {name}: {exc}")
+            continue
+        if done.returncode != 0:
+            reason = done.stderr.decode("utf-8", "replace").strip()[:200]
+            evidence.note(f"compose {project}: docker logs {name} failed: {reason}")
+            continue
+        # Containers write to stdout and stderr alike; both, stdout first.
+        evidence.write(
+            f"containers/{_safe_name(name)}.log", (done.stdout + done.stderr)[-LOG_BYTES:]
+        )
 
 
 def _dump_databases(evidence: _Evidence, inventory: Inventory) -> None:

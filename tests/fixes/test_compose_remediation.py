@@ -395,3 +395,22 @@ def test_maintenance_mode_on_a_compose_stack(
         off = maintenance("off")
     assert off.returncode == 0, off.stdout + off.stderr
     assert requests.get(health, timeout=5).status_code == 200
+
+
+def test_incident_bundle_holds_the_containers_logs(
+    compose_stack: ComposeStack, tmp_path: Path
+) -> None:
+    """`opsbook incident collect` on a compose inventory: each container's log of the last
+    24 hours is in the bundle (the runbook's `docker-compose logs`), listed in its manifest."""
+    out = tmp_path / "incident"
+    done = subprocess.run(
+        [sys.executable, "-m", "opsbook", "incident", "collect",
+         "--inventory", str(compose_stack.inventory_path), "--out", str(out)],
+        env=compose_stack._env(), capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    files = {entry["path"] for entry in manifest["files"]}
+    backend = f"containers/{container(compose_stack, 'backend')}.log"
+    assert backend in files, sorted(files)
+    assert (out / backend).stat().st_size > 0
