@@ -62,6 +62,10 @@ def run_compose(compose_stack: ComposeStack, tmp_path: Path) -> RunCompose:
             k: v for k, v in os.environ.items() if not k.startswith(("OPSBOOK_", "PYTEST_"))
         }
         environment["OPSBOOK_COMPOSE_DIR"] = str(compose_stack.dir)
+        # Each test's fixes spend budgets of their own (a stack shared by the module would run
+        # out of restarts), and RES-003 does not judge the CI machine's load (tests/conftest.py).
+        environment["OPSBOOK__STATE_DIR"] = str(tmp_path / "state")
+        environment["OPSBOOK__THRESHOLDS__CPU_PRESSURE_PERCENT"] = "100"
         process = subprocess.run(
             command, cwd=REPO, env={**environment, **(env or {})},
             capture_output=True, text=True, timeout=180, check=False,
