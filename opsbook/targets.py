@@ -154,7 +154,13 @@ class HttpTarget(_Target):
         (a hung process: the kernel still accepts for it). The run's preflight asks this of
         every HTTP target at once; the answer itself is not kept (its latency, taken while
         other targets are being reached, would not be the service's own)."""
-        self.get(self.spec.health_path)
+        try:
+            self.get(self.spec.health_path)
+        except TargetUnreachable:
+            if self._hung is not None:
+                raise
+            # Any other trouble (a certificate a TLS check judges, a path that fails) is the
+            # checks' to report: only silence makes the target unreachable for the whole run.
 
     def _get_health(self) -> Response:
         return self.get(self.spec.health_path)

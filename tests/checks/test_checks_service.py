@@ -369,7 +369,7 @@ def test_a_dead_idle_worker_fails_and_is_restarted(
     row = run.row("HEALTH-005", "worker")
     assert row["outcome"] == "failed"
     assert row["message"] == "service worker: not running (sandbox runtime) (expected running)"
-    assert run.outcome("HEALTH-005", "backend") == "passed"
+    assert run.outcome("HEALTH-005", "backend") == "skipped"  # HEALTH-001 watches it
     fixed = run_checks("--check=HEALTH-005", "--remediate=apply", "--allow=restart")
     attempt = fixed.row("HEALTH-005", "worker")["remediation_attempt"]
     assert (fixed.outcome("HEALTH-005", "worker"), attempt["verdict"]) == ("fixed", "FIXED")
