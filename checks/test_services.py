@@ -24,12 +24,15 @@ def test_every_service_of_the_stack_runs(
     if served:
         # Its targets' readiness checks (HEALTH-001, DB-001, QUEUE-001, OBS-001) watch it, and
         # their fixes restart it: this check is for what serves nothing they reach.
-        pytest.skip(f"{stack_service} serves {', '.join(served)}: their readiness checks watch it")
+        pytest.skip(
+            f"{stack_service} serves {', '.join(served)} in the inventory: "
+            "their readiness checks watch it"
+        )
     runtime = runtime_of(inventory, stack_service)
     if runtime is None:
         pytest.skip(f"no runtime drives {stack_service} (name one under services:)")
     if runtime.name == "compose":
-        pytest.skip("COMPOSE-001 checks the containers of a compose service, from one snapshot")
+        pytest.skip("the inventory runs it under compose: COMPOSE-001 checks its containers")
     try:
         running = runtime.is_running(stack_service)
     except RuntimeCommandFailed as exc:
