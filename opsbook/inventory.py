@@ -157,6 +157,9 @@ class Queues(_Model, frozen=True):
     pending: str = "message_queue"
     dead_letter: str = "dead_letter_queue"
     processed: str = "processed_messages"
+    # The consumer's in-flight list (the reference worker's processing list); each further
+    # consumer keeps its own, named IN_FLIGHT:NAME. QUEUE-008 reads them all.
+    in_flight: str = "message_queue:processing"
 
 
 class Redis(_Model, frozen=True):
@@ -370,6 +373,7 @@ class Thresholds(_Model, frozen=True):
     queue_backlog: Count = 1000
     dead_letter_max: Count = 10
     oldest_message_age_s: Seconds = 300
+    in_flight_age_s: Seconds = 300  # QUEUE-008: a message held in flight longer is stuck
     http_5xx_rate: Annotated[float, Meta(ge=0)] = 0.1
     pg_connections_percent: Percent = 80
     idle_in_transaction_s: Seconds = 300
