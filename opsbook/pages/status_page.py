@@ -166,8 +166,12 @@ def _facts(facts: dict[str, str]) -> str:
     return f'<dl class="opsbook-facts">{items}</dl>'
 
 
-def render(document: dict[str, Any]) -> str:
-    """The page of one findings.json document (a run's, or several merged)."""
+def render(document: dict[str, Any], *, groups: str = "", more: str = "") -> str:
+    """The page of one findings.json document (a run's, or several merged).
+
+    The page across runs (opsbook.pages.run_strip) gives its own `groups` (each area and target
+    with the strip of its last runs) in place of this run's, and `more` (trends, the runs'
+    reports) before every check."""
     summary: dict[str, Any] = document.get("run") or {}
     rows: list[Row] = list(document.get("findings") or [])
     counts = summary.get("counts") or _count(rows)
@@ -190,12 +194,18 @@ def render(document: dict[str, Any]) -> str:
     attention = [r for r in rows if present.needs_a_person(r["outcome"])]
     several = len({r.get("deployment") for r in rows}) > 1
     sections = [
-        "<h2>By area</h2>",
-        _group_table("area", _groups(rows, _area), "areas"),
-        "<h2>By target</h2>",
-        _group_table("target", _groups(rows, lambda r: _target(r, several)), "targets"),
+        groups
+        or "\n".join(
+            [
+                "<h2>By area</h2>",
+                _group_table("area", _groups(rows, _area), "areas"),
+                "<h2>By target</h2>",
+                _group_table("target", _groups(rows, lambda r: _target(r, several)), "targets"),
+            ]
+        ),
         f"<h2>Needs a person ({len(attention)})</h2>",
         _findings_table(attention, "attention", several) if attention else "<p>Nothing.</p>",
+        more,
         "<h2>Every check</h2>",
         _findings_table(rows, "findings", several),
     ]
