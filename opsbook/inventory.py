@@ -352,14 +352,41 @@ class Backup(_Model, frozen=True):
     retention_days: Annotated[int, Meta(ge=1)] = 30
 
 
+class DeployCommands(_Model, frozen=True):
+    """`opsbook deploy` where no compose project is: the commands that deploy a release and
+    roll it back (`{tag}` is the release's tag), run with `sh -c` on `deploy.host`."""
+
+    deploy: str
+    rollback: str
+
+
 class Deploy(_Model, frozen=True):
-    """How the stack is deployed, for the pre- and post-deploy gates and rollback."""
+    """How the stack is deployed, for the pre- and post-deploy gates, `opsbook deploy` and
+    rollback (docs/deploy-and-backup.md)."""
 
     repo: Path | None = None  # the release's git working tree (must be clean)
     compose_file: Path | None = None
     releases_dir: Path | None = None  # the sandbox's releases (current -> the deployed one)
     min_free_mb: Count = 1024
     readiness_deadline_s: Annotated[float, Meta(gt=0, le=3600)] = 120
+    # compose: the services a deploy replaces (default: the api and consumer roles of services:)
+    services: tuple[str, ...] = ()
+    # The runbook's own pre-deploy steps (tests, lint, build): name -> shell command, run in
+    # `repo` (else the working folder); their output is kept in the deploy's report folder.
+    gate_commands: dict[str, str] = {}
+    gate_timeout_s: Annotated[float, Meta(gt=0, le=86400)] = 1800
+    registry: str | None = None  # compose: pull TAG's images from here (host[:port][/path])
+    commands: DeployCommands | None = None  # systemd, command: how a release is deployed
+    host: str | None = None  # an entry of hosts: where `commands` run (default: this machine)
+
+    def __post_init__(self) -> None:
+        if self.registry is not None and (
+            "://" in self.registry or not re.fullmatch(r"[A-Za-z0-9.:/_-]+", self.registry)
+        ):
+            raise ValueError(f"registry: host[:port][/path], no scheme: {self.registry!r}")
+        bad = [name for name in self.gate_commands if not re.fullmatch(r"[A-Za-z0-9_-]+", name)]
+        if bad:
+            raise ValueError(f"gate_commands: names are letters, digits, _ and -: {bad[0]!r}")
 
 
 class Thresholds(_Model, frozen=True):
@@ -415,6 +442,11 @@ class Inventory(_Model, frozen=True):
         problem = _services_problem(self)
         if problem:
             raise ValueError(f"services: {problem}")
+        if self.deploy.host is not None and self.deploy.host not in self.hosts:
+            raise ValueError(f"deploy: host: no such entry in hosts: {self.deploy.host}")
+        unknown = [s for s in self.deploy.services if self.services and s not in self.services]
+        if unknown:
+            raise ValueError(f"deploy: services: no such service: {', '.join(unknown)}")
 
     def runtime_of(self, service: str) -> str | None:
         """The runtime that drives `service`: its own, else the deployment's (sandbox or
