@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from msgspec import Struct, field
@@ -25,10 +25,18 @@ def _key(row: dict[str, Any]) -> Key:
     return (row["check_id"], row["target"])
 
 
-def earlier_runs(reports_dir: Path, selection: str | None, before: str) -> list[dict[str, Any]]:
-    """findings.json of runs with the same selection that started before `before` (an ISO
-    time), oldest first, at most KEEP_RUNS."""
-    runs: list[dict[str, Any]] = []
+class KeptRun(NamedTuple):
+    """A finished run's folder (its name under the reports folder) and its findings.json."""
+
+    folder: str
+    document: dict[str, Any]
+
+
+def kept_runs(reports_dir: Path, selection: str | None, before: str) -> list[KeptRun]:
+    """Runs with the same selection that started before `before` (an ISO time), oldest first,
+    at most KEEP_RUNS; each run's folder is never removed (it is the audit trail), only no
+    longer read."""
+    runs: list[KeptRun] = []
     # Newest folders first (their names start with the time), and only as many as are kept:
     # a cron job's reports folder grows by thousands of runs.
     for folder in sorted(reports_dir.iterdir(), key=lambda p: p.name, reverse=True):
@@ -40,11 +48,17 @@ def earlier_runs(reports_dir: Path, selection: str | None, before: str) -> list[
             document = msgspec.json.decode((folder / "findings.json").read_bytes())
         except (OSError, msgspec.DecodeError):
             continue  # a folder that is not a finished run
-        run = document.get("run", {})
+        run = document.get("run", {}) if isinstance(document, dict) else {}
         if run.get("selection") == selection and str(run.get("started", "")) < before:
-            runs.append(document)
-    runs.sort(key=lambda document: str(document["run"]["started"]))
+            runs.append(KeptRun(folder.name, document))
+    runs.sort(key=lambda kept: str(kept.document["run"]["started"]))
     return runs[-KEEP_RUNS:]
+
+
+def earlier_runs(reports_dir: Path, selection: str | None, before: str) -> list[dict[str, Any]]:
+    """findings.json of runs with the same selection that started before `before` (an ISO
+    time), oldest first, at most KEEP_RUNS."""
+    return [kept.document for kept in kept_runs(reports_dir, selection, before)]
 
 
 def _number(value: object) -> float | None:

@@ -1,5 +1,8 @@
-"""The audit trail: reports/<UTC stamp>-<run id>/ with report.html, junit.xml, findings.json, and
-status.html (the status page, opsbook.pages.status_page, rendered from findings.json).
+"""The audit trail: reports/<UTC stamp>-<run id>/ with report.html, junit.xml, findings.json,
+status.html (the status page, opsbook.pages.status_page, rendered from findings.json) and, when
+the run has audit checks, audit-summary.json (opsbook.pages.audit_summary). reports/status.html,
+the page across the last runs of the same selection (opsbook.pages.run_strip), is rewritten
+once a run's folder is in place.
 
 Everything is written into a hidden staging folder that is renamed into place when the run
 ends, so a reader never opens a half-written file; `reports/latest` then points at it.
@@ -20,8 +23,8 @@ import pytest
 from msgspec import Struct
 
 from opsbook.check import Severity
-from opsbook.history import Changes, compare, earlier_runs
-from opsbook.pages import status_page
+from opsbook.history import Changes, KeptRun, compare, earlier_runs, kept_runs
+from opsbook.pages import audit_summary, run_strip, status_page
 from opsbook.plugin.keys import FINDINGS, INVENTORY, RUN_ID, audit_trail_gap
 from opsbook.plugin.outcomes import settle_exit_code
 from opsbook.report_files import (
@@ -258,7 +261,7 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
         shutil.rmtree(run.staging, ignore_errors=True)
         config.stash[RUN] = None
         return
-    document = {
+    document: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "run": _summary(config, run, session.exitstatus),
         "changes": changes_since(config, run).to_dict(),
@@ -270,12 +273,34 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
     try:
         _write_json(run.staging / "findings.json", document)
         _write_text(run.staging / "status.html", status_page.render(document))
+        if any(audit_summary.is_audit(row) for row in document["findings"]):
+            _write_json(run.staging / audit_summary.FILE_NAME, audit_summary.summarize(document))
         restrict_tree(run.staging, run.group)
         os.replace(run.staging, run.final)
         _point_latest(run)
     except OSError as exc:
         _not_written(session, exc)
         settle_exit_code(session)
+        return
+    _write_status_across_runs(config, run, document)
+
+
+def _write_status_across_runs(config: pytest.Config, run: Run, document: dict[str, Any]) -> None:
+    """reports/status.html: this run and the earlier ones of its selection. The run's own
+    folder is in place already; a page that cannot be written is one line, not a failed run."""
+    selection = config.option.markexpr or None
+    runs = kept_runs(run.reports_dir, selection, run.started.isoformat())
+    runs.append(KeptRun(run.name, document))
+    try:
+        run_strip.write(run.reports_dir, runs, run.group)
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        # An earlier run's findings.json of another version may lack what the page reads.
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"opsbook: {run.reports_dir / run_strip.PAGE_NAME} not written: {reason}"
+            )
 
 
 def _not_written(session: pytest.Session, exc: OSError) -> None:
