@@ -170,6 +170,7 @@ def _new_row(nodeid: str, properties: dict[str, Any]) -> FindingRow:
         target_kind=properties.get(Prop.TARGET_KIND) or None,
         remediation=properties[Prop.REMEDIATION] or None,
         nodeid=nodeid,
+        services=[s for s in str(properties.get(Prop.SERVICES, "")).split(",") if s],
     )
 
 

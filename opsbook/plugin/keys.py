@@ -102,6 +102,8 @@ class FindingRow(Struct, kw_only=True):
     remediation_attempt: FixAttempt | None = None
     # The service whose failure blocks this check (the inventory's services), when blocked.
     blocked_by: str | None = None
+    # The services the check is about: a blocked row's cause is the row of its blocked_by.
+    services: list[str] = field(default_factory=list)
 
 
 class Findings(Struct):
