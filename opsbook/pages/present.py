@@ -7,7 +7,7 @@ Everything here returns plain text; the pages escape it where they put it into H
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from opsbook.check import Severity
@@ -64,6 +64,66 @@ def sort_key(outcome: str, severity: object) -> str:
     """row_order as a string that sorts the same way (pytest-html compares strings)."""
     attention, minus_severity, rank = row_order(outcome, severity)
     return f"{attention}{minus_severity + 4}{rank}"
+
+
+def cause_first(rows: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
+    """The order rows are read in, with the cause first: (index in `rows`, depth) each.
+
+    What needs a person comes first. A row blocked by a dependency (`blocked_by`, a service)
+    comes right after its cause, one level deeper: the worst row of that service that needs a
+    person (its `services`), itself placed as any other. The causes, and the problems that
+    block nothing, are sorted by the worst severity they hold or block (a Redis failure that
+    blocks a critical health check comes first), a cause before a lone problem of the same
+    severity, then by row_order. A blocked row whose cause has no row of its own (an earlier
+    findings.json, without `services`) stays where row_order puts it. The rest follow in
+    row_order."""
+
+    def order(index: int) -> tuple[int, int, int]:
+        return row_order(rows[index]["outcome"], rows[index]["severity"])
+
+    problems = sorted((i for i, r in enumerate(rows) if needs_a_person(r["outcome"])), key=order)
+    # The row that stands for each service: its worst unblocked problem, else its worst one.
+    heads: dict[str, int] = {}
+    for unblocked in (True, False):
+        for index in problems:
+            if bool(rows[index].get("blocked_by")) != unblocked:
+                for service in rows[index].get("services") or ():
+                    heads.setdefault(str(service), index)
+    parent: dict[int, int] = {}
+    for index in problems:
+        head = heads.get(str(rows[index].get("blocked_by") or ""))
+        if head is None or head == index:
+            continue
+        # Never a cycle: a row does not go under a row that is (or is under) itself.
+        above: int | None = head
+        while above is not None and above != index:
+            above = parent.get(above)
+        if above is None:
+            parent[index] = head
+    children: dict[int, list[int]] = {}
+    for index in problems:  # in row_order, so each cause's rows are too
+        if index in parent:
+            children.setdefault(parent[index], []).append(index)
+
+    def worst(index: int) -> int:
+        below = children.get(index, [])
+        return max([severity_of(rows[index]["severity"]), *(worst(i) for i in below)])
+
+    roots = sorted(
+        (i for i in problems if i not in parent),
+        key=lambda i: (-worst(i), 0 if i in children else 1, order(i)),
+    )
+    shown: list[tuple[int, int]] = []
+
+    def walk(index: int, depth: int) -> None:
+        shown.append((index, depth))
+        for child in children.get(index, []):
+            walk(child, depth + 1)
+
+    for root in roots:
+        walk(root, 0)
+    fine = (i for i, row in enumerate(rows) if not needs_a_person(row["outcome"]))
+    return shown + [(i, 0) for i in sorted(fine, key=order)]
 
 
 class Verdict(NamedTuple):
