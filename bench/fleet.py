@@ -85,7 +85,7 @@ def main() -> int:
             )
         peak = timed(folders[max(args.sizes)], base / "reports")[2]
         print(f"  peak resident memory of one process: {peak // 1024} MiB")
-        pids = [s.pid for stack in stacks for s in stack.status() if s.pid]
+        pids = [pid for stack in stacks for pid in stack.processes()]
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
         try:

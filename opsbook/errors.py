@@ -18,8 +18,14 @@ class NotEvaluated(Exception):
 class TargetUnreachable(NotEvaluated):
     """A target could not be reached, so the checks that need it could not be evaluated."""
 
-    def __init__(self, kind: str, name: str, where: str, reason: str) -> None:
+    def __init__(
+        self, kind: str, name: str, where: str, reason: str, *, silent: bool = False
+    ) -> None:
         self.kind, self.name, self.where, self.reason = kind, name, where, reason
+        # No answer within the timeout (a hung process, a dropped route), as against a refusal
+        # or an error: when every target of a deployment is silent, the runner may be the one
+        # cut off, and no readiness check can tell a dead service from a lost route.
+        self.silent = silent
         super().__init__(self.line())
 
     def line(self) -> str:

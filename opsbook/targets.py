@@ -120,7 +120,8 @@ class HttpTarget(_Target):
                 return True
         except OSError as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
-            raise TargetUnreachable("http", self.name, self.where, reason) from None
+            silent = isinstance(exc, TimeoutError)
+            raise TargetUnreachable("http", self.name, self.where, reason, silent=silent) from None
 
     def reachable(self) -> None:
         """Raise TargetUnreachable (cached) when nothing accepts connections at the URL."""
@@ -140,14 +141,15 @@ class HttpTarget(_Target):
 
         self.reachable()
         if self._hung is not None:
-            raise TargetUnreachable("http", self.name, self.where, self._hung)
+            raise TargetUnreachable("http", self.name, self.where, self._hung, silent=True)
         try:
             return self._client.get().get(path, params)
         except HttpError as exc:
             if not exc.timed_out:
                 raise TargetUnreachable("http", self.name, self.where, str(exc)) from None
             self._hung = f"no answer within {self.timeout:g}s"
-            raise TargetUnreachable("http", self.name, self.where, self._hung) from None
+            hung = TargetUnreachable("http", self.name, self.where, self._hung, silent=True)
+            raise hung from None
 
     def answers(self) -> None:
         """Raise TargetUnreachable when the service accepts connections but does not answer
@@ -156,8 +158,8 @@ class HttpTarget(_Target):
         other targets are being reached, would not be the service's own)."""
         try:
             self.get(self.spec.health_path)
-        except TargetUnreachable:
-            if self._hung is not None:
+        except TargetUnreachable as exc:
+            if exc.silent:
                 raise
             # Any other trouble (a certificate a TLS check judges, a path that fails) is the
             # checks' to report: only silence makes the target unreachable for the whole run.
@@ -207,7 +209,11 @@ class PostgresTarget(_Target):
                 autocommit=True,
             )
         except psycopg.Error as exc:
-            raise TargetUnreachable("postgres", self.name, self.where, _short(exc)) from None
+            # libpq says only this when the server accepted nothing or answered nothing in time.
+            silent = "timeout expired" in str(exc)
+            raise TargetUnreachable(
+                "postgres", self.name, self.where, _short(exc), silent=silent
+            ) from None
 
     def connection(self) -> psycopg.Connection[Any]:
         """The run's one connection; raises TargetUnreachable (cached) when it cannot open."""
@@ -253,7 +259,10 @@ class RedisTarget(_Target):
             client.ping()
         except redis.RedisError as exc:
             client.close()
-            raise TargetUnreachable("redis", self.name, self.where, _short(exc)) from None
+            silent = isinstance(exc, redis.TimeoutError)
+            raise TargetUnreachable(
+                "redis", self.name, self.where, _short(exc), silent=silent
+            ) from None
         return client
 
     def client(self) -> redis.Redis:
@@ -423,6 +432,8 @@ class Targets:
     # Other facts a run reads once (the compose project's engine snapshot): forgotten with
     # the targets after a fix, so that a re-check looks afresh.
     snapshots: list[Any] = field(default_factory=list)
+    # Set by the preflight when no target of the deployment answered at all (the reason).
+    cut_off: str | None = None
 
     @classmethod
     def from_inventory(cls, inventory: Inventory) -> Targets:
@@ -466,6 +477,23 @@ class Targets:
                 if isinstance(future.exception(), TargetUnreachable | None):
                     continue
                 future.result()
+        silent = [f.exception() for f in futures]
+        if all(isinstance(e, TargetUnreachable) and e.silent for e in silent):
+            self.cut_off = (
+                f"no answer, nor from any of the deployment's {count} targets: "
+                "the runner may be cut off from it"
+            )
+
+    def not_cut_off(self, target: HttpTarget | PostgresTarget | RedisTarget) -> None:
+        """Raise TargetUnreachable when no target of the deployment answered the preflight.
+
+        A readiness check FAILs a service that does not answer, and its fix restarts it; but
+        when nothing answers, a dead stack and a runner cut off by the network look alike, and
+        a restart is the wrong guess: the run says it could not evaluate (exit 10) instead.
+        """
+        if self.cut_off is not None:
+            kind = {HttpTarget: "http", PostgresTarget: "postgres"}.get(type(target), "redis")
+            raise TargetUnreachable(kind, target.name, target.where, self.cut_off, silent=True)
 
     def close(self) -> None:
         for group in (self.http, self.postgres, self.redis):
@@ -474,6 +502,7 @@ class Targets:
 
     def reset(self) -> None:
         """Forget what the run learned about every target (after a fix changed the stack)."""
+        self.cut_off = None
         for group in (self.http, self.postgres, self.redis):
             for target in group.values():
                 target.reset()

@@ -279,6 +279,9 @@ def note_outcome(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.
         return
     if call.when == "setup" and report.passed:
         return
+    targets = item.config.stash.get(TARGETS, None)
+    if targets is not None and targets.cut_off is not None:
+        return  # nothing of the deployment answers: no one service is known to be the cause
     board.services.setdefault(item.nodeid, _services_from(properties))
     board.note(item.nodeid, _outcome_of(report, properties), _first_line(report), properties)
 

@@ -259,6 +259,15 @@ class Stack:
                 result.append(ComponentStatus(each, pid is not None, pid, component.port))
         return result
 
+    def processes(self) -> list[int]:
+        """Every process of the stack, its components' children included (nginx's workers,
+        PostgreSQL's backends): what must be frozen to make the whole stack hang."""
+        found: list[int] = []
+        for status in self.status():
+            if status.pid:
+                found += process_tree(status.pid)
+        return found
+
     def write_inventory(self) -> Path:
         import yaml  # only `up` needs it; keeps the CLI quick to start
 
@@ -321,3 +330,18 @@ def sandbox_inventory_sections(sandbox_dir: Path) -> dict[str, object]:
         },
         "deploy": {"releases_dir": str(releases_dir(sandbox_dir)), "min_free_mb": 100},
     }
+
+
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants, parents first (from /proc; a process gone meanwhile
+    is left out)."""
+    found, waiting = [], [pid]
+    while waiting:
+        each = waiting.pop(0)
+        found.append(each)
+        for task in Path(f"/proc/{each}/task").glob("*/children"):
+            try:
+                waiting += [int(child) for child in task.read_text().split()]
+            except OSError:
+                continue
+    return found
