@@ -11,8 +11,18 @@
 
 `runtime` is whatever restarts the backend: the inventory's runtime (opsbook.remediate.runtime),
 or the sandbox's Stack itself. Without a `current` link the sandbox runs the backend from the
-chatapp package, as before releases existed. A compose deployment rolls back by image tag
-instead; that is not done here.
+chatapp package, as before releases existed.
+
+A deployment that `opsbook deploy` deploys (compose, or the inventory's deploy commands) keeps
+its releases in its state directory instead (opsbook.remediate.runner.state_dir), beside its
+lock and audit log:
+
+    STATE/releases.json             the releases deployed, oldest first: tag, when, the pre-deploy
+                                    backup, and on compose the ID of each image it ran
+
+    record(state, release)          append the release now deployed
+    deployed(state)                 every release recorded, oldest first
+    drop_newest(state)              forget the newest (it was rolled back)
 """
 
 from __future__ import annotations
@@ -27,7 +37,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Protocol
 
-from msgspec import Struct
+import msgspec
+from msgspec import Struct, field
 
 CURRENT = "current"
 HISTORY = "history"
@@ -147,3 +158,71 @@ def rollback(runtime: Restarts, releases: Path) -> tuple[str, str]:
     _write_history(releases, deployed[:-1])
     runtime.restart("backend")
     return deployed[-1], deployed[-2]
+
+
+# -- the releases of a deployment that opsbook deploy deploys -----------------------------------
+
+RELEASES_FILE = "releases.json"
+
+
+class DeployedRelease(Struct, frozen=True, kw_only=True):
+    """One release of a deployment, as opsbook deploy recorded it.
+
+    `images`: on compose, for each image the compose file names (where its services run from),
+    the ID of the image this release ran; empty for a deployment driven by commands. `backup`:
+    the backup taken just before this release was deployed (restoring it undoes what the
+    release wrote)."""
+
+    tag: str
+    deployed_at: str
+    services: tuple[str, ...] = ()
+    images: dict[str, str] = field(default_factory=dict)
+    backup: str | None = None
+
+
+class _Recorded(Struct):
+    releases: list[DeployedRelease] = field(default_factory=list)
+
+
+def check_tag(tag: str) -> str:
+    """A release tag as an image tag can be: letters, digits, . _ -, at most 64 (ReleaseError)."""
+    if not TAG.fullmatch(tag):
+        raise ReleaseError(f"bad release tag {tag!r} (letters, digits, . _ -; at most 64)")
+    return tag
+
+
+def deployed(state: Path) -> list[DeployedRelease]:
+    """The releases recorded in the state directory, oldest first (the newest runs now)."""
+    try:
+        data = (state / RELEASES_FILE).read_bytes()
+    except FileNotFoundError:
+        return []
+    try:
+        return msgspec.json.decode(data, type=_Recorded).releases
+    except msgspec.DecodeError as exc:
+        raise ReleaseError(f"{state / RELEASES_FILE}: unreadable: {exc}") from None
+
+
+def _write_recorded(state: Path, releases: list[DeployedRelease]) -> None:
+    state.mkdir(mode=0o750, parents=True, exist_ok=True)
+    staged = state / f".{RELEASES_FILE}.new"
+    staged.write_bytes(msgspec.json.format(msgspec.json.encode(_Recorded(releases))) + b"\n")
+    os.replace(staged, state / RELEASES_FILE)  # atomic: a reader sees the old or the new list
+
+
+def record(state: Path, release: DeployedRelease) -> None:
+    """Append the release now deployed."""
+    _write_recorded(state, [*deployed(state), release])
+
+
+def drop_newest(state: Path) -> DeployedRelease:
+    """Forget the newest release (it was rolled back); the one before it runs now."""
+    releases = deployed(state)
+    if not releases:
+        raise ReleaseError(f"no release recorded in {state / RELEASES_FILE}")
+    _write_recorded(state, releases[:-1])
+    return releases[-1]
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
