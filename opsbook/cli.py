@@ -10,6 +10,7 @@
     status      the health dashboard of the last run
     incident    collect the incident runbook's evidence (logs, status, sockets, a dump)
     backup      back up PostgreSQL, Redis and the data paths (with a manifest)
+    deploy      deploy a release behind the gates, rolled back when it fails; or roll back
     merge       one report from the shards of a fleet run (--shard i/N)
 
 The sandbox's own command is opsbook/sandbox/command.py, in the sandbox package.
@@ -26,6 +27,7 @@ from opsbook.commands import (
     audit_log,
     backup,
     check,
+    deploy,
     incident,
     inventory,
     list_checks,
@@ -58,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
         status,
         incident,
         backup,
+        deploy,
         merge,
     ):
         command.register(commands)
