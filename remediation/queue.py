@@ -131,6 +131,123 @@ def reprocess_dead_letters(ctx: Context, *, apply: bool) -> Plan:
         client.close()
 
 
+def requeue_stuck_in_flight(ctx: Context, *, apply: bool) -> Plan:
+    """Move the messages held in flight past thresholds.in_flight_age_s back to message_queue.
+
+    Changes: each message QUEUE-008 finds stuck (held in a consumer's in-flight list,
+    `queues.in_flight` or `IN_FLIGHT:NAME`, longer than the limit by its enqueued_at, at two
+    looks drain_sample_s apart) is moved to the consuming (right) end of message_queue, oldest
+    first, one atomic transaction each (WATCH the list, then MULTI: LREM list 1 MESSAGE,
+    RPUSH message_queue MESSAGE, EXEC), so an interruption loses or doubles none; a message
+    its consumer finished in the meantime is left alone (the transaction is dropped). Only
+    messages past the limit move: whether their consumer is dead cannot be told from Redis,
+    and a live one holds a message for milliseconds, so one held past the limit is stuck
+    either way. Then it waits up to 10 s for a consumer to take them.
+    A message delivered twice (its consumer wakes up and finishes it after the move) is
+    stored once: the reference worker (chatapp/worker.py, Worker.store) inserts with
+    `ON CONFLICT (id) DO NOTHING` on the id the backend gave the message (chatapp/backend.py,
+    uuid4 at POST /api/messages). Its id is then pushed onto processed_messages twice, and a
+    message that can never be stored reaches dead_letter_queue twice; nothing else doubles.
+    Privileges: the Redis admin credentials of the inventory (WATCH, LRANGE, LREM, RPUSH).
+    Undo: not needed: the message is where the backend put it, before a consumer took it; it
+    is stored (or dead-lettered) as if its consumer had not died.
+    """
+    plan = Plan.for_fix(ctx)
+    queues, limit = ctx.redis_spec().queues, ctx.thresholds.in_flight_age_s
+    pending = queues.pending
+    checker = _checker(ctx)
+    try:
+        held = probe.in_flight(checker, queues, limit, ctx.thresholds.drain_sample_s)
+    finally:
+        checker.close()
+    if not held.stuck:
+        return plan.nothing(f"no message is held in flight longer than {limit:g} s")
+    stuck = list(reversed(held.stuck))  # newest first: the oldest ends at the consuming end
+    lists = sorted({m.in_flight for m in stuck})
+    client = ctx.redis_admin()
+    try:
+
+        def requeue() -> str:
+            moved: list[str] = []
+            gone = 0
+            for message in stuck:
+                raw = _move_held(client, message, pending)
+                if raw is None:
+                    gone += 1
+                else:
+                    moved.append(raw)
+            done = f"moved {len(moved)}" + (
+                f"; {gone} no longer held (finished by their consumer)" if gone else ""
+            )
+            if not moved:
+                return done
+            newest = moved[0]  # moved first, so furthest from the consuming end: taken last
+            if not _until(lambda: client.lpos(pending, newest) is None, SETTLE_S):
+                waiting = sum(1 for raw in moved if client.lpos(pending, raw) is not None)
+                return (
+                    f"{done}; {waiting} still wait in {pending} after {SETTLE_S:g} s "
+                    "(does a consumer run? QUEUE-006 restarts it)"
+                )
+            return f"{done}; taken by a consumer"
+
+        ids = ", ".join(str(m.id) for m in held.stuck[:SHOWN_IDS]) + (
+            f" and {len(stuck) - SHOWN_IDS} more" if len(stuck) > SHOWN_IDS else ""
+        )
+        plan.add(
+            f"move the {len(stuck)} message{'' if len(stuck) == 1 else 's'} held in flight "
+            f"longer than {limit:g} s "
+            f"(the oldest for {held.oldest_age_s or 0:.0f} s) from {', '.join(lists)} back to "
+            f"{pending}: ids {ids}",
+            f"WATCH LIST; MULTI; LREM LIST 1 MESSAGE; RPUSH {pending} MESSAGE; EXEC  "
+            f"(x {len(stuck)}, as the Redis admin)",
+            StepKind.REQUEUE,
+            requeue,
+        )
+        return plan.finish(apply, ctx.gate)
+    finally:
+        client.close()
+
+
+# The ids a plan names (reports show ids, ages and sizes of messages, never their content).
+SHOWN_IDS = 10
+# Another client changing an in-flight list between WATCH and EXEC (its consumer taking the
+# next message) drops the transaction; it is tried again this many times.
+MOVE_ATTEMPTS = 5
+
+
+def _move_held(client: Redis, message: probe.HeldMessage, pending: str) -> str | None:
+    """Move one held message (found by its id in its in-flight list) to the right end of
+    `pending`, atomically; its raw text, or None when it is no longer held."""
+    import redis
+
+    name = message.in_flight
+    for _ in range(MOVE_ATTEMPTS):
+        with client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(name)  # type: ignore[no-untyped-call]  # redis-py's stubs lack it
+                now = time.time()
+                raw = next(
+                    (
+                        str(raw)
+                        for raw in pipe.lrange(name, -probe.IN_FLIGHT_READ, -1)
+                        if probe.QueuedMessage.of(str(raw), now).id == message.id
+                    ),
+                    None,
+                )
+                if raw is None:
+                    return None
+                pipe.multi()
+                pipe.lrem(name, 1, raw)
+                pipe.rpush(pending, raw)
+                pipe.execute()
+                return raw
+            except redis.WatchError:
+                continue
+    raise RuntimeError(
+        f"{name} changed under each of {MOVE_ATTEMPTS} attempts to move message {message.id}"
+    )
+
+
 def _checker(ctx: Context) -> RedisTarget:
     """The queue as the checker reads it (read-only credentials)."""
     return RedisTarget(ctx.target, ctx.redis_spec(), ctx.thresholds.timeout_s)

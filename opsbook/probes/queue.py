@@ -4,13 +4,19 @@ The probes read Redis (each call bounded by the client's socket timeout) and ret
 checks in checks/test_queue.py and the fixes in remediation/queue.py decide what they mean, so
 that a fix never disagrees with its check. A Redis error becomes `NotEvaluated`, naming the
 target: a fact that could not be read is never made up.
+
+A message is users' data (its content, its user_id): no fact returned here holds it. A message
+is described by its id, its age and its size (`QueuedMessage`), which is all a report needs to
+find it again in Redis or in the database.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, TypeVar
 
@@ -82,12 +88,20 @@ def _count(info: Mapping[str, object], key: str) -> int:
     raise ValueError(f"INFO memory has no usable {key}: {value!r}")
 
 
-def enqueued_at(raw: str) -> float:
-    """The unix time at which a queued message (the backend's JSON) was enqueued."""
+_NOT_JSON = object()
+
+
+def _parsed(raw: str) -> object:
     try:
-        data = json.loads(raw)
+        return json.loads(raw)
     except ValueError:
-        raise UnreadableMessage("not JSON") from None
+        return _NOT_JSON
+
+
+def _enqueued_at(data: object) -> float:
+    """The unix time at which a queued message (the backend's JSON, parsed) was enqueued."""
+    if data is _NOT_JSON:
+        raise UnreadableMessage("not JSON")
     if not isinstance(data, dict):
         raise UnreadableMessage("not a JSON object")
     if "enqueued_at" not in data:
@@ -95,8 +109,52 @@ def enqueued_at(raw: str) -> float:
     value = data["enqueued_at"]
     # bool is an int to Python, and json.loads accepts NaN and Infinity: none is a time.
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise UnreadableMessage(f"enqueued_at is not a unix time: {str(value)[:40]!r}")
+        # Its type, not its value: the value is the message's, and may be anything a user sent.
+        raise UnreadableMessage(f"enqueued_at is not a unix time (a JSON {_json_type(value)})")
     return float(value)
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+class QueuedMessage(Struct, frozen=True):
+    """A queued message as a report may show it: id, age and size, never its content."""
+
+    id: str | None  # the message's own id when it is a UUID (the backend's); None otherwise
+    age_s: float | None  # since its enqueued_at; None when that cannot be read
+    size_bytes: int
+    unreadable: str = ""  # why its age cannot be told
+
+    @classmethod
+    def of(cls, raw: str, now: float) -> QueuedMessage:
+        size = len(raw.encode("utf-8", "surrogatepass"))
+        data = _parsed(raw)
+        try:
+            age_s: float | None = round(now - _enqueued_at(data), 1)
+            why = ""
+        except UnreadableMessage as exc:
+            age_s, why = None, str(exc)
+        return cls(_message_id(data), age_s, size, why)
+
+
+def _message_id(data: object) -> str | None:
+    """The message's id, only when it is a UUID: anything else in that field may be a user's
+    text, and is not shown."""
+    if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+        return None
+    try:
+        return str(uuid.UUID(data["id"]))
+    except ValueError:
+        return None
 
 
 class DrainSample(Struct, frozen=True):
@@ -171,31 +229,19 @@ def depth(target: RedisTarget, queue: str) -> int:
     return int(_read(target, f"LLEN {queue}", lambda client: client.llen(queue)))
 
 
-def messages(target: RedisTarget, queue: str, first: int, last: int) -> list[str]:
-    """LRANGE: raw messages of a list, for evidence (the left end is the newest)."""
-    return [
-        str(raw) for raw in _read(target, f"LRANGE {queue}", lambda c: c.lrange(queue, first, last))
-    ]
+def messages(target: RedisTarget, queue: str, first: int, last: int) -> list[QueuedMessage]:
+    """LRANGE, for evidence: the messages of a list by id, age and size (the left end is the
+    newest)."""
+    found = _read(target, f"LRANGE {queue}", lambda c: c.lrange(queue, first, last))
+    now = time.time()
+    return [QueuedMessage.of(str(raw), now) for raw in found]
 
 
-class OldestMessage(Struct, frozen=True):
-    """The message that has waited longest, and for how long (None: unreadable enqueued_at)."""
-
-    raw: str
-    age_s: float | None
-    unreadable: str = ""  # why its age cannot be told
-
-
-def oldest_message(target: RedisTarget, queue: str) -> OldestMessage | None:
+def oldest_message(target: RedisTarget, queue: str) -> QueuedMessage | None:
     """The message at the right end of the queue (the worker takes from the right); None when
     the queue is empty."""
     raw = _read(target, f"LINDEX {queue} -1", lambda client: client.lindex(queue, -1))
-    if raw is None:
-        return None
-    try:
-        return OldestMessage(str(raw), time.time() - enqueued_at(str(raw)))
-    except UnreadableMessage as exc:
-        return OldestMessage(str(raw), None, str(exc))
+    return None if raw is None else QueuedMessage.of(str(raw), time.time())
 
 
 def drain_sample(target: RedisTarget, queues: Queues) -> DrainSample:
@@ -220,3 +266,109 @@ def drain(target: RedisTarget, queues: Queues, window_s: float) -> Drain:
         return Drain(window_s, before, None)
     time.sleep(window_s)
     return Drain(window_s, before, drain_sample(target, queues))
+
+
+# An in-flight list holds what its consumer is working on: one message, for milliseconds. The
+# most read from each list (its oldest end); beyond that, messages are counted, not judged.
+IN_FLIGHT_READ = 1000
+
+
+class HeldMessage(Struct, frozen=True):
+    """A message a consumer holds in flight: in which list, and its id, age and size."""
+
+    in_flight: str
+    id: str | None
+    age_s: float | None
+    size_bytes: int
+
+
+class InFlight(Struct, frozen=True):
+    """What the consumers hold in flight, and what of it is held past a limit.
+
+    `stuck`: held longer than `older_than_s` (by its enqueued_at) at a first look and still
+    held, by the same list, `window_s` later; a live consumer takes a message that waited long
+    in the queue and stores it within milliseconds, so it is never counted. A message is named
+    by the id the backend gives it (a UUID): one without, or without a readable enqueued_at,
+    is counted in `unreadable` and never judged (the reference worker dead-letters it at once).
+    """
+
+    lists: dict[str, int]  # each in-flight list that exists, and how many messages it holds
+    older_than_s: float
+    window_s: float
+    stuck: tuple[HeldMessage, ...]  # oldest first
+    unreadable: int = 0  # held messages whose age cannot be told (never counted as stuck)
+
+    @property
+    def held(self) -> int:
+        return sum(self.lists.values())
+
+    @property
+    def oldest_age_s(self) -> float | None:
+        return max((m.age_s for m in self.stuck if m.age_s is not None), default=None)
+
+
+def in_flight_lists(target: RedisTarget, queues: Queues) -> list[str]:
+    """The in-flight lists: `queues.in_flight` and every list named `IN_FLIGHT:NAME` (those
+    of further consumers, the reference worker's message_queue:processing:worker-2), sorted;
+    found with SCAN (never KEYS, which blocks Redis)."""
+    pattern = re.sub(r"([\\*?\[\]])", r"\\\1", queues.in_flight) + ":*"
+
+    def scan(client: Redis) -> list[str]:
+        found = {str(key) for key in client.scan_iter(match=pattern, count=1000, _type="list")}
+        if client.type(queues.in_flight) == "list":
+            found.add(queues.in_flight)
+        return sorted(found)
+
+    return _read(target, f"SCAN {pattern}", scan)
+
+
+def _held(target: RedisTarget, lists: list[str]) -> tuple[dict[str, int], list[HeldMessage]]:
+    """One look at the in-flight lists, in one round trip: their lengths and the messages at
+    their oldest ends (a consumer pushes what it takes at the left)."""
+
+    def look(client: Redis) -> tuple[dict[str, int], list[HeldMessage]]:
+        pipe = client.pipeline(transaction=False)
+        for name in lists:
+            pipe.llen(name)
+            pipe.lrange(name, -IN_FLIGHT_READ, -1)
+        answers = pipe.execute()
+        now = time.time()
+        lengths, held = {}, []
+        for name, length, raws in zip(lists, answers[::2], answers[1::2], strict=True):
+            if int(length):
+                lengths[name] = int(length)
+            for raw in reversed(raws):  # oldest first
+                seen = QueuedMessage.of(str(raw), now)
+                held.append(HeldMessage(name, seen.id, seen.age_s, seen.size_bytes))
+        return lengths, held
+
+    return _read(target, "in-flight lists", look)
+
+
+def in_flight(
+    target: RedisTarget, queues: Queues, older_than_s: float, window_s: float
+) -> InFlight:
+    """What the consumers hold in flight; what of it is held past `older_than_s` is looked at
+    twice, `window_s` apart (no wait when nothing is that old)."""
+    lists = in_flight_lists(target, queues)
+    lengths, first = _held(target, lists)
+    unreadable = sum(1 for m in first if m.id is None or m.age_s is None)
+
+    def old(held: list[HeldMessage]) -> set[tuple[str, str]]:
+        return {
+            (m.in_flight, m.id)
+            for m in held
+            if m.id is not None and m.age_s is not None and m.age_s > older_than_s
+        }
+
+    suspects = old(first)
+    if not suspects:
+        return InFlight(lengths, older_than_s, window_s, (), unreadable)
+    time.sleep(window_s)
+    lengths, second = _held(target, lists)
+    still = suspects & old(second)
+    stuck = sorted(
+        (m for m in second if m.id is not None and (m.in_flight, m.id) in still),
+        key=lambda m: -(m.age_s or 0.0),
+    )
+    return InFlight(lengths, older_than_s, window_s, tuple(stuck), unreadable)

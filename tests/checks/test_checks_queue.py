@@ -1,4 +1,4 @@
-"""The queue checks (QUEUE-002..007), each seen failing on a really broken queue and passing again.
+"""The queue checks (QUEUE-002..008), each seen failing on a really broken queue and passing again.
 
 Everything runs against the live sandbox: the worker is really stopped, messages are really
 pushed (as Redis's admin `default` user), Redis's maxmemory is really changed. Each test deletes
@@ -27,6 +27,9 @@ PENDING = "message_queue"
 PROCESSING = "message_queue:processing"
 DEAD_LETTER = "dead_letter_queue"
 TIMEOUT_S = 3.0
+# What a user wrote and who they are: evidence names messages by id, age and size instead.
+CONTENT = "are you there?"
+USER_ID = "opsbook-test"
 
 
 @pytest.fixture
@@ -52,12 +55,18 @@ def message(conversation_id: str, enqueued_at: float | None = None) -> str:
         {
             "id": str(uuid.uuid4()),
             "conversation_id": conversation_id,
-            "user_id": "opsbook-test",
+            "user_id": USER_ID,
             "role": "user",
-            "content": "are you there?",
+            "content": CONTENT,
             "enqueued_at": time.time() if enqueued_at is None else enqueued_at,
         }
     )
+
+
+def leaked(evidence: object, *more: str) -> list[str]:
+    """What of a message's content, its user id (and `more`) a row's evidence shows."""
+    text = json.dumps(evidence)
+    return [secret for secret in (CONTENT, USER_ID, *more) if secret in text]
 
 
 def push(client: redis.Redis, key: str, payloads: list[str]) -> None:
@@ -122,14 +131,20 @@ def test_backlog_over_the_limit_fails_queue_003(
 ) -> None:
     breakable_sandbox.stop("worker")
     try:
-        push(admin_redis, PENDING, [message(conversation) for _ in range(1001)])
+        payloads = [message(conversation) for _ in range(1001)]
+        push(admin_redis, PENDING, payloads)
         run = run_checks("--check=QUEUE-003")
         assert run.exit_code == 1, run.output
         row = run.row("QUEUE-003", "queue")
         assert row["outcome"] == "failed"
         assert row["observed"] == 1001
         assert row["message"] == "redis queue: message_queue holds 1001 messages (expected <= 1000)"
-        assert conversation in row["evidence"]["oldest messages"]
+        # The three oldest (pushed first), by id, age and size: never their content.
+        oldest = json.loads(row["evidence"]["oldest messages"])
+        assert [m["id"] for m in oldest] == [json.loads(p)["id"] for p in payloads[:3]]
+        assert [m["size_bytes"] for m in oldest] == [len(p) for p in payloads[:3]]
+        assert all(0 <= m["age_s"] < 60 for m in oldest), oldest
+        assert not leaked(row["evidence"], conversation), row["evidence"]
 
         admin_redis.rpop(PENDING)  # exactly at the limit: still fine
         run = run_checks("--check=QUEUE-003")
@@ -158,7 +173,11 @@ def test_dead_letters_over_the_limit_fail_queue_004(
         assert row["outcome"] == "failed"
         assert row["observed"] == 11
         assert row["message"] == "redis queue: dead_letter_queue holds 11 messages (expected <= 10)"
-        assert json.loads(row["evidence"]["newest dead letters"]) == poison[:-4:-1]
+        # Not JSON, so no id and no age: only their sizes are shown, never their text.
+        assert json.loads(row["evidence"]["newest dead letters"]) == [
+            {"id": None, "age_s": None, "size_bytes": len(p), "unreadable": "not JSON"}
+            for p in poison[:-4:-1]
+        ]
     finally:
         admin_redis.delete(DEAD_LETTER)
     run = run_checks("--check=QUEUE-004")
@@ -174,9 +193,8 @@ def test_old_or_unreadable_oldest_message_fails_queue_005(
     breakable_sandbox.stop("worker")
     try:
         # The worker takes from the right: the first pushed is the oldest.
-        push(
-            admin_redis, PENDING, [message(conversation, time.time() - 600), message(conversation)]
-        )
+        old = message(conversation, time.time() - 600)
+        push(admin_redis, PENDING, [old, message(conversation)])
         run = run_checks("--check=QUEUE-005")
         assert run.exit_code == 1, run.output
         row = run.row("QUEUE-005", "queue")
@@ -188,7 +206,10 @@ def test_old_or_unreadable_oldest_message_fails_queue_005(
             r"\(expected < 300 s\)",
             row["message"],
         ), row["message"]
-        assert conversation in row["evidence"]["oldest message"]
+        shown = json.loads(row["evidence"]["oldest message"])
+        assert (shown["id"], shown["size_bytes"]) == (json.loads(old)["id"], len(old))
+        assert 600 <= shown["age_s"] < 660, shown
+        assert not leaked(row["evidence"], conversation), row["evidence"]
 
         admin_redis.rpop(PENDING)  # the fresh one is now the oldest
         run = run_checks("--check=QUEUE-005")
@@ -196,7 +217,8 @@ def test_old_or_unreadable_oldest_message_fails_queue_005(
         assert run.row("QUEUE-005", "queue")["observed"] < 60
 
         # Unreadable, and carrying a secret that must not reach the report.
-        admin_redis.rpush(PENDING, f"garbage password-was-{checker_password.strip()}")
+        garbage = f"garbage password-was-{checker_password.strip()}"
+        admin_redis.rpush(PENDING, garbage)
         run = run_checks("--check=QUEUE-005")
         row = run.row("QUEUE-005", "queue")
         assert row["outcome"] == "failed"
@@ -205,7 +227,19 @@ def test_old_or_unreadable_oldest_message_fails_queue_005(
             "redis queue: the oldest message in message_queue has no readable enqueued_at "
             "(not JSON)"
         ), row["message"]
-        assert row["evidence"]["oldest message"] == "garbage password-was-***"
+        assert json.loads(row["evidence"]["oldest message"]) == {
+            "id": None, "age_s": None, "size_bytes": len(garbage), "unreadable": "not JSON"
+        }  # fmt: skip
+
+        # A value of the message in its enqueued_at is not echoed either: only its type.
+        admin_redis.rpush(PENDING, json.dumps({"id": "x", "enqueued_at": CONTENT}))
+        run = run_checks("--check=QUEUE-005")
+        row = run.row("QUEUE-005", "queue")
+        assert row["message"].startswith(
+            "redis queue: the oldest message in message_queue has no readable enqueued_at "
+            "(enqueued_at is not a unix time (a JSON string))"
+        ), row["message"]
+        assert CONTENT not in json.dumps(row), row
     finally:
         restore_queue(breakable_sandbox, admin_redis)
     run = run_checks("--check=QUEUE-005")
@@ -254,7 +288,8 @@ def test_nothing_stored_while_messages_wait_fails_queue_007(
     # `conversation` stored one message just now: the default one-hour window holds it.
     breakable_sandbox.stop("worker")
     try:
-        push(admin_redis, PENDING, [message(conversation)])
+        waiting = message(conversation)
+        push(admin_redis, PENDING, [waiting])
         time.sleep(1.1)  # nothing has been stored since more than the 1 s window below
         run = run_checks("--check=QUEUE-007", env={"OPSBOOK__THRESHOLDS__PROCESSED_WINDOW_S": "1"})
         assert run.exit_code == 1, run.output
@@ -265,7 +300,9 @@ def test_nothing_stored_while_messages_wait_fails_queue_007(
             "postgres chatdb-queue: 1 messages wait in redis queue's message_queue but 0 were "
             "stored in the last 1 s (expected > 0 in the last 1 s while messages wait)"
         )
-        assert conversation in row["evidence"]["oldest waiting message"]
+        shown = json.loads(row["evidence"]["oldest waiting message"])
+        assert shown["id"] == json.loads(waiting)["id"], shown
+        assert not leaked(row["evidence"], conversation), row["evidence"]
 
         run = run_checks("--check=QUEUE-007")  # the hour holds the conversation's message
         assert run.outcome("QUEUE-007", "chatdb-queue") == "passed", run.output
@@ -275,6 +312,61 @@ def test_nothing_stored_while_messages_wait_fails_queue_007(
     # Idle: nothing stored in the window, but nothing waits either.
     run = run_checks("--check=QUEUE-007", env={"OPSBOOK__THRESHOLDS__PROCESSED_WINDOW_S": "1"})
     assert run.exit_code == 0, run.output
+
+
+@pytest.mark.breaks("QUEUE-008")
+def test_a_message_stuck_in_flight_fails_queue_008(
+    breakable_sandbox: Stack, admin_redis: redis.Redis, conversation: str, run_checks: RunChecks
+) -> None:
+    dead = f"{PROCESSING}:worker-9"  # a consumer that is gone: nobody recovers its list
+    stuck = message(conversation, time.time() - 900)
+    breakable_sandbox.stop("worker")
+    try:
+        # The worker died holding a message, and has not been started again.
+        push(admin_redis, PROCESSING, [stuck])
+        run = run_checks("--check=QUEUE-008")
+        assert run.exit_code == 1, run.output
+        row = run.row("QUEUE-008", "queue")
+        assert row["outcome"] == "failed"
+        assert (row["observed"], row["unit"]) == (1, "count"), row
+        assert re.fullmatch(
+            r"redis queue: 1 message held in flight longer than 300 s, the oldest for 9\d\d s, "
+            r"in message_queue:processing \(expected 0 held in flight longer than 300 s\)",
+            row["message"],
+        ), row["message"]
+        (shown,) = json.loads(row["evidence"]["stuck in flight"])
+        assert shown["in_flight"] == PROCESSING
+        assert (shown["id"], shown["size_bytes"]) == (json.loads(stuck)["id"], len(stuck))
+        assert 900 <= shown["age_s"] < 960, shown
+        assert not leaked(row["evidence"], conversation), row["evidence"]
+
+        # The list's name is the inventory's: under another name, this one is not looked at.
+        renamed = {"OPSBOOK__REDIS__QUEUE__QUEUES__IN_FLIGHT": "chat:in-flight"}
+        run = run_checks("--check=QUEUE-008", env=renamed)
+        assert run.outcome("QUEUE-008", "queue") == "passed", run.output
+        # ... and its limit is the inventory's.
+        later = {"OPSBOOK__THRESHOLDS__IN_FLIGHT_AGE_S": "1000"}
+        run = run_checks("--check=QUEUE-008", env=later)
+        assert run.outcome("QUEUE-008", "queue") == "passed", run.output
+        admin_redis.delete(PROCESSING)
+
+        # A further consumer's own list (IN_FLIGHT:NAME) is read too; a message just taken,
+        # as a live consumer holds one, is not stuck.
+        push(admin_redis, dead, [stuck])
+        push(admin_redis, PROCESSING, [message(conversation)])
+        run = run_checks("--check=QUEUE-008")
+        assert run.exit_code == 1, run.output
+        row = run.row("QUEUE-008", "queue")
+        assert row["observed"] == 1, row
+        assert row["message"].endswith(
+            " in message_queue:processing:worker-9 (expected 0 held in flight longer than 300 s)"
+        ), row["message"]
+    finally:
+        restore_queue(breakable_sandbox, admin_redis, PROCESSING, dead)
+    run = run_checks("--check=QUEUE-008")
+    assert run.exit_code == 0, run.output
+    row = run.row("QUEUE-008", "queue")
+    assert (row["outcome"], row["observed"]) == ("passed", 0), row
 
 
 @pytest.mark.breaks("QUEUE-001")

@@ -10,8 +10,10 @@ fresh sandbox of their own: the log check of later runs on the shared one would 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import signal
 import time
 import uuid
@@ -392,3 +394,105 @@ def test_a_starting_worker_leaves_the_in_flight_messages_of_others_alone(
     finally:
         admin_redis.lrem(PROCESSING, 0, held.raw[0])
         breakable_sandbox.scale("worker", 1)
+
+
+@pytest.mark.breaks("QUEUE-008")
+@pytest.mark.fixes("QUEUE-008")
+def test_a_message_stuck_in_a_dead_consumers_list_is_requeued_and_stored_once_queue_008(
+    breakable_sandbox: Stack, admin_redis: redis.Redis, run_checks: RunChecks
+) -> None:
+    conversation = start_conversation(breakable_sandbox, admin_redis)
+    dead = f"{PROCESSING}:worker-9"  # a consumer gone for good: nobody recovers its list
+    stuck, fresh = Batch.make(conversation, valid=2), Batch.make(conversation, valid=1)
+    (stuck_id, older_id) = list(stuck.valid)
+    # Its two messages were enqueued 10 and 15 minutes ago; it took the older one first.
+    for message_id, age_s in ((older_id, 900), (stuck_id, 600)):
+        payload = json.loads(stuck.valid[message_id])
+        payload["enqueued_at"] = time.time() - age_s
+        stuck.valid[message_id] = json.dumps(payload)
+    breakable_sandbox.stop("worker")
+    try:
+        admin_redis.lpush(dead, stuck.valid[older_id], stuck.valid[stuck_id])
+        # What the stopped worker holds was taken a moment ago: not stuck, and not moved.
+        fresh.push(admin_redis, PROCESSING)
+        before = account(breakable_sandbox, admin_redis, stuck)
+        assert before == {
+            "message_queue": 0, "in_flight": 2, "dead_letter_queue": 0,
+            "stored": 0, "processed": 0,
+        }  # fmt: skip
+
+        run = run_checks("--check=QUEUE-008", "--remediate=plan")
+        (line,) = planned(run, "QUEUE-008")["plan"]
+        assert re.fullmatch(
+            re.escape("[requeue] move the 2 messages held in flight longer than 300 s ")
+            + r"\(the oldest for 9\d\d s\) "
+            + re.escape(
+                f"from {dead} back to message_queue: ids {older_id}, {stuck_id}: WATCH LIST; "
+                "MULTI; LREM LIST 1 MESSAGE; RPUSH message_queue MESSAGE; EXEC  "
+                "(x 2, as the Redis admin)"
+            ),
+            line,
+        ), line
+        assert account(breakable_sandbox, admin_redis, stuck) == before  # the plan changed nothing
+
+        breakable_sandbox.start("worker")  # the consumer that takes them once requeued
+        # Requeueing moves no more than was there and doubles nothing: not risky, no --allow.
+        run = run_checks("--check=QUEUE-008", "--remediate=apply")
+        attempt = fixed(run, "QUEUE-008")
+        plan = attempt["plan"]
+        assert isinstance(plan, list)
+        assert plan[0].endswith(" -> moved 2; taken by a consumer"), plan
+        assert settled(breakable_sandbox, admin_redis, stuck) == {
+            "message_queue": 0, "in_flight": 0, "dead_letter_queue": 0,
+            "stored": 2, "processed": 2,
+        }  # fmt: skip
+        assert admin_redis.exists(dead) == 0
+        # The fresh one was recovered by the worker itself on start, and stored once as well.
+        assert settled(breakable_sandbox, admin_redis, fresh)["stored"] == 1
+
+        again = queue.requeue_stuck_in_flight(context(breakable_sandbox, "QUEUE-008"), apply=True)
+        assert nothing_to_do(again) == "no message is held in flight longer than 300 s"
+    finally:
+        admin_redis.delete(dead)
+        breakable_sandbox.start("worker")
+    assert run_checks("--check=QUEUE-008").exit_code == 0
+
+
+def test_a_stuck_message_its_consumer_finishes_meanwhile_is_not_requeued(
+    breakable_sandbox: Stack, admin_redis: redis.Redis
+) -> None:
+    """The move is one transaction on what is still held: a consumer that wakes up and
+    finishes the message between the plan and the move keeps it, and it is not doubled."""
+    conversation = start_conversation(breakable_sandbox, admin_redis)
+    dead = f"{PROCESSING}:worker-9"
+    batch = Batch.make(conversation, valid=1)
+    (message_id,) = batch.valid
+    payload = json.loads(batch.valid[message_id])
+    payload["enqueued_at"] = time.time() - 900
+    batch.valid[message_id] = json.dumps(payload)
+    try:
+        batch.push(admin_redis, dead)
+
+        def consumer_finishes_it(step: object) -> None:
+            # Run after the plan was made, just before its step acts.
+            admin_redis.lrem(dead, 1, batch.raw[0])
+
+        ctx = dataclasses.replace(
+            context(breakable_sandbox, "QUEUE-008"), gate=consumer_finishes_it
+        )
+        plan = queue.requeue_stuck_in_flight(ctx, apply=True)
+        (line,) = plan.lines()
+        assert re.fullmatch(
+            re.escape("[requeue] move the 1 message held in flight longer than 300 s ")
+            + r"\(the oldest for 9\d\d s\) "
+            + re.escape(
+                f"from {dead} back to message_queue: ids {message_id}: WATCH LIST; MULTI; "
+                "LREM LIST 1 MESSAGE; RPUSH message_queue MESSAGE; EXEC  "
+                "(x 1, as the Redis admin) -> moved 0; 1 no longer held (finished by their "
+                "consumer)"
+            ),
+            line,
+        ), line
+        assert account(breakable_sandbox, admin_redis, batch)["message_queue"] == 0
+    finally:
+        admin_redis.delete(dead)

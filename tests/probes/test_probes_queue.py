@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import msgspec
 import pytest
 import redis
 
@@ -39,13 +40,19 @@ def queues(admin_redis: redis.Redis) -> Iterator[Queues]:
         pending=f"{prefix}:pending",
         dead_letter=f"{prefix}:dead",
         processed=f"{prefix}:processed",
+        in_flight=f"{prefix}:processing",
     )
     yield lists
-    admin_redis.delete(lists.pending, lists.dead_letter, lists.processed)
+    admin_redis.delete(lists.pending, lists.dead_letter, lists.processed, lists.in_flight)
+    for key in admin_redis.scan_iter(match=f"{prefix}:*"):
+        admin_redis.delete(key)
 
 
-def message(enqueued_at: float) -> str:
-    return json.dumps({"id": str(uuid.uuid4()), "enqueued_at": enqueued_at})
+def message(enqueued_at: float, content: str = "hello") -> str:
+    return json.dumps(
+        {"id": str(uuid.uuid4()), "user_id": "someone", "content": content,
+         "enqueued_at": enqueued_at}
+    )  # fmt: skip
 
 
 def test_memory_is_what_info_says(checker: RedisTarget, admin_redis: redis.Redis) -> None:
@@ -69,12 +76,28 @@ def test_depth_messages_and_the_oldest(
     old, new = message(time.time() - 600), message(time.time())
     admin_redis.lpush(queues.pending, old, new)
     assert probe.depth(checker, queues.pending) == 2
-    assert probe.messages(checker, queues.pending, -1, -1) == [old]
+    (shown,) = probe.messages(checker, queues.pending, -1, -1)
+    assert (shown.id, shown.size_bytes) == (json.loads(old)["id"], len(old))
     oldest = probe.oldest_message(checker, queues.pending)
     assert oldest is not None
-    assert oldest.raw == old
+    assert oldest.id == shown.id
     assert oldest.age_s is not None
     assert 600 <= oldest.age_s < 660
+
+
+def test_a_message_is_shown_by_id_age_and_size_never_its_content() -> None:
+    now = time.time()
+    raw = message(now - 5, content="my password is hunter2 ✓")
+    shown = probe.QueuedMessage.of(raw, now)
+    assert shown == probe.QueuedMessage(
+        json.loads(raw)["id"], 5.0, len(raw.encode()), ""
+    )  # the size in bytes: ✓ is three
+    # An id that is not a UUID may be anything a client sent: not shown.
+    odd = json.dumps({"id": "hunter2", "enqueued_at": "hunter2 again"})
+    assert probe.QueuedMessage.of(odd, now) == probe.QueuedMessage(
+        None, None, len(odd), "enqueued_at is not a unix time (a JSON string)"
+    )
+    assert "hunter2" not in json.dumps(msgspec.to_builtins(probe.QueuedMessage.of(odd, now)))
 
 
 def test_an_unreadable_oldest_message_has_no_age(
@@ -124,6 +147,50 @@ def test_progress_counts_even_when_processed_is_capped(
     assert drain.before.processed == drain.after.processed == 1
     assert drain.processed == 1
     assert not drain.stalled
+
+
+def test_in_flight_finds_every_consumers_list_and_what_is_stuck(
+    checker: RedisTarget, admin_redis: redis.Redis, queues: Queues
+) -> None:
+    held = probe.in_flight(checker, queues, older_than_s=300, window_s=5)
+    assert (held.lists, held.stuck, held.held) == ({}, (), 0)  # nothing held: no wait either
+    old, older, fresh = message(time.time() - 400), message(time.time() - 900), message(time.time())
+    admin_redis.lpush(queues.in_flight, fresh)
+    admin_redis.lpush(f"{queues.in_flight}:worker-2", old)
+    admin_redis.lpush(f"{queues.in_flight}:worker-3", older, "not json")
+    admin_redis.set(f"{queues.in_flight}:not-a-list", "x")  # not a list: not an in-flight list
+    assert probe.in_flight_lists(checker, queues) == [
+        queues.in_flight, f"{queues.in_flight}:worker-2", f"{queues.in_flight}:worker-3"
+    ]  # fmt: skip
+    held = probe.in_flight(checker, queues, older_than_s=300, window_s=0.1)
+    assert held.lists == {
+        queues.in_flight: 1, f"{queues.in_flight}:worker-2": 1, f"{queues.in_flight}:worker-3": 2
+    }  # fmt: skip
+    assert (held.held, held.unreadable) == (4, 1)
+    assert [(m.in_flight, m.id) for m in held.stuck] == [  # oldest first
+        (f"{queues.in_flight}:worker-3", json.loads(older)["id"]),
+        (f"{queues.in_flight}:worker-2", json.loads(old)["id"]),
+    ]
+    assert held.oldest_age_s is not None
+    assert 900 <= held.oldest_age_s < 960
+
+
+def test_an_old_message_a_consumer_finishes_within_the_window_is_not_stuck(
+    checker: RedisTarget, admin_redis: redis.Redis, queues: Queues
+) -> None:
+    """A live consumer takes a message that waited long in the queue and stores it at once."""
+    taken = message(time.time() - 900)
+    admin_redis.lpush(queues.in_flight, taken)
+
+    def consumer() -> None:
+        time.sleep(0.1)
+        admin_redis.lrem(queues.in_flight, 1, taken)
+
+    thread = threading.Thread(target=consumer)
+    thread.start()
+    held = probe.in_flight(checker, queues, older_than_s=300, window_s=0.5)
+    thread.join()
+    assert held.stuck == ()
 
 
 def closed_port() -> int:
