@@ -6,7 +6,9 @@ fix heals it (FIXED with --remediate=apply), run in-process with pytester. pytes
 the table in the browser from its JSON, so only a browser shows what a reader gets.
 
 Chromium is Debian's `chromium` and `chromium-driver` (scripts/install-system-packages); the
-browser tests skip when they are not installed here, and fail instead in CI (`CI` set).
+browser tests skip when they are not installed here, and fail instead in CI (`CI` set). Each page
+opened is also kept as a screenshot in the reports folder of the run it shows, beside its page
+(`<run folder>/screenshots/`), so that a person can see what the browser saw.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import RunChecks
 from test_findings_schema import mixed_suite, run_folder
+
+from opsbook.sandbox.stack import Stack
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -121,8 +126,9 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         driver.quit()
 
 
-def load(browser: Any, page: Path, width: int = FIRST_SCREEN[0]) -> None:
-    """Open a page at the given width, once pytest-html's script has drawn the table."""
+def load(browser: Any, page: Path, width: int = FIRST_SCREEN[0]) -> Path:
+    """Open a page at the given width, once pytest-html's script has drawn the table; its first
+    screen is kept in the run's reports folder (screenshots/PAGE-WIDTH.png), which is returned."""
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.set_window_size(width, FIRST_SCREEN[1])
@@ -130,6 +136,11 @@ def load(browser: Any, page: Path, width: int = FIRST_SCREEN[0]) -> None:
     WebDriverWait(browser, 30).until(
         lambda driver: driver.execute_script("return document.readyState") == "complete"
     )
+    screenshots = page.parent / "screenshots"
+    screenshots.mkdir(exist_ok=True)
+    screenshot = screenshots / f"{page.stem}-{width}.png"
+    assert browser.save_screenshot(str(screenshot)), f"no screenshot of {page}"
+    return screenshot
 
 
 def healing_suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
@@ -426,3 +437,108 @@ def test_an_expired_waiver_says_so_and_the_failure_counts(
 
     waivers_table = browser.find_element(By.ID, "opsbook-waivers").text
     assert "expired: the failure counts failed" in waivers_table
+
+
+CAUSE_FIRST_CHECKS = '''
+import pytest
+from opsbook import Severity, check
+
+pytestmark = [pytest.mark.daily]
+
+@pytest.mark.queue
+@check("BLK-001", Severity.MEDIUM)
+def test_queue_depth(redis_target):
+    """The queue's depth is known."""
+    redis_target.client()  # a closed port: redis is down, though this check is only medium
+
+@pytest.mark.health
+@check("BLK-002", Severity.CRITICAL)
+def test_backend(http_service, finding):
+    """The backend answers."""
+    finding.expect(503, "200", ok=False, problem="GET /health answered 503")
+
+@pytest.mark.resources
+@check("BLK-003", Severity.HIGH)
+def test_disk(finding):
+    """Disk use is below the limit."""
+    finding.expect(93, "<= 80", ok=False, unit="%")
+
+@pytest.mark.health
+@check("BLK-004", Severity.LOW)
+def test_fine(finding):
+    """Something fine."""
+    finding.expect(1, "1", ok=True)
+'''
+
+
+def test_a_cause_comes_first_by_the_worst_severity_it_blocks(
+    browser: Any, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A medium check that cannot reach Redis blocks the critical backend check: the Redis row
+    comes before a high failure of its own, with the backend's row right under it, indented."""
+    suite = blocking_suite(pytester, monkeypatch)
+    suite.makepyfile(test_blocking=CAUSE_FIRST_CHECKS)
+    suite.makeconftest('pytest_plugins = ["opsbook.plugin", "opsbook.fixtures.targets"]\n')
+    assert suite.runpytest("-m", "daily").ret == 1
+    screenshot = load(browser, run_folder(suite) / "report.html")
+    assert screenshot == run_folder(suite) / "screenshots" / "report-1280.png"
+    assert screenshot.stat().st_size > 0
+    shown = rows(browser)
+    assert [(row["check"], row["outcome"]) for row in shown] == [
+        ("BLK-001", f"Could not evaluate\n{shown[0]['outcome'].split(chr(10))[1]}\n"
+                    "cause of 1 blocked below"),
+        ("BLK-002", "Blocked\nby redis"),
+        ("BLK-003", "Failed"),
+        ("BLK-004", "Passed"),
+    ]  # fmt: skip
+    assert shown[0]["outcome"].split("\n")[1].startswith("unreachable: redis queue")
+    assert under_its_cause(browser, "BLK-002", "BLK-001")
+    assert not under_its_cause(browser, "BLK-003", "BLK-001")
+
+
+def under_its_cause(browser: Any, check_id: str, cause_id: str) -> bool:
+    """The row's outcome is drawn further right than its cause's (indented under it)."""
+    script = """
+        const left = (id) => {
+          for (const cell of document.querySelectorAll('#results-table td.col-check')) {
+            if (cell.textContent.trim() === id) {
+              const outcome = cell.parentElement.querySelector('td.col-outcome .outcome');
+              return outcome.getBoundingClientRect().left;
+            }
+          }
+          return null;
+        };
+        return [left(arguments[0]), left(arguments[1])];
+    """
+    row, cause = browser.execute_script(script, check_id, cause_id)
+    return bool(row > cause)
+
+
+def test_with_redis_stopped_the_first_row_is_redis_and_what_it_blocks_sits_under_it(
+    browser: Any, breakable_sandbox: Stack, run_checks: RunChecks, tmp_path: Path
+) -> None:
+    """The real sandbox, Redis stopped: report.html's first row is Redis's own failure (the
+    cause), on the first screen; the backend's health check it blocks comes right after it,
+    indented, saying "Blocked by redis"; the checks of Redis that could not be evaluated
+    follow."""
+    reports = tmp_path / "reports"
+    breakable_sandbox.stop("redis")
+    run = run_checks(reports=reports)
+    assert run.outcome("HEALTH-001", "backend") == "blocked", run.output
+    folder = (reports / "latest").resolve()
+    screenshot = load(browser, folder / "report.html")
+    assert screenshot.parent == folder / "screenshots"
+    shown = rows(browser)
+    first = shown[0]
+    cause = (first["check"], first["target"], first["severity"])
+    assert cause == ("QUEUE-001", "queue", "critical"), [r["check"] for r in shown]
+    assert first["outcome"].startswith("Failed\n"), first
+    assert first["outcome"].endswith("blocked below"), first
+    assert on_first_screen(browser, "#results-table tr.collapsible")
+    blocked = [n for n, row in enumerate(shown) if row["outcome"].startswith("Blocked\n")]
+    assert blocked == list(range(1, 1 + len(blocked))), [r["check"] for r in shown]
+    assert ("HEALTH-001", "backend") in [(shown[n]["check"], shown[n]["target"]) for n in blocked]
+    for n in blocked:
+        assert shown[n]["outcome"] == "Blocked\nby redis", shown[n]
+        assert under_its_cause(browser, shown[n]["check"], "QUEUE-001")
+    assert "Blocked by: redis" in details_of(browser, "HEALTH-001")

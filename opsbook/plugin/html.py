@@ -12,8 +12,11 @@ cells `pytest_html_results_table_row` leaves, a sortable column's value is its c
   expiry, not applicable its reason), check id, severity, target, title, observed and expected
   with units; below it (pytest-html's extras), why, the risk, the waiver, the linked fix and what
   it did;
-- the rows are sorted by what needs a person, then severity, then outcome: the Severity cell
-  carries that order in a hidden key, and is the initial sort unless `initial_sort` says other;
+- the rows are sorted cause first (opsbook.pages.present.cause_first): what needs a person
+  first, a row blocked by a dependency right after its cause and indented under it, causes by
+  the worst severity they block; then the rest by severity and outcome. The Severity cell
+  carries that order in a hidden key (set again once every check is settled), and is the
+  initial sort unless `initial_sort` says other;
 - pytest-html's own Result column, in pytest's words (XFailed, Skipped), is kept for its filters
   and hidden; the filters are labelled in opsbook's words.
 
@@ -26,7 +29,7 @@ import re
 import sys
 from datetime import UTC, datetime
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 
@@ -92,6 +95,9 @@ footer { order: 4; }
 .opsbook-details p { margin: 2px 0 4px; color: #222; }
 .opsbook-details pre { margin: 2px 0; white-space: pre-wrap; }
 #results-table td.col-outcome { min-width: 8em; max-width: 18em; }
+/* A row blocked by a dependency sits under its cause, indented, with a bar on its left. */
+#results-table .opsbook-under { display: block; border-left: 3px solid #b02a37;
+  padding-left: 6px; }
 .controls, .filters { flex-wrap: wrap; }
 /* A phone: each row a card, each cell a line named by its column. */
 @media (max-width: 700px) {
@@ -231,22 +237,26 @@ class HtmlReport:
             counts[old.lower()]["value"] -= 1
             counts[result.lower()]["value"] += 1
 
-    def _cells(self, row: FindingRow) -> list[str]:
+    def _cells(self, row: FindingRow, place: Place | None = None) -> list[str]:
+        """The row's cells; `place` is where cause-first puts it once every check is settled
+        (until then, by what needs a person, severity and outcome)."""
         outcome = str(row.outcome)
-        note = self._note(row)
+        notes = [self._note(row)]
+        if place is not None and place.blocks:
+            notes.append(f"cause of {place.blocks} blocked below")
+        shown = (
+            f'<span class="outcome {escape(outcome)}">'
+            f"{escape(present.word(outcome).capitalize())}</span>"
+            + "".join(f'<span class="note">{escape(note)}</span>' for note in notes if note)
+        )
+        if place is not None and place.depth:
+            margin = f"{place.depth:g}em"
+            shown = f'<span class="opsbook-under" style="margin-left: {margin}">{shown}</span>'
+        key = place.key if place is not None else present.sort_key(outcome, row.severity)
         return [
-            _cell(
-                "outcome",
-                _hidden_key(str(present.outcome_rank(outcome)))
-                + f'<span class="outcome {escape(outcome)}">'
-                f"{escape(present.word(outcome).capitalize())}</span>"
-                + (f'<span class="note">{escape(note)}</span>' if note else ""),
-            ),
+            _cell("outcome", _hidden_key(str(present.outcome_rank(outcome))) + shown),
             _cell("check", escape(row.check_id)),
-            _cell(
-                "severity",
-                _hidden_key(present.sort_key(outcome, row.severity)) + escape(row.severity),
-            ),
+            _cell("severity", _hidden_key(key) + escape(row.severity)),
             _cell("target", escape(row.target or row.deployment or "")),
             _cell("title", escape(row.title)),
             _cell("observed", escape(present.shown(row.observed, row.unit))),
@@ -357,6 +367,7 @@ class HtmlReport:
         findings = self.config.stash[FINDINGS]
         run = self.config.stash.get(RUN, None)
         self._redraw_settled_rows()
+        self._place_rows()
         prefix.append(f"<style>{present.STYLE}{LAYOUT}</style>")
         gaps = self.config.stash.get(AUDIT_TRAIL_GAPS, [])
         judged = present.verdict(findings.counts(), len(gaps))
@@ -392,13 +403,45 @@ class HtmlReport:
                 self._redraw(test, row, counts)
             self.drawn[nodeid] = row.outcome
 
-    def _redraw(self, test: dict[str, Any], row: FindingRow, counts: dict[str, Any]) -> None:
+    def _place_rows(self) -> None:
+        """Put every check's row where cause-first reads it, now that every outcome is
+        settled: its sort key, its depth under its cause, and a cause's count of what it
+        blocks."""
+        data = getattr(self.report_data, "data", None)
+        counts = getattr(self.report_data, "outcomes", None)
+        if not isinstance(data, dict) or counts is None:
+            return
+        rows = list(self.config.stash[FINDINGS].rows.values())
+        found = [{"outcome": str(r.outcome), "severity": r.severity,
+                  "blocked_by": r.blocked_by, "services": r.services} for r in rows]  # fmt: skip
+        order = present.cause_first(found)
+        below: dict[int, int] = {}
+        stack: list[int] = []
+        for index, depth in order:
+            del stack[depth:]
+            for above in stack:
+                below[above] = below.get(above, 0) + 1
+            stack.append(index)
+        for position, (index, depth) in enumerate(order):
+            row = rows[index]
+            attention = 0 if present.needs_a_person(str(row.outcome)) else 1
+            place = Place(f"{attention}{position:05d}", depth, below.get(index, 0))
+            for test in data.get("tests", {}).get(row.nodeid, []):
+                self._redraw(test, row, counts, place)
+
+    def _redraw(
+        self,
+        test: dict[str, Any],
+        row: FindingRow,
+        counts: dict[str, Any],
+        place: Place | None = None,
+    ) -> None:
         from pytest_html import extras
 
         cells = test.get("resultsTableRow")
         if not isinstance(cells, list) or len(cells) < 1 + len(COLUMNS):
             return
-        fresh = self._cells(row)
+        fresh = self._cells(row, place)
         cells[1 : 1 + len(COLUMNS)] = fresh
         for (column, _, sortable), cell in zip(COLUMNS, fresh, strict=True):
             if sortable:
@@ -493,6 +536,15 @@ class HtmlReport:
             f"<h3>Waivers applied ({len(body)})</h3>",
             f'<table class="opsbook-table" id="opsbook-waivers">{head}{"".join(body)}</table>',
         ]
+
+
+class Place(NamedTuple):
+    """Where cause-first puts a row: its sort key, how deep under its cause, and how many rows
+    sit under it (what it blocks)."""
+
+    key: str
+    depth: int
+    blocks: int
 
 
 def _inner(cell: str) -> str:
