@@ -7,18 +7,26 @@ by its linked fix.
 
 from __future__ import annotations
 
+import functools
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from html import escape
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import RunChecks
 from test_findings_schema import run_folder
 from test_html_report import PHONE_WIDTH, healing_suite, load, open_chromium
 
-from opsbook.pages import status_page
+from opsbook.history import KeptRun
+from opsbook.pages import run_strip, status_page
+from opsbook.sandbox.stack import Stack
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +197,208 @@ def test_the_counts_are_said_worst_first() -> None:
     assert verdict({**counts, "failed": 1}).counts == (
         "1 failed; 2 could not evaluate; 1 blocked; 1 waived; 1 fixed; 1 not applicable; 3 passed"
     )
+
+
+# The page across runs (reports/status.html, opsbook.pages.run_strip).
+
+# The daily health checks; not OBS-004, whose window of real traffic keeps the broken run's own
+# errors (nginx's 502s) into the third run.
+HEALTH = ("-m", "daily and health and not observability")
+RED = "rgba(176, 42, 55, 1)"
+GREEN = "rgba(30, 126, 52, 1)"
+
+
+def strip(browser: Any, table_id: str, group: str) -> list[Any]:
+    from selenium.webdriver.common.by import By
+
+    return list(
+        browser.find_elements(By.CSS_SELECTOR, f'#{table_id} tr[data-group="{group}"] .strip a')
+    )
+
+
+@contextmanager
+def static_web_server(folder: Path) -> Iterator[str]:
+    """Python's own static file server over the reports folder: the page's links must work
+    from any web server, not only from the file system."""
+    handler = functools.partial(QuietHandler, directory=str(folder))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_the_page_across_runs_shows_each_run_in_its_strip_trends_and_links(
+    breakable_sandbox: Stack, run_checks: RunChecks, browser: Any, tmp_path: Path
+) -> None:
+    """Green, the backend stopped, green again: the backend's and health's strips are green,
+    red, green, each cell a link to its run's report."""
+    from selenium.webdriver.common.by import By
+
+    reports = tmp_path / "reports"
+    screenshots = reports / "screenshots"
+    screenshots.mkdir(parents=True)
+    first = run_checks(*HEALTH, reports=reports)
+    assert first.exit_code == 0, first.output
+    breakable_sandbox.stop("backend")
+    try:
+        broken = run_checks(*HEALTH, reports=reports)
+    finally:
+        breakable_sandbox.start("backend")
+    assert broken.outcome("HEALTH-001", "backend") == "failed", broken.output
+    again = run_checks(*HEALTH, reports=reports)
+    assert again.exit_code == 0, again.output
+    runs = [first, broken, again]
+
+    page = reports / "status.html"
+    assert stat.S_IMODE(page.stat().st_mode) == 0o640
+    html = page.read_text()
+    assert "<script" not in html.lower()
+    assert "src=" not in html  # self-contained: no external style, image or script
+    load(browser, page)
+    browser.set_window_size(1200, 1600)
+    browser.save_screenshot(str(screenshots / "status-desktop.png"))
+    assert browser.find_element(By.ID, "verdict").text.splitlines()[0] == "PASSED"
+    for table_id, group in (("targets", "backend"), ("areas", "health")):
+        cells = strip(browser, table_id, group)
+        assert [c.get_attribute("data-outcome") for c in cells] == ["passed", "failed", "passed"]
+        assert [c.value_of_css_property("background-color") for c in cells] == [GREEN, RED, GREEN]
+        # Each cell's title is its run's time; the newest is the right-most.
+        assert [c.get_attribute("title") for c in cells] == [
+            f"{run_strip.when(run.document)}: {word}"
+            for run, word in zip(runs, ("passed", "failed", "passed"), strict=True)
+        ]
+        lefts = [c.rect["x"] for c in cells]
+        assert lefts == sorted(lefts)
+        row = browser.find_element(By.CSS_SELECTOR, f'#{table_id} tr[data-group="{group}"]')
+        assert row.text.split()[:2] == [group, "passed"]
+    # A trend chart of a measured value: /health's answer time, an SVG line with a point per
+    # run that measured it (the broken run had no answer to time).
+    trend = browser.find_element(By.XPATH, '//table[@id="trends"]//tr[td[1]="HEALTH-002"]'
+                                           '[td[2]="backend"]')  # fmt: skip
+    polyline = trend.find_element(By.CSS_SELECTOR, "svg polyline")
+    assert len(polyline.get_attribute("points").split()) == 2
+    assert trend.find_element(By.CSS_SELECTOR, "svg").size["width"] > 0
+    # The runs' list, newest first, and each strip cell opens its run's report.
+    hrefs = [c.get_attribute("href") for c in strip(browser, "targets", "backend")]
+    listed = browser.find_elements(By.CSS_SELECTOR, "#runs tr td:first-child")
+    assert [c.text for c in listed] == [run_strip.when(r.document) for r in reversed(runs)]
+    for href, run, headline in zip(hrefs, runs, ("PASSED", "FAILED", "PASSED"), strict=True):
+        browser.get(href)
+        verdict = browser.find_element(By.ID, "opsbook-verdict").text.splitlines()[0]
+        assert verdict == headline
+        assert run.document["run"]["run_id"] in browser.page_source
+    # Relative links: the same page served by a static web server.
+    with static_web_server(reports) as site:
+        browser.get(f"{site}/status.html")
+        middle = strip(browser, "targets", "backend")[1]
+        assert middle.get_attribute("href").startswith(f"{site}/")
+        middle.click()
+        assert browser.find_element(By.ID, "opsbook-verdict").text.startswith("FAILED")
+    # A phone: no horizontal scrolling; the strip stays in the row's card.
+    load(browser, page, width=PHONE_WIDTH)
+    overflow = browser.execute_script(
+        "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow <= 0
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(PHONE_WIDTH, min(height + 200, 8000))
+    browser.save_screenshot(str(screenshots / "status-phone.png"))
+    assert all(c.is_displayed() for c in strip(browser, "targets", "backend"))
+
+
+def kept(name: str, started: str, rows: list[dict[str, Any]]) -> KeptRun:
+    document = {"run": {"run_id": name, "started": started, "inventory": "fleet"}, "findings": rows}
+    return KeptRun(f"20261201T0000{name}Z-{name}", document)
+
+
+def test_the_page_across_runs_is_made_from_findings_alone_and_escapes_what_targets_said() -> None:
+    """A target missing from a run has an empty cell; a name a target sent is escaped."""
+    odd = "<img src=x onerror=alert(1)>"
+    runs = [
+        kept("01", "2026-12-01T00:01:00+00:00", [row("eu", "queue", "passed")]),
+        kept("02", "2026-12-01T00:02:00+00:00", [row("eu", odd, "failed")]),
+        kept("03", "2026-12-01T00:03:00+00:00", [row("eu", "queue", "error")]),
+    ]
+    html = run_strip.render(runs, lambda run: ("report.html", "findings.json"))
+    assert "<img" not in html
+    assert "<script" not in html.lower()
+    assert 'href="20261201T000001Z-01/report.html"' in html  # relative to the reports folder
+    assert 'href="/' not in html
+    assert "://" not in html.replace("http://www.w3.org/2000/svg", "")
+    targets = html[html.index('id="targets"') :]
+    queue = targets[targets.index('<tr data-group="queue">') :]
+    queue = queue[: queue.index("</tr>")]
+    assert [part.split('"')[0] for part in queue.split('data-outcome="')[1:]] == [
+        "passed", "none", "error",
+    ]  # fmt: skip
+    assert "2026-12-01 00:02:00 UTC: not checked" in queue
+    assert f'<tr data-group="{escape(odd)}">' in html  # a target gone from the newest run
+
+
+def problem(
+    check_id: str, severity: str, outcome: str, services: list[str], **more: Any
+) -> dict[str, Any]:
+    return {
+        "check_id": check_id, "title": f"{check_id} holds.", "target": services[0],
+        "deployment": "sandbox", "markers": ["daily"], "severity": severity,
+        "outcome": outcome, "message": more.pop("message", ""), "services": services, **more,
+    }  # fmt: skip
+
+
+def test_a_blocked_row_is_under_its_cause_and_causes_go_by_what_they_block() -> None:
+    """A medium check of Redis that could not reach it blocks a critical check of the backend:
+    Redis's row comes first, before a high failure that blocks nothing, and the backend's sits
+    right under it; a blocked row whose cause has no row (an earlier findings.json) stays
+    where its severity puts it."""
+    rows = [
+        problem("RES-001", "high", "failed", ["host"]),
+        problem("HEALTH-001", "critical", "blocked", ["backend"], blocked_by="redis",
+                message="blocked by redis: backend: GET /health answered 503"),
+        problem("QUEUE-003", "medium", "error", ["redis"], message="unreachable: redis queue"),
+        problem("OBS-002", "low", "blocked", ["prometheus"], blocked_by="grafana"),
+        problem("DB-001", "critical", "passed", ["postgres"]),
+    ]  # fmt: skip
+    html = status_page.render({"run": {}, "findings": rows})
+    attention = html.split('id="attention"', 1)[1].split("</table>", 1)[0]
+    order = [check for check in ("QUEUE-003", "HEALTH-001", "RES-001", "OBS-002")
+             if f"<td data-label=\"check\">{check}</td>" in attention]  # fmt: skip
+    assert sorted(order, key=attention.index) == ["QUEUE-003", "HEALTH-001", "RES-001", "OBS-002"]
+    lines = [line for line in attention.split("<tr") if "data-label" in line]
+    assert [line.startswith(' class="under"') for line in lines] == [False, True, False, False]
+    assert "blocked by redis" in lines[1]
+
+
+def test_with_redis_stopped_what_needs_a_person_starts_with_redis_and_what_it_blocks(
+    browser: Any, breakable_sandbox: Stack, run_checks: RunChecks, tmp_path: Path
+) -> None:
+    """The real sandbox, Redis stopped: the run's status page lists Redis's own failure first
+    among what needs a person, and the backend's health check it blocks right under it,
+    indented."""
+    reports = tmp_path / "reports"
+    breakable_sandbox.stop("redis")
+    run = run_checks(reports=reports)
+    assert run.outcome("HEALTH-001", "backend") == "blocked", run.output
+    folder = (reports / "latest").resolve()
+    load(browser, folder / "status.html")
+    attention = table(browser, "attention")
+    assert attention[0].startswith("failed QUEUE-001 critical queue Redis answers PING."), attention
+    assert attention[1].startswith("blocked HEALTH-001 critical backend "), attention
+    assert "blocked by redis" in attention[1]
+    from selenium.webdriver.common.by import By
+
+    first, second = browser.find_elements(By.CSS_SELECTOR, "#attention tr")[1:3]
+    assert second.get_attribute("class") == "under"
+    assert first.get_attribute("class") == ""
+    # The bar and the indent: the blocked row's outcome starts further right than its cause's.
+    lefts = [row.find_element(By.CSS_SELECTOR, ".outcome").rect["x"] for row in (first, second)]
+    assert lefts[1] > lefts[0]

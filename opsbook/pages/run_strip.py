@@ -103,12 +103,19 @@ def _report_of(kept: KeptRun, present_files: Callable[[KeptRun], Sequence[str]])
     return next((name for name, _ in REPORTS if name in files), None)
 
 
+def state(rows: list[Row]) -> str | None:
+    """A group's outcome in one run: the worst of its checks that apply (a check that does not
+    apply to a healthy service does not make it grey); not applicable when none applies; None
+    when the run did not check it."""
+    if not rows:
+        return None
+    applying = [row for row in rows if row["outcome"] != "skipped"]
+    return str(status_page._worst(applying or rows)["outcome"])
+
+
 def _cell(kept: KeptRun, rows: list[Row], link: str | None) -> str:
-    if rows:
-        outcome = str(status_page._worst(rows)["outcome"])
-        said = present.word(outcome)
-    else:
-        outcome, said = "none", "not checked"
+    found = state(rows)
+    outcome, said = (found, present.word(found)) if found else ("none", "not checked")
     # An outcome this version does not know is shown as a failure: never hidden as green.
     kind = outcome if outcome in CELL_KINDS else "failed"
     title = escape(f"{when(kept.document)}: {said}")
@@ -134,7 +141,13 @@ def _groups_table(
         for row in kept.document.get("findings") or []:
             groups.setdefault(key(row), []).append(row)
         by_run.append(groups)
-    ordered = [group for group, _ in status_page._groups(current, key)]
+    now_groups: dict[str, list[Row]] = {}
+    for row in current:
+        now_groups.setdefault(key(row), []).append(row)
+    # Worst first, as the page of one run orders them.
+    ordered = sorted(
+        now_groups, key=lambda g: (present.outcome_rank(state(now_groups[g]) or "passed"), g)
+    )
     # A group no longer in the newest run (a target taken out of the inventory) still shows
     # its past, after the others.
     gone = sorted({g for groups in by_run for g in groups} - set(ordered))
@@ -142,7 +155,8 @@ def _groups_table(
     body = []
     for group in [*ordered, *gone]:
         now = by_run[-1].get(group, [])
-        state = status_page._outcome(status_page._worst(now)["outcome"]) if now else "not checked"
+        found = state(now)
+        shown = status_page._outcome(found) if found else "not checked"
         counts = present.verdict(status_page._count(now)).counts if now else ""
         strip = "".join(
             _cell(kept, groups.get(group, []), link)
@@ -150,7 +164,7 @@ def _groups_table(
         )
         cells = (
             ("data-label", name, escape(group)),
-            ("data-label", "now", state),
+            ("data-label", "now", shown),
             ("data-label", "checks", escape(counts)),
             ("data-label", f"last {len(runs)} runs", f'<div class="strip">{strip}</div>'),
         )
@@ -176,12 +190,13 @@ def _number(value: object) -> float | None:
 
 
 def _trends(runs: Sequence[KeptRun], several: bool) -> str:
-    """Each check and target with a number measured in at least two of the runs."""
+    """Each check and target with a measured value (a number with its unit: not a status code
+    or a yes/no) in at least two of the runs."""
     series: dict[tuple[str, str], list[tuple[float, str | None]]] = {}
     for kept in runs:
         for row in kept.document.get("findings") or []:
             number = _number(row.get("observed"))
-            if number is not None:
+            if number is not None and row.get("unit"):
                 key = (str(row["check_id"]), status_page._target(row, several))
                 series.setdefault(key, []).append((number, row.get("unit")))
     shown = {key: points for key, points in series.items() if len(points) >= 2}
