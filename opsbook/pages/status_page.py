@@ -41,6 +41,14 @@ table {{ width: 100%; }}
   table.cards td:empty {{ display: none; }}
   table.cards td[data-label]::before {{ content: attr(data-label) ": "; font-weight: bold; }}
 }}
+/* A row blocked by a dependency, under its cause: indented, with a bar on its left. */
+tr.under > td:first-child {{ padding-left: calc(var(--depth) * 1.2em);
+  border-left: 3px solid #b02a37; }}
+@media (max-width: 600px) {{
+  table.cards tr.under {{ margin-left: calc(var(--depth) * 1em); border-left: 3px solid #b02a37;
+    padding-left: 4px; }}
+  table.cards tr.under > td:first-child {{ padding-left: 4px; border-left: none; }}
+}}
 {style}
 </style>
 </head>
@@ -130,8 +138,11 @@ COLUMNS = ("outcome", "check", "severity", "target", "title", "observed", "expec
 
 
 def _findings_table(rows: list[Row], element_id: str, several_deployments: bool) -> str:
+    """The rows cause first (present.cause_first): a row blocked by a dependency right after
+    its cause's row, indented under it."""
     body = []
-    for row in sorted(rows, key=lambda r: present.row_order(r["outcome"], r["severity"])):
+    for index, depth in present.cause_first(rows):
+        row = rows[index]
         note = "" if row["outcome"] == "passed" else present.text(row.get("message") or "")
         if row.get("waiver"):
             note = f"waiver: {present.text(row['waiver'])}"
@@ -149,8 +160,9 @@ def _findings_table(rows: list[Row], element_id: str, several_deployments: bool)
             escape(present.expected_shown(row.get("expected"), row.get("unit"))),
         )
         # data-label names the cell where a phone shows the row as a card.
+        under = f' class="under" style="--depth: {depth}"' if depth else ""
         body.append(
-            "<tr>"
+            f"<tr{under}>"
             + "".join(f'<td data-label="{c}">{v}</td>' for c, v in zip(COLUMNS, cells, strict=True))
             + "</tr>"
         )
