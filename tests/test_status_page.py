@@ -402,3 +402,28 @@ def test_with_redis_stopped_what_needs_a_person_starts_with_redis_and_what_it_bl
     # The bar and the indent: the blocked row's outcome starts further right than its cause's.
     lefts = [row.find_element(By.CSS_SELECTOR, ".outcome").rect["x"] for row in (first, second)]
     assert lefts[1] > lefts[0]
+
+
+def test_every_run_rewrites_the_page_across_runs_of_its_selection(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    suite = healing_suite(pytester, monkeypatch)
+    reports = suite.path / "reports"
+    suite.runpytest("-m", "daily")
+    first = run_folder(suite)
+    suite.runpytest("-m", "daily")
+    second = run_folder(suite)
+    suite.runpytest("-m", "daily and health")  # another selection: its own strip
+    page = reports / "status.html"
+    assert stat.S_IMODE(page.stat().st_mode) == 0o640
+    assert 'data-group="health"' in page.read_text()
+    assert f'href="{first.name}/report.html"' not in page.read_text()
+    suite.runpytest("-m", "daily")
+    third = run_folder(suite)
+    html = page.read_text()
+    links = [f'href="{folder.name}/report.html"' for folder in (first, second, third)]
+    assert all(link in html for link in links)
+    assert all((folder / "report.html").is_file() for folder in (first, second, third))
+    health = html[html.index('<tr data-group="health">') :]
+    assert health[: health.index("</tr>")].count('data-outcome="') == 3
+    assert not list(reports.glob(".status.html.*"))  # no temporary file left

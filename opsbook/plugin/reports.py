@@ -286,10 +286,17 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
 
 
 def _write_status_across_runs(config: pytest.Config, run: Run, document: dict[str, Any]) -> None:
-    """reports/status.html: this run and the earlier ones of its selection. The run's own
-    folder is in place already; a page that cannot be written is one line, not a failed run."""
+    """reports/status.html: this run and the earlier ones of its deployment and selection (a
+    reports folder shared by two inventories, or holding a merged fleet's folder, keeps their
+    strips apart). The run's own folder is in place already; a page that cannot be written is
+    one line, not a failed run."""
     selection = config.option.markexpr or None
-    runs = kept_runs(run.reports_dir, selection, run.started.isoformat())
+    inventory = document["run"]["inventory"]
+    runs = [
+        kept
+        for kept in kept_runs(run.reports_dir, selection, run.started.isoformat())
+        if (kept.document.get("run") or {}).get("inventory") == inventory
+    ]
     runs.append(KeptRun(run.name, document))
     try:
         run_strip.write(run.reports_dir, runs, run.group)
