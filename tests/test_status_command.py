@@ -177,3 +177,29 @@ def test_target_text_cannot_drive_the_terminal(
     assert "\x07" not in out
     (line,) = [line for line in out.splitlines() if "missing table(s) agents in chatdb" in line]
     assert line.endswith("?]0;owned??[2J")
+
+
+def test_a_blocked_check_is_listed_right_under_its_cause(
+    breakable_sandbox: Stack,
+    run_checks: RunChecks,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Redis stopped: the first of the recent errors is Redis's own failure (QUEUE-001,
+    critical), and right under it the backend's health check it blocks, before the checks of
+    Redis that could not be evaluated."""
+    reports = tmp_path / "reports"
+    breakable_sandbox.stop("redis")
+    run = run_checks("-m", DASHBOARD_CHECKS, reports=reports)
+    assert run.outcome("HEALTH-001", "backend") == "blocked", run.output
+    code, out, _ = dashboard(reports, capsys)
+    assert code == 2
+    errors = section(out, "RECENT ERRORS")
+    assert errors[0].startswith("  [CRITICAL] QUEUE-001 queue: redis queue: "), errors
+    assert errors[1] == "  blocked by redis (fix it first):", errors
+    under = [line for line in errors[2:] if line.startswith("    ")]
+    assert errors[2 : 2 + len(under)] == under, errors
+    health = "    [CRITICAL] HEALTH-001 backend: blocked by redis: "
+    assert any(line.startswith(health) for line in under), under
+    assert all(": blocked by redis: " in line for line in under), under
+    assert any(line.startswith("  [HIGH] QUEUE-") for line in errors[2 + len(under) :]), errors

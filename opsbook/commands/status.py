@@ -5,8 +5,9 @@ Read from the last finished run (DIR/latest/findings.json), nothing is probed ag
     service status    up or down per target, from the readiness checks
     resource use      disk, memory, Redis memory, database connections (observed vs limit)
     recent activity   queue depth, messages stored in the window, dead letters, draining
-    recent errors     every failed check, or one that could not be evaluated, with its message;
-                      the checks blocked by a dependency that is down grouped under it
+    recent errors     every failed check, or one that could not be evaluated, with its message,
+                      cause first: the checks blocked by a dependency that is down right under
+                      the line of their cause, the causes by the worst severity they block
     quick actions     the remediate command of each failed check that has a linked fix (not of a
                       blocked check: its cause is fixed first; not of one that could not be
                       evaluated: nothing is known to be wrong with it)
@@ -183,16 +184,17 @@ def _error_line(row: dict[str, Any], indent: str = "  ") -> str:
 
 
 def _error_lines(problems: list[dict[str, Any]]) -> list[str]:
-    """The causes and every other problem, then under each dependency that is down the checks
-    it blocks: what to fix first, and what waits for it."""
-    lines = [_error_line(row) for row in problems if row["outcome"] != "blocked"]
-    blocked: dict[str, list[dict[str, Any]]] = {}
-    for row in problems:
-        if row["outcome"] == "blocked":
-            blocked.setdefault(_text(row.get("blocked_by") or "a dependency"), []).append(row)
-    for cause, rows in blocked.items():
-        lines.append(f"  blocked by {cause} (fix it first):")
-        lines.extend(_error_line(row, "    ") for row in rows)
+    """Every problem cause first (present.cause_first): under a cause's line, the checks it
+    blocks, indented after a line that says so: what to fix first, and what waits for it."""
+    lines: list[str] = []
+    for index, depth in present.cause_first(problems):
+        row = problems[index]
+        indent = "  " * (depth + 1)
+        if depth and lines[-1].startswith(indent[:-2] + "["):
+            # The first row under this cause.
+            cause = _text(row.get("blocked_by") or "a dependency")
+            lines.append(f"{indent[:-2]}blocked by {cause} (fix it first):")
+        lines.append(_error_line(row, indent))
     return lines
 
 
