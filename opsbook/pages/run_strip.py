@@ -134,27 +134,22 @@ def _groups_table(
     key: Callable[[Row], str],
     present_files: Callable[[KeptRun], Sequence[str]],
 ) -> str:
-    current: list[Row] = list(runs[-1].document.get("findings") or [])
     by_run = []
     for kept in runs:
         groups: dict[str, list[Row]] = {}
         for row in kept.document.get("findings") or []:
             groups.setdefault(key(row), []).append(row)
         by_run.append(groups)
-    now_groups: dict[str, list[Row]] = {}
-    for row in current:
-        now_groups.setdefault(key(row), []).append(row)
+    newest = by_run[-1]
     # Worst first, as the page of one run orders them.
-    ordered = sorted(
-        now_groups, key=lambda g: (present.outcome_rank(state(now_groups[g]) or "passed"), g)
-    )
+    ordered = sorted(newest, key=lambda g: (present.outcome_rank(state(newest[g]) or ""), g))
     # A group no longer in the newest run (a target taken out of the inventory) still shows
     # its past, after the others.
     gone = sorted({g for groups in by_run for g in groups} - set(ordered))
     links = [_report_of(kept, present_files) for kept in runs]
     body = []
     for group in [*ordered, *gone]:
-        now = by_run[-1].get(group, [])
+        now = newest.get(group, [])
         found = state(now)
         shown = status_page._outcome(found) if found else "not checked"
         counts = present.verdict(status_page._count(now)).counts if now else ""
@@ -163,14 +158,15 @@ def _groups_table(
             for kept, groups, link in zip(runs, by_run, links, strict=True)
         )
         cells = (
-            ("data-label", name, escape(group)),
-            ("data-label", "now", shown),
-            ("data-label", "checks", escape(counts)),
-            ("data-label", f"last {len(runs)} runs", f'<div class="strip">{strip}</div>'),
+            (name, escape(group)),
+            ("now", shown),
+            ("checks", escape(counts)),
+            (f"last {len(runs)} runs", f'<div class="strip">{strip}</div>'),
         )
+        # data-label names the cell where a phone shows the row as a card.
         body.append(
             f'<tr data-group="{escape(group)}">'
-            + "".join(f'<td {attr}="{escape(label)}">{html}</td>' for attr, label, html in cells)
+            + "".join(f'<td data-label="{escape(label)}">{html}</td>' for label, html in cells)
             + "</tr>"
         )
     head = (
