@@ -90,6 +90,12 @@ def test_alert_expressions_select_existing_series(prometheus: HttpTarget, findin
     present = probe.metrics_with_series(prometheus, set(uses.rules))
     alerted = uses.absence_alerts
     missing = [name for name in sorted(set(uses.rules) - present) if name not in alerted]
+    if missing:
+        # A scrape target that is down takes its series with it: then the check is blocked by
+        # that target (opsbook.plugin.dependencies reads `up`, as for OBS-002), and run again
+        # once it is up, when a typo still fails it.
+        targets = probe.scrape_targets(prometheus)
+        finding.attach("up", {target.name: target.up for target in targets})
     finding.attach(
         "metrics",
         {

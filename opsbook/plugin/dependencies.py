@@ -5,8 +5,10 @@ a check could not reach a target it serves, or when a critical check of it faile
 access finding does not count: an open door does not stop a service from answering). A failure
 of a service while something it depends on is down is BLOCKED by that dependency: reported under
 its cause, never remediated; the cause's own fix runs first. Prometheus's view of a target (the
-`up` series of OBS-002) is blocked by that target itself when the target is down, blocked, or
-was just restarted by a fix.
+`up` series of OBS-002, and the series of the alert rules' metrics, ALERT-003, which a target
+takes with it when it goes down) is blocked by that target itself when the target is down,
+blocked, or was just restarted by a fix: a monitoring check names the scrape targets it saw,
+with their `up`, in its `up` evidence.
 
 The checks of the services others depend on run first (a stable reordering at collection), so
 the cause is known, and fixed with `--remediate=apply`, before its dependents run. What could not

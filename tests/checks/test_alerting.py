@@ -7,6 +7,7 @@ repository's file; Prometheus rereads it on POST /-/reload.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -241,3 +242,46 @@ def test_queue_backlog_makes_queue_backlog_pending(breakable_sandbox: Stack) -> 
         return alert_states(breakable_sandbox, "QueueBacklog") == set()
 
     eventually(resolved, deadline_s=30)
+
+
+def prometheus_query(sandbox: Stack, query: str) -> list[dict[str, Any]]:
+    answer = requests.get(
+        f"{prometheus_url(sandbox)}/api/v1/query", params={"query": query}, timeout=TIMEOUT_S
+    )
+    result: list[dict[str, Any]] = answer.json()["data"]["result"]
+    return result
+
+
+def test_a_scrape_target_that_is_down_blocks_alert_003_until_it_is_fixed(
+    breakable_sandbox: Stack, run_checks: RunChecks
+) -> None:
+    """The backend stopped: the metrics it exports have no series, and ALERT-003 is blocked by
+    the backend (as OBS-002 is), not failed, nor a fix of its own tried; once the backend's own
+    fix restarts it, ALERT-003 is checked again in the same run and passes."""
+    breakable_sandbox.stop("backend")
+
+    def gone() -> bool:
+        """Prometheus saw the backend down, and its series went stale"""
+        down = prometheus_query(breakable_sandbox, 'up{job="backend"} == 0')
+        return bool(down) and not prometheus_query(breakable_sandbox, "queue_pending_messages")
+
+    eventually(gone, deadline_s=30)
+    checks = ("--check=HEALTH-001", "--check=OBS-002", "--check=ALERT-003")
+    run = run_checks(*checks)
+    row = run.row("ALERT-003")
+    assert (row["outcome"], row["blocked_by"]) == ("blocked", "backend"), run.output
+    assert row["message"].startswith("blocked by backend: prometheus prometheus: no series for "), (
+        row["message"]
+    )
+    assert "queue_pending_messages" in row["message"]
+    up = json.loads(row["evidence"]["up"])
+    assert [value for name, value in up.items() if name.startswith("backend/")] == ["0"], up
+    assert row["remediation_attempt"] is None
+    assert (run.outcome("OBS-002"), run.row("OBS-002")["blocked_by"]) == ("blocked", "backend")
+    assert run.outcome("HEALTH-001", "backend") == "failed"
+
+    fixed = run_checks(*checks, "--remediate=apply", "--allow=restart")
+    assert fixed.outcome("HEALTH-001", "backend") == "fixed", fixed.output
+    assert fixed.outcome("ALERT-003") == "passed", fixed.output
+    assert fixed.row("ALERT-003")["blocked_by"] is None
+    assert "opsbook re-check: ALERT-003 prometheus: PASSED" in fixed.output
