@@ -7,6 +7,7 @@ import json
 import stat
 import subprocess
 import sys
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,11 @@ def test_an_audit_run_lists_every_control_family_with_its_failures_evidence(
     assert failure["message"] == f"host local: {env} has mode 0644 (expected 0600 or stricter)"
     assert f"{env} mode 0644 owner" in failure["evidence"]["files (path, mode, owner)"]
     assert "any local user or compromised service can read" in failure["risk"]
+    # The same families in report.html, below its audit summary.
+    report = (tmp_path / "reports" / "latest" / "report.html").read_text()
+    shown = report[report.index('id="opsbook-audit-by-family"') :]
+    assert all(f"<td>{escape(name)}</td>" in shown for name in families)
+    assert "SEC-001 local: host local: " in shown
     # The sandbox has no Grafana: its family is there, not applicable, not left out.
     grafana = families["Dashboard access (Grafana)"]
     assert grafana["not_applicable"] == grafana["results"] > 0

@@ -136,3 +136,11 @@ def html_table(summary: dict[str, Any]) -> str:
         f'<table class="opsbook-table" id="opsbook-audit-families"><tr>{head}</tr>'
         f"{''.join(body)}</table>"
     )
+
+
+def html_section(summary: dict[str, Any]) -> str:
+    """The families as report.html shows them, below its audit summary."""
+    return (
+        '<section id="opsbook-audit-by-family"><h3>Audit checks by control family</h3>'
+        f"{html_table(summary)}</section>"
+    )

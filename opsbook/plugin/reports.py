@@ -321,6 +321,17 @@ def _not_written(session: pytest.Session, exc: OSError) -> None:
     audit_trail_gap(config, f"the run's reports, in {run.reports_dir}: {exc.strerror or exc}")
 
 
+@pytest.hookimpl(optionalhook=True, trylast=True)
+def pytest_html_results_summary(
+    prefix: list[str], summary: list[str], postfix: list[str], session: pytest.Session
+) -> None:
+    """report.html: the audit checks by control family (as audit-summary.json has them), after
+    the audit summary opsbook.plugin.html writes below the table."""
+    rows = session.config.stash[FINDINGS].to_builtins()
+    if any(audit_summary.is_audit(row) for row in rows):
+        postfix.append(audit_summary.html_section(audit_summary.summarize({"findings": rows})))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     config = terminalreporter.config
