@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 from test_findings_schema import mixed_suite, run_folder
+from test_html_report import blocking_suite, healing_suite
 
 XSD = Path(__file__).parent / "data" / "junit-10.xsd"
 
@@ -116,3 +117,134 @@ def test_names_hold_when_pytest_xdist_runs_the_checks_in_workers(
     by_id = cases(document)
     assert by_id["MIX-003"].get("name") == "MIX-003 [queue] The queue answers."
     assert by_id["MIX-003"].find("error") is not None
+
+
+def junit_of(suite: pytest.Pytester) -> etree._ElementTree:
+    return etree.parse(run_folder(suite) / "junit.xml")
+
+
+def properties_of(case: etree._Element) -> dict[str, str]:
+    return {p.get("name"): p.get("value") for p in case.iter("property")}
+
+
+def test_under_xdist_a_fix_the_controller_applies_is_a_passed_test_case(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With -n 2 the workers report MIX-007 failed; the controller applies its fix, checks it
+    again and it passes: junit.xml says so, not the worker's failure."""
+    suite = healing_suite(pytester, monkeypatch)
+    result = suite.runpytest("-n", "2", "-m", "daily", "--remediate=apply")
+    assert result.ret == 1, result.stdout.str()
+    document = junit_of(suite)
+    (testsuite,) = document.iter("testsuite")
+    assert (testsuite.get("tests"), testsuite.get("failures"), testsuite.get("errors")) == (
+        "7", "1", "2",
+    )  # fmt: skip
+    fixed = cases(document)["MIX-007"]
+    assert [node.tag for node in fixed] == ["properties"], etree.tostring(fixed)
+    properties = properties_of(fixed)
+    assert properties["remediation_status"] == "applied"
+    assert properties["remediation_verdict"] == "FIXED"
+    assert properties["before"].startswith("mixed: no flag file")
+
+
+def test_under_xdist_a_blocked_check_is_a_skip_that_names_its_cause(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With -n 2 a worker reports the backend's check failed; the controller finds it blocked
+    by Redis, which another worker could not reach: a <skipped> naming redis, not a failure."""
+    suite = blocking_suite(pytester, monkeypatch)
+    suite.makeconftest('pytest_plugins = ["opsbook.plugin", "opsbook.fixtures.targets"]\n')
+    assert suite.runpytest("-n", "2", "-m", "daily", "--junit-strict").ret == 10
+    document = junit_of(suite)
+    etree.XMLSchema(etree.parse(XSD)).assertValid(document)
+    (testsuite,) = document.iter("testsuite")
+    assert (testsuite.get("failures"), testsuite.get("errors"), testsuite.get("skipped")) == (
+        "0", "1", "1",
+    )  # fmt: skip
+    by_id = cases(document)
+    assert by_id["BLK-002"].find("failure") is None
+    (skipped,) = by_id["BLK-002"].iter("skipped")
+    assert skipped.get("message").startswith("blocked by redis: backend: GET /health answered 503")
+    assert by_id["BLK-001"].find("error") is not None
+
+
+DEPENDENT_FIX = '''
+from pathlib import Path
+
+from opsbook.remediate.context import Context
+from opsbook.remediate.plan import Plan, StepKind
+
+UP = Path(__file__).with_name("backend-up")
+
+
+def start_backend(ctx: Context, *, apply: bool) -> Plan:
+    """Start the demo's backend (its flag file).
+
+    Changes: creates a file beside the checks.
+    Privileges: write access to that folder.
+    Undo: delete the file.
+    """
+    plan = Plan.for_fix(ctx)
+    if UP.exists():
+        return plan.nothing("the backend is up")
+    plan.add("start the backend", f"touch {UP}", StepKind.SCALE, UP.touch)
+    return plan.finish(apply, ctx.gate)
+'''
+
+DEPENDENT_CHECKS = '''
+import pytest
+from opsbook import Severity, check
+from dependent_fix import UP, start_backend
+
+pytestmark = [pytest.mark.daily, pytest.mark.health]
+
+@check("DEP-001", Severity.CRITICAL, remediation=start_backend)
+def test_backend(http_service, finding):
+    """The backend answers."""
+    finding.expect("up" if UP.exists() else "down", "up", ok=UP.exists())
+
+@check("DEP-002", Severity.HIGH)
+def test_frontend(prometheus, finding):
+    """The frontend serves the backend's answers."""
+    finding.expect("up" if UP.exists() else "502", "up", ok=UP.exists())
+'''
+
+
+def test_under_xdist_a_check_blocked_by_a_fixed_cause_is_written_as_checked_again(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """-n 2 --remediate=apply: the workers report both checks failed; the controller finds the
+    frontend's blocked by the backend, fixes the backend, checks the frontend again, and it
+    passes. junit.xml has two passed test cases, the backend's with its fix's verdict."""
+    from test_findings_schema import closed_port
+
+    pytester.makeini("[pytest]\naddopts = --strict-markers -p no:cacheprovider\n")
+    pytester.makeconftest('pytest_plugins = ["opsbook.plugin", "opsbook.fixtures.targets"]\n')
+    port = closed_port()
+    inventory = pytester.path / "inventory.yaml"
+    inventory.write_text(
+        "name: dependent\nhttp:\n"
+        f'  backend: {{kind: backend, url: "http://127.0.0.1:{port}"}}\n'
+        f'  frontend: {{kind: prometheus, url: "http://127.0.0.1:{port}"}}\n'
+        "services:\n  backend: {targets: [backend], role: api}\n"
+        "  frontend: {targets: [frontend], depends_on: [backend], role: frontend}\n"
+    )
+    monkeypatch.setenv("OPSBOOK_INVENTORY", str(inventory))
+    monkeypatch.setenv("OPSBOOK_HOME", str(pytester.path))
+    pytester.makepyfile(dependent_fix=DEPENDENT_FIX, test_dependent=DEPENDENT_CHECKS)
+    monkeypatch.syspath_prepend(str(pytester.path))
+    result = pytester.runpytest("-n", "2", "-m", "daily", "--remediate=apply")
+    output = result.stdout.str()
+    assert result.ret == 0, output
+    assert "opsbook re-check: DEP-002 frontend: PASSED" in output
+    document = junit_of(pytester)
+    (testsuite,) = document.iter("testsuite")
+    assert (testsuite.get("tests"), testsuite.get("failures"), testsuite.get("skipped")) == (
+        "2", "0", "0",
+    )  # fmt: skip
+    by_id = cases(document)
+    assert [node.tag for node in by_id["DEP-002"]] == ["properties"]
+    assert properties_of(by_id["DEP-002"]).get("blocked_by", "") == ""
+    assert [node.tag for node in by_id["DEP-001"]] == ["properties"]
+    assert properties_of(by_id["DEP-001"])["remediation_verdict"] == "FIXED"

@@ -12,6 +12,12 @@ The file is pytest's own (junitxml); this module only names what it writes, thro
 `<error>`, also when its target was lost during the check's call (pytest would write a
 `<failure>`). A person's own `junit_suite_name` ini wins over the suite's name.
 
+An outcome settled once every check has run (opsbook.plugin.dependencies: under pytest-xdist
+the controller finds a failure blocked by its cause, applies the fixes owed and checks again
+what a fixed cause blocked; in one process, a re-check at the end) is written as settled: the
+test case's verdict element, the suite's counts and the properties follow findings.json's row,
+not the first report of the check.
+
 `--junit-strict` leaves out the per-test-case `<properties>` (check id, severity, risk,
 observed, evidence...), which the common JUnit schema does not allow (junit-10.xsd, the one
 pytest's xunit2 family follows, kept in tests/data/): the check's metadata then travels in the
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Generator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree as ET
 
@@ -31,15 +38,27 @@ import pytest
 # is pinned below 10 in pyproject.toml.
 from _pytest.junitxml import bin_xml_escape, xml_key
 
-from opsbook.check import AREAS
-from opsbook.outcome import Unit
-from opsbook.plugin.keys import EVIDENCE_PREFIX, INVENTORY, Prop
+from opsbook.outcome import Outcome
+from opsbook.pages import present
+from opsbook.plugin.keys import EVIDENCE_PREFIX, FINDINGS, INVENTORY, FindingRow, Prop
 
 if TYPE_CHECKING:
     from _pytest.junitxml import LogXML
 
 DEFAULT_SUITE_NAME = "pytest"  # junitxml's default for the junit_suite_name ini
 VERDICTS = ("failure", "error")
+# Each outcome's element in a test case (none: a passed test case), as docs/contracts.md says.
+ELEMENTS: dict[Outcome, str | None] = {
+    Outcome.PASSED: None,
+    Outcome.FIXED: None,
+    Outcome.FAILED: "failure",
+    Outcome.NOT_EVALUATED: "error",
+    Outcome.BLOCKED: "skipped",
+    Outcome.WAIVED: "skipped",
+    Outcome.NOT_APPLICABLE: "skipped",
+}
+# junitxml's counts of the suite, by element (a test case without one is passed).
+COUNTED = {None: "passed", "failure": "failure", "error": "error", "skipped": "skipped"}
 # What --junit-strict writes into a failure's or error's text, in this order, for the
 # properties it leaves out.
 STRICT_DETAILS = (
@@ -88,18 +107,14 @@ def testcase_name(properties: dict[str, Any]) -> str:
 def area_of(properties: dict[str, Any]) -> str:
     """The check's area marker (`health`, `queue`...), else its id's prefix in lower case."""
     markers = str(properties.get(Prop.MARKERS, "")).split(",")
-    area = next((m for m in markers if m in AREAS), None)
-    return area or str(properties[Prop.CHECK_ID]).rsplit("-", 1)[0].lower()
+    return present.area_of(markers, str(properties[Prop.CHECK_ID]))
 
 
 def _shown(properties: dict[str, Any], key: str) -> str:
-    """A property as text: a number with its unit (`93.5 %`), a structure as JSON."""
-    value = properties[key]
-    unit = properties.get(Prop.UNIT)
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if key == Prop.OBSERVED and unit in set(Unit) and number:
-        return Unit(unit).show(value)
-    return value if isinstance(value, str) else json.dumps(value, default=str)
+    """A property as a person reads it, as every page shows values (a number with its unit,
+    `93.5 %`; a structure as `path=/srv/.env, mode=0644`)."""
+    unit = properties.get(Prop.UNIT) if key == Prop.OBSERVED else None
+    return present.shown(properties[key], unit)
 
 
 def _log_xml(config: pytest.Config) -> LogXML | None:
@@ -119,15 +134,29 @@ def pytest_configure(config: pytest.Config) -> None:
     if strict:
         # xunit1 adds file and line attributes, which the schema does not allow either.
         xml.family = "xunit2"
-    config.pluginmanager.register(_Naming(xml, strict), "opsbook-junit")
+    config.pluginmanager.register(_Naming(config, xml, strict), "opsbook-junit")
+
+
+@dataclass
+class _Written:
+    """A check's test case as written at its teardown: its element, the properties of its
+    report, and its row's outcome and message then."""
+
+    element: ET.Element
+    properties: dict[str, Any]
+    outcome: Outcome
+    message: str
 
 
 class _Naming:
-    """Names each check's test case and settles its verdict element as junitxml writes it."""
+    """Names each check's test case and settles its verdict element as junitxml writes it, and
+    again once the run has settled every outcome."""
 
-    def __init__(self, xml: LogXML, strict: bool) -> None:
+    def __init__(self, config: pytest.Config, xml: LogXML, strict: bool) -> None:
+        self.config = config
         self.xml = xml
         self.strict = strict
+        self.written: dict[str, _Written] = {}
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> Generator[None, None, None]:
@@ -146,7 +175,7 @@ class _Naming:
                 self._could_not_evaluate(added)
             for node in added:
                 if node.tag in VERDICTS:
-                    self._verdict(node, report, properties)
+                    self._verdict(node, _line(report), properties)
             return result
         # At the teardown junitxml writes the test case's element and forgets the reporter;
         # a teardown error after a failed call opens a second element for the same check.
@@ -163,8 +192,53 @@ class _Naming:
                     node.set("value", bin_xml_escape(json.dumps(value, default=str)))
             for node in element:
                 if node.tag in VERDICTS and id(node) not in known:
-                    self._verdict(node, report, properties)
+                    self._verdict(node, _line(report), properties)
+        row = self._row(report.nodeid)
+        if row is not None and report.nodeid not in self.written:
+            self.written[report.nodeid] = _Written(
+                reporter.to_xml(), properties, row.outcome, row.message
+            )
         return result
+
+    def _row(self, nodeid: str) -> FindingRow | None:
+        findings = self.config.stash.get(FINDINGS, None)
+        return findings.rows.get(nodeid) if findings is not None else None
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self) -> None:
+        """Before junitxml writes the file: each test case whose outcome was settled after it
+        was written (blocked, fixed, or checked again) says the settled one."""
+        for nodeid, written in self.written.items():
+            row = self._row(nodeid)
+            if row is not None and (row.outcome, row.message) != (written.outcome, written.message):
+                self._settle(written, row)
+
+    def _settle(self, written: _Written, row: FindingRow) -> None:
+        element = written.element
+        old = next((node for node in element if node.tag in ELEMENTS.values()), None)
+        tag = ELEMENTS.get(row.outcome)
+        settled = _settled_properties(row)
+        properties = {**written.properties, **settled}
+        if not self.strict:
+            _set_properties(element, settled)
+        for node in [node for node in element if node.tag in ELEMENTS.values()]:
+            element.remove(node)
+        self.xml.stats[COUNTED[old.tag if old is not None else None]] -= 1
+        self.xml.stats[COUNTED[tag]] += 1
+        written.outcome, written.message = row.outcome, row.message
+        if tag is None:
+            return
+        node = ET.Element(tag)
+        if tag == "skipped":
+            # As junitxml writes a skip; a blocked check's message names its cause.
+            node.set("type", "pytest.skip")
+            node.set("message", bin_xml_escape(row.message))
+            node.text = bin_xml_escape(row.message)
+        else:
+            node.text = bin_xml_escape(row.message)
+            self._verdict(node, row.message, properties)
+        first = 1 if len(element) and element[0].tag == "properties" else 0
+        element.insert(first, node)
 
     @staticmethod
     def _name(attrs: dict[str, str], properties: dict[str, Any]) -> None:
@@ -179,12 +253,9 @@ class _Naming:
                 self.xml.stats["failure"] -= 1
                 self.xml.stats["error"] += 1
 
-    def _verdict(
-        self, node: ET.Element, report: pytest.TestReport, properties: dict[str, Any]
-    ) -> None:
+    def _verdict(self, node: ET.Element, line: str, properties: dict[str, Any]) -> None:
         """The message says the severity and the one line; --junit-strict adds the metadata
         that the left-out properties carried to the element's text."""
-        line = next((x.strip() for x in str(report.longrepr).splitlines() if x.strip()), "")
         severity = str(properties.get(Prop.SEVERITY, "")).upper()
         node.set("message", bin_xml_escape(f"[{severity}] {line}" if severity else line))
         if not self.strict:
@@ -200,3 +271,39 @@ class _Naming:
             if name.startswith(EVIDENCE_PREFIX)
         )
         node.text = bin_xml_escape("\n".join([node.text or "", "", *details]).strip("\n"))
+
+
+def _line(report: pytest.TestReport) -> str:
+    """The first line of what the report says went wrong."""
+    return next((x.strip() for x in str(report.longrepr).splitlines() if x.strip()), "")
+
+
+def _settled_properties(row: FindingRow) -> dict[str, str]:
+    """What settling the row added to what its report said: the cause that blocks it, what
+    the fix applied by the run's end did."""
+    settled: dict[str, str] = {Prop.BLOCKED_BY: row.blocked_by or ""}
+    attempt = row.remediation_attempt
+    if attempt is not None:
+        settled |= {
+            Prop.REMEDIATION_STATUS: attempt.status,
+            Prop.REMEDIATION_VERDICT: attempt.verdict or "",
+            Prop.REMEDIATION_REASON: attempt.reason or "",
+            Prop.REMEDIATION_PLAN: "\n".join(attempt.plan),
+            Prop.BEFORE: attempt.before or "",
+            Prop.AFTER: attempt.after or "",
+        }
+    return settled
+
+
+def _set_properties(element: ET.Element, properties: dict[str, str]) -> None:
+    """The test case's <property> elements hold these values (an empty one is not added)."""
+    node = element.find("properties")
+    if node is None:
+        node = ET.Element("properties")
+        element.insert(0, node)
+    known = {p.get("name"): p for p in node.findall("property")}
+    for name, value in properties.items():
+        if name in known:
+            known[name].set("value", bin_xml_escape(value))
+        elif value:
+            ET.SubElement(node, "property", name=str(name), value=bin_xml_escape(value))
