@@ -41,6 +41,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -619,14 +620,9 @@ class Deploy:
             )
 
     def _switch(self, images: Images, runtime: ComposeRuntime, release: DeployedRelease) -> None:
-        commands = [images.shown("tag", i, ref) for ref, i in release.images.items()]
-        commands += [runtime.command("recreate", service) for service in release.services]
+        commands = bring_up_commands(self.inventory, images, release)
         with self.trail.step("switch", f"bring up {release.tag}", commands) as step:
-            for ref, image_id in release.images.items():
-                images.tag(image_id, ref)
-            for service in release.services:
-                runtime.recreate(service)
-            step.result = "recreated " + ", ".join(release.services)
+            step.result = bring_up(self.inventory, images, release)
 
     def _roll_back_compose(
         self,
@@ -637,16 +633,12 @@ class Deploy:
     ) -> Result:
         why = str(failure)
         gate = isinstance(failure, GateFailed)
-        commands = [images.shown("tag", i, ref) for ref, i in before.images.items()]
-        commands += [runtime.command("recreate", service) for service in before.services]
+        commands = bring_up_commands(self.inventory, images, before)
         try:
             with self.trail.step(
                 "rollback", f"roll back to {before.tag}: {why}", commands, must_audit=False
             ) as step:
-                for ref, image_id in before.images.items():
-                    images.tag(image_id, ref)
-                for service in before.services:
-                    runtime.recreate(service)
+                bring_up(self.inventory, images, before)
                 releases.drop_newest(self.state)
                 step.result = self._verify_back(before.tag)
         except Exception as exc:
@@ -746,21 +738,80 @@ def host_run(inventory: Inventory, what: str, command: str, redact: Callable[[st
     return redact(lines[-1]) if lines else "done"
 
 
-def compose_rollback_commands(inventory: Inventory, to: DeployedRelease) -> list[str]:
-    """The exact commands that bring release `to` back on compose (for a fix's plan)."""
-    runtime = ComposeRuntime.from_inventory(inventory)
-    images = Images(runtime)
-    return [images.shown("tag", i, ref) for ref, i in to.images.items()] + [
-        runtime.command("recreate", service) for service in to.services
+def proxies_of(inventory: Inventory, services: tuple[str, ...]) -> list[str]:
+    """The services that depend on any of `services` and are not among them (nginx in front of
+    the backend): a recreated container has a new address, which nginx, having resolved its
+    upstream's name when it read its configuration, learns only when it reads it again."""
+    return [
+        name
+        for name, service in inventory.services.items()
+        if name not in services and set(service.depends_on) & set(services)
     ]
 
 
-def compose_bring_back(inventory: Inventory, to: DeployedRelease) -> None:
-    """Point the compose file's image names at release `to`'s images and recreate its services
-    (ROLLBACK-001's fix; the deploy's own rollback does the same)."""
-    runtime = ComposeRuntime.from_inventory(inventory)
-    images = Images(runtime)
-    for ref, image_id in to.images.items():
+def _refresh(runtime: ComposeRuntime, service: str) -> str:
+    """Reload where the service reads its configuration again on SIGHUP, else restart."""
+    return "reload" if runtime.refusal("reload", service) is None else "restart"
+
+
+def bring_up_commands(inventory: Inventory, images: Images, release: DeployedRelease) -> list[str]:
+    """The exact commands that bring `release` up on compose (for the audit log and a plan)."""
+    runtime = images.runtime
+    return (
+        [images.shown("tag", i, ref) for ref, i in release.images.items()]
+        + [runtime.command("recreate", service) for service in release.services]
+        + [
+            runtime.command(_refresh(runtime, proxy), proxy)
+            for proxy in proxies_of(inventory, release.services)
+        ]
+    )
+
+
+def bring_up(inventory: Inventory, images: Images, release: DeployedRelease) -> str:
+    """Point the compose file's image names at `release`'s images, recreate its services, and
+    have the services in front of them reload (the deploy, its rollback, ROLLBACK-001's fix)."""
+    runtime = images.runtime
+    for ref, image_id in release.images.items():
         images.tag(image_id, ref)
-    for service in to.services:
+    for service in release.services:
         runtime.recreate(service)
+    refreshed = []
+    for proxy in proxies_of(inventory, release.services):
+        if _refresh(runtime, proxy) == "reload":
+            runtime.reload(proxy)
+            refreshed.append(f"reloaded {proxy}")
+        else:
+            runtime.restart(proxy)
+            refreshed.append(f"restarted {proxy}")
+    _wait_proxying(inventory, proxies_of(inventory, release.services))
+    return "recreated " + ", ".join([*release.services, *refreshed])
+
+
+def _wait_proxying(inventory: Inventory, proxies: list[str]) -> None:
+    """Wait until each reloaded proxy passes its API path on (its entry's `api_path`, asked as
+    HEALTH-004 asks it) instead of answering 502 or 504: until its new workers run, the old ones
+    still send requests to the replaced container's address. Bounded by the readiness deadline;
+    a proxy that still fails is left for the readiness step and the gate to judge."""
+    import requests
+
+    timeout = inventory.thresholds.timeout_s
+    end = time.monotonic() + inventory.deploy.readiness_deadline_s
+    for proxy in proxies:
+        targets = inventory.services[proxy].targets
+        for name in targets:
+            endpoint = inventory.http.get(name)
+            if endpoint is None or endpoint.api_path is None:
+                continue
+            while time.monotonic() < end:
+                try:
+                    answer = requests.get(endpoint.url + endpoint.api_path, timeout=timeout)
+                except requests.RequestException:
+                    answer = None
+                if answer is not None and answer.status_code not in (502, 504):
+                    break
+                time.sleep(0.2)
+
+
+def compose_images(inventory: Inventory) -> Images:
+    """The images of the inventory's compose deployment."""
+    return Images(ComposeRuntime.from_inventory(inventory))

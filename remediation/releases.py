@@ -75,8 +75,9 @@ def rollback_release(ctx: Context, *, apply: bool) -> Plan:
     if ctx.inventory.compose is not None:
         if not before.images:
             return plan.nothing(f"release {before.tag} has no images recorded to bring back")
-        command = " && ".join(deploy.compose_rollback_commands(ctx.inventory, before))
-        bring_back = _compose_bring_back(ctx, current, before)
+        images = deploy.compose_images(ctx.inventory)
+        command = " && ".join(deploy.bring_up_commands(ctx.inventory, images, before))
+        bring_back = _compose_bring_back(ctx, images, current, before)
     elif ctx.inventory.deploy.commands is not None:
         command = ctx.inventory.deploy.commands.rollback.replace("{tag}", shlex.quote(before.tag))
         bring_back = _commands_bring_back(ctx, command, current, before)
@@ -98,11 +99,14 @@ def rollback_release(ctx: Context, *, apply: bool) -> Plan:
 
 
 def _compose_bring_back(
-    ctx: Context, current: releases.DeployedRelease, before: releases.DeployedRelease
+    ctx: Context,
+    images: deploy.Images,
+    current: releases.DeployedRelease,
+    before: releases.DeployedRelease,
 ) -> Callable[[], str]:
     def bring_back() -> str:
         _require_risky()
-        deploy.compose_bring_back(ctx.inventory, before)
+        deploy.bring_up(ctx.inventory, images, before)
         releases.drop_newest(state_dir(ctx.inventory))
         return _verified(ctx.inventory, current.tag, before.tag)
 

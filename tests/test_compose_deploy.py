@@ -1,0 +1,306 @@
+"""`opsbook deploy` on a real compose stack: a good release deployed (its tag seen in `docker
+inspect`), a bad one (its backend answers 500 on POST /api/messages) caught by the postdeploy
+gate and rolled back automatically to the release before it, and ROLLBACK-001's fix bringing
+the previous release back (and the pre-deploy backup, with --allow=restore).
+
+One stack for the module, from a copy of compose.yaml whose application image has a name of
+its own (`localhost/opsbook-deploytest-app`): a deploy moves the image names of its compose
+file, and the shipped `localhost/opsbook-app:dev` is shared by every other compose test.
+Needs a Docker API and `docker compose`; skipped, with the reason, when either is missing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+from test_compose_stack import _engine_problem
+
+from opsbook.canary import run_canary
+from opsbook.compose import COMPOSE_FILE, default_docker_host
+from opsbook.inventory import Inventory, load_inventory
+from opsbook.releases import deployed
+from opsbook.remediate.audit import AuditLog
+from opsbook.remediate.runner import state_dir
+from opsbook.sandbox.compose import ComposeStack
+
+pytestmark = pytest.mark.containers
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_APP = "localhost/opsbook-app:dev"
+APP = "localhost/opsbook-deploytest-app"
+# A release whose backend answers 500 to every POST /api/messages, while /health stays 200:
+# readiness passes, the canary (the postdeploy gate) does not.
+BREAK = """\
+import pathlib
+backend = pathlib.Path("/app/chatapp/backend.py")
+code = backend.read_text()
+head = "    def post_message(self, payload: object) -> tuple[int, dict[str, str]]:\\n"
+assert head in code, "post_message not found"
+backend.write_text(code.replace(head, head + '        raise RuntimeError("a bad release")\\n'))
+"""
+
+
+def _env(stack: ComposeStack) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPSBOOK_", "PYTEST_"))}
+    if stack.docker_host:
+        env["DOCKER_HOST"] = stack.docker_host
+    env["DOCKER_BUILDKIT"] = "0"
+    return env
+
+
+def docker(stack: ComposeStack, *args: str, stdin: str | None = None) -> str:
+    done = subprocess.run(
+        ["docker", *args], env=_env(stack), input=stdin, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, f"docker {' '.join(args)}: {done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeStack]:
+    docker_host = default_docker_host()
+    problem = _engine_problem(docker_host)
+    if problem:
+        pytest.skip(problem)
+    base = tmp_path_factory.mktemp("deploy")
+    compose_file = base / "compose.yaml"
+    shipped = COMPOSE_FILE.read_text(encoding="utf-8")
+    compose_file.write_text(
+        shipped.replace(SHIPPED_APP, f"{APP}:dev").replace("./containers/", f"{REPO}/containers/")
+    )
+    stack = ComposeStack(base / "stack", compose_file=compose_file, docker_host=docker_host)
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.down()
+
+
+@pytest.fixture(scope="module")
+def inventory_path(stack: ComposeStack, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stack's inventory with a backup directory and the runbook's gate commands."""
+    base = tmp_path_factory.mktemp("deploy-inventory")
+    raw = yaml.safe_load(stack.inventory_path.read_text())
+    raw["backup"] = {"dir": str(base / "backups")}
+    raw["deploy"] = {
+        "readiness_deadline_s": 60,
+        "gate_commands": {
+            "tests": f"{sys.executable} -c \"print('the release tests passed')\"",
+            "lint": "echo lint clean",
+        },
+    }
+    path = base / "inventory.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    # The gate's checks take waivers from beside the inventory, as an operator's would.
+    waiver = {
+        "check": "BACKUP-003",
+        "owner": "opsbook tests",
+        "reason": "the restore drill's local PostgreSQL 15 client is older than the compose "
+        "server's and stops at its dump's column options (ALTER COLUMN ... SET (...))",
+        "ticket": "issue 16",
+        "expires": (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=30)).isoformat(),
+    }
+    (base / "waivers.yaml").write_text(yaml.safe_dump({"waivers": [waiver]}))
+    # The nightly backup that BACKUP-001 of the predeploy gate looks for (cron's, in production).
+    nightly = opsbook(stack, "backup", f"--inventory={path}")
+    assert nightly.returncode == 0, nightly.stdout + nightly.stderr
+    return path
+
+
+@pytest.fixture(scope="module")
+def inventory(inventory_path: Path) -> Inventory:
+    return load_inventory(inventory_path, environ={})
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("deploy-reports")
+
+
+def opsbook(stack: ComposeStack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "opsbook", *args], cwd=REPO, env=_env(stack),
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+
+
+def deploy(
+    stack: ComposeStack, inventory_path: Path, reports: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    return opsbook(
+        stack, "deploy", f"--inventory={inventory_path}", f"--reports-dir={reports}", *args
+    )
+
+
+def image_of(stack: ComposeStack, service: str) -> str:
+    """The ID of the image the service's container runs (`docker inspect`)."""
+    name = f"{stack.project}-{service}-1"
+    return docker(stack, "inspect", "--format", "{{.Image}}", name).strip().removeprefix("sha256:")
+
+
+def image_id(stack: ComposeStack, ref: str) -> str:
+    return (
+        docker(stack, "image", "inspect", "--format", "{{.Id}}", ref)
+        .strip()
+        .removeprefix("sha256:")
+    )
+
+
+def tags_of(stack: ComposeStack, image: str) -> list[str]:
+    return list(
+        json.loads(docker(stack, "image", "inspect", "--format", "{{json .RepoTags}}", image))
+    )
+
+
+def build_variant(stack: ComposeStack, tmp_path: Path, tag: str, *, broken: bool) -> None:
+    """Release `tag` of the application: good1 with a label, or with its POST handler broken."""
+    (tmp_path / "break.py").write_text(BREAK)
+    lines = [f"FROM {APP}:good1", f"LABEL opsbook.test.release={tag}"]
+    if broken:
+        lines += [
+            "USER root",
+            "COPY break.py /tmp/break.py",
+            "RUN python3 /tmp/break.py",
+            "USER app",
+        ]
+    (tmp_path / "Dockerfile").write_text("\n".join(lines) + "\n")
+    docker(stack, "build", "--network", "host", "-t", f"{APP}:{tag}", str(tmp_path))
+
+
+def audit_steps(inventory: Inventory, release: str) -> list[tuple[str, str, str]]:
+    """(event, step, status) of the audit log's entries of one release's deploy."""
+    entries = AuditLog(state_dir(inventory) / "audit.log").entries()
+    return [
+        (e["event"], e["remediation"].rsplit(".", 1)[-1], e.get("status", ""))
+        for e in entries
+        if e.get("release") == release
+    ]
+
+
+def test_good_release_is_deployed(
+    stack: ComposeStack, inventory_path: Path, inventory: Inventory, reports: Path
+) -> None:
+    before = image_of(stack, "backend")
+    done = deploy(stack, inventory_path, reports, "--tag", "good1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "deploy good1: deployed good1 (backend, worker)" in done.stdout, done.stdout
+    built = image_id(stack, f"{APP}:good1")
+    for service in ("backend", "worker"):
+        running = image_of(stack, service)
+        assert running == built, f"{service} runs {running[:12]}, expected good1's {built[:12]}"
+        assert f"{APP}:good1" in tags_of(stack, running)
+    # What ran before is kept under a name of its own, and recorded as the release before.
+    releases = deployed(state_dir(inventory))
+    assert [r.tag for r in releases][-1] == "good1"
+    assert releases[-2].tag.startswith("predeploy-")
+    assert releases[-2].images[f"{APP}:dev"].removeprefix("sha256:") == before
+    assert releases[-1].backup is not None
+    assert releases[-1].backup.startswith("opsbook-backup-")
+    # The gate commands' output is the evidence, beside the checks' own output.
+    evidence = Path(done.stdout.split("evidence: ")[1].split()[0])
+    assert "the release tests passed" in (evidence / "gate-tests.log").read_text()
+    assert "lint clean" in (evidence / "gate-lint.log").read_text()
+    assert (evidence / "predeploy.log").is_file()
+    assert (evidence / "postdeploy.log").is_file()
+    steps = audit_steps(inventory, "good1")
+    assert [s for s in steps if s[0] == "outcome" and s[2] != "applied"] == [], steps
+    assert [s[1] for s in steps if s[0] == "intent"] == [
+        "gate", "gate", "gate", "backup", "images", "record", "switch", "ready", "postdeploy",
+    ], steps  # fmt: skip
+
+
+def test_bad_release_fails_the_postdeploy_gate_and_is_rolled_back(
+    stack: ComposeStack, inventory_path: Path, inventory: Inventory, reports: Path,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    good = image_of(stack, "backend")
+    build_variant(stack, tmp_path, "bad1", broken=True)
+    bad = image_id(stack, f"{APP}:bad1")
+    done = deploy(stack, inventory_path, reports, "--tag", "bad1")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "deploy bad1: postdeploy gate failed" in done.stderr, done.stderr
+    assert "DEPLOY-006" in done.stderr, done.stderr
+    assert "rolled back to good1" in done.stderr, done.stderr
+    for service in ("backend", "worker"):
+        running = image_of(stack, service)
+        assert running == good != bad, f"{service} runs {running[:12]}, not good1's {good[:12]}"
+    assert f"{APP}:good1" in tags_of(stack, good)
+    assert run_canary(inventory, 10.0).failed_hop is None
+    assert [r.tag for r in deployed(state_dir(inventory))][-1] == "good1"
+    steps = audit_steps(inventory, "bad1")
+    assert ("outcome", "postdeploy", "failed") in steps, steps
+    assert ("outcome", "rollback", "applied") in steps, steps
+
+
+def _write_row(inventory: Inventory) -> str:
+    """A conversation written by hand after the backup (the restore must take it away)."""
+    pg = inventory.postgres["chatdb"]
+    assert pg.admin is not None
+    assert pg.admin.password is not None
+    conversation = str(uuid.uuid4())
+    with psycopg.connect(
+        host=pg.host, port=pg.port, dbname=pg.database, user=pg.admin.user,
+        password=pg.admin.password.resolve().reveal(), connect_timeout=3, autocommit=True,
+    ) as conn:  # fmt: skip
+        conn.execute(
+            "INSERT INTO conversations (id, user_id) VALUES (%s, 'deploy-test')", (conversation,)
+        )
+    return conversation
+
+
+def _has_conversation(inventory: Inventory, conversation: str) -> bool:
+    pg = inventory.postgres["chatdb"]
+    assert pg.admin is not None
+    assert pg.admin.password is not None
+    with psycopg.connect(
+        host=pg.host, port=pg.port, dbname=pg.database, user=pg.admin.user,
+        password=pg.admin.password.resolve().reveal(), connect_timeout=3,
+    ) as conn:  # fmt: skip
+        row = conn.execute("SELECT 1 FROM conversations WHERE id = %s", (conversation,))
+        return row.fetchone() is not None
+
+
+def test_rollback_fix_brings_the_release_before_back(
+    stack: ComposeStack, inventory_path: Path, inventory: Inventory, reports: Path,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    good1 = image_of(stack, "backend")
+    build_variant(stack, tmp_path, "good2", broken=False)
+    done = deploy(stack, inventory_path, reports, "--tag", "good2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert image_of(stack, "backend") == image_id(stack, f"{APP}:good2") != good1
+    written = _write_row(inventory)
+
+    plan = opsbook(stack, "deploy", "rollback", f"--inventory={inventory_path}")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert "[rollback] roll back from good2 to good1" in plan.stdout, plan.stdout
+    assert "[restore]" in plan.stdout
+    assert "(only with --allow=restore)" in plan.stdout
+    assert image_of(stack, "backend") != good1  # a plan changes nothing
+
+    refused = opsbook(stack, "deploy", "rollback", f"--inventory={inventory_path}", "--apply")
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert "not allowed: rollback" in refused.stdout
+
+    applied = opsbook(
+        stack, "deploy", "rollback", f"--inventory={inventory_path}", "--apply",
+        "--allow=rollback,restore",
+    )  # fmt: skip
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert "rolled back good2 -> good1" in applied.stdout, applied.stdout
+    for service in ("backend", "worker"):
+        assert image_of(stack, service) == good1
+    assert run_canary(inventory, 10.0).failed_hop is None
+    assert not _has_conversation(inventory, written), "the pre-deploy backup was not restored"
+    assert [r.tag for r in deployed(state_dir(inventory))][-1] == "good1"
