@@ -8,6 +8,8 @@ turns, so the machine's noise falls on all alike): median wall time, its ratio t
 deployment, and the peak memory of the run (the parent and its children: RUSAGE_CHILDREN's max
 resident set, the largest single process). Then every sandbox is frozen (SIGSTOP) and the run
 over 1 and over all is timed once each: the bound is the inventories' timeout (3 s) plus 5 s.
+Each measure is taken with the children forked (the default) and spawned afresh
+(`--fleet-start=spawn`), in the same rounds.
 """
 
 from __future__ import annotations
@@ -30,12 +32,12 @@ sys.path.insert(0, str(REPO))
 from opsbook.sandbox.stack import Stack  # noqa: E402
 
 
-def timed(folder: Path, reports: Path) -> tuple[float, int, int]:
+def timed(folder: Path, reports: Path, start: str = "fork") -> tuple[float, int, int]:
     """Seconds, exit code, and peak resident memory (KiB) of one fleet run."""
     started = time.perf_counter()
     done = subprocess.run(
         [
-            *(sys.executable, "-m", "pytest", "-q", "-m", "daily"),
+            *(sys.executable, "-m", "pytest", "-q", "-m", "daily", f"--fleet-start={start}"),
             *(f"--inventory={folder}", f"--reports-dir={reports}", "-p", "no:cacheprovider"),
         ],
         cwd=REPO,
@@ -65,33 +67,39 @@ def main() -> int:
             for stack in stacks[:size]:
                 shutil.copy(stack.inventory_path, folder / f"{stack.name}.yaml")
             folders[size] = folder
-        times: dict[int, list[float]] = {size: [] for size in args.sizes}
+        starts = ("fork", "spawn")  # side by side: forked children against fresh ones
+        times: dict[tuple[str, int], list[float]] = {
+            (how, size): [] for how in starts for size in args.sizes
+        }
         for size in args.sizes:  # warm-up, not counted
             timed(folders[size], base / "reports")
         for _ in range(args.rounds):
-            for size in args.sizes:
-                elapsed, code, _ = timed(folders[size], base / "reports")
+            for how, size in times:
+                elapsed, code, _ = timed(folders[size], base / "reports", how)
                 if code not in (0, 1):
-                    print(f"fleet of {size}: exit {code}", file=sys.stderr)
+                    print(f"fleet of {size} ({how}): exit {code}", file=sys.stderr)
                     return 1
-                times[size].append(elapsed)
-        one = statistics.median(times[min(args.sizes)])
+                times[how, size].append(elapsed)
         print(f"{args.rounds} rounds, medians (min-max), on {os.cpu_count()} cores")
-        for size, samples in times.items():
-            median = statistics.median(samples)
-            print(
-                f"  {size:3} deployments  {median:6.2f}s ({min(samples):.2f}-{max(samples):.2f})"
-                f"  x{median / one:4.1f} of one"
-            )
+        for how in starts:
+            one = statistics.median(times[how, min(args.sizes)])
+            for size in args.sizes:
+                samples = times[how, size]
+                median = statistics.median(samples)
+                print(
+                    f"  {how:5} {size:3} deployments  {median:6.2f}s "
+                    f"({min(samples):.2f}-{max(samples):.2f})  x{median / one:4.1f} of one"
+                )
         peak = timed(folders[max(args.sizes)], base / "reports")[2]
         print(f"  peak resident memory of one process: {peak // 1024} MiB")
         pids = [pid for stack in stacks for pid in stack.processes()]
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
         try:
-            for size in (min(args.sizes), max(args.sizes)):
-                elapsed, code, _ = timed(folders[size], base / "hung")
-                print(f"  all hung, {size:3} deployments: {elapsed:6.2f}s, exit {code}")
+            for how in starts:
+                for size in (min(args.sizes), max(args.sizes)):
+                    elapsed, code, _ = timed(folders[size], base / "hung", how)
+                    print(f"  all hung, {how:5} {size:3} deployments: {elapsed:6.2f}s, exit {code}")
         finally:
             for pid in pids:
                 os.kill(pid, signal.SIGCONT)

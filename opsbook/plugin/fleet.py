@@ -29,6 +29,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=16,
         help="a fleet's deployments checked at once (default: 16)",
     )
+    group.addoption(
+        "--fleet-start",
+        choices=("fork", "spawn"),
+        default="fork",
+        help="how each deployment's run starts: forked from the fleet's process, sharing its "
+        "start-up (default), or as a fresh Python process",
+    )
 
 
 def _given_inventories(config: pytest.Config) -> list[Path]:
@@ -48,7 +55,7 @@ def _child_args(config: pytest.Config) -> list[str]:
             skip_next = False
             continue
         name = arg.split("=", 1)[0]
-        if name in ("--inventory", "--shard", "--reports-dir", "--fleet-jobs"):
+        if name in ("--inventory", "--shard", "--reports-dir", "--fleet-jobs", "--fleet-start"):
             skip_next = "=" not in arg
             continue
         kept.append(arg)
@@ -78,12 +85,16 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
         print(f"opsbook fleet: no deployment in shard {shard_text}")
         return int(pytest.ExitCode.NO_TESTS_COLLECTED)
     print(f"opsbook fleet: {len(chosen)} deployments: {', '.join(d.name for d in chosen)}")
+    fork = config.getoption("fleet_start") == "fork"
+    if fork:
+        fleet.prepare_children()
     code, folder = fleet.run_fleet(
         chosen,
         _child_args(config),
         cwd=config.invocation_params.dir,
         reports_dir=reports,
         jobs=max(1, config.getoption("fleet_jobs")),
+        fork=fork,
     )
     document = json.loads((folder / fleet.FINDINGS).read_text(encoding="utf-8"))
     print("\n".join(fleet.grid_lines(document)))
