@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 from lxml import etree
+from support import RunChecks
 from test_findings_schema import mixed_suite, run_folder
 from test_html_report import blocking_suite, healing_suite
+
+from opsbook.sandbox.stack import Stack
 
 XSD = Path(__file__).parent / "data" / "junit-10.xsd"
 
@@ -248,3 +251,44 @@ def test_under_xdist_a_check_blocked_by_a_fixed_cause_is_written_as_checked_agai
     assert properties_of(by_id["DEP-002"]).get("blocked_by", "") == ""
     assert [node.tag for node in by_id["DEP-001"]] == ["properties"]
     assert properties_of(by_id["DEP-001"])["remediation_verdict"] == "FIXED"
+
+
+def test_with_redis_stopped_under_xdist_junit_agrees_with_findings_json(
+    breakable_sandbox: Stack, run_checks: RunChecks, tmp_path: Path
+) -> None:
+    """The real sandbox, Redis stopped, `-n 2 --remediate=apply`: the controller restarts Redis
+    and checks again what it blocked. Every test case of junit.xml says its check's settled
+    outcome, as findings.json does: Redis's ping and the backend's health are passed test
+    cases, not the workers' failure and skip."""
+    from test_cause_first import own_state
+
+    reports = tmp_path / "reports"
+    breakable_sandbox.stop("redis")
+    run = run_checks(
+        "-n", "2", "--remediate=apply", "--allow=restart", reports=reports,
+        inventory=own_state(breakable_sandbox, tmp_path),
+    )  # fmt: skip
+    assert run.outcome("QUEUE-001", "queue") == "fixed", run.output
+    assert run.outcome("HEALTH-001", "backend") == "passed", run.output
+    document = etree.parse(reports / "latest" / "junit.xml")
+    shown = {}
+    for case in document.iter("testcase"):
+        tags = [node.tag for node in case if node.tag in ("failure", "error", "skipped")]
+        shown[case.get("name").split(" [")[0].split()[0], case.get("name")] = tags
+    for row in run.rows:
+        name = next(n for (check, n) in shown if check == row["check_id"]
+                    and (row["target"] is None or f"[{row['target']}]" in n))  # fmt: skip
+        expected = ELEMENT_OF[row["outcome"]]
+        assert shown[row["check_id"], name] == expected, (row["outcome"], name)
+    (queue,) = [c for c in document.iter("testcase") if c.get("name").startswith("QUEUE-001 ")]
+    assert properties_of(queue)["remediation_verdict"] == "FIXED"
+    (testsuite,) = document.iter("testsuite")
+    counts = run.document["run"]["counts"]
+    assert int(testsuite.get("failures")) == counts.get("failed", 0)
+    assert int(testsuite.get("errors")) == counts.get("error", 0)
+
+
+ELEMENT_OF = {
+    "passed": [], "fixed": [], "failed": ["failure"], "error": ["error"],
+    "blocked": ["skipped"], "waived": ["skipped"], "skipped": ["skipped"],
+}  # fmt: skip
