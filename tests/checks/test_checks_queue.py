@@ -30,6 +30,7 @@ TIMEOUT_S = 3.0
 # What a user wrote and who they are: evidence names messages by id, age and size instead.
 CONTENT = "are you there?"
 USER_ID = "opsbook-test"
+OTHER_IN_FLIGHT = "opsbook-test:in-flight"  # a deployment whose consumers name theirs so
 
 
 @pytest.fixture
@@ -340,10 +341,16 @@ def test_a_message_stuck_in_flight_fails_queue_008(
         assert 900 <= shown["age_s"] < 960, shown
         assert not leaked(row["evidence"], conversation), row["evidence"]
 
-        # The list's name is the inventory's: under another name, this one is not looked at.
-        renamed = {"OPSBOOK__REDIS__QUEUE__QUEUES__IN_FLIGHT": "chat:in-flight"}
+        # The list's name is the inventory's: under another, that list is read, not this one.
+        renamed = {"OPSBOOK__REDIS__QUEUE__QUEUES__IN_FLIGHT": OTHER_IN_FLIGHT}
         run = run_checks("--check=QUEUE-008", env=renamed)
         assert run.outcome("QUEUE-008", "queue") == "passed", run.output
+        push(admin_redis, f"{OTHER_IN_FLIGHT}:consumer-2", [message(conversation, 0)])
+        run = run_checks("--check=QUEUE-008", env=renamed)
+        assert run.row("QUEUE-008", "queue")["message"].endswith(
+            f"in {OTHER_IN_FLIGHT}:consumer-2 (expected 0 held in flight longer than 300 s)"
+        ), run.output
+        admin_redis.delete(f"{OTHER_IN_FLIGHT}:consumer-2")
         # ... and its limit is the inventory's.
         later = {"OPSBOOK__THRESHOLDS__IN_FLIGHT_AGE_S": "1000"}
         run = run_checks("--check=QUEUE-008", env=later)
@@ -362,7 +369,9 @@ def test_a_message_stuck_in_flight_fails_queue_008(
             " in message_queue:processing:worker-9 (expected 0 held in flight longer than 300 s)"
         ), row["message"]
     finally:
-        restore_queue(breakable_sandbox, admin_redis, PROCESSING, dead)
+        restore_queue(
+            breakable_sandbox, admin_redis, PROCESSING, dead, f"{OTHER_IN_FLIGHT}:consumer-2"
+        )
     run = run_checks("--check=QUEUE-008")
     assert run.exit_code == 0, run.output
     row = run.row("QUEUE-008", "queue")
