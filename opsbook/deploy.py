@@ -342,12 +342,21 @@ class Deploy:
             raise Usage("the inventory has no backup: section (a deploy takes a backup first; "
                         "--no-backup to deploy without one)")  # fmt: skip
         services = self.services() if kind == "compose" else ()
-        lock = RemediationLock(self.state / LOCK)
-        self.state.mkdir(mode=STATE_MODE, parents=True, exist_ok=True)
-        if not lock.acquire(f"deploy {self.tag} run {self.run_id}"):
-            return Result(EXIT_REFUSED, f"another run holds the lock ({lock.holder()})")
         try:
             self._make_evidence()
+        except OSError as exc:
+            raise Usage(f"reports folder {self.reports_dir}: {exc.strerror or exc}") from None
+        lock = RemediationLock(self.state / LOCK)
+        try:
+            self.state.mkdir(mode=STATE_MODE, parents=True, exist_ok=True)
+            taken = lock.acquire(f"deploy {self.tag} run {self.run_id}")
+        except OSError as exc:
+            why = f"cannot take the lock in {self.state}: {exc.strerror or exc}"
+            return Result(EXIT_REFUSED, why, self.evidence)
+        if not taken:
+            why = f"another run holds the lock ({lock.holder()})"
+            return Result(EXIT_REFUSED, why, self.evidence)
+        try:
             if kind == "compose":
                 result = self._deploy_compose(services)
             else:
@@ -355,9 +364,10 @@ class Deploy:
         finally:
             lock.release()
             self._write_summary()
-        if self.trail.not_audited and result.code in (EXIT_DEPLOYED, EXIT_GATE, EXIT_STEP):
+        if self.trail.not_audited:
             result.line += f"; {self.trail.not_audited}"
-            result.code = EXIT_NOT_AUDITED
+            if result.code == EXIT_DEPLOYED:
+                result.code = EXIT_NOT_AUDITED
         result.evidence = self.evidence
         return result
 
@@ -504,8 +514,8 @@ class Deploy:
         runtime = ComposeRuntime.from_inventory(self.inventory)
         images = Images(runtime)
         try:
-            by_service = images.service_images(services)
             self._gate()
+            by_service = images.service_images(services)
             self._backup()
             refs = sorted(set(by_service.values()))
             before = self._running_release(images, by_service)

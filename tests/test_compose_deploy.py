@@ -3,10 +3,13 @@ inspect`), a bad one (its backend answers 500 on POST /api/messages) caught by t
 gate and rolled back automatically to the release before it, and ROLLBACK-001's fix bringing
 the previous release back (and the pre-deploy backup, with --allow=restore).
 
-One stack for the module, from a copy of compose.yaml whose application image has a name of
-its own (`localhost/opsbook-deploytest-app`): a deploy moves the image names of its compose
-file, and the shipped `localhost/opsbook-app:dev` is shared by every other compose test.
-Needs a Docker API and `docker compose`; skipped, with the reason, when either is missing.
+The engine's tests (marker `containers`) share one stack for the module, from a copy of
+compose.yaml whose application image has a name of its own (`localhost/opsbook-deploytest-app`):
+a deploy moves the image names of its compose file, and the shipped `localhost/opsbook-app:dev`
+is shared by every other compose test.
+They need a Docker API and `docker compose`, and are skipped, with the reason, when either is
+missing. What fails before the engine is asked (bad usage, a gate command that fails, the lock
+held by another run) is tested without one.
 """
 
 from __future__ import annotations
@@ -30,10 +33,9 @@ from opsbook.compose import COMPOSE_FILE, default_docker_host
 from opsbook.inventory import Inventory, load_inventory
 from opsbook.releases import deployed
 from opsbook.remediate.audit import AuditLog
+from opsbook.remediate.lock import RemediationLock
 from opsbook.remediate.runner import state_dir
 from opsbook.sandbox.compose import ComposeStack
-
-pytestmark = pytest.mark.containers
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_APP = "localhost/opsbook-app:dev"
@@ -50,9 +52,9 @@ backend.write_text(code.replace(head, head + '        raise RuntimeError("a bad 
 """
 
 
-def _env(stack: ComposeStack) -> dict[str, str]:
+def _env(stack: ComposeStack | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPSBOOK_", "PYTEST_"))}
-    if stack.docker_host:
+    if stack is not None and stack.docker_host:
         env["DOCKER_HOST"] = stack.docker_host
     env["DOCKER_BUILDKIT"] = "0"
     return env
@@ -128,7 +130,7 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("deploy-reports")
 
 
-def opsbook(stack: ComposeStack, *args: str) -> subprocess.CompletedProcess[str]:
+def opsbook(stack: ComposeStack | None, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "opsbook", *args], cwd=REPO, env=_env(stack),
         capture_output=True, text=True, timeout=900, check=False,
@@ -188,6 +190,7 @@ def audit_steps(inventory: Inventory, release: str) -> list[tuple[str, str, str]
     ]
 
 
+@pytest.mark.containers
 def test_good_release_is_deployed(
     stack: ComposeStack, inventory_path: Path, inventory: Inventory, reports: Path
 ) -> None:
@@ -220,6 +223,7 @@ def test_good_release_is_deployed(
     ], steps  # fmt: skip
 
 
+@pytest.mark.containers
 def test_bad_release_fails_the_postdeploy_gate_and_is_rolled_back(
     stack: ComposeStack, inventory_path: Path, inventory: Inventory, reports: Path,
     tmp_path: Path,
@@ -271,6 +275,7 @@ def _has_conversation(inventory: Inventory, conversation: str) -> bool:
         return row.fetchone() is not None
 
 
+@pytest.mark.containers
 def test_rollback_fix_brings_the_release_before_back(
     stack: ComposeStack, inventory_path: Path, inventory: Inventory, reports: Path,
     tmp_path: Path,
@@ -304,3 +309,89 @@ def test_rollback_fix_brings_the_release_before_back(
     assert run_canary(inventory, 10.0).failed_hop is None
     assert not _has_conversation(inventory, written), "the pre-deploy backup was not restored"
     assert [r.tag for r in deployed(state_dir(inventory))][-1] == "good1"
+
+
+# -- before the engine is asked --------------------------------------------------------------
+
+
+def offline_inventory(tmp_path: Path, **sections: object) -> Path:
+    """A compose deployment whose engine is never reached (its socket does not exist)."""
+    raw: dict[str, object] = {
+        "name": "offline",
+        "compose": {"project": "opsbook-offline", "docker_host": "unix:///nonexistent.sock"},
+        "services": {"backend": {"role": "api"}},
+        "backup": {"dir": str(tmp_path / "backups")},
+        "state_dir": str(tmp_path / "state"),
+        **sections,
+    }
+    path = tmp_path / "inventory.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def test_bad_usage_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    inventory = offline_inventory(tmp_path)
+    cases = {
+        "bad release tag 'no good'": ["--tag", "no good", f"--inventory={inventory}"],
+        "cannot read": [f"--inventory={tmp_path / 'missing.yaml'}"],
+    }
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("name: bare\n")
+    cases["nothing to deploy with: the inventory has no compose: and no deploy.commands"] = [
+        f"--inventory={bare}"
+    ]
+    unsafe = tmp_path / "no-backup.yaml"
+    raw = yaml.safe_load(inventory.read_text())
+    del raw["backup"]
+    unsafe.write_text(yaml.safe_dump(raw))
+    cases["the inventory has no backup: section"] = [f"--inventory={unsafe}"]
+    for expected, args in cases.items():
+        done = opsbook(None, "deploy", f"--reports-dir={tmp_path / 'reports'}", *args)
+        assert done.returncode == 2, f"{args}: {done.returncode}\n{done.stdout}{done.stderr}"
+        assert expected in done.stderr, f"{args}: {done.stderr}"
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_failing_gate_command_stops_the_deploy_before_anything_changes(tmp_path: Path) -> None:
+    inventory = offline_inventory(
+        tmp_path,
+        deploy={"gate_commands": {"tests": "echo '2 failed, 40 passed'; exit 3", "lint": "true"}},
+    )
+    reports = tmp_path / "reports"
+    done = opsbook(None, "deploy", "--tag", "v2", f"--inventory={inventory}",
+                   f"--reports-dir={reports}")  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.strip() == (
+        "deploy v2: predeploy gate failed: gate command tests exited 3 (2 failed, 40 passed); "
+        "nothing was changed"
+    ), done.stderr
+    (evidence,) = (reports / "deploys").iterdir()
+    assert "2 failed, 40 passed" in (evidence / "gate-tests.log").read_text()
+    assert not (evidence / "gate-lint.log").exists()  # the gate stops at its first failure
+    summary = json.loads((evidence / "deploy.json").read_text())
+    assert [s["status"] for s in summary["steps"]] == ["failed"]
+    assert not (tmp_path / "state" / "releases.json").exists()
+    entries = AuditLog(tmp_path / "state" / "audit.log").entries()
+    assert [(e["event"], e["remediation"], e.get("status")) for e in entries] == [
+        ("intent", "opsbook.deploy.gate", None),
+        ("outcome", "opsbook.deploy.gate", "failed"),
+    ]
+    assert entries[0]["steps"] == [
+        "[deploy] gate command tests: echo '2 failed, 40 passed'; exit 3"
+    ]
+    verified = opsbook(None, "audit-log", "verify", f"--inventory={inventory}")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_a_deploy_waits_for_no_one_while_another_run_holds_the_lock(tmp_path: Path) -> None:
+    inventory = offline_inventory(tmp_path)
+    lock = RemediationLock(tmp_path / "state" / "remediation.lock")
+    assert lock.acquire("run of the test")
+    try:
+        done = opsbook(None, "deploy", "--tag", "v2", f"--inventory={inventory}",
+                       f"--reports-dir={tmp_path / 'reports'}")  # fmt: skip
+    finally:
+        lock.release()
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "another run holds the lock (run of the test" in done.stderr, done.stderr

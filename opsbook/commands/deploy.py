@@ -17,7 +17,8 @@ the postdeploy gate or readiness: rolled back to the release before, which then 
 passed the canary); 2 bad usage (a bad tag, nothing to deploy with, no backup: section); 3
 refused (another run holds the deployment's lock); 4 a step failed (backup, images, switch):
 rolled back if anything had changed; 5 the rollback failed too (the line says what to look
-at); 11 done, but the audit log could not take every entry.
+at); 11 deployed, but the audit log could not take every entry (a failure keeps its own code,
+and its line says so too).
 Exit codes of rollback: those of `opsbook backup restore` (0 done, 1 failed, 3 refused, 11 not
 audited).
 """
