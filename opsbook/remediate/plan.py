@@ -29,6 +29,10 @@ class StepKind(enum.StrEnum):
     TRIM = "trim", True, "trim dead letters (archived first) or old history in Redis, never pending"
     BACKUP = "backup", False, "take a backup (production data is only read)"
     RESTORE = "restore", True, "overwrite databases and queues with a backup's contents"
+    RESTORE_LIVE = (
+        "restore-live", True,
+        "restore while writers the runtime cannot stop keep running (their writes may be lost)",
+    )  # fmt: skip
     ROLLBACK = "rollback", True, "deploy the previous release again"
     MAINTENANCE_MODE = "maintenance-mode", False, "switch the frontend's maintenance page"
 
