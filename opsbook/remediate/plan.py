@@ -35,6 +35,11 @@ class StepKind(enum.StrEnum):
     )  # fmt: skip
     ROLLBACK = "rollback", True, "deploy the previous release again"
     MAINTENANCE_MODE = "maintenance-mode", False, "switch the frontend's maintenance page"
+    CONTAIN = (
+        "contain",
+        True,
+        "close the public entry in an incident (every user is cut off), or open it again",
+    )
 
     risky: bool
     description: str
