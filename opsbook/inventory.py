@@ -301,6 +301,20 @@ class AuditTrail(_Model, frozen=True):
                 raise ValueError(f"pushgateway: not an http(s) URL: {self.pushgateway!r}")
 
 
+class RunMetrics(_Model, frozen=True):
+    """Where every run against this deployment reports its metrics (opsbook/plugin/metrics.py),
+    unless --metrics-textfile or --pushgateway says otherwise: what the dead-man alert watches."""
+
+    textfile: Path | None = None  # a file in node-exporter's textfile collector directory
+    pushgateway: str | None = None  # a Pushgateway's URL
+
+    def __post_init__(self) -> None:
+        if self.pushgateway is not None:
+            parts = urlsplit(self.pushgateway)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"pushgateway: not an http(s) URL: {self.pushgateway!r}")
+
+
 class Remediation(_Model, frozen=True):
     """What automatic fixes may do. Risky kinds need to be allowed here or with --allow."""
 
@@ -434,6 +448,7 @@ class Inventory(_Model, frozen=True):
     tuning: Tuning = msgspec.field(default_factory=Tuning)
     backup: Backup | None = None
     deploy: Deploy = msgspec.field(default_factory=Deploy)
+    metrics: RunMetrics = msgspec.field(default_factory=RunMetrics)
     services: dict[str, Service] = {}
     # The deployment's remediation lock, budgets and audit log (default: under opsbook's home).
     state_dir: Path | None = None

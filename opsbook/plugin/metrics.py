@@ -4,6 +4,9 @@ show every check and a missed or failing cron run alerts (alerts/chat-system.rul
     --metrics-textfile=/var/lib/node_exporter/textfile/opsbook.prom
     --pushgateway=http://pushgateway:9091   (grouped by deployment, selection and instance)
 
+or, for every run against a deployment, its inventory's `metrics: {textfile, pushgateway}` (an
+option given on the command line wins over the inventory's place of the same kind).
+
 Series (labels: selection; per check also check_id, target, severity):
 
     opsbook_check_success               1 passed, fixed or waived; 0 failed or not evaluated
@@ -84,8 +87,12 @@ _NOT_SENT = pytest.StashKey[list[str]]()
 def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]:
     yield
     config = session.config
+    inventory = config.stash[INVENTORY]
     textfile = config.getoption("metrics_textfile")
     gateway = config.getoption("pushgateway")
+    if inventory is not None:
+        textfile = textfile or inventory.metrics.textfile
+        gateway = gateway or inventory.metrics.pushgateway
     rows = list(config.stash[FINDINGS].rows.values())
     if not (textfile or gateway) or not rows or hasattr(config, "workerinput"):
         return
@@ -95,14 +102,13 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
         from prometheus_client import write_to_textfile
 
         try:
-            write_to_textfile(textfile, registry)  # written aside and renamed: never half-read
+            write_to_textfile(str(textfile), registry)  # written aside and renamed: never half-read
         except OSError as exc:
             # As for a push: the run's result stands; the stale file shows as a missed run.
             config.stash[_NOT_SENT].append(f"could not write metrics to {textfile}: {exc}")
     if gateway:
         from prometheus_client import push_to_gateway
 
-        inventory = config.stash[INVENTORY]
         timeout = inventory.thresholds.timeout_s if inventory is not None else 3.0
         # One group per deployment, selection and runner: production's daily run never
         # replaces staging's, nor the audit run the daily one.
