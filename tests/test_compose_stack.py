@@ -17,10 +17,15 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+import requests
+from alert_rules_support import jobs_without_memory_limit, missing_series
+from support import eventually
 
-from opsbook.compose import default_docker_host
+from opsbook import yamltext
+from opsbook.compose import COMPOSE_FILE, default_docker_host
 from opsbook.inventory import Inventory, load_inventory
-from opsbook.sandbox.compose import SERVICES, ComposeStack
+from opsbook.sandbox.compose import SCRAPED, SERVICES, ComposeStack
+from opsbook.sandbox.prometheus import compose_memory_limits
 
 pytestmark = pytest.mark.containers
 
@@ -138,6 +143,27 @@ def test_posted_message_reaches_postgres(compose_inventory: Inventory) -> None:
         if stored is None:
             time.sleep(0.2)
     assert stored == (content,), f"message {message_id} in PostgreSQL: {stored} == ({content!r},)"
+
+
+def test_alert_rules_select_existing_series(compose_inventory: Inventory) -> None:
+    """Every series the alert rules select exists in the stack's Prometheus, but opsbook's run
+    metrics (no run reports to it: no Pushgateway on compose; their absence is what
+    OpsbookRunMissing reports), and HighMemoryUsage compares each job with the memory limit
+    the compose file makes the engine enforce."""
+    url = compose_inventory.http["prometheus"].url.rstrip("/")
+
+    def scraped() -> bool:
+        """every series of the rules but opsbook's run metrics (scraped, rules evaluated)"""
+        return all(m.startswith("opsbook_last_run_") for m in missing_series(url))
+
+    eventually(scraped, deadline_s=30)
+    assert jobs_without_memory_limit(url) == set()
+    answer = requests.get(
+        f"{url}/api/v1/query", {"query": "job:memory_limit_bytes"}, timeout=TIMEOUT_S
+    ).json()
+    recorded = {s["metric"]["job"]: int(s["value"][1]) for s in answer["data"]["result"]}
+    compose = yamltext.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    assert recorded == compose_memory_limits(compose, SCRAPED)
 
 
 def test_down_leaves_no_container(compose_stack: ComposeStack) -> None:

@@ -20,15 +20,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from opsbook import yamltext
 from opsbook.compose import COMPOSE_FILE, ComposeDriver, ComposeError
 from opsbook.loopback import http_json, http_status
 from opsbook.sandbox.base import Layout
 from opsbook.sandbox.postgres import ADMIN_ROLE, APP_ROLE, MONITOR_ROLE
+from opsbook.sandbox.prometheus import LIMITS_FILE, compose_memory_limits, memory_limit_rules
 from opsbook.sandbox.redis import USERS, secret_name
 from opsbook.sandbox.targets_section import target_sections
 
 # The repository's alert rules, which the stack's Prometheus loads.
 ALERTS = COMPOSE_FILE.parent / "alerts"
+# The jobs of containers/prometheus/prometheus.yml: the services with a memory series.
+SCRAPED = ("backend", "prometheus")
 
 # In start order (compose's depends_on decides the real order); the container port of each.
 SERVICES = ("postgres", "redis", "backend", "worker", "frontend", "prometheus")
@@ -120,6 +124,12 @@ class ComposeStack(ComposeDriver):
         for path in sorted(ALERTS.glob("*.yml")):
             shutil.copyfile(path, rules / path.name)
             (rules / path.name).chmod(0o644)
+        # HighMemoryUsage compares with the limits this compose file makes the engine enforce
+        # (the shipped file has the runbook's), for each job its Prometheus scrapes.
+        compose = yamltext.safe_load(COMPOSE_FILE.read_text(encoding="utf-8")) or {}
+        limits = compose_memory_limits(compose, SCRAPED)
+        (rules / LIMITS_FILE).write_text(memory_limit_rules(limits, COMPOSE_FILE.name))
+        (rules / LIMITS_FILE).chmod(0o644)
 
     def up(self, build: bool = True) -> Path:
         """Build the images (layers cached), start every service, wait until the stack is

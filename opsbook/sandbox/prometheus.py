@@ -1,13 +1,19 @@
-"""Prometheus: scrapes the backend and itself every 2 s; rule files from DIR/prometheus/rules/.
+"""Prometheus: scrapes the backend, the Pushgateway and itself every 2 s; rule files from
+DIR/prometheus/rules/.
 
 The repository's alert rules (alerts/*.yml) are copied into the rules dir at every start, as
-they are: the same file, with the production `for:` durations, that a deployment ships.
+they are: the same files, with the production `for:` durations, that a deployment ships. The
+Pushgateway holds what the runs against the sandbox pushed (opsbook_last_run_*), so the
+dead-man alert OpsbookRunMissing watches them as it would in production.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import opsbook
 from opsbook.loopback import http_json, http_status
@@ -17,13 +23,18 @@ from opsbook.sandbox.process import Process, SandboxError
 BINARY = "/usr/bin/prometheus"
 # The repository's alerts/ dir, next to the opsbook package (an editable install or a checkout).
 ALERTS = Path(opsbook.__file__).parent / "alerts"  # shipped inside the package
+# The shipped file of job:memory_limit_bytes, which a stack with limits of its own replaces.
+LIMITS_FILE = "memory-limits.rules.yml"
 
 
 class Prometheus(Component):
     name = "prometheus"
 
-    def __init__(self, layout: Layout, port: int | None, backend_port: int) -> None:
+    def __init__(
+        self, layout: Layout, port: int | None, backend_port: int, pushgateway_port: int
+    ) -> None:
         self.backend_port = backend_port
+        self.pushgateway_port = pushgateway_port
         super().__init__(layout, port)
 
     @property
@@ -70,6 +81,12 @@ scrape_configs:
   - job_name: prometheus
     static_configs:
       - targets: ["127.0.0.1:{require_port(self)}"]
+  # The runs' metrics keep the labels they were pushed with (job="opsbook", deployment,
+  # selection, instance: the runner); the gateway's own metrics get job="pushgateway".
+  - job_name: pushgateway
+    honor_labels: true
+    static_configs:
+      - targets: ["127.0.0.1:{self.pushgateway_port}"]
 """
 
     def prepare(self) -> None:
@@ -89,3 +106,39 @@ scrape_configs:
         answer = http_json(require_port(self), "/api/v1/targets?state=active")
         targets = (answer or {}).get("data", {}).get("activeTargets", [])
         return bool(targets) and all(t.get("health") in ("up", "down") for t in targets)
+
+
+def memory_limit_rules(limits: Mapping[str, int], source: str) -> str:
+    """A memory-limits.rules.yml recording each job's limit (job:memory_limit_bytes) for
+    HighMemoryUsage: the same group and rules as the shipped file, other figures."""
+    import yaml  # only the compose stack writes one
+
+    rules = [
+        {"record": "job:memory_limit_bytes", "expr": f"vector({limit})", "labels": {"job": job}}
+        for job, limit in sorted(limits.items())
+    ]
+    head = f"# Written by opsbook from {source}: the limits the engine enforces.\n"
+    document = {"groups": [{"name": "memory-limits", "rules": rules}]}
+    return head + yaml.safe_dump(document, sort_keys=False)
+
+
+def compose_memory_limits(compose: Mapping[str, Any], services: Iterable[str]) -> dict[str, int]:
+    """The memory limit in bytes (deploy.resources.limits.memory, or mem_limit) of each of
+    these services of a compose file that has one."""
+    found: dict[str, int] = {}
+    declared = compose.get("services") or {}
+    for name in services:
+        service = declared.get(name) or {}
+        limits = ((service.get("deploy") or {}).get("resources") or {}).get("limits") or {}
+        value = limits.get("memory") or service.get("mem_limit")
+        if value:
+            found[name] = _bytes(value)
+    return found
+
+
+def _bytes(value: object) -> int:
+    """A compose size ("256M", "2g", "1.5GiB", 268435456) in bytes (compose's units are 1024s)."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", str(value).strip().lower())
+    if not match:
+        raise SandboxError(f"compose: not a memory size: {value!r}")
+    return int(float(match[1]) * 1024 ** " kmgt".index(match[2] or " "))

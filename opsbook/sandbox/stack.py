@@ -28,12 +28,14 @@ from opsbook.sandbox.nginx import Nginx
 from opsbook.sandbox.postgres import Postgres
 from opsbook.sandbox.process import ComponentError, SandboxError
 from opsbook.sandbox.prometheus import Prometheus
+from opsbook.sandbox.pushgateway import Pushgateway
 from opsbook.sandbox.redis import Redis
 from opsbook.sandbox.targets_section import target_sections
 
-# In start order; `down` stops them in reverse.
-COMPONENTS = ("postgres", "redis", "backend", "worker", "nginx", "prometheus")
-PORTED = ("postgres", "redis", "backend", "nginx", "prometheus")
+# In start order; `down` stops them in reverse. The Pushgateway takes the runs' metrics
+# (the inventory's metrics.pushgateway) for Prometheus to scrape.
+COMPONENTS = ("postgres", "redis", "backend", "worker", "nginx", "pushgateway", "prometheus")
+PORTED = ("postgres", "redis", "backend", "nginx", "pushgateway", "prometheus")
 # Components that may run as several processes (`scale`): worker, worker-2, worker-3, ...
 SCALABLE = ("worker",)
 MAX_REPLICAS = 8
@@ -50,7 +52,8 @@ class SandboxState:
     def load(cls, path: Path) -> SandboxState | None:
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-            ports = {name: int(raw["ports"][name]) for name in PORTED}
+            kept = raw["ports"]
+            ports = {name: int(kept[name]) for name in PORTED if name in kept}
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -59,12 +62,17 @@ class SandboxState:
 
     @classmethod
     def fresh(cls) -> SandboxState:
-        ports: dict[str, int] = {}
+        return cls({}).completed()
+
+    def completed(self) -> SandboxState:
+        """With a port for every ported component: a sandbox made before a component was
+        added keeps its ports and gets one for the newcomer."""
+        ports = dict(self.ports)
         while len(ports) < len(PORTED):
             port = free_port()
             if port not in ports.values():
-                ports[PORTED[len(ports)]] = port
-        return cls(ports)
+                ports[next(name for name in PORTED if name not in ports)] = port
+        return SandboxState(ports)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps({"ports": self.ports}, indent=2) + "\n", encoding="utf-8")
@@ -105,6 +113,9 @@ class Stack:
                 self.dir.mkdir(parents=True, exist_ok=True)
                 state = SandboxState.fresh()
                 state.save(self.layout.state_file)
+            elif len(state.ports) < len(PORTED):
+                state = state.completed()
+                state.save(self.layout.state_file)
             self._state = state
         return self._state
 
@@ -125,7 +136,14 @@ class Stack:
             return Worker(self.layout, None)
         if name == "nginx":
             return Nginx(self.layout, ports["nginx"], backend_port=ports["backend"])
-        return Prometheus(self.layout, ports["prometheus"], backend_port=ports["backend"])
+        if name == "pushgateway":
+            return Pushgateway(self.layout, ports["pushgateway"])
+        return Prometheus(
+            self.layout,
+            ports["prometheus"],
+            backend_port=ports["backend"],
+            pushgateway_port=ports["pushgateway"],
+        )
 
     def _prepare_dir(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -288,6 +306,9 @@ class Stack:
                     "redis": "redis",
                 },
             ),
+            # Every run against the sandbox reports to its Pushgateway, which its Prometheus
+            # scrapes: OpsbookRunMissing fires only when no run reported for too long.
+            "metrics": {"pushgateway": f"http://127.0.0.1:{ports['pushgateway']}"},
             "audit": {
                 **audit_section(self.dir, self.state.ports),
                 # More logs for the log audit (SEC-050) only: LOG-001 would take their

@@ -36,9 +36,6 @@ def target_sections(
                 "url": f"http://127.0.0.1:{ports['prometheus']}",
                 "health_path": "/-/healthy",
                 "service": services["prometheus"],
-                # No opsbook run reports to this Prometheus (no textfile collector, no
-                # Pushgateway): its dead-man alert fires once it is ten minutes old.
-                "expected_alerts": ["OpsbookRunMissing"],
             },
         },
         "postgres": {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -64,13 +65,22 @@ def loaded_rules_file(breakable_sandbox: Stack) -> Iterator[Path]:
 
 
 def test_healthy_rules_pass(sandbox: Stack, run_checks: RunChecks) -> None:
+    # A run against the sandbox pushes opsbook's run metrics to its Pushgateway (scraped).
+    run_checks("--check=ALERT-002")
+
+    def reported() -> bool:
+        """opsbook's run metrics are in Prometheus"""
+        query = {"query": "opsbook_last_run_success"}
+        answer = requests.get(f"{prometheus_url(sandbox)}/api/v1/query", query, timeout=TIMEOUT_S)
+        return bool(answer.json()["data"]["result"])
+
+    eventually(reported)
     run = run_checks("-m", "observability")
     for check_id in ("ALERT-001", "ALERT-002", "ALERT-003"):
         assert run.outcome(check_id, "prometheus") == "passed", run.output
-    assert run.row("ALERT-001")["observed"] == "2/2 valid"  # shipped file and loaded copy
-    metrics = run.row("ALERT-003")["evidence"]["metrics"]
-    # Nothing exports the opsbook run metrics yet: their absence is alerted, not a failure.
-    assert "its absence fires OpsbookRunMissing" in metrics
+    assert run.row("ALERT-001")["observed"] == "4/4 valid"  # shipped files, loaded copies
+    metrics = json.loads(run.row("ALERT-003")["evidence"]["metrics"])
+    assert metrics["opsbook_last_run_success"]["series"] is True
 
 
 @pytest.mark.breaks("ALERT-001")
@@ -81,7 +91,7 @@ def test_invalid_rules_file_fails(loaded_rules_file: Path, run_checks: RunChecks
     )
     row = run_checks("--check=ALERT-001").row("ALERT-001")
     assert row["outcome"] == "failed"
-    assert row["observed"] == "1/2 valid"
+    assert row["observed"] == "3/4 valid"
     assert row["message"].startswith("prometheus prometheus: invalid rules: ")
     assert f"{loaded_rules_file}: " in row["message"]
     assert '"QueueBacklog": could not parse expression' in row["message"]
@@ -173,12 +183,13 @@ STORM_DEADLINE_S = 45.0
 
 
 def test_5xx_storm_makes_high_error_rate_pending(fresh_sandbox: Stack) -> None:
-    """Redis stopped, the backend's /health answers 503; requested in a loop (loopback only,
-    bounded in count and time) until Prometheus shows HighErrorRate pending or firing.
-    A fresh sandbox: the backend logs an error per request (LOG-001's window)."""
+    """PostgreSQL stopped, the backend answers 503 to GET /api/messages/<id> (real traffic:
+    HighErrorRate leaves /health out); requested in a loop (loopback only, bounded in count
+    and time) until Prometheus shows HighErrorRate pending or firing. A fresh sandbox: the
+    backend logs an error per request (LOG-001's window)."""
     assert alert_states(fresh_sandbox, "HighErrorRate") == set()
-    health = f"http://127.0.0.1:{fresh_sandbox.state.ports['backend']}/health"
-    fresh_sandbox.stop("redis")
+    message = f"http://127.0.0.1:{fresh_sandbox.state.ports['backend']}/api/messages/{uuid.uuid4()}"
+    fresh_sandbox.stop("postgres")
     states: set[str] = set()
     sent = 0
     started = time.monotonic()
@@ -186,14 +197,14 @@ def test_5xx_storm_makes_high_error_rate_pending(fresh_sandbox: Stack) -> None:
         with requests.Session() as session:
             while sent < STORM_REQUESTS and time.monotonic() - started < STORM_DEADLINE_S:
                 for _ in range(20):
-                    assert session.get(health, timeout=TIMEOUT_S).status_code == 503
+                    assert session.get(message, timeout=TIMEOUT_S).status_code == 503
                     sent += 1
                 states = alert_states(fresh_sandbox, "HighErrorRate")
                 if states & {"pending", "firing"}:
                     break
                 time.sleep(0.2)
     finally:
-        fresh_sandbox.start("redis")
+        fresh_sandbox.start("postgres")
     assert states & {"pending", "firing"}, (
         f"HighErrorRate not pending after {sent} requests in {time.monotonic() - started:.0f}s"
     )
