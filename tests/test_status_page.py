@@ -427,3 +427,22 @@ def test_every_run_rewrites_the_page_across_runs_of_its_selection(
     health = html[html.index('<tr data-group="health">') :]
     assert health[: health.index("</tr>")].count('data-outcome="') == 3
     assert not list(reports.glob(".status.html.*"))  # no temporary file left
+
+
+def test_over_several_deployments_a_blocked_row_goes_under_its_own_deployments_cause() -> None:
+    """A page over several deployments: the cause is the row of the blocked row's deployment."""
+    rows = [
+        problem("QUEUE-001", "critical", "failed", ["redis"], deployment="eu"),
+        problem("QUEUE-001", "critical", "failed", ["redis"], deployment="us"),
+        problem("HEALTH-001", "critical", "blocked", ["backend"], blocked_by="redis",
+                deployment="us"),
+    ]  # fmt: skip
+    from opsbook.pages.present import cause_first
+
+    assert [
+        (rows[i]["deployment"], rows[i]["check_id"], depth) for i, depth in cause_first(rows)
+    ] == [
+        ("us", "QUEUE-001", 0),
+        ("us", "HEALTH-001", 1),
+        ("eu", "QUEUE-001", 0),
+    ]

@@ -82,16 +82,19 @@ def cause_first(rows: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
         return row_order(rows[index]["outcome"], rows[index]["severity"])
 
     problems = sorted((i for i, r in enumerate(rows) if needs_a_person(r["outcome"])), key=order)
-    # The row that stands for each service: its worst unblocked problem, else its worst one.
-    heads: dict[str, int] = {}
+    # The row that stands for each service (of each deployment, in a run over several): its
+    # worst unblocked problem, else its worst one.
+    heads: dict[tuple[str, str], int] = {}
     for unblocked in (True, False):
         for index in problems:
             if bool(rows[index].get("blocked_by")) != unblocked:
+                deployment = str(rows[index].get("deployment") or "")
                 for service in rows[index].get("services") or ():
-                    heads.setdefault(str(service), index)
+                    heads.setdefault((deployment, str(service)), index)
     parent: dict[int, int] = {}
     for index in problems:
-        head = heads.get(str(rows[index].get("blocked_by") or ""))
+        cause = str(rows[index].get("blocked_by") or "")
+        head = heads.get((str(rows[index].get("deployment") or ""), cause))
         if head is None or head == index:
             continue
         # Never a cycle: a row does not go under a row that is (or is under) itself.

@@ -412,7 +412,7 @@ class HtmlReport:
         if not isinstance(data, dict) or counts is None:
             return
         rows = list(self.config.stash[FINDINGS].rows.values())
-        found = [{"outcome": str(r.outcome), "severity": r.severity,
+        found = [{"outcome": str(r.outcome), "severity": r.severity, "deployment": r.deployment,
                   "blocked_by": r.blocked_by, "services": r.services} for r in rows]  # fmt: skip
         order = present.cause_first(found)
         below: dict[int, int] = {}
