@@ -1,6 +1,18 @@
-"""`python -m opsbook incident collect`: gather the incident runbook's evidence into one folder.
+"""`python -m opsbook incident collect|contain|release`: the incident runbook's first moves.
 
     python -m opsbook incident collect [--inventory PATH] [--out DIR] [--dump-database]
+    python -m opsbook incident contain --allow=contain [--reason TEXT] [--inventory PATH]
+    python -m opsbook incident release --allow=contain [--inventory PATH]
+
+`collect` gathers the evidence into one folder. `contain` closes the public entry (the
+runbook's `nginx -s stop`): the service of each http target of kind frontend is stopped through
+its own runtime, the containment is recorded in the deployment's state directory, and a TCP
+connection to the entry from here must then be refused or get no answer. `release` starts it
+again and expects /health to answer 200. Both print their plan, then carry it out under the
+remediation lock, written ahead to the deployment's audit log (intent and outcome); both are
+steps of the risky kind `contain`, so they need `--allow=contain` (or `remediation.allow`).
+Asking for the state the entry is already in changes nothing and says so.
+(opsbook.remediation.containment; docs/remediation.md#incident-containment.)
 
 Collected, for every host of the inventory: its service logs (and, for a sandbox, every log of
 the sandbox), the processes (`ps`), the listening sockets (`ss -ltnp`); the status of the
@@ -14,8 +26,15 @@ Nothing is stopped or changed.
 The dump is opt-in: it reads every table of a database that may already be struggling, and it
 copies every chat into the evidence folder.
 
-Exit codes: 0 everything collected; 1 some evidence could not be collected (each on stderr;
-the folder and its manifest are still written); 2 bad usage.
+`collect` exit codes: 0 everything collected; 1 some evidence could not be collected (each on
+stderr; the folder and its manifest are still written); 2 bad usage.
+
+`contain` and `release` exit codes (those of `opsbook maintenance`): 0 done and verified from
+outside, or nothing to do; 1 done but not verified (the entry still takes connections after
+`contain`, or does not answer 200 after `release`), or a step failed (what was attempted is
+printed); 2 bad usage (no inventory, no public entry, a runtime that cannot stop or start it,
+an unknown --allow kind); 3 refused (not allowed, or another run holds the remediation lock);
+11 done, but the audit log could not take its entry.
 """
 
 from __future__ import annotations
@@ -28,11 +47,14 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opsbook.inventory import Host, Inventory, InventoryError, load_inventory
 from opsbook.locations import inventory_path, reports_dir
 from opsbook.remediate.runtime import runtime_for
+
+if TYPE_CHECKING:
+    from opsbook.remediate.plan import Plan
 
 EXIT_INCOMPLETE = 1
 LOG_BYTES = 64 * 1024 * 1024  # the tail of each log: a day of a busy service
@@ -50,6 +72,19 @@ def register(commands: Any) -> None:
     collect.add_argument(
         "--dump-database", action="store_true", help="also pg_dump each database (admin role)"
     )
+    for action, what in (
+        ("contain", "close the public entry (stop its service) and verify it takes no connection"),
+        ("release", "open the public entry again (start its service) and verify /health is 200"),
+    ):
+        sub = actions.add_parser(action, help=what)
+        sub.add_argument("--inventory", type=Path, default=None, help="inventory YAML")
+        sub.add_argument("--reports-dir", type=Path, default=None, help="default: reports/")
+        sub.add_argument(
+            "--allow", action="append", default=[], metavar="KIND",
+            help="allow a risky kind of step: contain is needed",
+        )  # fmt: skip
+        if action == "contain":
+            sub.add_argument("--reason", default="", help="why, for the record and the reports")
 
 
 class _Evidence:
@@ -250,6 +285,8 @@ def _dump_databases(evidence: _Evidence, inventory: Inventory) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action in ("contain", "release"):
+        return _contain_or_release(args)
     started = datetime.now(UTC)
     path = inventory_path(args.inventory)
     try:
@@ -280,3 +317,70 @@ def run(args: argparse.Namespace) -> int:
     for problem in evidence.missing:
         print(f"  not collected: {problem}", file=sys.stderr)
     return EXIT_INCOMPLETE if problems else 0
+
+
+def _contain_or_release(args: argparse.Namespace) -> int:
+    """`incident contain|release`: as `opsbook maintenance` switches its page, through the
+    Remediator (lock, allow-list, intent and outcome in the audit log)."""
+    import functools
+    from collections.abc import Callable
+
+    from opsbook.remediate.audit import EXIT_NOT_AUDITED
+    from opsbook.remediate.context import Context
+    from opsbook.remediate.plan import parse_allow
+    from opsbook.remediate.runner import Remediator
+    from opsbook.remediation.containment import (
+        ContainmentUnsupported,
+        contain_entry,
+        release_entry,
+    )
+    from opsbook.secrets import Redactor
+
+    action = f"incident {args.action}"
+    fix: Callable[..., Plan]
+    try:
+        allow = parse_allow(args.allow)
+        inventory = load_inventory(inventory_path(args.inventory))
+    except (ValueError, InventoryError) as exc:
+        print(f"{action}: {exc}", file=sys.stderr)
+        return 2
+    if args.action == "contain":
+        reason = str(args.reason)
+
+        def contain(ctx: Context, *, apply: bool) -> Plan:
+            return contain_entry(ctx, apply=apply, reason=reason)
+
+        # Named as contain_entry itself in the plan and the audit log.
+        fix = functools.update_wrapper(contain, contain_entry)
+    else:
+        fix = release_entry
+    frontends = sorted(inventory.endpoints("frontend"))
+    ctx = Context(inventory, "incident", "http", frontends[0] if frontends else "", fix=fix)
+    redact = Redactor(secret.reveal() for secret in inventory.secrets())
+    try:
+        # The plan is shown before the lock is asked for; an entry no runtime can stop is a
+        # usage error, not a failed step.
+        plan = fix(ctx, apply=False)
+    except ContainmentUnsupported as exc:
+        print(f"{action}: {exc}", file=sys.stderr)
+        return 2
+    print(f"{action}: plan")
+    for line in plan.lines():
+        print(redact(f"  {line}"))
+    if plan.nothing_to_do is not None:
+        return 0
+    reports = args.reports_dir or reports_dir()
+    remediator = Remediator(inventory, reports, f"cli-{os.getpid()}", frozenset(allow))
+    attempt = remediator.apply_one(fix, ctx, apply=True, redact=redact)
+    if attempt.status in ("skipped", "refused"):
+        print(redact(f"{action}: refused: {attempt.reason}"), file=sys.stderr)
+        return 3
+    print(redact(f"{action}: {attempt.summary()}"))
+    for line in attempt.plan.lines() if attempt.plan else []:
+        print(redact(f"  {line}"))
+    if attempt.status not in ("applied", "nothing-to-do"):
+        return EXIT_INCOMPLETE
+    if attempt.not_audited:
+        print(f"{action}: {attempt.status}, {attempt.not_audited}", file=sys.stderr)
+        return EXIT_NOT_AUDITED
+    return 0

@@ -1,0 +1,149 @@
+"""`python -m opsbook incident contain|release` on the native sandbox: nginx, the public entry,
+stopped through the sandbox's runtime (its port then refuses connections), and started again
+(/health 200); both audited, both refused without `--allow=contain`.
+
+Compose and systemd: tests/test_runtimes.py (`test_containment_on_a_compose_stack...`,
+`test_containment_on_a_systemd_unit...`). The command runs in-process through its own
+register()/run(), as opsbook.cli wires it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import requests
+from support import RunChecks
+
+from opsbook.commands import incident
+from opsbook.sandbox.stack import Stack
+
+pytestmark = pytest.mark.sandbox
+
+
+def opsbook_incident(*args: str) -> int:
+    parser = argparse.ArgumentParser(prog="python -m opsbook")
+    incident.register(parser.add_subparsers(dest="command", required=True))
+    parsed = parser.parse_args(["incident", *args])
+    return int(parsed.run(parsed))
+
+
+def refused(port: int) -> bool:
+    """A TCP connection to 127.0.0.1:PORT is refused (what a user outside would meet)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=3):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+def test_contain_closes_the_entry_and_release_opens_it(
+    breakable_sandbox: Stack,
+    run_checks: RunChecks,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stack = breakable_sandbox
+    port = stack.state.ports["nginx"]
+    health = f"http://127.0.0.1:{port}/health"
+    where = ["--inventory", str(stack.inventory_path), "--reports-dir", str(tmp_path)]
+    state = tmp_path / "state"  # the deployment's state of this test alone (as run_checks')
+    monkeypatch.setenv("OPSBOOK__STATE_DIR", str(state))
+    stop = f"python -m opsbook sandbox stop nginx --dir {stack.dir}"
+    start = f"python -m opsbook sandbox start nginx --dir {stack.dir}"
+
+    # Not allowed: one line, exit 3, nothing stopped; the refusal is audited all the same.
+    assert opsbook_incident("contain", *where) == 3
+    out, err = capsys.readouterr()
+    assert err == (
+        "incident contain: refused: not allowed: contain "
+        "(allow with --allow=contain or remediation.allow)\n"
+    )
+    assert out.splitlines() == [
+        "incident contain: plan",
+        f"  [contain] stop nginx, the public entry (every user is cut off): {stop}",
+    ]
+    assert requests.get(health, timeout=3).status_code == 200
+
+    assert opsbook_incident("contain", "--allow=contain", "--reason", "leak suspected", *where) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[2] == "incident contain: opsbook.remediation.containment.contain_entry: applied"
+    assert printed[3].startswith(
+        f"  [contain] stop nginx, the public entry (every user is cut off): {stop} -> "
+        f"127.0.0.1:{port}: "
+    ), printed
+    assert refused(port)
+    record = json.loads((state / "contained.json").read_text())
+    assert (record["services"], record["entries"], record["reason"]) == (
+        ["nginx"], [f"127.0.0.1:{port}"], "leak suspected"
+    )  # fmt: skip
+
+    # A contained entry is not an outage: the frontend's checks are not applicable, and say
+    # who closed it; the backend's still run. No fix restarts nginx.
+    run = run_checks("--check=HEALTH-001", "--check=HEALTH-005")
+    message = f"contained by opsbook at {record['time']} by {record['user']}: leak suspected"
+    assert run.outcome("HEALTH-001", "frontend") == "skipped", run.output
+    assert run.row("HEALTH-001", "frontend")["message"] == message
+    assert run.outcome("HEALTH-005", "nginx") == "skipped", run.output
+    assert run.outcome("HEALTH-001", "backend") == "passed"
+    assert run.exit_code == 0, run.output
+
+    assert opsbook_incident("contain", "--allow=contain", *where) == 0
+    assert (
+        capsys.readouterr()
+        .out.splitlines()[1]
+        .startswith(f"  nothing to do: already contained by opsbook at {record['time']}")
+    )
+
+    assert opsbook_incident("release", *where) == 3  # release is a contain step too
+    assert refused(port)
+    capsys.readouterr()
+    assert opsbook_incident("release", "--allow=contain", *where) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"  [contain] start nginx, the public entry, again: {start} -> frontend /health answers 200"
+    )
+    assert requests.get(health, timeout=3).status_code == 200
+    assert not (state / "contained.json").exists()
+    assert opsbook_incident("release", "--allow=contain", *where) == 0
+    assert capsys.readouterr().out.splitlines()[1] == (
+        "  nothing to do: not contained: the public entry answers"
+    )
+
+    # In the deployment's audit log: the refusals (an outcome, no intent), then each switch's
+    # intent and outcome.
+    entries = [json.loads(line) for line in (state / "audit.log").read_text().splitlines()]
+    assert [(e["event"], e.get("status")) for e in entries] == [
+        ("outcome", "refused"),
+        ("intent", None),
+        ("outcome", "applied"),
+        ("outcome", "refused"),
+        ("intent", None),
+        ("outcome", "applied"),
+    ]
+    assert {e["remediation"] for e in entries} == {
+        "opsbook.remediation.containment.contain_entry",
+        "opsbook.remediation.containment.release_entry",
+    }
+    assert {(e["check"], e["target"]) for e in entries} == {("incident", "http/frontend")}
+
+
+def test_an_inventory_without_a_public_entry_is_one_line(
+    sandbox: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    raw = yaml.safe_load(sandbox.inventory_path.read_text())
+    raw["http"] = {k: v for k, v in raw["http"].items() if v["kind"] != "frontend"}
+    raw["services"]["nginx"]["targets"] = []
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(yaml.safe_dump(raw))
+    assert opsbook_incident("contain", "--allow=contain", "--inventory", str(inventory)) == 2
+    assert capsys.readouterr().err == (
+        "incident contain: the inventory has no public entry (an http target of kind frontend)\n"
+    )
+    assert opsbook_incident("contain", "--allow=nonsense", "--inventory", str(inventory)) == 2
+    assert capsys.readouterr().err.startswith("incident contain: --allow: no such kind of step")
