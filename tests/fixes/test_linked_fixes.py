@@ -190,11 +190,15 @@ def test_rules_written_but_not_loaded_are_loaded_by_a_reload(
 ) -> None:
     rules = breakable_sandbox.dir / "prometheus" / "rules" / RULES
     shipped = rules.read_text()
-    # Prometheus loads an empty rules dir; then a deploy writes the rules and forgets the reload.
+    # Prometheus loads a rules dir without the runbook's rules (memory-limits.rules.yml stays);
+    # then a deploy writes the rules and forgets the reload.
     rules.unlink()
     try:
         reload_prometheus(breakable_sandbox)
-        eventually(lambda: not loaded_rules(breakable_sandbox), "Prometheus dropped the rules")
+        eventually(
+            lambda: "HighErrorRate" not in loaded_rules(breakable_sandbox),
+            "Prometheus dropped the rules",
+        )
     finally:
         rules.write_text(shipped)
     prometheus_pid = breakable_sandbox.component("prometheus").pid()
