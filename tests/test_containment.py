@@ -31,7 +31,7 @@ def opsbook_incident(*args: str) -> int:
     return int(parsed.run(parsed))
 
 
-def refused(port: int) -> bool:
+def connection_refused(port: int) -> bool:
     """A TCP connection to 127.0.0.1:PORT is refused (what a user outside would meet)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=3):
@@ -76,7 +76,7 @@ def test_contain_closes_the_entry_and_release_opens_it(
         f"  [contain] stop nginx, the public entry (every user is cut off): {stop} -> "
         f"127.0.0.1:{port}: "
     ), printed
-    assert refused(port)
+    assert connection_refused(port)
     record = json.loads((state / "contained.json").read_text())
     assert (record["services"], record["entries"], record["reason"]) == (
         ["nginx"], [f"127.0.0.1:{port}"], "leak suspected"
@@ -100,7 +100,7 @@ def test_contain_closes_the_entry_and_release_opens_it(
     )
 
     assert opsbook_incident("release", *where) == 3  # release is a contain step too
-    assert refused(port)
+    assert connection_refused(port)
     capsys.readouterr()
     assert opsbook_incident("release", "--allow=contain", *where) == 0
     assert capsys.readouterr().out.splitlines()[-1] == (

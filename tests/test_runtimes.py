@@ -12,6 +12,9 @@
 - `compose`: start, stop, status, reload and maintenance on a real compose project (one stack
   for the module, as tests/checks/test_compose_checks.py builds it; restart, recreate and scale
   are in tests/fixes/test_compose_remediation.py). What a runtime refuses needs no stack.
+- Incident containment (`opsbook incident contain|release`, the issue's proof) on both the
+  compose stack and the systemd host: the public port refused from here, then /health 200
+  (on the sandbox: tests/test_containment.py).
 """
 
 from __future__ import annotations
@@ -34,11 +37,14 @@ import pytest
 from sshd_server import Sshd, banner, client_config, keypair
 from support import CheckRun, eventually
 from test_compose_checks import (  # one compose stack for the module, built the same way
+    RunCompose,
     compose_stack,
     container,
     docker,
+    run_compose,
     runtime,
 )
+from test_containment import connection_refused, opsbook_incident
 
 from opsbook.errors import TargetUnreachable
 from opsbook.inventory import Inventory, load_inventory
@@ -57,7 +63,7 @@ from opsbook.sandbox.compose import ComposeStack
 from opsbook.sandbox.stack import Stack
 from opsbook.targets import HttpTarget
 
-__all__ = ["compose_stack", "runtime"]  # fixtures, used by name
+__all__ = ["compose_stack", "run_compose", "runtime"]  # fixtures, used by name
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEMD_IMAGE = "localhost/opsbook-systemd-host:test"
@@ -544,6 +550,66 @@ services:
         systemd_host.systemctl("stop", unit)
 
 
+@pytest.mark.containers
+def test_containment_on_a_systemd_unit_closes_and_opens_the_public_port(
+    systemd_host: SystemdHost,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`opsbook incident contain|release` where the public entry is a unit on a host: the
+    image has no nginx, so the entry is chat-backend.service (python3's http.server, published
+    on loopback) declared as the frontend: `sudo -n systemctl stop` over ssh, the published
+    port refused from here, then `systemctl start` and /health 200; both audited."""
+    unit = "chat-backend.service"
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(
+        f"""\
+name: systemd-host
+hosts: {{box: {{spec: "{systemd_host.spec}"}}}}
+thresholds: {{timeout_s: 2}}
+http:
+  entry: {{kind: frontend, url: "http://127.0.0.1:{systemd_host.backend_port}"}}
+services:
+  entry: {{runtime: systemd, unit: {unit}, host: box, sudo: true, targets: [entry], role: proxy}}
+"""
+    )
+    state = tmp_path / "state"
+    monkeypatch.setenv("OPSBOOK__STATE_DIR", str(state))
+    where = ["--inventory", str(inventory), "--reports-dir", str(tmp_path / "reports")]
+    systemd_host.systemctl("start", unit)
+    try:
+        eventually(
+            lambda: http_status(systemd_host.backend_port, "/health") == 200, "the entry answers"
+        )
+        assert opsbook_incident("contain", "--allow=contain", *where) == 0
+        printed = capsys.readouterr().out.splitlines()
+        ssh = f"on box (ssh://ops@127.0.0.1:{systemd_host.port})"
+        assert printed[-1].startswith(
+            f"  [contain] stop entry, the public entry (every user is cut off): {ssh}: "
+            f"sudo -n systemctl stop {unit} -> 127.0.0.1:{systemd_host.backend_port}: "
+        ), printed
+        assert systemd_host.systemctl("is-active", unit) == "inactive"
+        assert connection_refused(systemd_host.backend_port)
+
+        assert opsbook_incident("release", "--allow=contain", *where) == 0
+        assert capsys.readouterr().out.splitlines()[-1] == (
+            f"  [contain] start entry, the public entry, again: {ssh}: "
+            f"sudo -n systemctl start {unit} -> entry /health answers 200"
+        )
+        assert systemd_host.systemctl("is-active", unit) == "active"
+        assert http_status(systemd_host.backend_port, "/health") == 200
+        events = [json.loads(line) for line in (state / "audit.log").read_text().splitlines()]
+        assert [(e["event"], e["remediation"].rsplit(".", 1)[1]) for e in events] == [
+            ("intent", "contain_entry"),
+            ("outcome", "contain_entry"),
+            ("intent", "release_entry"),
+            ("outcome", "release_entry"),
+        ]
+    finally:
+        systemd_host.systemctl("stop", unit)
+
+
 # -- compose and sandbox: what they refuse ---------------------------------------------------
 
 
@@ -702,6 +768,55 @@ def test_compose_maintenance_is_served_by_nginx_and_read_from_the_entry(
     assert "the maintenance page is the frontend's" in refused_line(
         runtime, "maintenance", "backend"
     )
+
+
+@pytest.mark.containers
+def test_containment_on_a_compose_stack_closes_and_opens_the_public_port(
+    compose_stack: ComposeStack,
+    run_compose: RunCompose,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`opsbook incident contain|release` on compose: `docker compose stop frontend`, its
+    published port refused from here, the frontend's checks not applicable with who closed
+    it; then `docker compose start frontend` and /health 200; both audited."""
+    inventory = load_inventory(compose_stack.inventory_path, environ={})
+    (_, endpoint), *_ = sorted(inventory.endpoints("frontend").items())
+    port = urlsplit(endpoint.url).port or 80
+    state = tmp_path / "state"
+    monkeypatch.setenv("OPSBOOK__STATE_DIR", str(state))
+    monkeypatch.setenv("OPSBOOK_COMPOSE_DIR", str(compose_stack.dir))
+    where = ["--inventory", str(compose_stack.inventory_path), "--reports-dir", str(tmp_path)]
+    frontend = container(compose_stack, "frontend")
+    try:
+        assert opsbook_incident("contain", "--allow=contain", *where) == 0
+        printed = capsys.readouterr().out.splitlines()
+        assert printed[-1].startswith("  [contain] stop frontend, the public entry"), printed
+        assert f" stop frontend -> 127.0.0.1:{port}: " in printed[-1], printed
+        assert docker(compose_stack, "inspect", "-f", "{{.State.Running}}", frontend).strip() == (
+            "false"
+        )
+        assert connection_refused(port)
+        run = run_compose("--check=HEALTH-001", "--check=COMPOSE-001")
+        for check_id in ("HEALTH-001", "COMPOSE-001"):
+            row = run.row(check_id, "frontend")
+            assert row["outcome"] == "skipped", run.output
+            assert row["message"].startswith("contained by opsbook at "), row
+        assert run.outcome("HEALTH-001", "backend") == "passed", run.output
+
+        assert opsbook_incident("release", "--allow=contain", *where) == 0
+        assert (
+            capsys.readouterr()
+            .out.splitlines()[-1]
+            .endswith(" start frontend -> frontend /health answers 200")
+        )
+        assert http_status(port, "/health") == 200
+        events = [json.loads(line) for line in (state / "audit.log").read_text().splitlines()]
+        assert [e["event"] for e in events] == ["intent", "outcome"] * 2
+        assert {e.get("status") for e in events[1::2]} == {"applied"}
+    finally:
+        runtime_named(inventory, "compose").start("frontend")
 
 
 @pytest.mark.containers
