@@ -147,3 +147,50 @@ def test_an_inventory_without_a_public_entry_is_one_line(
     )
     assert opsbook_incident("contain", "--allow=nonsense", "--inventory", str(inventory)) == 2
     assert capsys.readouterr().err.startswith("incident contain: --allow: no such kind of step")
+
+
+def test_an_entry_that_still_answers_is_exit_1_and_a_held_lock_exit_3(
+    breakable_sandbox: Stack,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Done but not verified: an inventory that says the worker serves the frontend (wrongly:
+    nginx does) has the worker stopped, and the entry still takes connections: exit 1, saying
+    so. Another run holding the remediation lock: refused, exit 3, nothing stopped."""
+    import yaml
+
+    from opsbook.remediate.lock import RemediationLock
+
+    stack = breakable_sandbox
+    raw = yaml.safe_load(stack.inventory_path.read_text())
+    raw["services"]["nginx"]["targets"] = []
+    raw["services"]["worker"]["targets"] = ["frontend"]
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(yaml.safe_dump(raw))
+    state = tmp_path / "state"
+    monkeypatch.setenv("OPSBOOK__STATE_DIR", str(state))
+    monkeypatch.setenv("OPSBOOK__REMEDIATION__VERIFY_TIMEOUT_S", "1")
+    where = ["--allow=contain", "--inventory", str(inventory), "--reports-dir", str(tmp_path)]
+    port = stack.state.ports["nginx"]
+
+    state.mkdir(mode=0o750)
+    lock = RemediationLock(state / "remediation.lock")
+    assert lock.acquire("run by a person")
+    try:
+        assert opsbook_incident("contain", *where) == 3
+    finally:
+        lock.release()
+    err = capsys.readouterr().err
+    assert err.startswith("incident contain: refused: another run holds the remediation lock")
+    assert err.count("\n") == 1
+    assert stack.component("worker").is_running()
+
+    assert opsbook_incident("contain", *where) == 1
+    out = capsys.readouterr().out
+    assert "opsbook.remediation.containment.contain_entry: failed" in out
+    assert f"127.0.0.1:{port} still accepts connections after 1 s (expected no connection)" in out
+    assert not stack.component("worker").is_running()
+    assert opsbook_incident("release", *where) == 0
+    assert stack.component("worker").is_running()
+    assert requests.get(f"http://127.0.0.1:{port}/health", timeout=3).status_code == 200
