@@ -23,6 +23,7 @@ lock and audit log:
     record(state, release)          append the release now deployed
     deployed(state)                 every release recorded, oldest first
     drop_newest(state)              forget the newest (it was rolled back)
+    deployed_tag(inventory)         the release deployed now, sandbox or not
 """
 
 from __future__ import annotations
@@ -35,10 +36,13 @@ import shutil
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 from msgspec import Struct, field
+
+if TYPE_CHECKING:
+    from opsbook.inventory import Inventory
 
 CURRENT = "current"
 HISTORY = "history"
@@ -226,3 +230,18 @@ def drop_newest(state: Path) -> DeployedRelease:
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def deployed_tag(inventory: Inventory) -> str | None:
+    """The release deployed now: the sandbox's `current`, else the newest that opsbook deploy
+    recorded in the deployment's state directory (None when there is none, or it is unreadable:
+    a check must not fail on this)."""
+    from opsbook.remediate.runner import state_dir
+
+    if inventory.sandbox is not None:
+        return current(inventory.deploy.releases_dir or releases_dir(inventory.sandbox.dir))
+    try:
+        recorded = deployed(state_dir(inventory))
+    except ReleaseError:
+        return None
+    return recorded[-1].tag if recorded else None

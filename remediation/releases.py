@@ -13,6 +13,7 @@ from opsbook.remediate.plan import RISKY, Plan, Refused, Step, StepKind
 from opsbook.remediate.runner import state_dir
 
 ROLLBACK = StepKind.ROLLBACK
+RESTORE = StepKind.RESTORE
 CANARY_HOP_S = 10.0
 
 
@@ -128,30 +129,35 @@ def _commands_bring_back(
 def _add_restore(
     ctx: Context, plan: Plan, current: releases.DeployedRelease, refusals: dict[int, str]
 ) -> None:
-    """The pre-deploy backup's restore, as conditional steps: taken only when restore is
-    allowed (the gate says so; asked once, it is not asked again: the budget is spent once),
-    else left out, saying why."""
+    """The pre-deploy backup's restore, as one conditional step that applies the backup's own
+    fix (opsbook.remediation.backup.restore_backup, its plan shown as the command): taken only
+    when restore is allowed (the gate says so; asked once, it is not asked again: the budget is
+    spent once), else left out, saying why."""
     from opsbook.remediation.backup import restore_backup
 
     if current.backup is None or ctx.inventory.backup is None:
         return
-    restore = restore_backup(
-        Context(ctx.inventory, ctx.check_id, "backup", current.backup), apply=False
-    )
-    for step in restore.steps:
-        if step.service and ctx.inventory.runtime_of(step.service) == "compose":
-            continue  # Redis's data directory is inside its container: not restored here
-        plan.steps.append(
-            Step(
-                f"{step.summary} (the backup taken before {current.tag})",
-                step.command,
-                step.kind,
-                step.action,
-                when=_allowed(ctx, plan, len(plan.steps), refusals),
-                condition="with --allow=restore",
-                service=step.service,
-            )
+    name = current.backup
+    nested = Context(ctx.inventory, ctx.check_id, "backup", name, fix=restore_backup)
+    shown = restore_backup(nested, apply=False)
+
+    def restore() -> str:
+        nested.gate, nested.run_id = ctx.gate, ctx.run_id
+        done = restore_backup(nested, apply=True)
+        if done.nothing_to_do is not None:
+            return f"nothing to do: {done.nothing_to_do}"
+        return f"restored {name}: " + "; ".join(s.result or "done" for s in done.steps)
+
+    plan.steps.append(
+        Step(
+            f"restore {name}, the backup taken before {current.tag} was deployed",
+            " && ".join(shown.lines()),
+            RESTORE,
+            restore,
+            when=_allowed(ctx, plan, len(plan.steps), refusals),
+            condition="with --allow=restore",
         )
+    )
 
 
 def _allowed(ctx: Context, plan: Plan, index: int, refusals: dict[int, str]) -> Callable[[], bool]:
