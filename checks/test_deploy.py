@@ -131,17 +131,14 @@ def test_backup_dir_has_room(
 
 @pytest.fixture(scope="session")
 def deployed_release(inventory: Inventory) -> str | None:
-    """The release deployed when this run began (sandbox releases only)."""
+    """The release deployed when this run began (the sandbox's, or opsbook deploy's record)."""
     return _current_release(inventory)
 
 
 def _current_release(inventory: Inventory) -> str | None:
     from opsbook import releases
 
-    if inventory.sandbox is None:
-        return None
-    where = inventory.deploy.releases_dir or releases.releases_dir(inventory.sandbox.dir)
-    return releases.current(where)
+    return releases.deployed_tag(inventory)
 
 
 @pytest.mark.predeploy
