@@ -66,7 +66,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[Stack]:
-    """A running sandbox (all six components); `sandbox.inventory_path` is its inventory."""
+    """A running sandbox (all its components); `sandbox.inventory_path` is its inventory."""
     yield from _running_stack("opsbook-sandbox-")
 
 
