@@ -19,6 +19,7 @@ checks run must not restart it), and reports say so.
 
 from __future__ import annotations
 
+import functools
 import getpass
 import os
 import secrets
@@ -212,7 +213,7 @@ def _until(
         time.sleep(POLL_S)
 
 
-def contain_entry(ctx: Context, *, apply: bool, reason: str = "") -> Plan:
+def contain_entry(ctx: Context, *, apply: bool) -> Plan:
     """Contain an incident: stop the public entry, so that nobody outside reaches the chat.
 
     Changes: stops the service of each public entry (the http targets of kind frontend: nginx)
@@ -224,6 +225,20 @@ def contain_entry(ctx: Context, *, apply: bool, reason: str = "") -> Plan:
     systemctl on the entry's host through the inventory's sudo).
     Undo: release_entry (`opsbook incident release`).
     """
+    return _contain(ctx, apply, reason="")
+
+
+def containing(reason: str) -> Callable[..., Plan]:
+    """contain_entry with the person's reason for the record (`--reason`), named as
+    contain_entry in plans and in the audit log."""
+
+    def contain(ctx: Context, *, apply: bool) -> Plan:
+        return _contain(ctx, apply, reason)
+
+    return functools.update_wrapper(contain, contain_entry)
+
+
+def _contain(ctx: Context, apply: bool, reason: str) -> Plan:
     plan = Plan.for_fix(ctx)
     found = entries(ctx.inventory)
     record = contained(ctx.inventory)

@@ -322,7 +322,6 @@ def run(args: argparse.Namespace) -> int:
 def _contain_or_release(args: argparse.Namespace) -> int:
     """`incident contain|release`: as `opsbook maintenance` switches its page, through the
     Remediator (lock, allow-list, intent and outcome in the audit log)."""
-    import functools
     from collections.abc import Callable
 
     from opsbook.remediate.audit import EXIT_NOT_AUDITED
@@ -331,7 +330,7 @@ def _contain_or_release(args: argparse.Namespace) -> int:
     from opsbook.remediate.runner import Remediator
     from opsbook.remediation.containment import (
         ContainmentUnsupported,
-        contain_entry,
+        containing,
         release_entry,
     )
     from opsbook.secrets import Redactor
@@ -344,16 +343,7 @@ def _contain_or_release(args: argparse.Namespace) -> int:
     except (ValueError, InventoryError) as exc:
         print(f"{action}: {exc}", file=sys.stderr)
         return 2
-    if args.action == "contain":
-        reason = str(args.reason)
-
-        def contain(ctx: Context, *, apply: bool) -> Plan:
-            return contain_entry(ctx, apply=apply, reason=reason)
-
-        # Named as contain_entry itself in the plan and the audit log.
-        fix = functools.update_wrapper(contain, contain_entry)
-    else:
-        fix = release_entry
+    fix = containing(str(args.reason)) if args.action == "contain" else release_entry
     frontends = sorted(inventory.endpoints("frontend"))
     ctx = Context(inventory, "incident", "http", frontends[0] if frontends else "", fix=fix)
     redact = Redactor(secret.reveal() for secret in inventory.secrets())
