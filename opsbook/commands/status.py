@@ -2,7 +2,8 @@
 
 Read from the last finished run (DIR/latest/findings.json), nothing is probed again:
 
-    service status    up or down per target, from the readiness checks
+    service status    up or down per target, from the readiness checks (CONTAINED, with who
+                      and when, for an entry `opsbook incident contain` closed)
     resource use      disk, memory, Redis memory, database connections (observed vs limit)
     recent activity   queue depth, messages stored in the window, dead letters, draining
     recent errors     every failed check, or one that could not be evaluated, with its message,
@@ -151,14 +152,21 @@ def _state(row: dict[str, Any]) -> str:
     return STATES.get(outcome, outcome)
 
 
+# The reason of a check not applicable because an incident's containment closed its service
+# (opsbook incident contain): closed on purpose, and a person must see by whom.
+CONTAINED = "contained by opsbook at "
+
+
 def _service_lines(findings: list[dict[str, Any]]) -> list[str]:
     lines = []
     for check_id, kind in SERVICES:
         for row in _rows(findings, check_id):
-            if row["outcome"] == "skipped":
+            contained = str(row["message"] or "").startswith(CONTAINED)
+            if row["outcome"] == "skipped" and not contained:
                 continue  # no such target in the inventory (Grafana in the sandbox), or waived
             detail = _text(row["message"]) if row["outcome"] != "passed" else _value(row)
-            lines.append(f"  {kind:<10} {_where(row):<12} {_state(row):<11} {check_id}: {detail}")
+            shown = "CONTAINED" if contained else _state(row)
+            lines.append(f"  {kind:<10} {_where(row):<12} {shown:<11} {check_id}: {detail}")
     return lines
 
 
