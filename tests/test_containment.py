@@ -18,7 +18,7 @@ import pytest
 import requests
 from support import RunChecks
 
-from opsbook.commands import incident
+from opsbook.commands import incident, status
 from opsbook.sandbox.stack import Stack
 
 pytestmark = pytest.mark.sandbox
@@ -91,6 +91,13 @@ def test_contain_closes_the_entry_and_release_opens_it(
     assert run.outcome("HEALTH-005", "nginx") == "skipped", run.output
     assert run.outcome("HEALTH-001", "backend") == "passed"
     assert run.exit_code == 0, run.output
+    # `opsbook status` says the entry is closed on purpose, and by whom.
+    parser = argparse.ArgumentParser(prog="python -m opsbook")
+    status.register(parser.add_subparsers(dest="command", required=True))
+    parsed = parser.parse_args(["status", "--reports-dir", str(tmp_path / "reports-0")])
+    assert parsed.run(parsed) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert f"  http       frontend     CONTAINED   HEALTH-001: {message}" in shown, shown
 
     assert opsbook_incident("contain", "--allow=contain", *where) == 0
     assert (
