@@ -1,4 +1,4 @@
-"""Backups: take one when the latest is stale or broken; restore the database and Redis from one.
+"""Backups: take one when the latest is stale or broken; restore the whole deployment from one.
 
 Both work on the inventory's `backup:` section and on every PostgreSQL and Redis target, not on
 the failing check's target: a backup covers the whole deployment. `restore_backup` is not
@@ -8,16 +8,28 @@ a person runs it with `python -m opsbook backup restore NAME --apply --allow=res
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
-from functools import partial
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from opsbook import backup
-from opsbook.inventory import Postgres, Redis
+from opsbook.canary import run_canary, wait_ready
+from opsbook.inventory import Inventory, Postgres, Redis
 from opsbook.remediate.context import Context
-from opsbook.remediate.plan import RISKY, Plan, Refused, StepKind
+from opsbook.remediate.plan import RISKY, Gate, Plan, Refused, RemediationFailed, Step, StepKind
+from opsbook.remediate.runtime import Runtime, runtime_of
 
 RESTORE = StepKind.RESTORE
+RESTORE_LIVE = StepKind.RESTORE_LIVE
+# The end-to-end canary's deadline per hop after a restore (as after a deploy or a rollback).
+CANARY_HOP_S = 10.0
+# Roles whose services only read the stores (exporters, dashboards): not stopped for a restore.
+READERS = ("monitoring",)
+# Writers stop in this order (the entry to the queue first, its consumers after) and start in
+# the reverse one (consumers first, so that what the API queues is taken at once).
+STOP_ORDER = ("proxy", "frontend", "api", "other", "consumer")
 
 
 def _require_risky(kind: str) -> None:
@@ -35,17 +47,6 @@ def _restore_database(spec: Postgres, dump: Path) -> Callable[[], str]:
         _require_risky(RESTORE)
         counts = backup.restore_postgres(spec, dump)
         return "restored " + ", ".join(f"{table} {n}" for table, n in counts.items())
-
-    return restore
-
-
-def _restore_queue(
-    spec: Redis, rdb: Path, restart: Callable[[], None], expected: object
-) -> Callable[[], str]:
-    def restore() -> str:
-        _require_risky(RESTORE)
-        keys = backup.restore_redis(spec, rdb, restart)
-        return f"redis holds {keys} keys (the backup had {expected})"
 
     return restore
 
@@ -162,20 +163,79 @@ def drill_new_backup(ctx: Context, *, apply: bool) -> Plan:
     return plan.finish(apply, ctx.gate)
 
 
-def restore_backup(ctx: Context, *, apply: bool) -> Plan:
-    """Restore every PostgreSQL database and every Redis server from the backup named by the
-    context's target (`latest` for the newest).
+@dataclass
+class _Restore:
+    """What one application of a restore carries from step to step."""
 
-    Changes: for each PostgreSQL target, in one transaction, TRUNCATEs the tables the dump holds
-    and loads the dump's rows (data only: the schema must exist); rows written since the backup
-    are lost. For each Redis target, stops the server without saving (SHUTDOWN NOSAVE), puts the
-    snapshot in place of its dump file and starts it through the runtime; whatever was queued
-    since the backup is lost. The backup must be complete (checksums match) or nothing is done.
-    Privileges: the admin credentials (PostgreSQL: owner of the tables; Redis: CONFIG, SHUTDOWN),
-    write access to the Redis data directory on this machine, control of the runtime.
-    Undo: only by restoring a newer backup: take one first (`python -m opsbook backup`).
-    """
-    settings = ctx.inventory.backup
+    stamp: str
+    lists: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # per Redis target
+    staged: list[backup.StagedData] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+
+
+def writers_of(inventory: Inventory, stores: set[str]) -> list[str]:
+    """The services that write to `stores`: those the inventory's services: says depend on
+    one of them directly, readers (role monitoring) aside; in the order they are stopped."""
+    found = [
+        name
+        for name, service in inventory.services.items()
+        if set(service.depends_on) & stores and service.role not in READERS
+    ]
+
+    def order(name: str) -> int:
+        role = inventory.services[name].role
+        return STOP_ORDER.index(role) if role in STOP_ORDER else STOP_ORDER.index("other")
+
+    return sorted(found, key=order)
+
+
+def _stop_refusal(inventory: Inventory, service: str) -> tuple[Runtime | None, str | None]:
+    """The runtime that stops and starts `service`, or why none can."""
+    runtime = runtime_of(inventory, service)
+    if runtime is None:
+        return None, "no runtime drives it (name one under services:)"
+    return runtime, runtime.refusal("stop", service) or runtime.refusal("start", service)
+
+
+def _stop(runtime: Runtime, service: str, state: _Restore) -> Callable[[], str]:
+    def stop() -> str:
+        _require_risky(RESTORE)
+        if not runtime.is_running(service):
+            return "was not running (not started afterwards either)"
+        runtime.stop(service)
+        state.stopped.append(service)
+        if runtime.is_running(service):
+            raise RuntimeError(f"{runtime.name} runtime: {service} still runs after its stop")
+        return "stopped"
+
+    return stop
+
+
+def _start(runtime: Runtime, service: str) -> Callable[[], str]:
+    def start() -> str:
+        runtime.start(service)
+        return "started" if runtime.is_running(service) else "started, but it does not run"
+
+    return start
+
+
+def _switch(
+    inventory: Inventory, runtime: Runtime, frontend: str, *, on: bool
+) -> Callable[[], str]:
+    def switch() -> str:
+        from opsbook.remediation.maintenance import _frontend_answers
+
+        runtime.maintenance(on, frontend)
+        # As opsbook maintenance on|off: the page is on when the entry itself serves it.
+        expected = 503 if on else 200
+        return _frontend_answers(inventory, expected, inventory.thresholds.timeout_s)
+
+    return switch
+
+
+def _restore(ctx: Context, *, apply: bool, maintenance: bool) -> Plan:
+    """The whole restore's plan (restore_backup's docstring says what it does)."""
+    inventory, settings = ctx.inventory, ctx.inventory.backup
     name = ctx.target or "latest"
     plan = Plan.for_fix(ctx, f"backup/{name}")
     if settings is None:
@@ -185,35 +245,324 @@ def restore_backup(ctx: Context, *, apply: bool) -> Plan:
     if problems:
         raise backup.BackupError(f"{info.name} is incomplete: {'; '.join(problems)}")
     parts = info.parts()
-    for target, spec in sorted(ctx.inventory.postgres.items()):
-        dump = info.path / backup.postgres_part(target)
-        if dump.name not in parts:
-            continue
-        user = spec.admin.user if spec.admin else "?"
+    deployment = inventory.name
+    state = _Restore(stamp=f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
+    dumps = {
+        target: (spec, info.path / backup.postgres_part(target))
+        for target, spec in sorted(inventory.postgres.items())
+        if backup.postgres_part(target) in parts
+    }
+    rdbs = {
+        target: (spec, info.path / backup.redis_part(target))
+        for target, spec in sorted(inventory.redis.items())
+        if backup.redis_part(target) in parts
+    }
+    archived = [Path(p) for p in parts.get(backup.DATA_PART, {}).get("paths", [])]
+    data_paths = [path for path in archived if path in settings.data_paths]
+    tar = info.path / backup.DATA_PART
+    if not dumps and not rdbs and not data_paths:
+        return plan.nothing(f"{info.name} holds no part of this inventory's targets")
+    stores = {inventory.service_of(target) for target in [*dumps, *rdbs]}
+    writers = writers_of(inventory, stores)
 
+    # Who cannot be stopped is said in one line, and only a restore-live allow lets it go on.
+    runtimes: dict[str, Runtime] = {}
+    cannot = []
+    for service in writers:
+        runtime, why = _stop_refusal(inventory, service)
+        if runtime is None or why is not None:
+            cannot.append(f"{service}: {why}")
+        else:
+            runtimes[service] = runtime
+    if stores and not writers:
+        cannot.append(f"services: names no writer of {', '.join(sorted(stores))}")
+    if cannot:
+        plan.add(
+            f"restore while writers keep running: cannot stop {'; '.join(cannot)}",
+            "nothing: what they write meanwhile may be lost or mixed with the backup's",
+            RESTORE_LIVE,
+            lambda: "allowed",
+            service=deployment,
+        )
+
+    if rdbs or data_paths:
+
+        def read_backup() -> str:
+            _require_risky(RESTORE)
+            said = []
+            for target, (spec, rdb) in rdbs.items():
+                state.lists[target] = backup.read_queue_lists(rdb, spec.queues)
+                lengths = ", ".join(f"{n} {len(v)}" for n, v in state.lists[target].items())
+                said.append(f"{rdb.name}: {lengths}")
+            if data_paths:
+                said.append(f"{tar.name}: {backup.check_data_archive(tar, data_paths)} entries")
+            return "; ".join(said)
+
+        reads = [f"redis-server --port 0 --dbfilename {rdb} (scratch); LRANGE each queue list"
+                 for _, rdb in rdbs.values()]  # fmt: skip
+        reads += [f"tar -tf {tar}"] if data_paths else []
+        plan.add(
+            "read the backup through before anything stops (the queue lists of each Redis "
+            f"snapshot{', the data archive' if data_paths else ''})",
+            "; ".join(reads),
+            RESTORE,
+            read_backup,
+            service=deployment,
+        )
+
+    if maintenance:
+        # The frontend's switch and runtime, as opsbook maintenance on|off finds them.
+        from opsbook.remediation.maintenance import _frontend
+
+        front, front_runtime = _frontend(inventory)
+        plan.add(
+            "turn maintenance mode on (503 everywhere) for the restore",
+            front_runtime.maintenance_command(True, front),
+            StepKind.MAINTENANCE_MODE,
+            _switch(inventory, front_runtime, front, on=True),
+            service=front,
+        )
+
+    for service, runtime in runtimes.items():
+        written = sorted(set(inventory.services[service].depends_on) & stores)
+        plan.add(
+            f"stop {service} (it writes to {', '.join(written)})",
+            runtime.command("stop", service),
+            RESTORE,
+            _stop(runtime, service, state),
+            service=service,
+        )
+
+    shown = ", ".join(str(path) for path in data_paths)
+    if data_paths:
+
+        def unpack() -> str:
+            _require_risky(RESTORE)
+            state.staged = backup.unpack_data(tar, data_paths)
+            return "unpacked " + ", ".join(str(each.unpacked) for each in state.staged)
+
+        plan.add(
+            f"unpack {shown} from {tar.name} beside the current one (nothing in place changes)",
+            " && ".join(
+                f"tar -xpf {tar} -C {path.parent}/.{path.name}.opsbook-restore-XXXX "
+                f"{shlex.quote(str(path).lstrip('/'))}"
+                for path in data_paths
+            ),
+            RESTORE,
+            unpack,
+            service=deployment,
+        )
+
+    for target, (spec, dump) in dumps.items():
+        user = spec.admin.user if spec.admin else "?"
         plan.add(
             f"replace the rows of postgres {target} ({spec.database}) with those of {info.name}",
             backup.restore_postgres_command(spec, user, dump),
             RESTORE,
             _restore_database(spec, dump),
+            service=inventory.service_of(target),
         )
-    for target, redis_spec in sorted(ctx.inventory.redis.items()):
-        rdb = info.path / backup.redis_part(target)
-        if rdb.name not in parts:
-            continue
-        runtime, service = ctx.runtime(), redis_spec.service or target
+
+    for target, (redis_spec, rdb) in rdbs.items():
         user = redis_spec.admin.user if redis_spec.admin else "?"
-        expected = parts[rdb.name].get("keys")
+
+        def restore_lists(target: str = target, redis_spec: Redis = redis_spec) -> str:
+            _require_risky(RESTORE)
+            lengths = backup.restore_queue_lists(redis_spec, state.lists[target])
+            return ", ".join(f"{n} {length}" for n, length in lengths.items())
 
         plan.add(
-            f"load {info.name}/{rdb.name} into redis {target} (stops and starts {service})",
-            backup.restore_redis_command(
-                redis_spec, user, rdb, service, runtime.command("restart", service)
+            f"replace the queue lists of redis {target} with those of {info.name}/{rdb.name}",
+            backup.restore_queue_lists_command(
+                redis_spec, user, list(backup.queue_list_names(redis_spec.queues))
             ),
             RESTORE,
-            _restore_queue(redis_spec, rdb, partial(runtime.restart, service), expected),
+            restore_lists,
+            service=inventory.service_of(target),
+        )
+
+    if data_paths:
+
+        def swap() -> str:
+            _require_risky(RESTORE)
+            backup.swap_in(state.staged, state.stamp)
+            kept = [str(each.aside) for each in state.staged if each.aside is not None]
+            return f"in place; kept aside: {', '.join(kept) or 'nothing (there was none)'}"
+
+        plan.add(
+            f"put the unpacked {shown} in place, the current one kept aside until the restore "
+            "is verified",
+            " && ".join(
+                f"mv {path} {path.parent}/.{path.name}.opsbook-before-restore-{state.stamp} && "
+                f"mv {path.parent}/.{path.name}.opsbook-restore-XXXX/{str(path).lstrip('/')} "
+                f"{path}"
+                for path in data_paths
+            ),
+            RESTORE,
+            swap,
+            service=deployment,
+        )
+
+    # From here on, the steps run also when one before failed (_execute).
+    always_from = len(plan.steps)
+    for service, runtime in reversed(runtimes.items()):
+        plan.add(
+            f"start {service} again",
+            runtime.command("start", service),
+            RESTORE,
+            _start(runtime, service),
+            only_if=(
+                "if the restore stopped it; also after a failed step",
+                lambda service=service: service in state.stopped,  # type: ignore[misc]
+            ),
             service=service,
         )
-    if not plan.steps:
-        return plan.nothing(f"{info.name} holds no part of this inventory's targets")
-    return plan.finish(apply, ctx.gate)
+    if data_paths:
+        plan.add(
+            "remove what was unpacked and not put in place",
+            " ".join(f"rm -r {p.parent}/.{p.name}.opsbook-restore-*" for p in data_paths),
+            RESTORE,
+            lambda: "removed " + ", ".join(backup.discard_unpacked(state.staged)),
+            only_if=(
+                "if a step failed before the data was put in place; also after a failed step",
+                lambda: any(each.scratch.exists() for each in state.staged),
+            ),
+            service=deployment,
+        )
+    if maintenance:
+        plan.add(
+            "turn maintenance mode off (also after a failed step)",
+            front_runtime.maintenance_command(False, front),
+            StepKind.MAINTENANCE_MODE,
+            _switch(inventory, front_runtime, front, on=False),
+            service=front,
+        )
+    verify_from = len(plan.steps)
+    deadline = inventory.deploy.readiness_deadline_s
+
+    def verify() -> str:
+        kept = [str(each.aside) for each in state.staged if each.aside is not None]
+        keeping = f"; the data from before the restore is kept in {', '.join(kept)}" if kept else ""
+        ready = wait_ready(inventory, deadline)
+        if not ready.ready:
+            waiting = "; ".join(f"{what}: {why}" for what, why in ready.not_ready.items())
+            raise RuntimeError(f"restored, but not ready after {ready.waited_s:.0f} s: {waiting}"
+                               + keeping)  # fmt: skip
+        canary = run_canary(inventory, CANARY_HOP_S)
+        if canary.failed_hop:
+            raise RuntimeError(f"restored, but the canary failed: {canary.problem}{keeping}")
+        removed = backup.discard_aside(state.staged)
+        deleted = f"; deleted the data kept aside ({', '.join(removed)})" if removed else ""
+        return (
+            f"restored and healthy: ready in {ready.waited_s:.1f} s, canary passed "
+            f"({canary.hops_ms.get('total')} ms){deleted}"
+        )
+
+    plan.add(
+        f"wait until every service answers (up to {deadline:g} s), send the canary; then "
+        "delete the data kept aside",
+        "every HTTP /health, PostgreSQL SELECT 1, Redis PING; POST /api/messages through the "
+        "frontend, its row, its processed id, GET /api/messages/ID",
+        RESTORE,
+        verify,
+        service=deployment,
+    )
+    return _execute(plan, always_from, verify_from, ctx.gate) if apply else plan
+
+
+def _execute(plan: Plan, always_from: int, verify_from: int, gate: Gate) -> Plan:
+    """Run the restore's steps: those from `always_from` on (starting the writers again,
+    cleaning up) also when one before them failed or was refused, then the checks from
+    `verify_from`. A failure is one line: the step, why, what was done before it (by summary:
+    the plan has the commands) and what the steps run afterwards did."""
+    steps = plan.steps
+    try:
+        _run_steps(steps[:always_from], gate)
+    except (Refused, RemediationFailed) as exc:
+        afterwards, _ = _run_always(steps[always_from:verify_from], gate)
+        for step in steps[verify_from:]:
+            step.result = "not done: a step before failed"
+        raise type(exc)(f"{exc}; afterwards: {afterwards}") from exc
+    afterwards, failed = _run_always(steps[always_from:verify_from], gate)
+    if failed:
+        raise RemediationFailed(f"restored, but afterwards: {afterwards}")
+    _run_steps(steps[verify_from:], gate)
+    plan.applied = True
+    return plan
+
+
+def _run_steps(steps: list[Step], gate: Gate) -> None:
+    """Plan.execute's loop, its failure said by the steps' summaries, not their commands."""
+    for index, step in enumerate(steps):
+        if step.when is not None and not step.when():
+            step.result = "not needed"
+            continue
+        gate(step)
+        try:
+            outcome = step.action()
+        except Refused:
+            raise
+        except Exception as exc:
+            step.result = f"FAILED: {type(exc).__name__}: {exc}"
+            done = [s.summary for s in steps[:index] if s.result != "not needed"]
+            raise RemediationFailed(
+                f"step '{step.summary}' failed: {type(exc).__name__}: {exc} "
+                f"(done before it: {'; '.join(done) or 'nothing'})"
+            ) from exc
+        step.result = "done" if outcome is None else str(outcome)
+
+
+def _run_always(steps: list[Step], gate: Gate) -> tuple[str, bool]:
+    """Run each step whatever became of the one before; what they did, and whether any failed."""
+    said, failed = [], False
+    for step in steps:
+        try:
+            _run_steps([step], gate)
+        except (Refused, RemediationFailed) as exc:
+            failed = True
+            step.result = step.result or f"FAILED: {exc}"
+        if step.result != "not needed":
+            said.append(f"{step.summary}: {step.result}")
+    return "; ".join(said) or "nothing to undo", failed
+
+
+def restore_backup(ctx: Context, *, apply: bool) -> Plan:
+    """Restore the whole deployment from the backup named by the context's target (`latest`
+    for the newest): its writers stopped, PostgreSQL, Redis's queue lists and the data paths
+    restored, the writers started again, then readiness and the canary.
+
+    Changes: reads the backup through first (each Redis snapshot in a scratch redis-server,
+    data.tar listed), before anything stops. Stops the services that write to the stores
+    (those the inventory's services: says depend on a restored PostgreSQL or Redis; role
+    monitoring aside) through their runtimes; a writer no runtime can stop makes the restore
+    a restore-live one, which needs --allow=restore-live. Unpacks the data paths beside the
+    current ones; for each PostgreSQL target, in one transaction, TRUNCATEs the tables the
+    dump holds and loads the dump's rows (data only: the schema must exist); for each Redis
+    target, replaces the queue lists (queue, in-flight, dead letters, processed ids) in one
+    MULTI/EXEC, leaving other keys alone; then puts the unpacked data paths in place, the
+    current ones renamed aside. Starts the writers it stopped again, also when a step before
+    failed (then also removing what was unpacked). Waits for every service to answer and sends
+    the canary; once they pass, deletes the data kept aside (kept when they fail). Rows,
+    queue entries and files written since the backup are lost. The backup must be complete
+    (checksums match) or nothing is done.
+    Privileges: the admin credentials (PostgreSQL: owner of the tables; Redis: DEL, RPUSH,
+    MULTI, SCAN on the queue lists), write access to the data paths' parent folders (as
+    their owner, or root to keep the archived owners), control of the writers' runtimes, and
+    redis-server on this machine for the scratch Redis.
+    Undo: only by restoring a newer backup: take one first (`python -m opsbook backup`).
+    """
+    return _restore(ctx, apply=apply, maintenance=False)
+
+
+def restore_backup_in_maintenance(ctx: Context, *, apply: bool) -> Plan:
+    """Restore the whole deployment from a backup as restore_backup does, with the frontend's
+    maintenance page on from before the writers stop until they run again.
+
+    Changes: those of restore_backup, and the frontend's maintenance page switched on (every
+    path answers 503 with the page) before the writers are stopped and off again after they
+    are started (also when a step failed), through the frontend's runtime.
+    Privileges: those of restore_backup, and control of the frontend's runtime.
+    Undo: only by restoring a newer backup; maintenance mode ends by itself, or with
+    `python -m opsbook maintenance off`.
+    """
+    return _restore(ctx, apply=apply, maintenance=True)

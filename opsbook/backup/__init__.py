@@ -4,7 +4,7 @@
     manifest        what is on disk: names, manifest.json, listing, the latest, verification
     take            taking a backup (staged, then renamed into place)
     retention       which backups are past the retention, and pruning them
-    restore         restoring a backup into production
+    restore         restoring a backup into production: rows, queue lists, data paths
     restore_drill   restoring into a scratch PostgreSQL and Redis, and what they hold
 
 The names other code uses are exported here: `from opsbook.backup import take_backup`.
@@ -12,6 +12,7 @@ The names other code uses are exported here: `from opsbook.backup import take_ba
 
 from opsbook.backup.manifest import (
     BACKUP_PREFIX,
+    DATA_PART,
     MANIFEST,
     NAME,
     BackupInfo,
@@ -24,10 +25,18 @@ from opsbook.backup.manifest import (
     verify,
 )
 from opsbook.backup.restore import (
+    StagedData,
+    check_data_archive,
+    discard_aside,
+    discard_unpacked,
+    queue_list_names,
+    read_queue_lists,
     restore_postgres,
     restore_postgres_command,
-    restore_redis,
-    restore_redis_command,
+    restore_queue_lists,
+    restore_queue_lists_command,
+    swap_in,
+    unpack_data,
 )
 from opsbook.backup.restore_drill import DrillResult, drill, scratch_postgres, scratch_redis
 from opsbook.backup.retention import past_retention, prune
@@ -36,11 +45,16 @@ from opsbook.backup.tools import BackupError
 
 __all__ = [
     "BACKUP_PREFIX",
+    "DATA_PART",
     "MANIFEST",
     "NAME",
     "BackupError",
     "BackupInfo",
     "DrillResult",
+    "StagedData",
+    "check_data_archive",
+    "discard_aside",
+    "discard_unpacked",
     "drill",
     "find_backup",
     "latest_backup",
@@ -49,14 +63,18 @@ __all__ = [
     "plan_backup",
     "postgres_part",
     "prune",
+    "queue_list_names",
     "read_backup",
+    "read_queue_lists",
     "redis_part",
     "restore_postgres",
     "restore_postgres_command",
-    "restore_redis",
-    "restore_redis_command",
+    "restore_queue_lists",
+    "restore_queue_lists_command",
     "scratch_postgres",
     "scratch_redis",
+    "swap_in",
     "take_backup",
+    "unpack_data",
     "verify",
 ]

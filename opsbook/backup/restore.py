@@ -1,11 +1,20 @@
-"""Restoring a backup into production: PostgreSQL's rows, Redis's snapshot."""
+"""Restoring a backup into production: PostgreSQL's rows, Redis's queue lists, the data paths.
+
+Each store is restored so that a failure leaves it as it was: PostgreSQL in one transaction
+(the dump is read in full before it begins), Redis's queue lists in one MULTI/EXEC, and each
+data path unpacked beside itself first, then swapped in with the current one kept aside.
+What the restore plan does around them (stopping the writers, the order, starting them again,
+the health checks) is opsbook.remediation.backup.restore_backup's.
+"""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import tarfile
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +28,7 @@ from opsbook.backup.tools import (
     run_tool,
     server_major,
 )
-from opsbook.inventory import Postgres, Redis
+from opsbook.inventory import Postgres, Queues, Redis
 
 
 def _toc(pg_restore: str, dump: Path) -> list[str]:
@@ -111,38 +120,172 @@ def _qualify(name: str) -> str:
     return name if "." in name else f"public.{name}"
 
 
-def restore_redis_command(spec: Redis, user: str, rdb: Path, service: str, restart: str) -> str:
+# -- Redis: the queue lists ------------------------------------------------------------------
+
+
+def queue_list_names(queues: Queues) -> tuple[str, ...]:
+    """The lists a restore replaces: the queue, its dead letters, the processed ids and the
+    consumers' in-flight lists (each further consumer's is IN_FLIGHT:NAME)."""
+    return (queues.pending, queues.in_flight, queues.dead_letter, queues.processed)
+
+
+def _further_in_flight(client: Any, queues: Queues) -> list[str]:
+    pattern = f"{queues.in_flight}:*"
+    return sorted(str(key) for key in client.scan_iter(match=pattern, count=1000))
+
+
+def read_queue_lists(rdb: Path, queues: Queues) -> dict[str, list[str]]:
+    """The queue lists an RDB snapshot holds, read from a scratch redis-server that loaded it
+    (production is not touched); a list the snapshot does not hold is empty."""
+    from opsbook.backup.restore_drill import scratch_redis
+
+    with scratch_redis(rdb) as client:
+        names = [*queue_list_names(queues), *_further_in_flight(client, queues)]
+        found: dict[str, list[str]] = {}
+        for name in names:
+            kind = str(client.type(name))
+            if kind not in ("list", "none"):
+                raise BackupError(f"{rdb.name}: {name} is a {kind}, not a list")
+            found[name] = [str(item) for item in client.lrange(name, 0, -1)]
+    return found
+
+
+def restore_queue_lists_command(spec: Redis, user: str, names: list[str]) -> str:
     return (
-        f"CONFIG GET dir dbfilename appendonly (as {user}); cp {rdb} DIR/.opsbook-restore.rdb; "
-        f"SHUTDOWN NOSAVE; mv DIR/.opsbook-restore.rdb DIR/DBFILENAME; {restart}"
+        f"as {user} on {spec.url.rpartition('@')[2]}: MULTI; DEL {' '.join(names)} "
+        "(and any other in-flight list); RPUSH each list the backup's entries; EXEC"
     )
 
 
-def restore_redis(spec: Redis, rdb: Path, restart: Any) -> int:
-    """Load an RDB snapshot into the Redis server: stop it without saving, put the snapshot in
-    place of its dump file, start it through `restart()`. Returns the keys it then holds.
+def restore_queue_lists(spec: Redis, lists: dict[str, list[str]]) -> dict[str, int]:
+    """Replace the queue lists with `lists` in one MULTI/EXEC, as the admin (in-flight lists
+    of consumers the backup does not know are deleted too). Returns each list's length then.
 
-    Needs the server's data directory on this machine (the sandbox, a native install) and
-    appendonly off (with AOF on, Redis would load the AOF instead)."""
+    Only the queue's lists: whatever else the server holds is left as it is, and no server
+    setting or data directory is needed, so this works wherever the server runs."""
     client = redis_admin_client(spec)
     try:
-        settings: dict[str, str] = {}
-        for key in ("dir", "dbfilename", "appendonly"):
-            settings.update(client.config_get(key))
-        if settings.get("appendonly") == "yes":
-            raise BackupError("redis has appendonly yes: it would load its AOF, not the snapshot")
-        data_dir = Path(settings["dir"])
-        if not data_dir.is_dir():
-            raise BackupError(f"redis data directory {data_dir} is not on this machine")
-        staged = data_dir / ".opsbook-restore.rdb"
-        shutil.copyfile(rdb, staged)
-        client.shutdown(nosave=True)
+        queues = spec.queues
+        names = sorted({*lists, *_further_in_flight(client, queues)})
+        with client.pipeline(transaction=True) as pipe:
+            pipe.delete(*names)
+            for name, items in lists.items():
+                if items:
+                    pipe.rpush(name, *items)
+            pipe.execute()
+        return {name: int(client.llen(name)) for name in names}
+    except BackupError:
+        raise
+    except Exception as exc:
+        raise BackupError(
+            f"redis {spec.url.rpartition('@')[2]}: {type(exc).__name__}: {exc}"
+        ) from None
     finally:
         client.close()
-    os.replace(staged, data_dir / settings["dbfilename"])
-    restart()
-    client = redis_admin_client(spec)
+
+
+# -- the data paths ----------------------------------------------------------------------------
+
+
+def _member_of(path: Path) -> str:
+    """The name tar gives `path` in an archive made from its absolute path."""
+    return str(path).lstrip("/")
+
+
+def check_data_archive(tar: Path, paths: list[Path]) -> int:
+    """Read the archive through: every member under one of `paths`, nothing else (a name
+    elsewhere, absolute or with `..`, is refused). Returns the number of members."""
+    prefixes = [_member_of(p) for p in paths]
     try:
-        return int(client.dbsize())
-    finally:
-        client.close()
+        with tarfile.open(tar) as archive:
+            names = archive.getnames()
+    except (OSError, tarfile.TarError) as exc:
+        raise BackupError(f"reading {tar}: {exc}") from None
+    stray = [
+        n for n in names
+        if ".." in Path(n).parts or not any(n == p or n.startswith(p + "/") for p in prefixes)
+    ]  # fmt: skip
+    if stray:
+        raise BackupError(f"{tar.name} holds {stray[0]!r}, outside backup.data_paths")
+    missing = [str(p) for p, prefix in zip(paths, prefixes, strict=True) if prefix not in names]
+    if missing:
+        raise BackupError(f"{tar.name} does not hold {', '.join(missing)}")
+    return len(names)
+
+
+@dataclass
+class StagedData:
+    """A data path unpacked from the archive beside itself, not yet in place."""
+
+    path: Path  # the data path, as the inventory names it
+    scratch: Path  # PARENT/.NAME.opsbook-restore-XXXX, on the same filesystem
+    aside: Path | None = None  # where the current one went when the unpacked one took its place
+
+    @property
+    def unpacked(self) -> Path:
+        return self.scratch / _member_of(self.path)
+
+
+def aside_name(path: Path) -> str:
+    return f"{path.parent}/.{path.name}.opsbook-before-restore-STAMP"
+
+
+def unpack_data(tar: Path, paths: list[Path]) -> list[StagedData]:
+    """Unpack each path's members beside it (PARENT/.NAME.opsbook-restore-XXXX), owners and
+    modes as archived (tar's filter: nothing outside, no device files); nothing in place
+    changes. On failure, what was unpacked is removed."""
+    staged: list[StagedData] = []
+    try:
+        with tarfile.open(tar) as archive:
+            members = archive.getmembers()
+            for path in paths:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.opsbook-restore-",
+                                                dir=path.parent))  # fmt: skip
+                staged.append(StagedData(path, scratch))
+                prefix = _member_of(path)
+                chosen = [m for m in members if m.name == prefix or m.name.startswith(prefix + "/")]
+                archive.extractall(scratch, members=chosen, filter="tar")
+                if not staged[-1].unpacked.exists():
+                    raise BackupError(f"{tar.name} does not hold {path}")
+    except (OSError, tarfile.TarError) as exc:
+        discard_unpacked(staged)
+        raise BackupError(f"unpacking {tar.name}: {exc}") from None
+    except BaseException:
+        discard_unpacked(staged)
+        raise
+    return staged
+
+
+def swap_in(staged: list[StagedData], stamp: str) -> None:
+    """Put each unpacked path in place of the current one, which is renamed aside (same
+    filesystem: two renames each)."""
+    for each in staged:
+        if each.path.exists() or each.path.is_symlink():
+            each.aside = each.path.with_name(f".{each.path.name}.opsbook-before-restore-{stamp}")
+            os.rename(each.path, each.aside)
+        os.rename(each.unpacked, each.path)
+        shutil.rmtree(each.scratch, ignore_errors=True)
+
+
+def discard_unpacked(staged: list[StagedData]) -> list[str]:
+    """Remove what was unpacked and not put in place; the scratch folders removed."""
+    removed = []
+    for each in staged:
+        if each.scratch.exists():
+            shutil.rmtree(each.scratch, ignore_errors=True)
+            removed.append(str(each.scratch))
+    return removed
+
+
+def discard_aside(staged: list[StagedData]) -> list[str]:
+    """Delete the data paths kept aside (once the restore is verified)."""
+    removed = []
+    for each in staged:
+        if each.aside is not None and (each.aside.exists() or each.aside.is_symlink()):
+            if each.aside.is_dir() and not each.aside.is_symlink():
+                shutil.rmtree(each.aside)
+            else:
+                each.aside.unlink()
+            removed.append(str(each.aside))
+    return removed

@@ -4,14 +4,22 @@
                                        delete opsbook's backups past backup.retention_days
     backup list                        every backup: age, size, complete or what is wrong
     backup restore NAME|latest         the restore plan; with --apply --allow=restore, carry it
-                                       out under the remediation lock, budgets and audit log
+                                       out under the remediation lock, budgets and audit log:
+                                       the writers stopped, PostgreSQL, Redis's queue lists and
+                                       the data paths restored, the writers started again (also
+                                       after a failed step), then readiness and the canary
+           [--maintenance]             the frontend's maintenance page on meanwhile
+           [--allow=restore-live]      go on although a writer cannot be stopped
 
 The inventory is found as pytest finds it: --inventory, else $OPSBOOK_INVENTORY, else the
 sandbox's. The last line of `take` is the new backup's path.
 
-Exit codes: 0 done; 1 the backup or restore failed (one line saying which step); 2 bad usage or
-no backup: section; 3 the restore was refused (not allowed, over budget, lock held); 11 the
-restore was done, but the audit log could not take its entry (the output says why).
+Exit codes: 0 done (a restore: restored, and the stack answered and passed the canary); 1 the
+backup or restore failed, or the stack was not healthy after it (one line on stderr saying
+which step, and what was done afterwards: the writers started again); 2 bad usage or no
+backup: section; 3 the restore was refused (not allowed, over budget, lock held; writers it
+had stopped are started again); 11 the restore was done, but the audit log could not take its
+entry (the output says why).
 """
 
 from __future__ import annotations
@@ -46,6 +54,11 @@ def register(commands: Any) -> None:
         default=[],
         metavar="KIND",
         help=f"allow a risky kind of fix (restore needs restore): {', '.join(risky_kinds())}",
+    )
+    parser.add_argument(
+        "--maintenance",
+        action="store_true",
+        help="restore: the frontend's maintenance page on while the writers are stopped",
     )
     parser.add_argument("--reports-dir", type=Path, default=reports_dir())
 
@@ -116,7 +129,7 @@ def _restore(inventory: Any, args: argparse.Namespace) -> int:
     from opsbook.remediate.context import Context
     from opsbook.remediate.plan import parse_allow
     from opsbook.remediate.runner import Remediator
-    from opsbook.remediation.backup import restore_backup
+    from opsbook.remediation.backup import restore_backup, restore_backup_in_maintenance
     from opsbook.secrets import Redactor
 
     try:
@@ -127,13 +140,17 @@ def _restore(inventory: Any, args: argparse.Namespace) -> int:
     remediator = Remediator(inventory, args.reports_dir, f"cli-{os.getpid()}", allow)
     redact = Redactor(secret.reveal() for secret in inventory.secrets())
     ctx = Context(inventory, "BACKUP-RESTORE", "backup", args.name)
-    attempt = remediator.apply_one(restore_backup, ctx, apply=args.apply, redact=redact)
+    fix = restore_backup_in_maintenance if args.maintenance else restore_backup
+    attempt = remediator.apply_one(fix, ctx, apply=args.apply, redact=redact)
     print(redact(f"restore {args.name}: {attempt.summary()}"))
     for line in attempt.plan.lines() if attempt.plan else []:
         print(redact(f"  {line}"))
     if attempt.status in ("refused", "skipped"):
+        print(redact(f"backup: restore {args.name} {attempt.status}: {attempt.reason}"),
+              file=sys.stderr)  # fmt: skip
         return EXIT_REFUSED
     if attempt.status == "failed":
+        print(redact(f"backup: restore {args.name} failed: {attempt.reason}"), file=sys.stderr)
         return EXIT_FAILED
     if attempt.not_audited:
         print(
