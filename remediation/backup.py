@@ -202,8 +202,9 @@ def _stop(runtime: Runtime, service: str, state: _Restore) -> Callable[[], str]:
         _require_risky(RESTORE)
         if not runtime.is_running(service):
             return "was not running (not started afterwards either)"
-        runtime.stop(service)
+        # Counted as stopped before the attempt: a stop that fails half-way is started again.
         state.stopped.append(service)
+        runtime.stop(service)
         if runtime.is_running(service):
             raise RuntimeError(f"{runtime.name} runtime: {service} still runs after its stop")
         return "stopped"
@@ -231,6 +232,11 @@ def _switch(
         return _frontend_answers(inventory, expected, inventory.thresholds.timeout_s)
 
     return switch
+
+
+def _beside(path: Path, what: str) -> str:
+    """A name beside a data path for what a restore keeps there: PARENT/.NAME.opsbook-WHAT."""
+    return f"{path.parent}/.{path.name}.opsbook-{what}"
 
 
 def _restore(ctx: Context, *, apply: bool, maintenance: bool) -> Plan:
@@ -275,7 +281,7 @@ def _restore(ctx: Context, *, apply: bool, maintenance: bool) -> Plan:
         else:
             runtimes[service] = runtime
     if stores and not writers:
-        cannot.append(f"services: names no writer of {', '.join(sorted(stores))}")
+        cannot.append(f"the writers of {', '.join(sorted(stores))}: services: names none")
     if cannot:
         plan.add(
             f"restore while writers keep running: cannot stop {'; '.join(cannot)}",
@@ -344,8 +350,16 @@ def _restore(ctx: Context, *, apply: bool, maintenance: bool) -> Plan:
         plan.add(
             f"unpack {shown} from {tar.name} beside the current one (nothing in place changes)",
             " && ".join(
-                f"tar -xpf {tar} -C {path.parent}/.{path.name}.opsbook-restore-XXXX "
-                f"{shlex.quote(str(path).lstrip('/'))}"
+                shlex.join(
+                    [
+                        "tar",
+                        "-xpf",
+                        str(tar),
+                        "-C",
+                        _beside(path, "restore-XXXX"),
+                        str(path).lstrip("/"),
+                    ]
+                )
                 for path in data_paths
             ),
             RESTORE,
@@ -393,9 +407,11 @@ def _restore(ctx: Context, *, apply: bool, maintenance: bool) -> Plan:
             f"put the unpacked {shown} in place, the current one kept aside until the restore "
             "is verified",
             " && ".join(
-                f"mv {path} {path.parent}/.{path.name}.opsbook-before-restore-{state.stamp} && "
-                f"mv {path.parent}/.{path.name}.opsbook-restore-XXXX/{str(path).lstrip('/')} "
-                f"{path}"
+                shlex.join(["mv", str(path), _beside(path, f"before-restore-{state.stamp}")])
+                + " && "
+                + shlex.join(
+                    ["mv", f"{_beside(path, 'restore-XXXX')}/{str(path).lstrip('/')}", str(path)]
+                )
                 for path in data_paths
             ),
             RESTORE,
@@ -420,7 +436,7 @@ def _restore(ctx: Context, *, apply: bool, maintenance: bool) -> Plan:
     if data_paths:
         plan.add(
             "remove what was unpacked and not put in place",
-            " ".join(f"rm -r {p.parent}/.{p.name}.opsbook-restore-*" for p in data_paths),
+            " ".join(f"rm -r {shlex.quote(_beside(p, 'restore-'))}*" for p in data_paths),
             RESTORE,
             lambda: "removed " + ", ".join(backup.discard_unpacked(state.staged)),
             only_if=(
@@ -449,6 +465,8 @@ def _restore(ctx: Context, *, apply: bool, maintenance: bool) -> Plan:
             raise RuntimeError(f"restored, but not ready after {ready.waited_s:.0f} s: {waiting}"
                                + keeping)  # fmt: skip
         canary = run_canary(inventory, CANARY_HOP_S)
+        if canary.failed_hop == "setup":  # nothing to send it through: said, not failed
+            return f"restored and ready in {ready.waited_s:.1f} s; no canary: {canary.problem}"
         if canary.failed_hop:
             raise RuntimeError(f"restored, but the canary failed: {canary.problem}{keeping}")
         removed = backup.discard_aside(state.staged)

@@ -226,10 +226,6 @@ class StagedData:
         return self.scratch / _member_of(self.path)
 
 
-def aside_name(path: Path) -> str:
-    return f"{path.parent}/.{path.name}.opsbook-before-restore-STAMP"
-
-
 def unpack_data(tar: Path, paths: list[Path]) -> list[StagedData]:
     """Unpack each path's members beside it (PARENT/.NAME.opsbook-restore-XXXX), owners and
     modes as archived (tar's filter: nothing outside, no device files); nothing in place
