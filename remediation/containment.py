@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import getpass
 import os
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,41 +29,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import msgspec
-
 from opsbook.errors import TargetUnreachable
 from opsbook.inventory import HttpEndpoint, Inventory
 from opsbook.probes.network import reach
+from opsbook.remediate import contained as records
+from opsbook.remediate.contained import Containment
 from opsbook.remediate.context import Context
 from opsbook.remediate.plan import Plan, StepKind
 from opsbook.remediate.runtime import Runtime, runtime_of
 from opsbook.targets import HttpTarget
 
 KIND = StepKind.CONTAIN
-RECORD = "contained.json"
-RECORD_MODE = 0o640
 POLL_S = 0.2  # between two looks at the entry while it closes or opens
 
 
 class ContainmentUnsupported(Exception):
     """The deployment has no public entry opsbook can close: no frontend target, no runtime
     for its service, or a runtime that cannot stop or start it."""
-
-
-class Containment(msgspec.Struct, frozen=True):
-    """The record of a contained deployment, in its state directory."""
-
-    services: tuple[str, ...]
-    entries: tuple[str, ...]  # host:port of each public entry closed
-    time: str  # ISO 8601, UTC, to the second
-    user: str
-    run: str
-    reason: str = ""
-
-    def line(self) -> str:
-        """`contained by opsbook at 2026-12-01T14:02:11+00:00 by alice: reason`."""
-        why = f": {self.reason}" if self.reason else ""
-        return f"contained by opsbook at {self.time} by {self.user}{why}"
 
 
 @dataclass(frozen=True)
@@ -83,38 +64,24 @@ class Entry:
         return f"{parts.hostname}:{port}"
 
 
-def record_path(inventory: Inventory) -> Path:
+def _state(inventory: Inventory) -> Path:
     from opsbook.remediate.runner import state_dir
 
-    return state_dir(inventory) / RECORD
+    return state_dir(inventory)
 
 
 def contained(inventory: Inventory) -> Containment | None:
-    """The deployment's containment record, or None when it is not contained. A record that
-    cannot be read still means contained (it was written by a containment), with "?" for
-    what cannot be read."""
-    path = record_path(inventory)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        return Containment((), (), "?", "?", "?", f"{path} cannot be read: {exc.strerror}")
-    try:
-        return msgspec.json.decode(data, type=Containment)
-    except msgspec.DecodeError as exc:
-        return Containment((), (), "?", "?", "?", f"{path} cannot be read: {exc}")
+    """The deployment's containment record, or None when it is not contained."""
+    return records.read(_state(inventory))
 
 
 def contained_service(inventory: Inventory, name: str) -> Containment | None:
     """The containment record when `name` is a service it closed, or a target such a service
     serves (None otherwise)."""
-    record = contained(inventory)
-    if record is None:
+    found = contained(inventory)
+    if found is None or not found.holds(name, inventory.service_of(name)):
         return None
-    if record.services and not {name, inventory.service_of(name)} & set(record.services):
-        return None
-    return record
+    return found
 
 
 def _user() -> str:
@@ -122,16 +89,6 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no name for this uid (a container), no login variables
         return f"uid {os.getuid()}"
-
-
-def _write_record(inventory: Inventory, record: Containment) -> None:
-    path = record_path(inventory)
-    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-    # Aside under a name of its own, then renamed: a reader never sees half a record.
-    aside = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    aside.write_bytes(msgspec.json.encode(record) + b"\n")
-    aside.chmod(RECORD_MODE)
-    os.replace(aside, path)
 
 
 def entries(inventory: Inventory) -> list[Entry]:
@@ -241,17 +198,17 @@ def containing(reason: str) -> Callable[..., Plan]:
 def _contain(ctx: Context, apply: bool, reason: str) -> Plan:
     plan = Plan.for_fix(ctx)
     found = entries(ctx.inventory)
-    record = contained(ctx.inventory)
+    held = contained(ctx.inventory)
     timeout_s = ctx.thresholds.timeout_s
-    if record is not None and all(_closed(entry, timeout_s)[0] for entry in found):
-        return plan.nothing(f"already {record.line()}; the public entry takes no connection")
+    if held is not None and all(_closed(entry, timeout_s)[0] for entry in found):
+        return plan.nothing(f"already {held.line()}; the public entry takes no connection")
     services = _services(found)
     for index, entry in enumerate(services):
 
         def stop(entry: Entry = entry, last: bool = index == len(services) - 1) -> str:
             entry.runtime.stop(entry.service)
-            _write_record(
-                ctx.inventory,
+            records.write(
+                _state(ctx.inventory),
                 Containment(
                     services=tuple(e.service for e in services),
                     entries=tuple(e.address for e in found),
@@ -298,7 +255,7 @@ def release_entry(ctx: Context, *, apply: bool) -> Plan:
                 return "started"
             # No longer held closed by opsbook, whatever the entry answers now: if it does not
             # come back, its checks fail and say so.
-            record_path(ctx.inventory).unlink(missing_ok=True)
+            records.remove(_state(ctx.inventory))
             return _until(_open, found, ctx, "200")
 
         plan.add(

@@ -19,6 +19,10 @@ import requests
 from support import RunChecks
 
 from opsbook.commands import incident, status
+from opsbook.inventory import load_inventory
+from opsbook.remediate.context import Context
+from opsbook.remediate.runner import Remediator
+from opsbook.remediation.services import restart_service
 from opsbook.sandbox.stack import Stack
 
 pytestmark = pytest.mark.sandbox
@@ -98,6 +102,15 @@ def test_contain_closes_the_entry_and_release_opens_it(
     assert parsed.run(parsed) == 0
     shown = capsys.readouterr().out.splitlines()
     assert f"  http       frontend     CONTAINED   HEALTH-001: {message}" in shown, shown
+    # A fix asked for anyway (here HEALTH-001's, allowed to restart) is refused by the gate.
+    inventory = load_inventory(stack.inventory_path)
+    ctx = Context(inventory, "HEALTH-001", "http", "frontend")
+    remediator = Remediator(inventory, tmp_path, "test", frozenset({"restart"}))
+    attempt = remediator.apply_one(restart_service, ctx, apply=True, redact=str)
+    assert (attempt.status, attempt.reason) == (
+        "refused", f"nginx is {message}; `opsbook incident release` opens it again"
+    )  # fmt: skip
+    assert connection_refused(port)
 
     assert opsbook_incident("contain", "--allow=contain", *where) == 0
     assert (
@@ -127,6 +140,8 @@ def test_contain_closes_the_entry_and_release_opens_it(
         ("outcome", "refused"),
         ("intent", None),
         ("outcome", "applied"),
+        ("intent", None),
+        ("outcome", "refused"),
         ("outcome", "refused"),
         ("intent", None),
         ("outcome", "applied"),
@@ -134,8 +149,9 @@ def test_contain_closes_the_entry_and_release_opens_it(
     assert {e["remediation"] for e in entries} == {
         "opsbook.remediation.containment.contain_entry",
         "opsbook.remediation.containment.release_entry",
+        "opsbook.remediation.services.restart_service",
     }
-    assert {(e["check"], e["target"]) for e in entries} == {("incident", "http/frontend")}
+    assert {e["target"] for e in entries} == {"http/frontend"}
 
 
 def test_an_inventory_without_a_public_entry_is_one_line(

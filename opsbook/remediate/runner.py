@@ -25,11 +25,12 @@ from msgspec import Struct
 
 from opsbook.inventory import Inventory
 from opsbook.outcome import FixVerdict
+from opsbook.remediate import contained
 from opsbook.remediate.audit import Anchor, AuditKeyError, AuditLog, load_key
 from opsbook.remediate.budget import Budgets
 from opsbook.remediate.context import Context
 from opsbook.remediate.lock import RemediationLock
-from opsbook.remediate.plan import Plan, Refused, RemediationFailed, Step, name_of
+from opsbook.remediate.plan import Plan, Refused, RemediationFailed, Step, StepKind, name_of
 
 Remediation = Callable[..., Plan]
 
@@ -206,6 +207,13 @@ class Remediator:
             # Charged to the service the step acts on: a worker restart for a stalled queue
             # spends the worker's budget, not Redis's.
             charged = (step.kind, step.service or self.inventory.service_of(ctx.target))
+            # An entry an incident's containment closed is closed on purpose: only the
+            # containment's own steps (release) may open it.
+            held = contained.read(self.state_dir)
+            if held is not None and step.kind != StepKind.CONTAIN and held.holds(charged[1]):
+                raise Refused(
+                    f"{charged[1]} is {held.line()}; `opsbook incident release` opens it again"
+                )
             if charged in spent:
                 return
             reason = self.budgets.spend(*charged)
