@@ -18,8 +18,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 from alert_rules_support import (
+    TIMEOUT_S,
     alert_states,
     jobs_without_memory_limit,
     missing_series,
@@ -250,3 +252,51 @@ def test_dead_man_is_silent_once_a_run_reported(
     (listed,) = evidence["about opsbook's runs (not judged)"]
     assert listed.startswith("OpsbookRunFailing{")
     assert listed.endswith("(firing)")
+
+
+def test_a_limit_below_the_resident_memory_makes_high_memory_usage_pending(
+    breakable_sandbox: Stack,
+) -> None:
+    """The sandbox's memory limits file rewritten as a deployment would (the backend limited to
+    its resident memory, the others as shipped) and Prometheus reloaded: HighMemoryUsage goes
+    pending for the backend alone, on the real series. The shipped file is put back after."""
+    url = f"http://127.0.0.1:{breakable_sandbox.state.ports['prometheus']}"
+    path = breakable_sandbox.dir / "prometheus" / "rules" / LIMITS_FILE
+    shipped = path.read_text()
+    answer = requests.get(
+        f"{url}/api/v1/query",
+        {"query": 'process_resident_memory_bytes{job="backend"}'},
+        timeout=TIMEOUT_S,
+    ).json()
+    resident = int(float(answer["data"]["result"][0]["value"][1]))
+    limits = {"backend": resident, "prometheus": 512 * 2**20, "pushgateway": 128 * 2**20}
+    try:
+        path.write_text(memory_limit_rules(limits, "a test"))
+        reload(url)
+
+        def pending() -> bool:
+            """HighMemoryUsage is pending for the backend"""
+            return alert_states(url, "HighMemoryUsage") == {"pending"}
+
+        eventually(pending)
+        answer = requests.get(f"{url}/api/v1/alerts", timeout=TIMEOUT_S).json()
+        jobs = {
+            a["labels"]["job"]
+            for a in answer["data"]["alerts"]
+            if a["labels"]["alertname"] == "HighMemoryUsage"
+        }
+        assert jobs == {"backend"}
+    finally:
+        path.write_text(shipped)
+        reload(url)
+
+    def resolved() -> bool:
+        """HighMemoryUsage resolved with the shipped limits"""
+        return alert_states(url, "HighMemoryUsage") == set()
+
+    eventually(resolved)
+
+
+def reload(prometheus_url: str) -> None:
+    response = requests.post(f"{prometheus_url}/-/reload", timeout=10)
+    assert response.status_code == 200, response.text
