@@ -234,6 +234,50 @@ def _switch(
     return switch
 
 
+def _add_proxy_refresh(
+    plan: Plan, inventory: Inventory, runtimes: dict[str, Runtime], state: _Restore
+) -> None:
+    """The services in front of writers on compose (nginx before the backend) reload, or
+    restart, once the writers run again: a container started again may have a new address,
+    which nginx, having resolved its upstream's name when it read its configuration, learns only
+    when it reads it again (as after a deploy: opsbook.deploy.bring_up)."""
+    from opsbook.deploy import proxies_of
+
+    on_compose = tuple(service for service, rt in runtimes.items() if rt.name == "compose")
+    for proxy in proxies_of(inventory, on_compose):
+        runtime = runtime_of(inventory, proxy)
+        if runtime is None:
+            continue
+        verb = "reload" if runtime.refusal("reload", proxy) is None else "restart"
+        behind = [s for s in on_compose if s in inventory.services[proxy].depends_on]
+        plan.add(
+            f"{verb} {proxy}, in front of {', '.join(behind)}: it learns their new addresses so",
+            runtime.command(verb, proxy),
+            RESTORE,
+            _refresh(inventory, runtime, proxy, verb),
+            only_if=(
+                "if the restore stopped what it proxies; also after a failed step",
+                lambda behind=behind: any(s in state.stopped for s in behind),  # type: ignore[misc]
+            ),
+            service=proxy,
+        )
+
+
+def _refresh(inventory: Inventory, runtime: Runtime, proxy: str, verb: str) -> Callable[[], str]:
+    def refresh() -> str:
+        # The deploy's own wait: until the proxy passes its API path on instead of 502/504.
+        from opsbook.deploy import _wait_proxying
+
+        if verb == "reload":
+            runtime.reload(proxy)
+        else:
+            runtime.restart(proxy)
+        _wait_proxying(inventory, [proxy])
+        return "reloaded" if verb == "reload" else "restarted"
+
+    return refresh
+
+
 def _beside(path: Path, what: str) -> str:
     """A name beside a data path for what a restore keeps there: PARENT/.NAME.opsbook-WHAT."""
     return f"{path.parent}/.{path.name}.opsbook-{what}"
@@ -433,6 +477,7 @@ def _restore(ctx: Context, *, apply: bool, maintenance: bool) -> Plan:
             ),
             service=service,
         )
+    _add_proxy_refresh(plan, inventory, runtimes, state)
     if data_paths:
         plan.add(
             "remove what was unpacked and not put in place",
