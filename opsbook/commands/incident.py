@@ -336,14 +336,15 @@ def _contain_or_release(args: argparse.Namespace) -> int:
     from opsbook.secrets import Redactor
 
     action = f"incident {args.action}"
-    fix: Callable[..., Plan]
     try:
         allow = parse_allow(args.allow)
         inventory = load_inventory(inventory_path(args.inventory))
     except (ValueError, InventoryError) as exc:
         print(f"{action}: {exc}", file=sys.stderr)
         return 2
-    fix = containing(str(args.reason)) if args.action == "contain" else release_entry
+    fix: Callable[..., Plan] = (
+        containing(str(args.reason)) if args.action == "contain" else release_entry
+    )
     frontends = sorted(inventory.endpoints("frontend"))
     ctx = Context(inventory, "incident", "http", frontends[0] if frontends else "", fix=fix)
     redact = Redactor(secret.reveal() for secret in inventory.secrets())
