@@ -40,6 +40,11 @@ class StepKind(enum.StrEnum):
         True,
         "close the public entry in an incident (every user is cut off), or open it again",
     )
+    ROTATE = (
+        "rotate",
+        True,
+        "replace a credential: its secret file, the server's password, its consumers restarted",
+    )
 
     risky: bool
     description: str
