@@ -47,18 +47,18 @@ def rollback_release(ctx: Context, *, apply: bool) -> Plan:
     current one, drops the current one from DIR/releases/history and restarts the backend from
     it. Compose: points the compose file's image names back at the images of the release that
     `opsbook deploy` recorded before the current one (STATE/releases.json) and recreates the
-    services it deployed (`docker compose up --detach --force-recreate --no-deps`). systemd or
-    command: runs the inventory's deploy.commands.rollback with that release's tag. In-flight
-    requests to the replaced services are lost. Then waits up to deploy.readiness_deadline_s
-    for every service to answer and sends the end-to-end canary; fails, after rolling back, if
-    the stack is not healthy then. Only with --allow=restore as well (compose, commands):
-    restores the backup taken just before the current release was deployed (PostgreSQL's rows;
-    Redis too where its data directory is on this machine, never in a compose container):
-    what was written since is lost.
+    services it deployed (`docker compose up --detach --force-recreate --no-deps`), and reloads
+    the services in front of them (nginx). systemd or command: runs the inventory's
+    deploy.commands.rollback with that release's tag. In-flight requests to the replaced
+    services are lost. Then waits up to deploy.readiness_deadline_s for every service to answer
+    and sends the end-to-end canary; fails, after rolling back, if the stack is not healthy
+    then. Only with --allow=restore as well (compose, commands): restores the backup taken just
+    before the current release was deployed, as restore_backup does (opsbook.remediation.
+    backup): what was written since is lost.
     Privileges: the sandbox: write access to DIR/releases and control of its processes;
     compose: the container engine (docker tag, docker compose up); commands: what the rollback
-    command needs on deploy.host; the admin credentials for the canary's cleanup (and for the
-    restore).
+    command needs on deploy.host; the admin credentials for the canary's cleanup (and those
+    restore_backup needs).
     Undo: deploy the rolled-back release again (`opsbook deploy --tag TAG`, or
     `opsbook.releases.deploy` on the sandbox); a restore only by restoring a newer backup.
     """
