@@ -64,6 +64,20 @@ def test_textfile_has_every_check_and_the_run(suite: pytest.Pytester) -> None:
     assert 'opsbook_last_run_exit_code{selection="daily"} 1.0' in text
 
 
+def test_the_inventory_names_the_textfile(suite: pytest.Pytester) -> None:
+    """`metrics: {textfile}` in the inventory: every run against it writes there, and an
+    option on the command line wins."""
+    declared, given = suite.path / "declared.prom", suite.path / "given.prom"
+    inventory = f"name: metrics\nmetrics: {{textfile: {declared}}}\n"
+    (suite.path / "inventory.yaml").write_text(inventory)
+    assert suite.runpytest("-m", "daily").ret == 1
+    assert 'opsbook_last_run_success{selection="daily"} 0.0' in declared.read_text()
+    declared.unlink()
+    assert suite.runpytest("-m", "daily", f"--metrics-textfile={given}").ret == 1
+    assert given.is_file()
+    assert not declared.exists()
+
+
 @pytest.fixture
 def pushgateway() -> Iterator[str]:
     """A real Prometheus Pushgateway (Debian's prometheus-pushgateway) on a free loopback port."""
