@@ -549,13 +549,14 @@ def _execute(plan: Plan, always_from: int, verify_from: int, gate: Gate) -> Plan
     afterwards, failed = _run_always(steps[always_from:verify_from], gate)
     if failed:
         raise RemediationFailed(f"restored, but afterwards: {afterwards}")
-    _run_steps(steps[verify_from:], gate)
+    _run_steps(steps[verify_from:], gate, steps[:verify_from])
     plan.applied = True
     return plan
 
 
-def _run_steps(steps: list[Step], gate: Gate) -> None:
-    """Plan.execute's loop, its failure said by the steps' summaries, not their commands."""
+def _run_steps(steps: list[Step], gate: Gate, before: list[Step] | None = None) -> None:
+    """Plan.execute's loop, its failure said by the steps' summaries, not their commands
+    (`before`: the steps run before these)."""
     for index, step in enumerate(steps):
         if step.when is not None and not step.when():
             step.result = "not needed"
@@ -567,7 +568,8 @@ def _run_steps(steps: list[Step], gate: Gate) -> None:
             raise
         except Exception as exc:
             step.result = f"FAILED: {type(exc).__name__}: {exc}"
-            done = [s.summary for s in steps[:index] if s.result != "not needed"]
+            done = [s.summary for s in [*(before or []), *steps[:index]]
+                    if s.result not in (None, "not needed")]  # fmt: skip
             raise RemediationFailed(
                 f"step '{step.summary}' failed: {type(exc).__name__}: {exc} "
                 f"(done before it: {'; '.join(done) or 'nothing'})"
