@@ -151,10 +151,6 @@ class Images:
         except DeployError:
             return None
 
-    def tags_of(self, image_id: str) -> list[str]:
-        out = self.docker("image", "inspect", "--format", "{{json .RepoTags}}", image_id)
-        return list(json.loads(out) or [])
-
     def tag(self, source: str, ref: str) -> None:
         self.docker("tag", source, ref)
 
@@ -475,7 +471,7 @@ class Deploy:
             try:
                 info = backup.take_backup(self.inventory)
             except backup.BackupError as exc:
-                raise DeployError(f"backup failed: {exc}; nothing was changed") from None
+                raise DeployError(f"backup failed: {exc}") from None
             self.backup_name = info.name
             step.result = f"wrote {info.path}"
 
