@@ -32,7 +32,7 @@ MAX_SECRET_BYTES = 64 * 1024
 MAX_INVENTORY_BYTES = 1024 * 1024
 # Sections keyed by the operator's own names: an override may change an entry, never add one
 # (OPSBOOK__POSTGRES__CHATBD__PORT, a typo, would otherwise create a target "chatbd").
-NAMED_SECTIONS = ("http", "postgres", "redis", "hosts", "egress", "services")
+NAMED_SECTIONS = ("http", "postgres", "redis", "hosts", "egress", "services", "credentials")
 
 
 class InventoryError(Exception):
@@ -177,6 +177,31 @@ class Redis(_Model, frozen=True):
             raise ValueError(f"url: not a redis:// URL: {self.url!r}")
         if parts.password:
             raise ValueError("url: the URL holds a password; give it as password: {env: NAME}")
+
+
+class Credential(_Model, frozen=True):
+    """A secret the application uses, which `opsbook secrets rotate` replaces: a PostgreSQL
+    role's or a Redis user's password, or an API key, in the file the application reads."""
+
+    kind: Literal["postgres", "redis", "api_key"]
+    file: Path  # the secret file the application reads; the rotation writes it
+    target: str | None = None  # postgres, redis: the entry of postgres:/redis: that holds it
+    user: str | None = None  # postgres: the role (required); redis: the ACL user (default)
+    # The services restarted to pick it up (default: those that depend on the target's
+    # service, monitoring aside); an api_key names them.
+    consumers: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind == "api_key":
+            if self.target is not None or self.user is not None:
+                raise ValueError("target: an api_key has no target or user, only consumers")
+            if not self.consumers:
+                raise ValueError("consumers: an api_key names the services that read it")
+            return
+        if self.target is None:
+            raise ValueError(f"target: required for kind {self.kind} (an entry of {self.kind}:)")
+        if self.kind == "postgres" and self.user is None:
+            raise ValueError("user: required for kind postgres (the application's role)")
 
 
 class Host(_Model, frozen=True):
@@ -450,6 +475,7 @@ class Inventory(_Model, frozen=True):
     deploy: Deploy = msgspec.field(default_factory=Deploy)
     metrics: RunMetrics = msgspec.field(default_factory=RunMetrics)
     services: dict[str, Service] = {}
+    credentials: dict[str, Credential] = {}
     # The deployment's remediation lock, budgets and audit log (default: under opsbook's home).
     state_dir: Path | None = None
 
@@ -462,6 +488,18 @@ class Inventory(_Model, frozen=True):
         unknown = [s for s in self.deploy.services if self.services and s not in self.services]
         if unknown:
             raise ValueError(f"deploy: services: no such service: {', '.join(unknown)}")
+        for name, credential in self.credentials.items():
+            section: Mapping[str, object] = getattr(self, credential.kind, {})
+            if credential.target is not None and credential.target not in section:
+                raise ValueError(
+                    f"credentials: {name}.target: no such entry in {credential.kind}: "
+                    f"{credential.target}"
+                )
+            unknown = [c for c in credential.consumers or () if c not in self.services]
+            if unknown and self.services:
+                raise ValueError(
+                    f"credentials: {name}.consumers: no such service: {', '.join(unknown)}"
+                )
 
     def runtime_of(self, service: str) -> str | None:
         """The runtime that drives `service`: its own, else the deployment's (sandbox or

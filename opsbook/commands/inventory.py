@@ -41,14 +41,14 @@ def register(commands: Any) -> None:
 
 def pieces(raw: dict[str, Any]) -> list[dict[str, Any]]:
     """The inventory cut into parts judged alone: `name`, each entry of a named section (but
-    services, whose graph needs the others), each other section."""
+    services and credentials, which name the others' entries), each other section."""
     from opsbook.inventory import NAMED_SECTIONS
 
     name = raw.get("name")
     base = {"name": name if isinstance(name, str) else PLACEHOLDER_NAME}
     parts: list[dict[str, Any]] = [{"name": name}] if "name" in raw else [{}]
     for key, value in raw.items():
-        if key in ("name", "services"):
+        if key in ("name", "services", "credentials"):
             continue
         if key in NAMED_SECTIONS and isinstance(value, dict):
             parts.extend({**base, key: {entry: v}} for entry, v in value.items())
