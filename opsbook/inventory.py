@@ -190,6 +190,9 @@ class Credential(_Model, frozen=True):
     # The services restarted to pick it up (default: those that depend on the target's
     # service, monitoring aside); an api_key names them.
     consumers: tuple[str, ...] | None = None
+    # The server's own start sets the password from this file (the sandbox's and the compose
+    # stack's Redis write their config from it): Redis's CONFIG REWRITE is then not needed.
+    server_reads_file: bool = False
 
     def __post_init__(self) -> None:
         if self.kind == "api_key":
