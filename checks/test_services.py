@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from opsbook import Finding, Inventory, Severity, check
-from opsbook.remediate.runtime import RuntimeCommandFailed, runtime_of
+from opsbook.remediate.runtime import RuntimeCommandFailed, Unsupported, runtime_of
 from opsbook.remediation import services
 
 pytestmark = [pytest.mark.daily, pytest.mark.health]
@@ -37,7 +37,12 @@ def test_every_service_of_the_stack_runs(
         running = runtime.is_running(stack_service)
     except RuntimeCommandFailed as exc:
         finding.not_evaluated(str(exc))
+    try:
+        # The command that said so, where it ran: the unit or process an operator looks at.
+        asked = f"{runtime.name} runtime: {runtime.command('status', stack_service)}"
+    except Unsupported:
+        asked = f"{runtime.name} runtime"
     finding.expect(
         "running" if running else "not running", "running", ok=running,
-        problem=f"not running ({runtime.name} runtime)",
+        problem=f"not running ({asked})",
     )  # fmt: skip

@@ -7,7 +7,8 @@
   allows systemctl only. Needs the `podman` CLI (scripts/setup-container-engine); skipped,
   with the reason, without it. The first build takes about 40 s, later ones reuse the layers.
   HEALTH-001's fix is applied end to end there to a stopped backend unit (python3's
-  http.server as chat-backend.service, published on loopback).
+  http.server as chat-backend.service, published on loopback), through systemctl and through
+  the `command` runtime's own commands; and the daily checks of that host run over ssh.
 - `sandbox`: every verb on the session's native stack (`breakable_sandbox`).
 - `compose`: start, stop, status, reload and maintenance on a real compose project (one stack
   for the module, as tests/checks/test_compose_checks.py builds it; restart, recreate and scale
@@ -396,6 +397,26 @@ services:
     return runtime
 
 
+def run_checks(inventory: Path, state: Path, reports: Path, *args: str) -> CheckRun:
+    """`pytest -m daily` on an inventory, with the deployment's state in `state` (the tests'
+    own OPSBOOK_ settings left out, but the CPU pressure limit the whole suite runs with)."""
+    command = [
+        sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-m", "daily",
+        f"--inventory={inventory}", f"--reports-dir={reports}", *args,
+    ]  # fmt: skip
+    kept = {"OPSBOOK__THRESHOLDS__CPU_PRESSURE_PERCENT"}
+    environment = {
+        k: v
+        for k, v in os.environ.items()
+        if k in kept or not k.startswith(("OPSBOOK_", "PYTEST_"))
+    }
+    done = subprocess.run(
+        command, cwd=REPO, env={**environment, "OPSBOOK__STATE_DIR": str(state)},
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    return CheckRun(done, reports)
+
+
 @pytest.mark.containers
 def test_systemd_runtime_drives_a_unit_over_ssh_through_sudo(
     systemd: Runtime, systemd_host: SystemdHost
@@ -499,19 +520,7 @@ services:
     state = tmp_path / "state"
 
     def run(name: str, *args: str) -> CheckRun:
-        reports = tmp_path / name
-        command = [
-            sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-m", "daily",
-            f"--inventory={inventory}", f"--reports-dir={reports}", "--check=HEALTH-001", *args,
-        ]  # fmt: skip
-        environment = {
-            k: v for k, v in os.environ.items() if not k.startswith(("OPSBOOK_", "PYTEST_"))
-        }
-        done = subprocess.run(
-            command, cwd=REPO, env={**environment, "OPSBOOK__STATE_DIR": str(state)},
-            capture_output=True, text=True, timeout=180, check=False,
-        )  # fmt: skip
-        return CheckRun(done, reports)
+        return run_checks(inventory, state, tmp_path / name, "--check=HEALTH-001", *args)
 
     systemd_host.systemctl("start", unit)
     try:
@@ -546,6 +555,92 @@ services:
         assert (outcome["check"], outcome["target"], outcome["verdict"]) == (
             "HEALTH-001", "http/backend", "FIXED"
         )  # fmt: skip
+    finally:
+        systemd_host.systemctl("stop", unit)
+
+
+@pytest.mark.containers
+def test_the_daily_checks_of_a_host_over_ssh_pass(
+    systemd_host: SystemdHost, tmp_path: Path
+) -> None:
+    """The issue's proof: a host reached over ssh, its daily checks (disk, CPU pressure, its
+    services' units, the backend it serves) evaluated there and passing; then its backend unit
+    stopped, and only the checks that watch it fail."""
+    unit = "chat-backend.service"
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(
+        f"""\
+name: ssh-host
+hosts: {{box: {{spec: "{systemd_host.spec}"}}}}
+thresholds: {{timeout_s: 3}}
+http:
+  backend: {{kind: backend, url: "http://127.0.0.1:{systemd_host.backend_port}"}}
+services:
+  backend: {{runtime: systemd, unit: {unit}, host: box, sudo: true, targets: [backend]}}
+  echo: {{runtime: systemd, unit: chat-echo.service, host: box, sudo: true}}
+"""
+    )
+    systemd_host.systemctl("start", unit, "chat-echo.service")
+    try:
+        eventually(
+            lambda: http_status(systemd_host.backend_port, "/health") == 200,
+            "the backend answers",
+        )
+        healthy = run_checks(inventory, tmp_path / "state", tmp_path / "healthy")
+        assert healthy.exit_code == 0, healthy.output
+        outcomes = healthy.outcomes()
+        # Evaluated on the host itself, over ssh: its filesystems, its CPU, its units.
+        on_box = {check for (check, target), outcome in outcomes.items()
+                  if target == "box" and outcome == "passed"}  # fmt: skip
+        assert {"RES-001", "RES-003"} <= on_box, outcomes
+        assert outcomes["HEALTH-005", "echo"] == "passed", outcomes
+        assert outcomes["HEALTH-001", "backend"] == "passed", outcomes
+        systemd_host.systemctl("stop", "chat-echo.service")
+        broken = run_checks(inventory, tmp_path / "state", tmp_path / "broken")
+        assert broken.exit_code == 1, broken.output
+        failed = {key for key, outcome in broken.outcomes().items() if outcome == "failed"}
+        assert failed == {("HEALTH-005", "echo")}, broken.output
+        assert "chat-echo.service" in broken.row("HEALTH-005", "echo")["message"]
+    finally:
+        systemd_host.systemctl("stop", unit, "chat-echo.service")
+
+
+@pytest.mark.containers
+@pytest.mark.fixes("HEALTH-001")
+def test_health_fix_restarts_a_stopped_service_through_its_commands(
+    systemd_host: SystemdHost, tmp_path: Path
+) -> None:
+    """The `command` runtime end to end: a backend the inventory starts, stops and asks about
+    with commands of its own (here systemctl through sudo, as a wrapper script would), on a
+    host over ssh; stopped -> HEALTH-001 fails -> `--remediate=apply --allow=restart` runs
+    the inventory's restart command there -> FIXED."""
+    unit = "chat-backend.service"
+    commands = {verb: f"sudo -n systemctl {verb} {unit}" for verb in ("start", "stop", "restart")}
+    commands["status"] = f"systemctl is-active --quiet {unit}"
+    listed = ", ".join(f'{verb}: "{command}"' for verb, command in commands.items())
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(
+        f"""\
+name: command-host
+hosts: {{box: {{spec: "{systemd_host.spec}"}}}}
+thresholds: {{timeout_s: 2}}
+http:
+  backend: {{kind: backend, url: "http://127.0.0.1:{systemd_host.backend_port}"}}
+services:
+  backend: {{runtime: command, host: box, targets: [backend], commands: {{{listed}}}}}
+"""
+    )
+    systemd_host.systemctl("stop", unit)
+    try:
+        fixed = run_checks(
+            inventory, tmp_path / "state", tmp_path / "fixed", "--check=HEALTH-001",
+            "--remediate=apply", "--allow=restart",
+        )  # fmt: skip
+        assert fixed.exit_code == 0, fixed.output
+        attempt = fixed.row("HEALTH-001", "backend")["remediation_attempt"]
+        assert (attempt["verdict"], attempt["after"]) == ("FIXED", "passed"), attempt
+        assert commands["restart"] in " ".join(attempt["plan"]), attempt["plan"]
+        assert systemd_host.systemctl("is-active", unit) == "active"
     finally:
         systemd_host.systemctl("stop", unit)
 

@@ -368,7 +368,9 @@ def test_a_dead_idle_worker_fails_and_is_restarted(
     run = run_checks("--check=HEALTH-005")
     row = run.row("HEALTH-005", "worker")
     assert row["outcome"] == "failed"
-    assert row["message"] == "service worker: not running (sandbox runtime) (expected running)"
+    assert row["message"].startswith(
+        "service worker: not running (sandbox runtime: python -m opsbook sandbox status --dir "
+    ), row["message"]
     assert run.outcome("HEALTH-005", "backend") == "skipped"  # HEALTH-001 watches it
     fixed = run_checks("--check=HEALTH-005", "--remediate=apply", "--allow=restart")
     attempt = fixed.row("HEALTH-005", "worker")["remediation_attempt"]
