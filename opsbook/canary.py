@@ -37,7 +37,9 @@ def _http_problem(spec: HttpEndpoint, timeout: float) -> str | None:
 
     auth = (spec.user, spec.password.reveal()) if spec.user and spec.password else None
     try:
-        response = requests.get(spec.url + spec.health_path, timeout=timeout, auth=auth)
+        response = requests.get(
+            spec.url + spec.health_path, timeout=timeout, auth=auth, verify=spec.verify
+        )
     except requests.RequestException as exc:
         return f"GET {spec.health_path}: {type(exc).__name__}"
     return None if response.status_code == 200 else f"GET {spec.health_path} {response.status_code}"
@@ -183,6 +185,7 @@ def run_canary(inventory: Inventory, hop_deadline_s: float) -> CanaryResult:
                 endpoint.url + "/api/messages",
                 json={"content": content, "user_id": CANARY_USER, "conversation_id": conversation},
                 timeout=timeout,
+                verify=endpoint.verify,
             )
         except requests.RequestException as exc:
             result.failed_hop, result.problem = "post", f"POST /api/messages: {type(exc).__name__}"
@@ -224,7 +227,10 @@ def run_canary(inventory: Inventory, hop_deadline_s: float) -> CanaryResult:
             checker.close()
         mark = time.monotonic()
         try:
-            back = requests.get(f"{endpoint.url}/api/messages/{result.message_id}", timeout=timeout)
+            back = requests.get(
+                f"{endpoint.url}/api/messages/{result.message_id}",
+                timeout=timeout, verify=endpoint.verify,
+            )  # fmt: skip
         except requests.RequestException as exc:
             result.failed_hop, result.problem = (
                 "read",

@@ -810,7 +810,9 @@ def _wait_proxying(inventory: Inventory, proxies: list[str]) -> None:
                 continue
             while time.monotonic() < end:
                 try:
-                    answer = requests.get(endpoint.url + endpoint.api_path, timeout=timeout)
+                    answer = requests.get(
+                        endpoint.url + endpoint.api_path, timeout=timeout, verify=endpoint.verify
+                    )
                 except requests.RequestException:
                     answer = None
                 if answer is not None and answer.status_code not in (502, 504):

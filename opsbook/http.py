@@ -14,6 +14,7 @@ import ssl
 import time
 from datetime import timedelta
 from email.message import Message
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -53,7 +54,13 @@ class Response(Struct, frozen=True):
 class Client:
     """GETs against one base URL (scheme, host, port and a path prefix)."""
 
-    def __init__(self, base_url: str, timeout: float, auth: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float,
+        auth: tuple[str, str] | None = None,
+        ca_file: Path | None = None,
+    ) -> None:
         parts = urlsplit(base_url)
         self.base_url = base_url.rstrip("/")
         self._https = parts.scheme == "https"
@@ -61,6 +68,7 @@ class Client:
         self._port = parts.port or (443 if self._https else 80)
         self._prefix = parts.path.rstrip("/")
         self._timeout = timeout
+        self._ca_file = ca_file  # None: the system's CAs
         self._headers = {"User-Agent": "opsbook", "Accept": "*/*"}
         if auth is not None:
             token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
@@ -72,7 +80,7 @@ class Client:
             if self._https:
                 self._connection = http.client.HTTPSConnection(
                     self._host, self._port, timeout=self._timeout,
-                    context=ssl.create_default_context(),
+                    context=ssl.create_default_context(cafile=self._ca_file),
                 )  # fmt: skip
             else:
                 self._connection = http.client.HTTPConnection(

@@ -35,6 +35,10 @@ MAX_INVENTORY_BYTES = 1024 * 1024
 NAMED_SECTIONS = ("http", "postgres", "redis", "hosts", "egress", "services", "credentials")
 
 
+# The override file `docker compose` reads beside compose.yaml when no -f is given.
+OVERRIDE_NAME = "compose.override.yaml"
+
+
 class InventoryError(Exception):
     """A bad inventory: the message is one line that names the file and the key."""
 
@@ -122,6 +126,14 @@ class HttpEndpoint(_Model, frozen=True):
     # kind frontend: a path of the backend's API this entry proxies; HEALTH-004 asks it through
     # the entry and from the backend, and expects the same answer (a read: GET, no side effect)
     api_path: str | None = None
+    # https: the PEM file of the CA that signs the entry's certificate (a private CA, or a
+    # self-signed certificate, which is its own), trusted for this entry instead of the system's
+    ca_file: Path | None = None
+
+    @property
+    def verify(self) -> str | bool:
+        """What to verify the entry's certificate with (requests' `verify=`)."""
+        return str(self.ca_file) if self.ca_file is not None else True
 
     def __post_init__(self) -> None:
         if self.expected_alerts and self.kind != "prometheus":
@@ -133,6 +145,8 @@ class HttpEndpoint(_Model, frozen=True):
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"url: not an http(s) URL: {self.url!r}")
+        if self.ca_file is not None and parts.scheme != "https":
+            raise ValueError("ca_file: only for an https url")
         if parts.password:
             raise ValueError("url: the URL holds a password; give it as password: {env: NAME}")
         msgspec.structs.force_setattr(self, "url", self.url.rstrip("/"))
@@ -236,6 +250,50 @@ class ServiceCommands(_Model, frozen=True):
     reload: str | None = None
 
 
+# compose's sizes (docker's units.RAMInBytes): 1024s, "2G", "512m", "1.5GiB", 268435456 bytes.
+_COMPOSE_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgtp]?)i?b?", re.IGNORECASE)
+
+
+def compose_size_bytes(value: str | int) -> int:
+    """A compose memory size in bytes; ValueError naming the value when it is none."""
+    match = _COMPOSE_SIZE.fullmatch(str(value).strip())
+    if match is None or isinstance(value, bool):
+        raise ValueError(f"not a size (2G, 512M, or bytes): {value!r}")
+    return int(float(match[1]) * 1024 ** " kmgtp".index((match[2] or " ").lower()))
+
+
+class Limits(_Model, frozen=True):
+    """The CPU and memory a service's containers are expected to run with (compose's
+    deploy.resources: limits cpus and memory, reservations memory). COMPOSE-008 compares what
+    the engine applies; a value left out is not compared."""
+
+    cpus: Annotated[float, Meta(gt=0)] | None = None
+    memory: str | int | None = None  # compose's notation: 2G, 512M, or bytes
+    memory_reservation: str | int | None = None
+
+    def __post_init__(self) -> None:
+        if self.cpus is None and self.memory is None and self.memory_reservation is None:
+            raise ValueError("limits: give cpus, memory or memory_reservation")
+        for key in ("memory", "memory_reservation"):
+            value = getattr(self, key)
+            if value is not None and compose_size_bytes(value) <= 0:
+                raise ValueError(f"{key}: must be more than 0: {value!r}")
+        reserved, most = self.memory_reservation_bytes, self.memory_bytes
+        if reserved is not None and most is not None and reserved > most:
+            raise ValueError(
+                f"memory_reservation: {self.memory_reservation} is more than memory {self.memory}"
+            )
+
+    @property
+    def memory_bytes(self) -> int | None:
+        return None if self.memory is None else compose_size_bytes(self.memory)
+
+    @property
+    def memory_reservation_bytes(self) -> int | None:
+        value = self.memory_reservation
+        return None if value is None else compose_size_bytes(value)
+
+
 class Service(_Model, frozen=True):
     """A service of the deployment: how it runs, where, what it serves and what it needs.
 
@@ -253,6 +311,7 @@ class Service(_Model, frozen=True):
     unit: str | None = None  # systemd: the unit (default: <name>.service)
     commands: ServiceCommands | None = None  # command: required
     sudo: bool = False  # systemd/command: run through sudo on the host
+    limits: Limits | None = None  # compose: what its containers must run with (COMPOSE-008)
 
     def __post_init__(self) -> None:
         if self.runtime == "command" and self.commands is None:
@@ -270,6 +329,16 @@ class Compose(_Model, frozen=True):
     file: Path | None = None
     docker_host: str | None = None
     dir: Path | None = None  # where the stack's secret files are (OPSBOOK_COMPOSE_DIR)
+    # The override file every compose command of opsbook reads after `file` when it exists, and
+    # COMPOSE-008's fix writes the expected limits into (default: compose.override.yaml beside
+    # `file`, the name `docker compose` itself reads).
+    override: Path | None = None
+
+    @property
+    def override_file(self) -> Path | None:
+        if self.override is not None:
+            return self.override
+        return self.file.with_name(OVERRIDE_NAME) if self.file is not None else None
 
 
 class Egress(_Model, frozen=True):

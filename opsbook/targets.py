@@ -133,7 +133,7 @@ class HttpTarget(_Target):
         auth = None
         if self.spec.user and self.spec.password is not None:
             auth = (self.spec.user, self.spec.password.reveal())
-        return Client(self.spec.url, self.timeout, auth)
+        return Client(self.spec.url, self.timeout, auth, self.spec.ca_file)
 
     def get(self, path: str, params: dict[str, str] | None = None) -> Response:
         """GET a path (redirects are not followed); TargetUnreachable when there is no answer."""
