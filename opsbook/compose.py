@@ -75,11 +75,25 @@ class ComposeDriver:
         project: str | None = None,
         compose_file: Path = COMPOSE_FILE,
         docker_host: str | None = None,
+        override_file: Path | None = None,
     ) -> None:
         self.dir = Path(directory).absolute()
         self.project = project or project_name(self.dir)
         self.compose_file = compose_file
         self.docker_host = docker_host or default_docker_host()
+        # Read after the compose file by every command, once it exists (the deployment's limits
+        # are written there: opsbook.remediation.limits), as `docker compose` reads
+        # compose.override.yaml on its own only when no -f is given.
+        self.override_file = override_file
+
+    def file_arguments(self, *, with_override: bool = False) -> list[str]:
+        """`-f FILE [-f OVERRIDE]`: the override where it exists, or is about to
+        (`with_override`, for a plan that writes it first)."""
+        files = ["-f", str(self.compose_file)]
+        override = self.override_file
+        if override is not None and (with_override or override.exists()):
+            files += ["-f", str(override)]
+        return files
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -97,12 +111,13 @@ class ComposeDriver:
         timeout: float = COMMAND_TIMEOUT_S,
         env: Mapping[str, str] | None = None,
     ) -> str:
-        """Run `docker compose -p PROJECT -f FILE ARGS...`; its stdout, or ComposeError.
+        """Run `docker compose -p PROJECT -f FILE [-f OVERRIDE] ARGS...`; its stdout, or
+        ComposeError.
 
         `env` adds variables for this command only (`OPSBOOK_PORT_BACKEND=...`)."""
         if shutil.which("docker") is None:
             raise ComposeError("compose: the docker CLI is not installed")
-        argv = ["docker", "compose", "-p", self.project, "-f", str(self.compose_file), *args]
+        argv = ["docker", "compose", "-p", self.project, *self.file_arguments(), *args]
         try:
             done = subprocess.run(
                 argv,

@@ -651,6 +651,9 @@ def compose_config(
     if compose.dir:
         env["OPSBOOK_COMPOSE_DIR"] = str(compose.dir)
     command = ["docker", "compose", "-p", compose.project, "-f", str(compose.file)]
+    override = compose.override_file
+    if override is not None and override.exists():  # as opsbook's own compose commands read it
+        command += ["-f", str(override)]
     try:
         done = subprocess.run(
             [*command, "config", "--format", "json"], env=env, capture_output=True, text=True,

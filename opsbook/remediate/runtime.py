@@ -158,6 +158,7 @@ class ComposeRuntime:
             project=compose.project,
             compose_file=compose_file,
             docker_host=compose.docker_host,
+            override_file=compose.override_file,
         )
         self.ports = dict(ports or {})
         self._client: Any = None
@@ -204,7 +205,9 @@ class ComposeRuntime:
         port = self.ports.get(service)
         return {port_variable(service): str(port)} if port else {}
 
-    def command(self, verb: str, service: str, *args: str) -> str:
+    def command(self, verb: str, service: str, *args: str, with_override: bool = False) -> str:
+        """The exact command of a verb; `with_override`: with the override file's -f even
+        before it exists (a plan that writes it first)."""
         arguments, extra = self._arguments(verb, service, *args)
         env = {}
         if self.stack.docker_host:
@@ -212,10 +215,8 @@ class ComposeRuntime:
         if arguments[0] == "up":
             env[ENV_COMPOSE_DIR] = str(self.stack.dir)
         env.update(extra)
-        argv = [
-            "docker", "compose", "-p", self.stack.project, "-f", str(self.stack.compose_file),
-            *arguments,
-        ]  # fmt: skip
+        files = self.stack.file_arguments(with_override=with_override)
+        argv = ["docker", "compose", "-p", self.stack.project, *files, *arguments]
         return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()), shlex.join(argv)])
 
     def _run(self, verb: str, service: str, *args: str) -> None:
