@@ -248,6 +248,13 @@ class ServiceCommands(_Model, frozen=True):
     status: str  # exits 0 when the service runs
     restart: str | None = None  # default: stop, then start
     reload: str | None = None
+    # The frontend's maintenance page on and off (`opsbook maintenance`); both or neither.
+    maintenance_on: str | None = None
+    maintenance_off: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.maintenance_on is None) != (self.maintenance_off is None):
+            raise ValueError("maintenance_on and maintenance_off: give both or neither")
 
 
 # compose's sizes (docker's units.RAMInBytes): 1024s, "2G", "512m", "1.5GiB", 268435456 bytes.
@@ -311,6 +318,9 @@ class Service(_Model, frozen=True):
     unit: str | None = None  # systemd: the unit (default: <name>.service)
     commands: ServiceCommands | None = None  # command: required
     sudo: bool = False  # systemd/command: run through sudo on the host
+    # systemd: the file on the host whose existence has the unit's nginx serve its maintenance
+    # page (`opsbook maintenance on` creates it, then reloads the unit; docs/inventory.md).
+    maintenance_flag: str | None = None
     limits: Limits | None = None  # compose: what its containers must run with (COMPOSE-008)
 
     def __post_init__(self) -> None:
@@ -320,6 +330,10 @@ class Service(_Model, frozen=True):
             raise ValueError("commands: only with runtime: command")
         if self.unit is not None and self.runtime != "systemd":
             raise ValueError("unit: only with runtime: systemd")
+        if self.maintenance_flag is not None and self.runtime != "systemd":
+            raise ValueError("maintenance_flag: only with runtime: systemd")
+        if self.maintenance_flag is not None and not self.maintenance_flag.startswith("/"):
+            raise ValueError(f"maintenance_flag: an absolute path: {self.maintenance_flag!r}")
 
 
 class Compose(_Model, frozen=True):
