@@ -26,12 +26,14 @@ from pathlib import Path
 import psycopg
 import pytest
 import yaml
+from support import CheckRun
 from test_compose_stack import _engine_problem
 
 from opsbook.canary import run_canary
 from opsbook.compose import COMPOSE_FILE, default_docker_host
+from opsbook.deploy import bring_up, compose_images
 from opsbook.inventory import Inventory, load_inventory
-from opsbook.releases import deployed
+from opsbook.releases import DeployedRelease, deployed
 from opsbook.remediate.audit import AuditLog
 from opsbook.remediate.lock import RemediationLock
 from opsbook.remediate.runner import state_dir
@@ -293,21 +295,32 @@ def test_rollback_fix_brings_the_release_before_back(
     assert "[restore]" in plan.stdout
     assert "(only with --allow=restore)" in plan.stdout
     assert image_of(stack, "backend") != good1  # a plan changes nothing
-
     refused = opsbook(stack, "deploy", "rollback", f"--inventory={inventory_path}", "--apply")
     assert refused.returncode == 3, refused.stdout + refused.stderr
     assert "not allowed: rollback" in refused.stdout
 
+    # good2 goes bad after its deploy (a person swaps its image by hand): the postdeploy run
+    # fails ROLLBACK-001, whose fix brings good1 back, and the check run again passes.
+    swapped = DeployedRelease(
+        tag="bad1", deployed_at="", services=("backend",),
+        images={f"{APP}:dev": image_id(stack, f"{APP}:bad1")},
+    )  # fmt: skip
+    bring_up(inventory, compose_images(inventory), swapped)
+    run = CheckRun(
+        opsbook(
+            stack, "check", "-m", "postdeploy", f"--inventory={inventory_path}",
+            f"--reports-dir={reports}", "--remediate=apply", "--allow=rollback",
+        ),
+        reports,
+    )  # fmt: skip
+    assert run.outcome("DEPLOY-006") == "failed", run.output
+    assert run.outcome("ROLLBACK-001") == "fixed", run.output
+    attempt = run.row("ROLLBACK-001")["remediation_attempt"]
+    assert any("rolled back good2 -> good1" in line for line in attempt["plan"]), attempt
     # Without --allow=restore, the release goes back and the data stays as it is. (With it,
     # restore_backup's own steps follow; on compose they stop and start the backend, which
     # nginx then proxies to at its old address: not tested here until that fix reloads nginx.)
-    applied = opsbook(
-        stack, "deploy", "rollback", f"--inventory={inventory_path}", "--apply",
-        "--allow=rollback",
-    )  # fmt: skip
-    assert applied.returncode == 0, applied.stdout + applied.stderr
-    assert "rolled back good2 -> good1" in applied.stdout, applied.stdout
-    assert "-> not done: not allowed: restore" in applied.stdout, applied.stdout
+    assert any("not done: not allowed: restore" in line for line in attempt["plan"]), attempt
     for service in ("backend", "worker"):
         assert image_of(stack, service) == good1
     assert run_canary(inventory, 10.0).failed_hop is None
