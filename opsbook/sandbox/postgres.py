@@ -31,6 +31,27 @@ MONITOR_ROLE = "opsbook_monitor"
 ADMIN_ROLE = "opsbook_admin"
 TUNED_SETTINGS = ("shared_buffers", "effective_cache_size", "maintenance_work_mem")
 SOCKET_PATH_MAX = 107  # sun_path in struct sockaddr_un, less the final NUL
+# The secret rotation's one right over the application's role: PostgreSQL 15 lets only a
+# superuser or CREATEROLE change another role's password, and CREATEROLE there may also grant
+# itself pg_execute_server_program. This function (the superuser's, SECURITY DEFINER) sets
+# the application role's password from a SCRAM verifier and nothing else; only the admin role
+# may call it (`opsbook secrets rotate` uses it where it exists, ALTER ROLE elsewhere).
+SET_APP_PASSWORD = f"""
+CREATE OR REPLACE FUNCTION public.opsbook_set_password(role_name name, verifier text)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+BEGIN
+    IF role_name <> '{APP_ROLE}' THEN
+        RAISE EXCEPTION 'opsbook_set_password: only the application role {APP_ROLE}';
+    END IF;
+    IF verifier NOT LIKE 'SCRAM-SHA-256$%' THEN
+        RAISE EXCEPTION 'opsbook_set_password: a SCRAM-SHA-256 verifier, never a clear password';
+    END IF;
+    EXECUTE format('ALTER ROLE %I PASSWORD %L', role_name, verifier);
+END
+$fn$;
+REVOKE ALL ON FUNCTION public.opsbook_set_password(name, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.opsbook_set_password(name, text) TO {ADMIN_ROLE};
+"""
 
 
 def scram_verifier(password: str, iterations: int = 4096) -> str:
@@ -219,6 +240,7 @@ class Postgres(Component):
             + f"GRANT SELECT ON pg_hba_file_rules TO {MONITOR_ROLE};\n"
             + f"GRANT EXECUTE ON FUNCTION pg_hba_file_rules() TO {MONITOR_ROLE};\n"
             + f"GRANT USAGE, CREATE ON SCHEMA public TO {ADMIN_ROLE};\n"
+            + SET_APP_PASSWORD
             + "".join(
                 f"ALTER TABLE {table} OWNER TO {ADMIN_ROLE};\n" for table in tables.split(", ")
             ),

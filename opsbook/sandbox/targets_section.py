@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from opsbook.sandbox.base import Layout
-from opsbook.sandbox.postgres import ADMIN_ROLE, MONITOR_ROLE
+from opsbook.sandbox.postgres import ADMIN_ROLE, APP_ROLE, MONITOR_ROLE
 from opsbook.sandbox.redis import secret_name
 
 
@@ -60,6 +60,25 @@ def target_sections(
                     "password": {"file": str(secret(secret_name("default")))},
                 },
             }
+        },
+        # The application's own passwords (app.json names the same files): what
+        # `opsbook secrets rotate` replaces; their consumers are the services depending on them.
+        "credentials": {
+            "postgres-app": {
+                "kind": "postgres",
+                "target": "chatdb",
+                "user": APP_ROLE,
+                "file": str(secret(APP_ROLE)),
+            },
+            "redis-app": {
+                "kind": "redis",
+                "target": "queue",
+                "user": "chat_app",
+                "file": str(secret(secret_name("chat_app"))),
+                # Its start writes redis.conf from the secret files (CONFIG REWRITE would
+                # leave a config the audit finds world-readable).
+                "server_reads_file": True,
+            },
         },
     }
 
