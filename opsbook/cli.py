@@ -9,6 +9,7 @@
     maintenance turn maintenance mode on or off (nginx serves the maintenance page)
     status      the health dashboard of the last run
     incident    collect the incident runbook's evidence (logs, status, sockets, a dump)
+    secrets     rotate the application's credentials (files, servers, consumers), verified
     backup      back up PostgreSQL, Redis and the data paths (with a manifest)
     deploy      deploy a release behind the gates, rolled back when it fails; or roll back
     merge       one report from the shards of a fleet run (--shard i/N)
@@ -34,6 +35,7 @@ from opsbook.commands import (
     maintenance,
     merge,
     remediate,
+    secrets,
     status,
 )
 
@@ -59,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         maintenance,
         status,
         incident,
+        secrets,
         backup,
         deploy,
         merge,
