@@ -72,11 +72,15 @@ def maintenance_on(ctx: Context, *, apply: bool) -> Plan:
 
     Changes: switches the frontend's nginx to its maintenance page through the service's
     runtime (the sandbox's flag file; in a compose stack, the flag file inside the frontend's
-    container and an nginx reload), then asks each frontend's /health and expects 503. Every
-    user sees the maintenance page until maintenance_off; HEALTH-001 fails for the frontend
-    meanwhile. Runtimes with no switch (systemd, command) raise MaintenanceUnsupported.
-    Privileges: control of the frontend's runtime (the sandbox directory's owner, or the
-    container engine).
+    container and an nginx reload; on a systemd host, the service's maintenance_flag file and
+    `systemctl reload`; under the command runtime, the inventory's maintenance_on command),
+    then asks each frontend's /health and expects 503. Every user sees the maintenance page
+    until maintenance_off; the frontend's checks are not applicable meanwhile. A runtime
+    without the switch (a systemd service without maintenance_flag, a command service without
+    maintenance_on/maintenance_off) raises MaintenanceUnsupported.
+    Privileges: control of the frontend's runtime (the sandbox directory's owner, the container
+    engine, or on a host the service's user with sudo for the flag file and systemctl reload,
+    or for its commands).
     Undo: maintenance_off (`opsbook maintenance off`).
     """
     plan = Plan.for_fix(ctx)
@@ -103,8 +107,9 @@ def maintenance_off(ctx: Context, *, apply: bool) -> Plan:
     """End maintenance mode: the frontend serves the site again.
 
     Changes: switches the frontend's nginx back through the service's runtime (removes the
-    flag file; in a compose stack, inside the container, then an nginx reload), then asks
-    each frontend's /health and expects 200. Runtimes with no switch raise
+    flag file, in a compose stack inside the container and on a systemd host the service's
+    maintenance_flag, then an nginx reload; or the inventory's maintenance_off command), then
+    asks each frontend's /health and expects 200. Runtimes with no switch raise
     MaintenanceUnsupported.
     Privileges: control of the frontend's runtime.
     Undo: maintenance_on.

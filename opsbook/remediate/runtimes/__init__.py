@@ -22,10 +22,6 @@ COMMAND_TIMEOUT_S = 120
 # What coreutils' `timeout` exits with when it had to stop the command.
 TIMED_OUT = 124
 LOCAL = "local"
-MAINTENANCE_BY_HAND = (
-    "the inventory names no maintenance switch for a host's nginx; switch its maintenance "
-    "page by hand, as the maintenance-window runbook says"
-)
 
 
 class HostRuntime:
@@ -62,8 +58,6 @@ class HostRuntime:
             return f"no such verb (one of {', '.join(VERBS)})"
         if not self._mine(service):
             return self._not_mine(service)
-        if verb == "maintenance":
-            return MAINTENANCE_BY_HAND
         return None
 
     def host(self, service: str) -> HostTarget:
@@ -112,10 +106,4 @@ class HostRuntime:
         )
 
     def maintenance_flag(self) -> None:
-        return None  # no flag file on this machine
-
-    def maintenance_command(self, on: bool, service: str) -> str:
-        raise Unsupported(self.name, "maintenance", service, MAINTENANCE_BY_HAND)
-
-    def maintenance(self, on: bool, service: str) -> None:
-        raise Unsupported(self.name, "maintenance", service, MAINTENANCE_BY_HAND)
+        return None  # a switch, if any, is on the service's host: maintenance() throws it

@@ -4,7 +4,9 @@
 `sh -c` on the service's host (sudo -n if asked). `status` exits 0 when the service runs.
 Without `restart`, a restart is the stop command, then the start command (a stop that fails
 while the service does not run is no obstacle to the start). Without `reload`, reload is
-refused; so are recreate and scale, for which the inventory gives no commands.
+refused; so are recreate and scale, for which the inventory gives no commands. Maintenance
+mode is the inventory's `maintenance_on` and `maintenance_off` commands (the frontend's page
+switched on and off, e.g. a flag file its nginx tests and a reload); refused without them.
 
 A start command that leaves a process running must detach it from its output (`setsid
 daemon >log 2>&1 &`), as with any command over ssh: the command is over when its output is.
@@ -39,6 +41,8 @@ class CommandRuntime(HostRuntime):
             return "the inventory gives commands for one instance, none to scale it"
         if verb == "reload" and self.commands(service).reload is None:
             return "the inventory gives no reload command"
+        if verb == "maintenance" and self.commands(service).maintenance_on is None:
+            return "the inventory gives no maintenance_on and maintenance_off commands"
         return None
 
     def _given(self, verb: str, service: str) -> str | None:
@@ -54,6 +58,9 @@ class CommandRuntime(HostRuntime):
     def command(self, verb: str, service: str, *args: str) -> str:
         refuse(self, verb, service)
         commands = self.commands(service)
+        if verb == "maintenance":
+            (switch,) = args
+            return self.maintenance_command(switch == "on", service)
         if verb == "restart" and commands.restart is None:
             line = f"{self._sudo(service, commands.stop)}; {self._sudo(service, commands.start)}"
         else:
@@ -108,6 +115,19 @@ class CommandRuntime(HostRuntime):
 
     def scale(self, service: str, count: int) -> None:
         refuse(self, "scale", service)
+
+    def _maintenance_line(self, on: bool, service: str) -> str:
+        refuse(self, "maintenance", service)
+        commands = self.commands(service)
+        given = commands.maintenance_on if on else commands.maintenance_off
+        assert given is not None  # refusal() covers them, and the inventory gives both or none
+        return self._sudo(service, given)
+
+    def maintenance_command(self, on: bool, service: str) -> str:
+        return self.shown(service, self._maintenance_line(on, service))
+
+    def maintenance(self, on: bool, service: str) -> None:
+        self.run("maintenance", service, self._maintenance_line(on, service))
 
     def status_lines(self) -> list[str]:
         """One line per command service: its host and whether its status command says it runs."""

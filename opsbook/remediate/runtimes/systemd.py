@@ -4,6 +4,11 @@ The unit is the inventory's `unit:` (default `<service>.service`). A templated u
 (`worker@.service`) is the service's instances: start runs `worker@1.service`, stop, restart and
 reload act on every running instance, and scale N runs exactly `worker@1` .. `worker@N`. A unit
 is never recreated (there is no image to recreate it from): refused, restart it instead.
+
+Maintenance mode is for a unit whose nginx tests a flag file, as opsbook's own nginx does (the
+snippet is in docs/inventory.md): `maintenance_flag:` in the inventory names that file on the
+host; on creates it, off removes it, each followed by `systemctl reload` of the unit, all
+through `sudo -n` with `sudo: true`. A service without the setting is refused in one line.
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ class SystemdRuntime(HostRuntime):
             return basic
         if verb == "recreate":
             return "a unit has no image to recreate it from; restart it"
+        if verb == "maintenance" and self.declared(service).maintenance_flag is None:
+            return (
+                f"the inventory names no services.{service}.maintenance_flag (the file its "
+                "nginx configuration tests; see docs/inventory.md)"
+            )
         if verb == "scale" and not self.templated(service):
             return (
                 f"scale needs a templated unit (NAME@.service) in the inventory, "
@@ -69,7 +79,18 @@ class SystemdRuntime(HostRuntime):
 
     def command(self, verb: str, service: str, *args: str) -> str:
         refuse(self, verb, service)
+        if verb == "maintenance":
+            (switch,) = args
+            return self.maintenance_command(switch == "on", service)
         return self.shown(service, self._line(verb, service, *args))
+
+    def _maintenance_line(self, on: bool, service: str) -> str:
+        """The flag file created (on) or removed (off), then the unit reloaded, so that nginx
+        serves through whatever its configuration says now."""
+        refuse(self, "maintenance", service)
+        flag = shlex.quote(self.declared(service).maintenance_flag or "")
+        change = f"touch {flag}" if on else f"rm -f {flag}"
+        return f"{self.sudo(service)}{change} && {self._line('reload', service)}"
 
     # -- what it looks at --------------------------------------------------------------------------
 
@@ -118,6 +139,12 @@ class SystemdRuntime(HostRuntime):
 
     def recreate(self, service: str) -> None:
         self._act("recreate", service)
+
+    def maintenance_command(self, on: bool, service: str) -> str:
+        return self.shown(service, self._maintenance_line(on, service))
+
+    def maintenance(self, on: bool, service: str) -> None:
+        self.run("maintenance", service, self._maintenance_line(on, service))
 
     def scale(self, service: str, count: int) -> None:
         refuse(self, "scale", service)
