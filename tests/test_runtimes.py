@@ -9,6 +9,12 @@
   HEALTH-001's fix is applied end to end there to a stopped backend unit (python3's
   http.server as chat-backend.service, published on loopback), through systemctl and through
   the `command` runtime's own commands; and the daily checks of that host run over ssh.
+- Maintenance mode on that host (`opsbook maintenance on|off`, the issue's proof): nginx.service,
+  in front of the backend with opsbook's maintenance switch, its flag created and removed with
+  `sudo -n touch`/`rm -f` and the unit reloaded (systemd's `maintenance_flag`), or by the
+  inventory's `maintenance_on`/`maintenance_off` commands (command): 503 with the page from
+  here, the frontend's HEALTH-001 not applicable as "maintenance mode is on", then 200; refused
+  in one line without those settings.
 - `sandbox`: every verb on the session's native stack (`breakable_sandbox`).
 - `compose`: start, stop, status, reload and maintenance on a real compose project (one stack
   for the module, as tests/checks/test_compose_checks.py builds it; restart, recreate and scale
@@ -46,6 +52,7 @@ from test_compose_checks import (  # one compose stack for the module, built the
     runtime,
 )
 from test_containment import connection_refused, opsbook_incident
+from test_maintenance import opsbook_maintenance
 
 from opsbook.errors import TargetUnreachable
 from opsbook.inventory import Inventory, load_inventory
@@ -255,9 +262,9 @@ def test_command_runtime_refuses_what_the_inventory_gives_no_command_for(
         runtime, "recreate", "echo"
     )
     assert "none to scale it" in refused_line(runtime, "scale", "echo", "2")
-    assert refused_line(runtime, "maintenance", "echo").endswith(
-        "the inventory names no maintenance switch for a host's nginx; switch its maintenance "
-        "page by hand, as the maintenance-window runbook says"
+    assert refused_line(runtime, "maintenance", "echo") == (
+        "command runtime: cannot maintenance echo: the inventory gives no maintenance_on and "
+        "maintenance_off commands"
     )
     assert refused_line(runtime, "reload", "quiet") == (
         "command runtime: cannot reload quiet: the inventory gives no reload command"
@@ -307,6 +314,7 @@ class SystemdHost:
     spec: str
     port: int
     backend_port: int  # chat-backend.service's http.server, published on loopback
+    frontend_port: int  # nginx.service in front of it (port 80), published on loopback
 
     def systemctl(self, *words: str) -> str:
         done = subprocess.run(
@@ -321,6 +329,13 @@ class SystemdHost:
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         return done.stdout
+
+    def exists(self, path: str) -> bool:
+        done = subprocess.run(
+            ["podman", "exec", self.container, "test", "-e", path],
+            capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+        return done.returncode == 0
 
 
 def _podman(*words: str, timeout_s: float = 60, stdin: str | None = None) -> str:
@@ -344,7 +359,8 @@ def systemd_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemdHo
     )  # fmt: skip
     container = f"opsbook-systemd-{uuid.uuid4().hex[:8]}"
     _podman("run", "-d", "--systemd=always", "--name", container, "-p", "127.0.0.1::22",
-            "-p", "127.0.0.1::8000", SYSTEMD_IMAGE, "/sbin/init")  # fmt: skip
+            "-p", "127.0.0.1::8000", "-p", "127.0.0.1::80", SYSTEMD_IMAGE,
+            "/sbin/init")  # fmt: skip
     try:
         end = time.monotonic() + BOOT_DEADLINE_S
         while True:
@@ -364,6 +380,7 @@ def systemd_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemdHo
         host_key = _podman("exec", container, "cat", "/etc/ssh/ssh_host_ed25519_key.pub")
         port = int(_podman("port", container, "22").rsplit(":", 1)[1])
         backend_port = int(_podman("port", container, "8000").rsplit(":", 1)[1])
+        frontend_port = int(_podman("port", container, "80").rsplit(":", 1)[1])
         known_hosts = directory / "known_hosts"
         known_hosts.write_text(f"[127.0.0.1]:{port} {host_key}\n")
         config = client_config(directory, directory / "client_key", known_hosts)
@@ -372,7 +389,7 @@ def systemd_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemdHo
             assert time.monotonic() < end, "the container's sshd did not answer"
             time.sleep(0.2)
         spec = f"ssh://ops@127.0.0.1:{port}?ssh_config={config}"
-        yield SystemdHost(container, spec, port, backend_port)
+        yield SystemdHost(container, spec, port, backend_port, frontend_port)
     finally:
         subprocess.run(["podman", "rm", "-f", "-t", "0", container], capture_output=True,
                        timeout=120, check=False)  # fmt: skip
@@ -493,7 +510,11 @@ def test_systemd_runtime_refuses_recreate_and_scale_of_a_plain_unit(systemd: Run
         "systemd runtime: cannot scale echo: scale needs a templated unit (NAME@.service) in "
         "the inventory, not chat-echo.service"
     )
-    assert "switch its maintenance page by hand" in refused_line(systemd, "maintenance", "echo")
+    assert refused_line(systemd, "maintenance", "echo") == (
+        "systemd runtime: cannot maintenance echo: the inventory names no "
+        "services.echo.maintenance_flag (the file its nginx configuration tests; see "
+        "docs/inventory.md)"
+    )
 
 
 @pytest.mark.containers
@@ -703,6 +724,184 @@ services:
         ]
     finally:
         systemd_host.systemctl("stop", unit)
+
+
+# -- maintenance mode on a host: nginx.service in front of chat-backend.service ----------------
+
+# The flag the image's nginx tests (tests/data/systemd-host/opsbook-maintenance.conf, the
+# snippet docs/inventory.md ships), and the command that has nginx read its configuration again.
+NGINX_FLAG = "/var/lib/nginx/maintenance.on"
+NGINX_RELOAD = "sudo -n systemctl reload nginx.service"
+
+
+def nginx_host_inventory(tmp_path: Path, host: SystemdHost, nginx: str) -> Path:
+    """A deployment whose public entry is the host's nginx (declared with `nginx`, its runtime
+    and settings) in front of the backend unit."""
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(
+        f"""\
+name: nginx-host
+hosts: {{box: {{spec: "{host.spec}"}}}}
+thresholds: {{timeout_s: 3}}
+http:
+  frontend: {{kind: frontend, url: "http://127.0.0.1:{host.frontend_port}"}}
+  backend: {{kind: backend, url: "http://127.0.0.1:{host.backend_port}"}}
+services:
+  nginx: {{{nginx}, host: box, targets: [frontend], depends_on: [backend], role: proxy}}
+  backend: {{runtime: systemd, unit: chat-backend.service, host: box, sudo: true,
+            targets: [backend], role: api}}
+"""
+    )
+    return inventory
+
+
+def maintenance_on_and_off_from_outside(
+    host: SystemdHost,
+    inventory: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    switched: tuple[str, str],
+) -> None:
+    """`opsbook maintenance on`, whose plan says `switched[0]`: from here, every path of the
+    entry answers 503 with the maintenance page, the frontend's HEALTH-001 is not applicable
+    (the report says maintenance mode is on) while the backend's passes; `maintenance off`
+    (`switched[1]`): / answers 200 through nginx and HEALTH-001 passes again; both audited."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("OPSBOOK__STATE_DIR", str(state))
+    where = ["--inventory", str(inventory), "--reports-dir", str(tmp_path / "reports")]
+    port = host.frontend_port
+    served = load_inventory(inventory, environ={})
+    ssh = f"on box (ssh://ops@127.0.0.1:{host.port})"
+    host.systemctl("start", "chat-backend.service")
+    try:
+        eventually(lambda: http_status(port, "/") == 200, "nginx passes / to the backend")
+        assert not _served(served)
+
+        assert opsbook_maintenance("on", *where) == 0
+        assert capsys.readouterr().out.splitlines()[-1] == (
+            f"  [maintenance-mode] turn maintenance mode on (503 everywhere): {ssh}: "
+            f"{switched[0]} -> frontend /health answers 503"
+        )
+        assert host.exists(NGINX_FLAG)
+        assert {http_status(port, path) for path in ("/", "/health", "/api/health")} == {503}
+        assert _served(served)  # the page itself, read from the entry
+        on = run_checks(inventory, state, tmp_path / "on", "--check=HEALTH-001")
+        assert on.outcome("HEALTH-001", "frontend") == "skipped", on.output
+        assert on.row("HEALTH-001", "frontend")["message"] == (
+            "maintenance mode is on: frontend serves its maintenance page"
+        )
+        assert on.outcome("HEALTH-001", "backend") == "passed", on.output
+
+        assert opsbook_maintenance("off", *where) == 0
+        assert capsys.readouterr().out.splitlines()[-1] == (
+            f"  [maintenance-mode] turn maintenance mode off (serve the site): {ssh}: "
+            f"{switched[1]} -> frontend /health answers 200"
+        )
+        assert not host.exists(NGINX_FLAG)
+        assert http_status(port, "/") == 200
+        off = run_checks(inventory, state, tmp_path / "off", "--check=HEALTH-001")
+        assert off.outcome("HEALTH-001", "frontend") == "passed", off.output
+        events = [json.loads(line) for line in (state / "audit.log").read_text().splitlines()]
+        assert [(e["event"], e["remediation"].rsplit(".", 1)[1]) for e in events] == [
+            ("intent", "maintenance_on"),
+            ("outcome", "maintenance_on"),
+            ("intent", "maintenance_off"),
+            ("outcome", "maintenance_off"),
+        ]
+    finally:
+        subprocess.run(
+            ["podman", "exec", host.container, "sh", "-c",
+             f"rm -f {NGINX_FLAG} && systemctl reload nginx.service"],
+            capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+        host.systemctl("stop", "chat-backend.service")
+
+
+@pytest.mark.containers
+def test_maintenance_on_a_systemd_nginx_is_served_and_seen_from_outside(
+    systemd_host: SystemdHost,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The issue's proof on systemd: nginx.service's maintenance_flag created with `sudo -n
+    touch` over ssh and the unit reloaded: 503 with the page from outside, the frontend's
+    checks not applicable; then removed and reloaded: 200."""
+    nginx = f"runtime: systemd, unit: nginx.service, sudo: true, maintenance_flag: {NGINX_FLAG}"
+    inventory = nginx_host_inventory(tmp_path, systemd_host, nginx)
+    maintenance_on_and_off_from_outside(
+        systemd_host, inventory, tmp_path, capsys, monkeypatch,
+        (f"sudo -n touch {NGINX_FLAG} && {NGINX_RELOAD}",
+         f"sudo -n rm -f {NGINX_FLAG} && {NGINX_RELOAD}"),
+    )  # fmt: skip
+
+
+@pytest.mark.containers
+def test_maintenance_through_the_command_runtimes_own_commands(
+    systemd_host: SystemdHost,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The `command` runtime: the inventory's maintenance_on and maintenance_off commands,
+    run over ssh, switch the same nginx: 503 with the page from outside, then 200."""
+    switched = (
+        f"sudo -n touch {NGINX_FLAG} && {NGINX_RELOAD}",
+        f"sudo -n rm -f {NGINX_FLAG} && {NGINX_RELOAD}",
+    )
+    commands = {
+        "start": "sudo -n systemctl start nginx.service",
+        "stop": "sudo -n systemctl stop nginx.service",
+        "status": "systemctl is-active --quiet nginx.service",
+        "maintenance_on": switched[0],
+        "maintenance_off": switched[1],
+    }
+    listed = ", ".join(f'{verb}: "{command}"' for verb, command in commands.items())
+    inventory = nginx_host_inventory(
+        tmp_path, systemd_host, f"runtime: command, commands: {{{listed}}}"
+    )
+    maintenance_on_and_off_from_outside(
+        systemd_host, inventory, tmp_path, capsys, monkeypatch, switched
+    )
+
+
+def test_maintenance_on_a_host_without_its_setting_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without maintenance_flag (systemd) or maintenance_on/off (command), `opsbook
+    maintenance on` is refused before anything is asked of the host (which need not even
+    answer): one line, exit 2."""
+    host = SystemdHost("none", "ssh://ops@127.0.0.1:9", 9, 9, 9)  # nothing is reached
+    declarations = {
+        "systemd": (
+            "runtime: systemd, unit: nginx.service, sudo: true",
+            "the inventory names no services.nginx.maintenance_flag (the file its nginx "
+            "configuration tests; see docs/inventory.md)",
+        ),
+        "command": (
+            'runtime: command, commands: {start: "true", stop: "true", status: "true"}',
+            "the inventory gives no maintenance_on and maintenance_off commands",
+        ),
+    }
+    for name, (nginx, why) in declarations.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        inventory = nginx_host_inventory(folder, host, nginx)
+        where = ["--inventory", str(inventory), "--reports-dir", str(folder / "reports")]
+        assert opsbook_maintenance("on", *where) == 2
+        captured = capsys.readouterr()
+        assert captured.err == (
+            f"maintenance: {name} runtime: cannot switch nginx's maintenance page: {why}; "
+            "switch nginx to its maintenance page by hand, as the maintenance-window runbook "
+            "says\n"
+        )
+        assert captured.out == ""
+        runtime = runtime_of(load_inventory(inventory, environ={}), "nginx")
+        assert runtime is not None
+        assert refused_line(runtime, "maintenance", "nginx") == (
+            f"{name} runtime: cannot maintenance nginx: {why}"
+        )
 
 
 # -- compose and sandbox: what they refuse ---------------------------------------------------
