@@ -386,10 +386,19 @@ def _served_now(inventory: Inventory) -> Inventory:
     are not to answer, and the canary then goes to the backend."""
     from opsbook.remediation.containment import contained_service
 
-    http = {n: e for n, e in inventory.http.items() if contained_service(inventory, n) is None}
-    if len(http) == len(inventory.http):
+    closed = {n for n in inventory.http if contained_service(inventory, n) is not None}
+    if not closed:
         return inventory
-    return msgspec.structs.replace(inventory, http=http)
+    return msgspec.structs.replace(
+        inventory,
+        http={n: e for n, e in inventory.http.items() if n not in closed},
+        services={
+            name: msgspec.structs.replace(
+                service, targets=tuple(t for t in service.targets if t not in closed)
+            )
+            for name, service in inventory.services.items()
+        },
+    )
 
 
 def _healthy(ctx: Context, rotated: list[_Secret]) -> Callable[[], str]:

@@ -238,3 +238,28 @@ def test_an_api_key_is_written_and_its_consumers_restarted(
     assert "canary passed" in out
     assert new not in out
     assert "the-old-api-key-value" not in out
+
+
+def test_rotation_during_a_containment_leaves_the_entry_closed(
+    stack: Stack, state: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The incident runbook's order: contain, rotate, release. The closed entry is not
+    opened, nor waited for; the canary goes to the backend."""
+    from opsbook.commands import incident
+
+    def opsbook_incident(*args: str) -> int:
+        parser = argparse.ArgumentParser(prog="python -m opsbook")
+        incident.register(parser.add_subparsers(dest="command", required=True))
+        parsed = parser.parse_args(["incident", *args])
+        return int(parsed.run(parsed))
+
+    where = ["--inventory", str(stack.inventory_path), "--reports-dir", str(tmp_path)]
+    assert opsbook_incident("contain", "--allow=contain", *where) == 0
+    try:
+        assert opsbook_secrets("rotate", *ALLOWED, "--only", "redis", *where) == 0
+        out = capsys.readouterr().out
+        assert "canary passed" in out
+        assert not stack.component("nginx").is_running()
+    finally:
+        assert opsbook_incident("release", "--allow=contain", *where) == 0
+    assert stack.component("nginx").is_running()
