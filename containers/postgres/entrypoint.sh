@@ -58,6 +58,24 @@ ALTER TABLE conversations OWNER TO opsbook_admin;
 ALTER TABLE messages OWNER TO opsbook_admin;
 ALTER TABLE agents OWNER TO opsbook_admin;
 SQL
+    # The secret rotation's one right over chat_app (SET_APP_PASSWORD in opsbook/sandbox/postgres.py:
+    # keep the two in step); quoted, so that the shell leaves its dollars alone.
+    cat <<'SQL'
+CREATE OR REPLACE FUNCTION public.opsbook_set_password(role_name name, verifier text)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+BEGIN
+    IF role_name <> 'chat_app' THEN
+        RAISE EXCEPTION 'opsbook_set_password: only the application role chat_app';
+    END IF;
+    IF verifier NOT LIKE 'SCRAM-SHA-256$%' THEN
+        RAISE EXCEPTION 'opsbook_set_password: a SCRAM-SHA-256 verifier, never a clear password';
+    END IF;
+    EXECUTE format('ALTER ROLE %I PASSWORD %L', role_name, verifier);
+END
+$fn$;
+REVOKE ALL ON FUNCTION public.opsbook_set_password(name, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.opsbook_set_password(name, text) TO opsbook_admin;
+SQL
 } | psql_ -d chatdb
 pg_ctl -D "$PGDATA" -w -s -m fast stop
 exec postgres -D "$PGDATA"
