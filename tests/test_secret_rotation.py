@@ -263,3 +263,19 @@ def test_rotation_during_a_containment_leaves_the_entry_closed(
     finally:
         assert opsbook_incident("release", "--allow=contain", *where) == 0
     assert stack.component("nginx").is_running()
+
+
+def test_the_compose_image_gives_the_admin_the_same_function() -> None:
+    """containers/postgres/entrypoint.sh runs the SQL the native sandbox runs (its heredoc as
+    the shell expands it), so that the rotation works on the compose stack too."""
+    import subprocess
+
+    from opsbook.sandbox.postgres import SET_APP_PASSWORD
+
+    entrypoint = Path(__file__).resolve().parents[1] / "containers" / "postgres" / "entrypoint.sh"
+    lines = entrypoint.read_text().splitlines()
+    start = lines.index("    cat <<'SQL'")
+    end = lines.index("SQL", start + 1)
+    heredoc = "\n".join([lines[start].strip(), *lines[start + 1 : end + 1]]) + "\n"
+    done = subprocess.run(["sh", "-c", heredoc], capture_output=True, text=True, timeout=10)
+    assert done.stdout.strip() == SET_APP_PASSWORD.strip()
