@@ -673,9 +673,9 @@ def test_containment_on_a_systemd_unit_closes_and_opens_the_public_port(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """`opsbook incident contain|release` where the public entry is a unit on a host: the
-    image has no nginx, so the entry is chat-backend.service (python3's http.server, published
-    on loopback) declared as the frontend: `sudo -n systemctl stop` over ssh, the published
+    """`opsbook incident contain|release` where the public entry is a unit on a host: here
+    chat-backend.service (python3's http.server, published on loopback; any unit will do)
+    declared as the frontend: `sudo -n systemctl stop` over ssh, the published
     port refused from here, then `systemctl start` and /health 200; both audited."""
     unit = "chat-backend.service"
     inventory = tmp_path / "inventory.yaml"
