@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from opsbook import Finding, Severity, Thresholds, Unit, check
+from opsbook import Finding, Inventory, Severity, Thresholds, Unit, check
 from opsbook.probes.containers import (
     EXEC_ANSWERS,
     EXEC_PROBES,
@@ -24,7 +24,7 @@ from opsbook.probes.containers import (
     log_errors,
     mib,
 )
-from opsbook.remediation import services
+from opsbook.remediation import limits, services
 
 pytestmark = [pytest.mark.daily, pytest.mark.compose]
 
@@ -274,4 +274,44 @@ def test_unpublished_service_answers_exec_probe(
         ok=answer.exit_code == 0 and any(word in answer.output for word in EXEC_ANSWERS[service]),
         problem=f"`docker compose exec {service} {' '.join(answer.command)}` in "
         f"{answer.container} exited {answer.exit_code} and said {answer.output[:200]!r}",
+    )
+
+
+@check("COMPOSE-008", Severity.MEDIUM, remediation=limits.write_limits_override)
+def test_limits_as_expected(
+    compose_project: ComposeProject,
+    limited_compose_service: str,
+    inventory: Inventory,
+    finding: Finding,
+) -> None:
+    """The service's containers run with the CPU and memory limits the inventory expects.
+
+    Risk: a backend limited below what the runbook sizes it for is throttled and killed at its
+    limit under ordinary load (a 256 MiB backend dies where a 2 GiB one serves); one above it
+    starves its neighbours on the host. The engine applies what the compose file (and its
+    override) said at the last recreate: only what runs counts. Not applicable natively: the
+    sandbox's processes run without limits (no container engine enforces any).
+    """
+    service = limited_compose_service
+    expected = limits.expected_limits(inventory, service)
+    if expected is None:
+        pytest.skip(f"{service}: the inventory expects no limits (services.{service}.limits)")
+    states = _containers(compose_project, service, finding)
+    wrong = {s.name: limits.limit_mismatches(s, expected) for s in states}
+    finding.expect(
+        {
+            s.name: {
+                "cpus": s.cpus_limit,
+                "memory_limit_bytes": s.memory_limit_bytes,
+                "memory_reservation_bytes": s.memory_reservation_bytes,
+            }
+            for s in states
+        },
+        f"{limits.expected_text(expected)}: services.{service}.limits",
+        ok=not any(wrong.values()),
+        problem="; ".join(
+            f"{name} runs with {', '.join(problems)}"
+            for name, problems in wrong.items()
+            if problems
+        ),
     )

@@ -333,14 +333,25 @@ def _heap(container: ContainerFacts) -> tuple[dict[str, int | None], str | None]
 @pytest.mark.resources
 @check("SEC-080", Severity.MEDIUM)
 def test_node_heap_fits_memory_limit(
-    service_containers: list[ContainerFacts], finding: Finding
+    compose_project: ComposeProject,
+    compose_service: str,
+    service_containers: list[ContainerFacts],
+    finding: Finding,
 ) -> None:
     """NODE_OPTIONS' --max-old-space-size fits the container's memory limit (at most 75%).
 
     Risk: a V8 heap allowed to grow past the container's limit never collects in time: the
     kernel kills the process with SIGKILL at the limit, mid-request, with no "heap out of memory"
     error to tell why.
+
+    Node.js services only (the runbook's NODE_OPTIONS=--max-old-space-size=1536, 75% of its 2G
+    limit): a service that runs no node, npm or the like and sets no NODE_OPTIONS (the
+    reference backend is Python, the frontend nginx) is not applicable, saying so.
     """
+    states = compose_project.states(compose_service)
+    if states and not any(s.node for s in states):
+        runs = " ".join(states[0].command[:3]) or "no command"
+        pytest.skip(f"not applicable: {compose_service} is not a Node service (it runs {runs})")
     judged = {c.name: _heap(c) for c in service_containers}
     problems = [problem for _, problem in judged.values() if problem]
     finding.expect(

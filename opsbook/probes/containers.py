@@ -15,7 +15,7 @@ from the exit code, never from that flag.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC
@@ -56,6 +56,9 @@ class ContainerState(Struct, frozen=True):
     health_output: str  # the last health probe's output, if the engine kept one
     cpus_limit: float | None  # CPUs (0.5 = half a core); None: unlimited
     memory_limit_bytes: int | None  # None: unlimited
+    memory_reservation_bytes: int | None = None  # HostConfig.MemoryReservation; None: none
+    command: tuple[str, ...] = ()  # what it runs: Path and Args (the entrypoint and command)
+    node: bool = False  # a Node.js service: it runs node (npm, npx, ...), or its image is Node's
 
     @property
     def running(self) -> bool:
@@ -88,6 +91,27 @@ def memory_limit_bytes(host_config: Mapping[str, Any]) -> int | None:
     return memory if memory > 0 else None
 
 
+def memory_reservation_bytes(host_config: Mapping[str, Any]) -> int | None:
+    """HostConfig.MemoryReservation (compose's reservations.memory, a soft limit); None: 0."""
+    reserved = int(host_config.get("MemoryReservation") or 0)
+    return reserved if reserved > 0 else None
+
+
+# What a Node.js service runs; the official node images set NODE_VERSION.
+NODE_PROGRAMS = frozenset({"node", "nodejs", "npm", "npx", "yarn", "pnpm"})
+
+
+def runs_node(command: Sequence[str], environment: Sequence[str]) -> bool:
+    """Whether a container runs Node.js: a program of NODE_PROGRAMS in its command (also as
+    `sh -c "node server.js"`), or NODE_VERSION or NODE_OPTIONS in its environment."""
+    words = [word for part in command for word in str(part).split()]
+    if any(word.rsplit("/", 1)[-1] in NODE_PROGRAMS for word in words):
+        return True
+    return any(
+        str(item).split("=", 1)[0] in ("NODE_VERSION", "NODE_OPTIONS") for item in environment
+    )
+
+
 def container_state(attrs: Mapping[str, Any]) -> ContainerState:
     """The facts of `docker inspect` (a container's attrs in the SDK)."""
     state = attrs.get("State") or {}
@@ -95,6 +119,9 @@ def container_state(attrs: Mapping[str, Any]) -> ContainerState:
     labels = (attrs.get("Config") or {}).get("Labels") or {}
     health = state.get("Health") or {}
     log = health.get("Log") or []
+    command = tuple(str(part) for part in [attrs.get("Path") or "", *(attrs.get("Args") or [])])
+    command = tuple(part for part in command if part)
+    environment = (attrs.get("Config") or {}).get("Env") or []
     return ContainerState(
         name=str(attrs.get("Name", "")).lstrip("/"),
         service=str(labels.get(SERVICE_LABEL, "")),
@@ -106,6 +133,9 @@ def container_state(attrs: Mapping[str, Any]) -> ContainerState:
         health_output=str(log[-1].get("Output") or "").strip() if log else "",
         cpus_limit=cpus_limit(host_config),
         memory_limit_bytes=memory_limit_bytes(host_config),
+        memory_reservation_bytes=memory_reservation_bytes(host_config),
+        command=command,
+        node=runs_node(command, environment),
     )
 
 
@@ -119,6 +149,13 @@ class Usage(Struct, frozen=True):
 
 def mib(count: int) -> str:
     return f"{count / 2**20:.0f} MiB"
+
+
+def size(count: int) -> str:
+    """A memory size as a person writes it: `2 GiB`, `1.5 GiB`, `256 MiB`."""
+    if count >= 2**30:
+        return f"{count / 2**30:.2f}".rstrip("0").rstrip(".") + " GiB"
+    return mib(count)
 
 
 def _cpu_total(stats: Mapping[str, Any]) -> int | None:

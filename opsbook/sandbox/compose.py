@@ -22,6 +22,7 @@ from pathlib import Path
 
 from opsbook import yamltext
 from opsbook.compose import COMPOSE_FILE, ComposeDriver, ComposeError
+from opsbook.inventory import OVERRIDE_NAME
 from opsbook.loopback import http_json, http_status
 from opsbook.sandbox.base import Layout
 from opsbook.sandbox.postgres import ADMIN_ROLE, APP_ROLE, MONITOR_ROLE
@@ -42,6 +43,13 @@ CONTAINER_PORTS = {
     "backend": 8000,
     "frontend": 8080,
     "prometheus": 9090,
+}
+# The runbook's resource limits (its override file): what compose.yaml sets and the stack's
+# inventory expects (services.NAME.limits, compared by COMPOSE-008). Kept here rather than read
+# from compose.yaml, so that a compose file that drifts from the runbook fails the check.
+RUNBOOK_LIMITS = {
+    "backend": {"cpus": 2, "memory": "2G", "memory_reservation": "1G"},
+    "frontend": {"cpus": 1, "memory": "1G", "memory_reservation": "512M"},
 }
 WORKER_READY_FILE = "/tmp/worker.ready"  # noqa: S108 (inside the worker's own tmpfs)
 SECRETS = (APP_ROLE, MONITOR_ROLE, ADMIN_ROLE, *(secret_name(user) for user in USERS))
@@ -76,8 +84,14 @@ class ComposeStack(ComposeDriver):
         compose_file: Path = COMPOSE_FILE,
         docker_host: str | None = None,
     ) -> None:
+        directory = Path(directory).absolute()
         super().__init__(
-            directory, project=project, compose_file=compose_file, docker_host=docker_host
+            directory,
+            project=project,
+            compose_file=compose_file,
+            docker_host=docker_host,
+            # The stack's own, never the one beside the shared compose.yaml.
+            override_file=directory / OVERRIDE_NAME,
         )
         self.layout = Layout(self.dir)
 
@@ -126,9 +140,16 @@ class ComposeStack(ComposeDriver):
             (rules / path.name).chmod(0o644)
         # HighMemoryUsage compares with the limits this compose file makes the engine enforce
         # (the shipped file has the runbook's), for each job its Prometheus scrapes.
-        compose = yamltext.safe_load(COMPOSE_FILE.read_text(encoding="utf-8")) or {}
+        # The stack's override file, where there is one (COMPOSE-008's fix writes the inventory's
+        # limits there), comes after compose.yaml, as in every compose command.
+        compose = yamltext.safe_load(self.compose_file.read_text(encoding="utf-8")) or {}
         limits = compose_memory_limits(compose, SCRAPED)
-        (rules / LIMITS_FILE).write_text(memory_limit_rules(limits, COMPOSE_FILE.name))
+        source = self.compose_file.name
+        if self.override_file is not None and self.override_file.exists():
+            override = yamltext.safe_load(self.override_file.read_text(encoding="utf-8")) or {}
+            limits.update(compose_memory_limits(override, SCRAPED))
+            source += f" and {self.override_file}"
+        (rules / LIMITS_FILE).write_text(memory_limit_rules(limits, source))
         (rules / LIMITS_FILE).chmod(0o644)
 
     def up(self, build: bool = True) -> Path:
@@ -218,6 +239,13 @@ class ComposeStack(ComposeDriver):
     def write_inventory(self, ports: dict[str, int]) -> Path:
         import yaml  # only `up` needs it
 
+        sections = target_sections(
+            self.layout,
+            ports,
+            {name: name for name in ("backend", "frontend", "prometheus", "postgres", "redis")},
+        )
+        for service, limits in RUNBOOK_LIMITS.items():
+            sections["services"][service]["limits"] = dict(limits)
         inventory = {
             "name": "compose",
             "compose": {
@@ -225,12 +253,9 @@ class ComposeStack(ComposeDriver):
                 "file": str(self.compose_file),
                 "docker_host": self.docker_host,
                 "dir": str(self.dir),
+                "override": str(self.override_file),
             },
-            **target_sections(
-                self.layout,
-                ports,
-                {name: name for name in ("backend", "frontend", "prometheus", "postgres", "redis")},
-            ),
+            **sections,
             "hosts": {"local": {"spec": "local://", "filesystems": [str(self.dir)]}},
             # Each sandbox is a deployment of its own: its lock, budgets and audit log too.
             "state_dir": str(self.dir / "state"),
