@@ -280,10 +280,14 @@ class Limits(_Model, frozen=True):
 
     def __post_init__(self) -> None:
         if self.cpus is None and self.memory is None and self.memory_reservation is None:
-            raise ValueError("limits: give cpus, memory or memory_reservation")
+            raise ValueError("give cpus, memory or memory_reservation")
         for key in ("memory", "memory_reservation"):
             value = getattr(self, key)
-            if value is not None and compose_size_bytes(value) <= 0:
+            try:
+                amount = None if value is None else compose_size_bytes(value)
+            except ValueError as exc:
+                raise ValueError(f"{key}: {exc}") from None
+            if amount is not None and amount <= 0:
                 raise ValueError(f"{key}: must be more than 0: {value!r}")
         reserved, most = self.memory_reservation_bytes, self.memory_bytes
         if reserved is not None and most is not None and reserved > most:
