@@ -110,7 +110,8 @@ class Runtime(Protocol):
 
 def maintenance_served(frontend: HttpTarget) -> bool:
     """Whether the entry serves the maintenance page now: its answer at / is a 503 carrying
-    the page (nginx's, in the sandbox and in the compose stack), whoever switched it on.
+    the page (opsbook's nginx snippet, on every runtime: docs/inventory.md), whoever switched
+    it on.
     TargetUnreachable when nothing answers."""
     answer = frontend.get("/")
     return answer.status_code == 503 and MAINTENANCE_TITLE in answer.text

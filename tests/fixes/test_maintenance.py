@@ -115,7 +115,8 @@ def test_other_runtimes_are_refused_clearly(
     sandbox: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A frontend no runtime drives (here: no sandbox, no compose, no runtime of its own) is
-    refused in one line; systemd and command runtimes refuse it too (tests/test_runtimes.py)."""
+    refused in one line; so are systemd and command services whose inventory entry names no
+    maintenance_flag or maintenance commands (tests/test_runtimes.py)."""
     raw = yaml.safe_load(sandbox.inventory_path.read_text())
     del raw["sandbox"]
     inventory = tmp_path / "inventory.yaml"
