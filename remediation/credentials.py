@@ -484,9 +484,9 @@ def _rotate(ctx: Context, apply: bool, only: str | None, on_secret: Callable[[st
         owner = inventory.service_of(c.target) if c.target else each.name
         plan.add(
             f"write a new secret for {each.label()} into its file, the old kept aside",
-            f"umask 077; cp -p {c.file} {each.previous}; "
-            f"<new secret, token_urlsafe({NEW_SECRET_BYTES})> > {c.file}.tmp; "
-            f"mv {c.file}.tmp {c.file}",
+            f"install -m 600 {c.file} {each.previous}; "
+            f"<new secret, token_urlsafe({NEW_SECRET_BYTES})> > {c.file.parent}/.{c.file.name}"
+            f".PID.tmp (the file's mode and owner); mv it over {c.file}",
             KIND,
             _write_step(each, on_secret),
             service=owner,
