@@ -84,11 +84,27 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeStack]:
         shipped.replace(SHIPPED_APP, f"{APP}:dev").replace("./containers/", f"{REPO}/containers/")
     )
     stack = ComposeStack(base / "stack", compose_file=compose_file, docker_host=docker_host)
+    _forget_releases(stack)  # a run cut short left some: good1 must be built, not found
     try:
         stack.up()
         yield stack
     finally:
         stack.down()
+        _forget_releases(stack)
+
+
+def _forget_releases(stack: ComposeStack) -> None:
+    """Untag every release of the test's application image (the layers stay cached)."""
+    listed = subprocess.run(
+        ["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", APP],
+        env=_env(stack), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    # Podman lists every tag of a matching image, the shipped image's own among them: only
+    # the test's names are untagged.
+    for ref in (line for line in listed.stdout.split() if line.startswith(f"{APP}:")):
+        subprocess.run(
+            ["docker", "rmi", ref], env=_env(stack), capture_output=True, timeout=60, check=False
+        )
 
 
 @pytest.fixture(scope="module")
