@@ -80,10 +80,13 @@ def test_contain_closes_the_entry_and_release_opens_it(
         f"  [contain] stop nginx, the public entry (every user is cut off): {stop} -> "
         f"127.0.0.1:{port}: "
     ), printed
+    # nginx serves both public entries, the plain one and the TLS one: both are closed.
+    tls_port = stack.state.ports["nginx-tls"]
     assert connection_refused(port)
+    assert connection_refused(tls_port)
     record = json.loads((state / "contained.json").read_text())
     assert (record["services"], record["entries"], record["reason"]) == (
-        ["nginx"], [f"127.0.0.1:{port}"], "leak suspected"
+        ["nginx"], [f"127.0.0.1:{port}", f"127.0.0.1:{tls_port}"], "leak suspected"
     )  # fmt: skip
 
     # A contained entry is not an outage: the frontend's checks are not applicable, and say
@@ -124,7 +127,8 @@ def test_contain_closes_the_entry_and_release_opens_it(
     capsys.readouterr()
     assert opsbook_incident("release", "--allow=contain", *where) == 0
     assert capsys.readouterr().out.splitlines()[-1] == (
-        f"  [contain] start nginx, the public entry, again: {start} -> frontend /health answers 200"
+        f"  [contain] start nginx, the public entry, again: {start} -> frontend /health answers "
+        "200; frontend-tls /health answers 200"
     )
     assert requests.get(health, timeout=3).status_code == 200
     assert not (state / "contained.json").exists()
@@ -189,6 +193,7 @@ def test_an_entry_that_still_answers_is_exit_1_and_a_held_lock_exit_3(
     raw = yaml.safe_load(stack.inventory_path.read_text())
     raw["services"]["nginx"]["targets"] = []
     raw["services"]["worker"]["targets"] = ["frontend"]
+    del raw["http"]["frontend-tls"]  # nginx's other entry: only `frontend` is misattributed
     inventory = tmp_path / "inventory.yaml"
     inventory.write_text(yaml.safe_dump(raw))
     state = tmp_path / "state"

@@ -85,7 +85,10 @@ def test_up_again_prints_the_inventory_and_keeps_ports_and_pids(sandbox: Stack) 
     assert inventory.sandbox is not None
     assert inventory.sandbox.dir == sandbox.dir
     assert inventory.postgres["chatdb"].port == sandbox.state.ports["postgres"]
-    assert set(inventory.http) == {"backend", "frontend", "prometheus"}
+    assert set(inventory.http) == {"backend", "frontend", "frontend-tls", "prometheus"}
+    assert inventory.http["frontend-tls"].url == (
+        f"https://127.0.0.1:{sandbox.state.ports['nginx-tls']}"
+    )
 
 
 def test_secrets_are_private_files(sandbox: Stack) -> None:
@@ -108,7 +111,9 @@ def test_status_lists_every_component_running(sandbox: Stack) -> None:
 
 def test_every_service_answers(sandbox_inventory: Inventory) -> None:
     for name, endpoint in sandbox_inventory.http.items():
-        answer = requests.get(endpoint.url + endpoint.health_path, timeout=TIMEOUT_S)
+        answer = requests.get(
+            endpoint.url + endpoint.health_path, timeout=TIMEOUT_S, verify=endpoint.verify
+        )
         assert answer.status_code == 200, f"{name}: {answer.status_code}"
     health = requests.get(url(sandbox_inventory, "backend", "/health"), timeout=TIMEOUT_S)
     assert health.json() == {"status": "ok", "database": "ok", "redis": "ok"}

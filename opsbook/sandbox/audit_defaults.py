@@ -70,6 +70,7 @@ def audit_section(directory: Path, ports: Mapping[str, int]) -> dict[str, Any]:
             str(directory / "secrets" / "*.password"),
             str(directory / ENV_FILE),
             str(directory / "redis" / "redis.conf"),  # holds the password hashes
+            str(directory / "nginx" / "tls" / "key.pem"),  # the TLS listener's private key
         ],
         "secret_file_owner": me,
         "login_users": list(dict.fromkeys(login_users)),

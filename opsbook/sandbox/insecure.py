@@ -3,6 +3,8 @@
     make_insecure(stack)   # trust in pg_hba.conf, Redis open on all interfaces,
                            # a world-readable .env, nginx server_tokens on
     make_secure(stack)     # undo all four; safe to run twice, or on a sandbox never touched
+    legacy_tls(stack, on=True)  # nginx's TLS listener also accepts TLS 1.0 and 1.1 (apart:
+                                # SEC-032's own proof); on=False puts back TLS 1.2 and 1.3 only
 
 Everything is changed on the running processes (reloads, CONFIG SET, ACL SETUSER); nothing is
 restarted. A restart of postgres or nginx would also undo their part, since `start` writes
@@ -16,13 +18,13 @@ listens on more addresses of this machine; it never reaches out to another.
 from __future__ import annotations
 
 import http.client
-import subprocess
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
 from opsbook.sandbox.audit_defaults import ensure_env_file
-from opsbook.sandbox.nginx import Nginx
+from opsbook.sandbox.nginx import TLS_PROTOCOLS, Nginx
 from opsbook.sandbox.postgres import Postgres
 from opsbook.sandbox.process import SandboxError
 from opsbook.sandbox.redis import secret_name
@@ -33,6 +35,8 @@ TRUST_LINES = (
     f"local all all trust {MARK}\n",
     f"host all all 127.0.0.1/32 trust {MARK}\n",
 )
+# OpenSSL 3's default security level refuses TLS < 1.2 whatever ssl_protocols says.
+LEGACY_TLS = "ssl_protocols TLSv1 TLSv1.1 TLSv1.2 TLSv1.3; ssl_ciphers DEFAULT:@SECLEVEL=0;"
 RELOAD_DEADLINE_S = 5.0
 TIMEOUT_S = 3.0
 
@@ -106,12 +110,7 @@ def _server_tokens(stack: Stack, on: bool) -> None:
         else ("server_tokens on;", "server_tokens off;")
     )
     nginx.config.write_text(text.replace(old, new), encoding="utf-8")
-    done = subprocess.run(
-        ["nginx", "-p", f"{nginx.home}/", "-c", str(nginx.config), "-s", "reload"],
-        capture_output=True, text=True, timeout=10, check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        raise SandboxError(f"nginx: reload failed: {done.stderr.strip()}")
+    nginx.reload()
     # The reload is asynchronous: new workers answer once the old ones have gone.
     port = stack.state.ports["nginx"]
     deadline = time.monotonic() + RELOAD_DEADLINE_S
@@ -119,6 +118,47 @@ def _server_tokens(stack: Stack, on: bool) -> None:
         if time.monotonic() > deadline:
             raise SandboxError(f"nginx: server_tokens {'on' if on else 'off'} not in effect")
         time.sleep(0.05)
+
+
+def _accepts_tls1(port: int) -> bool:
+    import ssl
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.0 on purpose
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1"),
+        ):
+            return True
+    except ssl.SSLError:
+        return False
+
+
+def legacy_tls(stack: Stack, *, on: bool) -> str:
+    """nginx's TLS listener accepts TLS 1.0 and 1.1 too (on), or TLS 1.2 and 1.3 only, as `up`
+    writes it (off); reloaded, and waited for until a TLS 1.0 handshake says so. Returns what
+    was done."""
+    nginx = _nginx(stack)
+    if nginx.tls_port is None:
+        raise SandboxError("nginx: this sandbox has no TLS listener")
+    modern = f"ssl_protocols {TLS_PROTOCOLS};"
+    old, new = (modern, LEGACY_TLS) if on else (LEGACY_TLS, modern)
+    text = nginx.config.read_text(encoding="utf-8")
+    nginx.config.write_text(text.replace(old, new), encoding="utf-8")
+    nginx.reload()
+    deadline = time.monotonic() + RELOAD_DEADLINE_S
+    while _accepts_tls1(nginx.tls_port) != on:
+        if time.monotonic() > deadline:
+            raise SandboxError(f"nginx: TLS 1.0 {'accepted' if on else 'refused'} not in effect")
+        time.sleep(0.05)
+    return f"nginx: {new} (reloaded)"
 
 
 def make_insecure(stack: Stack) -> list[str]:

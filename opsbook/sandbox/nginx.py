@@ -3,16 +3,25 @@
 Maintenance mode is on while DIR/nginx/maintenance.on exists: every location, /health
 included, answers 503. As root the workers run as nobody:nogroup, so the files they read are
 world-readable and the directories on the way are searchable.
+
+The same server also listens with TLS on a second port (the inventory's public entry
+`frontend-tls`), TLS 1.2 and 1.3 only, with a self-signed certificate made by openssl on the
+first start (DIR/nginx/tls: cert.pem, and key.pem mode 0600, read by the master before it
+drops privileges). The plain-HTTP listener stays as it was.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 from opsbook.loopback import http_status
 from opsbook.sandbox.base import Component, Layout, require_port
-from opsbook.sandbox.process import Process
+from opsbook.sandbox.process import ComponentError, Process
+
+TLS_PROTOCOLS = "TLSv1.2 TLSv1.3"
+CERT_DAYS = 825  # the longest validity current clients accept for a server certificate
 
 INDEX_HTML = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>AI chat</title></head>
@@ -28,8 +37,11 @@ MAINTENANCE_HTML = (
 class Nginx(Component):
     name = "nginx"
 
-    def __init__(self, layout: Layout, port: int | None, backend_port: int) -> None:
+    def __init__(
+        self, layout: Layout, port: int | None, backend_port: int, tls_port: int | None = None
+    ) -> None:
         self.backend_port = backend_port
+        self.tls_port = tls_port
         super().__init__(layout, port)
 
     @property
@@ -43,6 +55,19 @@ class Nginx(Component):
     @property
     def maintenance_flag(self) -> Path:
         return self.home / "maintenance.on"
+
+    @property
+    def certificate(self) -> Path:
+        """The TLS listener's self-signed certificate: also the CA its clients trust."""
+        return self.certificate_of(self.layout)
+
+    @staticmethod
+    def certificate_of(layout: Layout) -> Path:
+        return layout.dir / "nginx" / "tls" / "cert.pem"
+
+    @property
+    def private_key(self) -> Path:
+        return self.home / "tls" / "key.pem"
 
     def _process(self) -> Process:
         return Process(
@@ -65,6 +90,14 @@ class Nginx(Component):
                 ("Referrer-Policy", "no-referrer"),
             )
         )
+        tls = ""
+        if self.tls_port is not None:
+            tls = (
+                f"        listen 127.0.0.1:{self.tls_port} ssl;\n"
+                f"        ssl_certificate {self.certificate};\n"
+                f"        ssl_certificate_key {self.private_key};\n"
+                f"        ssl_protocols {TLS_PROTOCOLS};\n"
+            )
         return f"""{user}daemon off;
 worker_processes 1;
 pid {home}/run/nginx.pid;
@@ -91,7 +124,7 @@ http {{
 
     server {{
         listen 127.0.0.1:{require_port(self)};
-        server_name localhost;
+{tls}        server_name localhost;
         root {home}/html;
 {headers}
 
@@ -132,8 +165,46 @@ http {{
         index = self.home / "html" / "index.html"
         index.write_text(INDEX_HTML, encoding="utf-8")
         index.chmod(0o644)
+        if self.tls_port is not None:
+            self._make_certificate()
         self.config.write_text(self.render(), encoding="utf-8")
         self.config.chmod(0o644)
+
+    def _make_certificate(self) -> None:
+        """A self-signed certificate for 127.0.0.1 and localhost, made once (an EC key: a few
+        milliseconds); a later start keeps it, so clients that trust it keep trusting it."""
+        if self.certificate.exists() and self.private_key.exists():
+            return
+        self.certificate.parent.mkdir(mode=0o755, exist_ok=True)
+        self.private_key.unlink(missing_ok=True)
+        # openssl writes the key with the umask's mode: made 0600 before it is written.
+        self.private_key.touch(mode=0o600)
+        try:
+            done = subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "ec",
+                 "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                 "-days", str(CERT_DAYS), "-subj", "/CN=127.0.0.1",
+                 "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                 "-keyout", str(self.private_key), "-out", str(self.certificate)],
+                capture_output=True, text=True, timeout=30, check=False,
+            )  # fmt: skip
+        except OSError as exc:
+            raise ComponentError(self.name, f"cannot run openssl: {exc.strerror}", None) from None
+        if done.returncode != 0:
+            self.certificate.unlink(missing_ok=True)
+            problem = f"openssl could not make the TLS certificate: {done.stderr.strip()[-300:]}"
+            raise ComponentError(self.name, problem, None)
+        self.certificate.chmod(0o644)
+
+    def reload(self) -> None:
+        """Make the running nginx read its configuration file again (`nginx -s reload`); the
+        new workers take over asynchronously."""
+        done = subprocess.run(
+            ["nginx", "-p", f"{self.home}/", "-c", str(self.config), "-s", "reload"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise ComponentError(self.name, f"reload failed: {done.stderr.strip()}", None)
 
     def ready(self) -> bool:
         return http_status(require_port(self), "/health") is not None

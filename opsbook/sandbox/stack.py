@@ -35,7 +35,8 @@ from opsbook.sandbox.targets_section import target_sections
 # In start order; `down` stops them in reverse. The Pushgateway takes the runs' metrics
 # (the inventory's metrics.pushgateway) for Prometheus to scrape.
 COMPONENTS = ("postgres", "redis", "backend", "worker", "nginx", "pushgateway", "prometheus")
-PORTED = ("postgres", "redis", "backend", "nginx", "pushgateway", "prometheus")
+# nginx-tls: nginx's second, TLS listener (the inventory's public entry frontend-tls).
+PORTED = ("postgres", "redis", "backend", "nginx", "nginx-tls", "pushgateway", "prometheus")
 # Components that may run as several processes (`scale`): worker, worker-2, worker-3, ...
 SCALABLE = ("worker",)
 MAX_REPLICAS = 8
@@ -135,7 +136,10 @@ class Stack:
         if name == "worker":
             return Worker(self.layout, None)
         if name == "nginx":
-            return Nginx(self.layout, ports["nginx"], backend_port=ports["backend"])
+            return Nginx(
+                self.layout, ports["nginx"], backend_port=ports["backend"],
+                tls_port=ports["nginx-tls"],
+            )  # fmt: skip
         if name == "pushgateway":
             return Pushgateway(self.layout, ports["pushgateway"])
         return Prometheus(
@@ -305,6 +309,7 @@ class Stack:
                     "postgres": "postgres",
                     "redis": "redis",
                 },
+                tls_entry=(ports["nginx-tls"], Nginx.certificate_of(self.layout)),
             ),
             # Every run against the sandbox reports to its Pushgateway, which its Prometheus
             # scrapes: OpsbookRunMissing fires only when no run reported for too long.

@@ -3,6 +3,7 @@ natively or as a compose project: the same services, ports and credentials files
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from opsbook.sandbox.base import Layout
@@ -11,33 +12,51 @@ from opsbook.sandbox.redis import secret_name
 
 
 def target_sections(
-    layout: Layout, ports: dict[str, int], services: dict[str, str]
+    layout: Layout,
+    ports: dict[str, int],
+    services: dict[str, str],
+    tls_entry: tuple[int, Path] | None = None,
 ) -> dict[str, Any]:
     """`ports` and `services` are keyed by backend, frontend, prometheus, postgres, redis:
-    where each answers on 127.0.0.1, and the runtime's name for it."""
+    where each answers on 127.0.0.1, and the runtime's name for it. `tls_entry`: the port of
+    the frontend's TLS listener and the certificate (self-signed) to verify it with, for a
+    second public entry, `frontend-tls`, served by the frontend's service."""
     secret = layout.secret_file
-    return {
-        "services": services_graph(services),
-        "http": {
-            "backend": {
-                "kind": "backend",
-                "url": f"http://127.0.0.1:{ports['backend']}",
-                "service": services["backend"],
-            },
-            "frontend": {
-                "kind": "frontend",
-                "url": f"http://127.0.0.1:{ports['frontend']}",
-                "service": services["frontend"],
-                # The reference backend answers 404 (JSON) for an id that is no message.
-                "api_path": "/api/messages/opsbook-route-probe",
-            },
-            "prometheus": {
-                "kind": "prometheus",
-                "url": f"http://127.0.0.1:{ports['prometheus']}",
-                "health_path": "/-/healthy",
-                "service": services["prometheus"],
-            },
+    graph = services_graph(services)
+    http: dict[str, Any] = {
+        "backend": {
+            "kind": "backend",
+            "url": f"http://127.0.0.1:{ports['backend']}",
+            "service": services["backend"],
         },
+        "frontend": {
+            "kind": "frontend",
+            "url": f"http://127.0.0.1:{ports['frontend']}",
+            "service": services["frontend"],
+            # The reference backend answers 404 (JSON) for an id that is no message.
+            "api_path": "/api/messages/opsbook-route-probe",
+        },
+        "prometheus": {
+            "kind": "prometheus",
+            "url": f"http://127.0.0.1:{ports['prometheus']}",
+            "health_path": "/-/healthy",
+            "service": services["prometheus"],
+        },
+    }
+    if tls_entry is not None:
+        tls_port, certificate = tls_entry
+        # The same server as `frontend`, over TLS: the audit's TLS check (SEC-032) has a real
+        # listener to judge, and every frontend check runs through TLS too. Placed after
+        # `frontend`, which stays the entry the canary and the maintenance fix address first.
+        http["frontend-tls"] = {
+            **http["frontend"],
+            "url": f"https://127.0.0.1:{tls_port}",
+            "ca_file": str(certificate),
+        }
+        graph[services["frontend"]]["targets"].append("frontend-tls")
+    return {
+        "services": graph,
+        "http": http,
         "postgres": {
             "chatdb": {
                 "host": "127.0.0.1",

@@ -56,7 +56,7 @@ def test_maintenance_on_and_off(
         f"  [maintenance-mode] turn maintenance mode on (503 everywhere): touch {flag}",
         "maintenance on: opsbook.remediation.maintenance.maintenance_on: applied",
         f"  [maintenance-mode] turn maintenance mode on (503 everywhere): touch {flag}"
-        " -> frontend /health answers 503",
+        " -> frontend /health answers 503; frontend-tls /health answers 503",
     ]
     assert frontend_health(stack) == 503
     run = run_checks("--check=HEALTH-001")
@@ -69,15 +69,18 @@ def test_maintenance_on_and_off(
     assert run.outcome("HEALTH-001", "backend") == "passed"
 
     assert opsbook_maintenance("on", *where) == 0
-    assert capsys.readouterr().out.splitlines()[1] == (
-        "  nothing to do: maintenance mode is already on (frontend serves the page)"
+    # Both of nginx's entries (plain and TLS) serve it.
+    assert (
+        capsys.readouterr()
+        .out.splitlines()[1]
+        .startswith("  nothing to do: maintenance mode is already on (frontend, frontend-tls serve")
     )
 
     assert opsbook_maintenance("off", *where) == 0
     assert (
         capsys.readouterr()
         .out.splitlines()[-1]
-        .endswith(f"rm -f {flag} -> frontend /health answers 200")
+        .endswith(f"rm -f {flag} -> frontend /health answers 200; frontend-tls /health answers 200")
     )
     assert frontend_health(stack) == 200
     assert run_checks("--check=HEALTH-001").exit_code == 0
@@ -90,7 +93,7 @@ def test_maintenance_on_and_off(
     flag.touch()
     flag.chmod(0o644)
     assert opsbook_maintenance("on", *where) == 0
-    assert "already on (frontend serves the page)" in capsys.readouterr().out
+    assert "already on (frontend, frontend-tls serve" in capsys.readouterr().out
     assert opsbook_maintenance("off", *where) == 0
     capsys.readouterr()
     assert frontend_health(stack) == 200
