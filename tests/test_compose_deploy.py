@@ -1,7 +1,7 @@
 """`opsbook deploy` on a real compose stack: a good release deployed (its tag seen in `docker
 inspect`), a bad one (its backend answers 500 on POST /api/messages) caught by the postdeploy
 gate and rolled back automatically to the release before it, and ROLLBACK-001's fix bringing
-the previous release back (its pre-deploy backup left alone without --allow=restore).
+the previous release back, and with --allow=restore its pre-deploy backup.
 
 The engine's tests (marker `containers`) share one stack for the module, from a copy of
 compose.yaml whose application image has a name of its own (`localhost/opsbook-deploytest-app`):
@@ -266,7 +266,7 @@ def test_bad_release_fails_the_postdeploy_gate_and_is_rolled_back(
 
 
 def _write_row(inventory: Inventory) -> str:
-    """A conversation written by hand after the pre-deploy backup (a restore would lose it)."""
+    """A conversation written by hand after the pre-deploy backup (the restore loses it)."""
     pg = inventory.postgres["chatdb"]
     assert pg.admin is not None
     assert pg.admin.password is not None
@@ -325,7 +325,7 @@ def test_rollback_fix_brings_the_release_before_back(
     run = CheckRun(
         opsbook(
             stack, "check", "-m", "postdeploy", f"--inventory={inventory_path}",
-            f"--reports-dir={reports}", "--remediate=apply", "--allow=rollback",
+            f"--reports-dir={reports}", "--remediate=apply", "--allow=rollback,restore",
         ),
         reports,
     )  # fmt: skip
@@ -333,14 +333,14 @@ def test_rollback_fix_brings_the_release_before_back(
     assert run.outcome("ROLLBACK-001") == "fixed", run.output
     attempt = run.row("ROLLBACK-001")["remediation_attempt"]
     assert any("rolled back good2 -> good1" in line for line in attempt["plan"]), attempt
-    # Without --allow=restore, the release goes back and the data stays as it is. (With it,
-    # restore_backup's own steps follow; on compose they stop and start the backend, which
-    # nginx then proxies to at its old address: not tested here until that fix reloads nginx.)
-    assert any("not done: not allowed: restore" in line for line in attempt["plan"]), attempt
+    # With --allow=restore, the backup taken before good2 was deployed is restored after it.
+    restored = [line for line in attempt["plan"] if line.startswith("[restore]")]
+    assert len(restored) == 1, attempt
+    assert "-> restored opsbook-backup-" in restored[0], restored
     for service in ("backend", "worker"):
         assert image_of(stack, service) == good1
     assert run_canary(inventory, 10.0).failed_hop is None
-    assert _has_conversation(inventory, written), "restored without --allow=restore"
+    assert not _has_conversation(inventory, written), "the pre-deploy backup was not restored"
     assert [r.tag for r in deployed(state_dir(inventory))][-1] == "good1"
 
 
