@@ -100,7 +100,10 @@ def _squeeze_backend(stack: ComposeStack, runtime: ComposeRuntime, tmp_path: Pat
     override = tmp_path / "tiny-memory.yaml"
     override.write_text(
         "services:\n  backend:\n    memswap_limit: 16M\n"
-        "    deploy: {resources: {limits: {cpus: '0.50', memory: 16M}}}\n"
+        # The reservation under the limit too: the engine refuses one above it (compose.yaml
+        # reserves the runbook's 1G).
+        "    deploy: {resources: {limits: {cpus: '0.50', memory: 16M}, "
+        "reservations: {memory: 8M}}}\n"
     )
     subprocess.run(
         [
@@ -135,7 +138,7 @@ def test_memory_squeezed_backend_is_recreated(
     again = run_compose("--check=COMPOSE-001,COMPOSE-002,COMPOSE-005,HEALTH-001")
     assert again.exit_code == 0, again.output
     limits = again.row("COMPOSE-005", "backend")["observed"][name]
-    assert limits["memory_bytes"] == 256 * 2**20, limits
+    assert limits["memory_bytes"] == 2 * 2**30, limits  # compose.yaml's (the runbook's)
 
 
 @pytest.mark.fixes("COMPOSE-002")
