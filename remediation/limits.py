@@ -19,7 +19,7 @@ from opsbook.inventory import Compose, Inventory, Limits
 from opsbook.probes.containers import ComposeProject, ContainerState, connect, size
 from opsbook.probes.health import answers_now
 from opsbook.remediate import runtime as runtimes
-from opsbook.remediate.context import Context
+from opsbook.remediate.context import Context, NoRuntime
 from opsbook.remediate.plan import Plan, Refused, StepKind
 from opsbook.targets import HttpTarget, PostgresTarget, RedisTarget
 
@@ -174,10 +174,10 @@ def write_limits_override(ctx: Context, *, apply: bool) -> Plan:
     if expected is None:
         return plan.nothing(f"the inventory expects no limits of {service}")
     states = _states(compose, service, ctx.thresholds.timeout_s * 3)
-    wrong = {s.name: limit_mismatches(s, expected) for s in states}
-    wrong = {name: problems for name, problems in wrong.items() if problems}
     if not states:
         return plan.nothing(f"no container of {service} to recreate (COMPOSE-001 starts it)")
+    wrong = {s.name: limit_mismatches(s, expected) for s in states}
+    wrong = {name: problems for name, problems in wrong.items() if problems}
     if not wrong:
         return plan.nothing(f"{service} runs with {expected_text(expected)}, as expected")
     override = compose.override_file
@@ -187,8 +187,9 @@ def write_limits_override(ctx: Context, *, apply: bool) -> Plan:
             "limits into"
         )
     runtime = ctx.runtime()
+    if not isinstance(runtime, runtimes.ComposeRuntime):
+        raise NoRuntime(f"{service}: the deployment's runtime is {runtime.name}, not compose")
     runtimes.refuse(runtime, "recreate", service)
-    assert isinstance(runtime, runtimes.ComposeRuntime), "compose_spec: a compose deployment"
     shown = "; ".join(f"{name} runs with {', '.join(p)}" for name, p in wrong.items())
 
     def write_and_recreate() -> str:

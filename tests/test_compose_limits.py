@@ -195,3 +195,25 @@ def test_not_applicable_on_the_native_sandbox(tmp_path: Path) -> None:
         row = run.row(check_id, "none")
         assert row["outcome"] == "skipped", run.output
         assert "the native sandbox enforces no CPU or memory limits" in row["message"], row
+
+
+def test_alert_limits_read_the_stack_override(tmp_path: Path) -> None:
+    """The stack's memory-limits rules take the override file's limits over compose.yaml's (the
+    limits the engine enforces after the fix); no engine needed."""
+    stack = ComposeStack(tmp_path / "stack")
+    stack._prepare_dir()
+    rules = stack.dir / "prometheus" / "rules" / "memory-limits.rules.yml"
+    assert recorded_limits(rules) == {"backend": 2 * GIB, "prometheus": 512 * MIB}
+    assert stack.override_file == stack.dir / "compose.override.yaml"
+    stack.override_file.write_text(SHRUNK)
+    stack._prepare_dir()
+    assert recorded_limits(rules) == {"backend": 256 * MIB, "prometheus": 512 * MIB}
+    assert f"and {stack.override_file}" in rules.read_text().splitlines()[0]
+
+
+def recorded_limits(rules: Path) -> dict[str, int]:
+    document = yamltext.safe_load(rules.read_text())
+    return {
+        rule["labels"]["job"]: int(rule["expr"].removeprefix("vector(").removesuffix(")"))
+        for rule in document["groups"][0]["rules"]
+    }
