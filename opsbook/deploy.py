@@ -199,17 +199,19 @@ class Step:
     summary: str
     commands: list[str]
     result: str = ""
+    label: str = "deploy"
 
     def lines(self) -> list[str]:
         done = f" -> {self.result}" if self.result else ""
-        return [f"[deploy] {self.summary}: {c}{done}" for c in self.commands] or [
-            f"[deploy] {self.summary}{done}"
+        return [f"[{self.label}] {self.summary}: {c}{done}" for c in self.commands] or [
+            f"[{self.label}] {self.summary}{done}"
         ]
 
 
 @dataclass
 class Trail:
-    """Writes each step's intent and outcome to the deployment's audit log, and says them."""
+    """Writes each step's intent and outcome to the deployment's audit log, and says them.
+    `check` and `module` name the entries (a maintenance window's steps are not a deploy's)."""
 
     inventory: Inventory
     run_id: str
@@ -217,6 +219,8 @@ class Trail:
     redact: Callable[[str], str]
     say: Callable[[str], None]
     log: AuditLog | None = None
+    check: str = AUDIT_CHECK
+    module: str = "opsbook.deploy"
     not_audited: str = ""
     steps: list[dict[str, Any]] = field(default_factory=list)
 
@@ -238,9 +242,9 @@ class Trail:
             {
                 "event": event,
                 "run": self.run_id,
-                "check": AUDIT_CHECK,
+                "check": self.check,
                 "target": f"deployment/{self.inventory.name}",
-                "remediation": f"opsbook.deploy.{step.name}",
+                "remediation": f"{self.module}.{step.name}",
                 "release": self.tag,
                 **{k: self.redact(v) if isinstance(v, str) else v for k, v in more.items()},
                 "steps": [self.redact(line) for line in step.lines()],
@@ -253,7 +257,7 @@ class Trail:
     ) -> Iterator[Step]:
         """Run one step: intent first (a step whose intent cannot be written does not act,
         unless it is a rollback, which acts anyway and says so), then its outcome."""
-        step = Step(name, summary, commands)
+        step = Step(name, summary, commands, label=self.check.lower())
         self.say(f"{name}: {summary}")
         intent = self._record("intent", step)
         if intent is None and must_audit:
@@ -294,6 +298,14 @@ class Deploy:
     say: Callable[[str], None] = print
     backup: bool = True
     previous: str | None = None  # commands: the release running now, when none is recorded
+    # A maintenance window (opsbook.maintenance_window) runs a deploy inside its own: it holds
+    # the deployment's lock already, rebuilds with its own build options (--pull, --no-cache),
+    # turns the maintenance page on once the backup is taken and off before the postdeploy gate
+    # (whose canary goes through the public entry).
+    lock_held: bool = False
+    build_options: tuple[str, ...] = ()
+    after_backup: Callable[[], None] | None = None
+    before_postdeploy: Callable[[], None] | None = None
     evidence: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -345,7 +357,7 @@ class Deploy:
         lock = RemediationLock(self.state / LOCK)
         try:
             self.state.mkdir(mode=STATE_MODE, parents=True, exist_ok=True)
-            taken = lock.acquire(f"deploy {self.tag} run {self.run_id}")
+            taken = self.lock_held or lock.acquire(f"deploy {self.tag} run {self.run_id}")
         except OSError as exc:
             why = f"cannot take the lock in {self.state}: {exc.strerror or exc}"
             return Result(EXIT_REFUSED, why, self.evidence)
@@ -407,37 +419,7 @@ class Deploy:
         return done.returncode, self.redact(lines[-1].strip()) if lines else ""
 
     def _checks(self, marker: str) -> tuple[int, str]:
-        """`opsbook check -m MARKER` against this inventory, into the reports directory (so that
-        ROLLBACK-001 of the postdeploy run finds the predeploy run); its output kept."""
-        argv = [
-            sys.executable, "-m", "opsbook", "check", "-m", marker,
-            f"--inventory={self.inventory_path}", f"--reports-dir={self.reports_dir}",
-        ]  # fmt: skip
-        log = self.evidence / f"{marker}.log"
-        with log.open("w", encoding="utf-8") as out:
-            try:
-                done = subprocess.run(
-                    argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    timeout=CHECKS_TIMEOUT_S, check=False,
-                )  # fmt: skip
-            except subprocess.TimeoutExpired:
-                return 124, f"no answer in {CHECKS_TIMEOUT_S:g} s"
-        return done.returncode, self._not_passed()
-
-    def _not_passed(self) -> str:
-        """The checks of the newest run that did not pass, by id (from its findings.json)."""
-        try:
-            document = json.loads((self.reports_dir / "latest" / "findings.json").read_text())
-        except (OSError, ValueError):
-            return ""
-        bad = sorted(
-            {
-                f"{row['check_id']}[{row['target']}]" if row.get("target") else row["check_id"]
-                for row in document.get("findings", [])
-                if row.get("outcome") in ("failed", "error", "blocked")
-            }
-        )
-        return ", ".join(bad)
+        return run_checks(marker, self.inventory_path, self.reports_dir, self.evidence)
 
     def _gate(self) -> None:
         for name, command in self.settings.gate_commands.items():
@@ -483,6 +465,8 @@ class Deploy:
                 waiting = "; ".join(f"{what}: {why}" for what, why in ready.not_ready.items())
                 raise GateFailed(f"not ready after {ready.waited_s:.0f} s: {waiting}")
             step.result = f"ready in {ready.waited_s:.1f} s"
+        if self.before_postdeploy is not None:
+            self.before_postdeploy()
         shown = f"python -m opsbook check -m postdeploy --inventory={self.inventory_path}"
         with self.trail.step("postdeploy", "postdeploy checks and the canary", [shown]) as step:
             code, bad = self._checks("postdeploy")
@@ -513,6 +497,8 @@ class Deploy:
             self._gate()
             by_service = images.service_images(services)
             self._backup()
+            if self.after_backup is not None:
+                self.after_backup()
             refs = sorted(set(by_service.values()))
             before = self._running_release(images, by_service)
             wanted = self._images_of_tag(images, refs, by_service, before)
@@ -584,7 +570,7 @@ class Deploy:
                 built = sorted(s for s, r in by_service.items() if r == ref)
                 compose = [
                     "docker", "compose", "-p", images.driver.project,
-                    "-f", str(images.driver.compose_file), "build", *built,
+                    "-f", str(images.driver.compose_file), "build", *self.build_options, *built,
                 ]  # fmt: skip
                 commands = [
                     f"DOCKER_BUILDKIT=0 {images.shown(*compose[1:])}",
@@ -593,7 +579,9 @@ class Deploy:
                 ]
                 with self.trail.step("images", f"build {target}", commands) as step:
                     try:
-                        images.driver.compose("build", *built, timeout=BUILD_TIMEOUT_S)
+                        images.driver.compose(
+                            "build", *self.build_options, *built, timeout=BUILD_TIMEOUT_S
+                        )
                     except ComposeError as exc:
                         tail = " | ".join(exc.log_tail[-3:])
                         raise DeployError(f"build of {target} failed: {exc}: {tail}") from None
@@ -669,6 +657,8 @@ class Deploy:
         try:
             self._gate()
             self._backup()
+            if self.after_backup is not None:
+                self.after_backup()
             where = self.state / releases.RELEASES_FILE
             with self.trail.step("record", f"record {self.tag}", [f"append to {where}"]):
                 if previous and not recorded:
@@ -715,6 +705,44 @@ class Deploy:
             )
         code = EXIT_GATE if isinstance(failure, GateFailed) else EXIT_STEP
         return Result(code, f"{why}; rolled back to {previous} ({step.result})")
+
+
+def run_checks(
+    marker: str, inventory_path: Path, reports_dir: Path, evidence: Path
+) -> tuple[int, str]:
+    """`opsbook check -m MARKER` against the inventory, into the reports directory (so that
+    ROLLBACK-001 of a postdeploy run finds the predeploy run), its output kept in
+    EVIDENCE/MARKER.log: (exit status, the checks that did not pass)."""
+    argv = [
+        sys.executable, "-m", "opsbook", "check", "-m", marker,
+        f"--inventory={inventory_path}", f"--reports-dir={reports_dir}",
+    ]  # fmt: skip
+    log = evidence / f"{marker}.log"
+    with log.open("w", encoding="utf-8") as out:
+        try:
+            done = subprocess.run(
+                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                timeout=CHECKS_TIMEOUT_S, check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return 124, f"no answer in {CHECKS_TIMEOUT_S:g} s"
+    return done.returncode, not_passed(reports_dir)
+
+
+def not_passed(reports_dir: Path) -> str:
+    """The checks of the newest run that did not pass, by id (from its findings.json)."""
+    try:
+        document = json.loads((reports_dir / "latest" / "findings.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    bad = sorted(
+        {
+            f"{row['check_id']}[{row['target']}]" if row.get("target") else row["check_id"]
+            for row in document.get("findings", [])
+            if row.get("outcome") in ("failed", "error", "blocked")
+        }
+    )
+    return ", ".join(bad)
 
 
 def host_run(inventory: Inventory, what: str, command: str, redact: Callable[[str], str]) -> str:
