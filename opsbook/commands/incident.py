@@ -63,7 +63,10 @@ DUMP_TIMEOUT_S = 3600
 
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser("incident", help="the incident runbook: collect evidence, contain or release the public entry")
+    parser = commands.add_parser(
+        "incident",
+        help="the incident runbook: collect evidence, contain or release the public entry",
+    )
     parser.set_defaults(run=run)
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     collect = actions.add_parser("collect", help="logs, status, sockets (and a dump) into DIR")
