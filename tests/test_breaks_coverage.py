@@ -7,8 +7,8 @@ module's `pytestmark`, or in `pytest.param(..., marks=...)`.
 
 What cannot be installed here is broken as a stand-in that answers as the real one does, and
 its test says so in its docstring: Grafana (OBS-003, SEC-040, SEC-041: a loopback server with
-Grafana's answers), Trivy (SEC-060: a `trivy` printing its report format), and nginx's TLS
-(SEC-032: a local OpenSSL server whose protocols the test turns down and up).
+Grafana's answers) and Trivy (SEC-060: a `trivy` printing its report format). nginx's TLS
+(SEC-032) is the sandbox's own listener (tests/test_sandbox_audit.py).
 """
 
 from __future__ import annotations

@@ -26,7 +26,6 @@ SKIPPED_ON_THE_SANDBOX = {
     # nginx's hardening is the frontend's; the backend is not nginx
     ("SEC-030", "backend"), ("SEC-031", "backend"), ("SEC-032", "backend"),
     ("SEC-032", "frontend"),  # the plain-HTTP entry: TLS is judged on frontend-tls
-    ("SEC-013", "chatdb"),  # audit.require_ssl off: PostgreSQL's traffic stays on 127.0.0.1
     ("SEC-040", "none"), ("SEC-041", "none"),  # no Grafana (tests/checks/test_audit.py)
     ("SEC-060", None),  # no trivy, no images (tests/checks/test_audit.py)
     # the compose stack's (tests/checks/test_container_security.py)

@@ -79,5 +79,7 @@ def audit_section(directory: Path, ports: Mapping[str, int]) -> dict[str, Any]:
         "public_ports": _baseline_public_ports(set(ports.values())),
         "app_roles": ["chat_app"],
         "redis_app_users": ["chat_app"],
-        "require_ssl": False,  # every connection stays on 127.0.0.1
+        # Every connection stays on 127.0.0.1, but the sandbox's PostgreSQL serves TLS as one
+        # whose traffic leaves the host must, so that SEC-013 has something to judge.
+        "require_ssl": True,
     }

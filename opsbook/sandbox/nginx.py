@@ -19,9 +19,9 @@ from pathlib import Path
 from opsbook.loopback import http_status
 from opsbook.sandbox.base import Component, Layout, require_port
 from opsbook.sandbox.process import ComponentError, Process
+from opsbook.sandbox.tls import make_self_signed
 
 TLS_PROTOCOLS = "TLSv1.2 TLSv1.3"
-CERT_DAYS = 825  # the longest validity current clients accept for a server certificate
 
 INDEX_HTML = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>AI chat</title></head>
@@ -166,35 +166,10 @@ http {{
         index.write_text(INDEX_HTML, encoding="utf-8")
         index.chmod(0o644)
         if self.tls_port is not None:
-            self._make_certificate()
+            self.certificate.parent.mkdir(mode=0o755, exist_ok=True)
+            make_self_signed(self.certificate, self.private_key, self.name)
         self.config.write_text(self.render(), encoding="utf-8")
         self.config.chmod(0o644)
-
-    def _make_certificate(self) -> None:
-        """A self-signed certificate for 127.0.0.1 and localhost, made once (an EC key: a few
-        milliseconds); a later start keeps it, so clients that trust it keep trusting it."""
-        if self.certificate.exists() and self.private_key.exists():
-            return
-        self.certificate.parent.mkdir(mode=0o755, exist_ok=True)
-        self.private_key.unlink(missing_ok=True)
-        # openssl writes the key with the umask's mode: made 0600 before it is written.
-        self.private_key.touch(mode=0o600)
-        try:
-            done = subprocess.run(
-                ["openssl", "req", "-x509", "-newkey", "ec",
-                 "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                 "-days", str(CERT_DAYS), "-subj", "/CN=127.0.0.1",
-                 "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-                 "-keyout", str(self.private_key), "-out", str(self.certificate)],
-                capture_output=True, text=True, timeout=30, check=False,
-            )  # fmt: skip
-        except OSError as exc:
-            raise ComponentError(self.name, f"cannot run openssl: {exc.strerror}", None) from None
-        if done.returncode != 0:
-            self.certificate.unlink(missing_ok=True)
-            problem = f"openssl could not make the TLS certificate: {done.stderr.strip()[-300:]}"
-            raise ComponentError(self.name, problem, None)
-        self.certificate.chmod(0o644)
 
     def reload(self) -> None:
         """Make the running nginx read its configuration file again (`nginx -s reload`); the

@@ -21,6 +21,7 @@ from pathlib import Path
 from opsbook.postgres_cluster import SUPERUSER, Cluster, ClusterError, server_os_user
 from opsbook.sandbox.base import Component, require_port
 from opsbook.sandbox.process import ComponentError, Process, SandboxError
+from opsbook.sandbox.tls import make_self_signed
 
 DATABASE = "chatdb"
 APP_ROLE = "chat_app"
@@ -161,6 +162,12 @@ class Postgres(Component):
                     f"unix_socket_directories = '{self.socket_dir}'",
                     "unix_socket_permissions = 0700",
                     "password_encryption = 'scram-sha-256'",
+                    # TLS for clients that ask (libpq's default, prefer: the backend does),
+                    # as a server whose traffic leaves the host needs (SEC-013); pg_hba's
+                    # `host` lines still take the checks' own sslmode=disable connections.
+                    "ssl = on",
+                    "ssl_cert_file = 'server.crt'",
+                    "ssl_key_file = 'server.key'",
                     "log_connections = on",
                     "log_disconnections = on",
                     "logging_collector = off",
@@ -185,6 +192,12 @@ class Postgres(Component):
             path.write_text(text, encoding="utf-8")
             path.chmod(0o600)
             if os.geteuid() == 0:
+                shutil.chown(path, SUPERUSER, SUPERUSER)
+        certificate, key = self.data / "server.crt", self.data / "server.key"
+        # PostgreSQL refuses a key that others can read, or one not owned by its own user.
+        make_self_signed(certificate, key, self.name)
+        if os.geteuid() == 0:
+            for path in (certificate, key):
                 shutil.chown(path, SUPERUSER, SUPERUSER)
 
     def ready(self) -> bool:
