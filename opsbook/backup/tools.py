@@ -11,6 +11,7 @@ its environment (PGPASSWORD, REDISCLI_AUTH), never on a command line.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -52,11 +53,22 @@ def run_tool(
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BackupError(f"{what}: {shown}: {exc}") from None
     if done.returncode != 0:
-        error = (done.stderr or done.stdout).strip().splitlines()
         raise BackupError(
-            f"{what}: {shown} exited {done.returncode}: {error[-1] if error else 'no output'}"
+            f"{what}: {shown} exited {done.returncode}: {_error_line(done.stderr or done.stdout)}"
         )
     return str(done.stdout)
+
+
+# `pg_restore: error: could not execute query: ERROR:  ...`, `psql:<stdin>:71: ERROR:  ...`
+_ERROR_LINE = re.compile(r"\b(?:error|fatal):", re.IGNORECASE)
+
+
+def _error_line(output: str) -> str:
+    """The line that says why a tool failed: its first error line (pg_restore follows it with
+    the whole statement, "Command was: ..."), else its last line."""
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else "no output"
+    return next((line for line in lines if _ERROR_LINE.search(line)), last)
 
 
 def postgres_admin_connection(spec: Postgres, application: str) -> psycopg.Connection[Any]:

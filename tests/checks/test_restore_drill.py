@@ -1,5 +1,6 @@
 """The restore drill (BACKUP-003), on a real sandbox: the latest backup restored into a scratch
-PostgreSQL cluster and a scratch Redis. Restoring production is tests/test_restore.py's.
+PostgreSQL cluster and a scratch Redis. Restoring production is tests/test_restore.py's; the
+drill of a compose stack's backups (a newer minor release's dumps) tests/test_restore_compose.py's.
 
 Messages are really posted through nginx and stored by the worker.
 """
@@ -11,12 +12,14 @@ import json
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 import requests
 from support import RunChecks
 from test_backup import backup_command, backup_inventory
 
 from opsbook import backup
+from opsbook.backup.restore_drill import _without_refused_options, scratch_postgres
 from opsbook.sandbox.postgres import Postgres
 from opsbook.sandbox.stack import Stack
 
@@ -90,3 +93,33 @@ def test_drill_fails_on_a_dump_that_does_not_restore(
         f"postgres chatdb: backup {latest.name}: pg_restore of postgres-chatdb.dump"
     ), row["message"]
     assert not list(Path("/tmp").glob("opsbook-drill-*")), "the scratch cluster was left behind"
+
+
+def test_only_the_column_options_the_scratch_server_refuses_are_left_out() -> None:
+    """Of a newer minor release's schema, an attribute option the scratch server refuses as
+    unknown is left out; a known one stays, even with a value it will refuse (the restore then
+    fails, as it should)."""
+    # An option no release knows, as pg_attver (15.20's) is to 15.18.
+    create = "CREATE TABLE public.t (a integer, b integer, c integer, d integer);"
+    schema = [
+        create,
+        "ALTER TABLE ONLY public.t ALTER COLUMN a SET (opsbook_future=26540200);",
+        "ALTER TABLE ONLY public.t ALTER COLUMN b SET (n_distinct=-1, opsbook_future=26540200);",
+        "ALTER TABLE ONLY public.t ALTER COLUMN c SET (n_distinct=-1);",
+        "ALTER TABLE ONLY public.t ALTER COLUMN d SET (n_distinct=lots);",
+    ]
+    with (
+        scratch_postgres() as scratch,
+        psycopg.connect(scratch.dsn("postgres"), autocommit=True) as conn,
+    ):
+        kept, left_out = _without_refused_options(conn, "\n".join(schema))
+        # The probes left nothing behind.
+        assert conn.execute("SELECT to_regclass('opsbook_drill_option')").fetchone() == (None,)
+    assert left_out == {"opsbook_future": 2}
+    assert kept.split("\n") == [
+        create,
+        "",
+        "ALTER TABLE ONLY public.t ALTER COLUMN b SET (n_distinct=-1);",
+        schema[3],
+        schema[4],
+    ]
