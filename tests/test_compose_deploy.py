@@ -14,7 +14,6 @@ held by another run) is tested without one.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import subprocess
@@ -122,16 +121,6 @@ def inventory_path(stack: ComposeStack, tmp_path_factory: pytest.TempPathFactory
     }
     path = base / "inventory.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    # The gate's checks take waivers from beside the inventory, as an operator's would.
-    waiver = {
-        "check": "BACKUP-003",
-        "owner": "opsbook tests",
-        "reason": "the restore drill's local PostgreSQL 15 client is older than the compose "
-        "server's and stops at its dump's column options (ALTER COLUMN ... SET (...))",
-        "ticket": "issue 16",
-        "expires": (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=30)).isoformat(),
-    }
-    (base / "waivers.yaml").write_text(yaml.safe_dump({"waivers": [waiver]}))
     # The nightly backup that BACKUP-001 of the predeploy gate looks for (cron's, in production).
     nightly = opsbook(stack, "backup", f"--inventory={path}")
     assert nightly.returncode == 0, nightly.stdout + nightly.stderr
@@ -454,7 +443,6 @@ def test_deploy_commands_deploy_and_roll_back_without_a_compose_section(
     raw["deploy"]["commands"] = {"deploy": release, "rollback": release}
     path = inventory_path.parent / "commands-inventory.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    # Beside the module's inventory: its waiver (BACKUP-003) holds for this one too.
     good = image_of(stack, "backend")
     assert good == image_id(stack, f"{APP}:good1")
     done = opsbook(
