@@ -257,8 +257,13 @@ def test_maintenance_page_is_up_while_the_writers_are_stopped(
         "[maintenance-mode] turn maintenance mode on (503 everywhere) for the restore"
     )
     off = summaries.index("[maintenance-mode] turn maintenance mode off (also after a failed step)")
-    assert steps[on].endswith("-> frontend /health answers 503"), steps[on]
-    assert steps[off].endswith("-> frontend /health answers 200"), steps[off]
+    # nginx serves both public entries, the plain one and the TLS one.
+    assert steps[on].endswith(
+        "-> frontend /health answers 503; frontend-tls /health answers 503"
+    ), steps[on]
+    assert steps[off].endswith(
+        "-> frontend /health answers 200; frontend-tls /health answers 200"
+    ), steps[off]
     stops = [n for n, line in enumerate(summaries) if line.startswith("[restore] stop ")]
     starts = [n for n, line in enumerate(summaries) if line.startswith("[restore] start ")]
     assert on < min(stops), out
