@@ -48,3 +48,19 @@ def test_an_inventory_outside_the_checkout_given_with_a_space(tmp_path: Path) ->
     assert done.returncode == 0, done.stdout + done.stderr
     assert "tests collected" in done.stdout
     assert "checks/test_health.py::" in done.stdout
+
+
+def test_check_selects_a_check_and_is_not_taken_for_checks(tmp_path: Path) -> None:
+    """`--check=ID` is opsbook's selection, passed on to pytest, not a shortening of
+    `--checks DIR` (argparse would take it for one and say there is no such folder)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "opsbook", "check", "--collect-only", "-q", "--check=HEALTH-001"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    collected = [line for line in done.stdout.splitlines() if "::" in line]
+    assert collected, done.stdout
+    assert all("test_health_endpoint_answers_ok" in line for line in collected), done.stdout

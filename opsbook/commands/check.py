@@ -33,6 +33,9 @@ def register(commands: Any) -> None:
         "check",
         help="run the checks (any pytest option: -m daily, --inventory PATH, -n 2, --lf)",
         description=__doc__.split("\n")[0],
+        # pytest's own options go on to pytest: `--check=ID` is opsbook's check selection,
+        # never a shortening of --checks.
+        allow_abbrev=False,
     )
     parser.set_defaults(run=run, takes_pytest_args=True)
     parser.add_argument(
