@@ -300,12 +300,12 @@ class Deploy:
     previous: str | None = None  # commands: the release running now, when none is recorded
     # A maintenance window (opsbook.maintenance_window) runs a deploy inside its own: it holds
     # the deployment's lock already, rebuilds with its own build options (--pull, --no-cache),
-    # turns the maintenance page on once the backup is taken and off before the postdeploy gate
-    # (whose canary goes through the public entry).
+    # turns the maintenance page on once the backup is taken and off before readiness and the
+    # postdeploy gate (which ask the public entry, the canary through it).
     lock_held: bool = False
     build_options: tuple[str, ...] = ()
     after_backup: Callable[[], None] | None = None
-    before_postdeploy: Callable[[], None] | None = None
+    before_ready: Callable[[], None] | None = None
     evidence: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -458,6 +458,8 @@ class Deploy:
             step.result = f"wrote {info.path}"
 
     def _ready_and_postdeploy(self) -> None:
+        if self.before_ready is not None:
+            self.before_ready()
         deadline = self.settings.readiness_deadline_s
         with self.trail.step("ready", f"wait for readiness (up to {deadline:g} s)", []) as step:
             ready = wait_ready(self.inventory, deadline)
@@ -465,8 +467,6 @@ class Deploy:
                 waiting = "; ".join(f"{what}: {why}" for what, why in ready.not_ready.items())
                 raise GateFailed(f"not ready after {ready.waited_s:.0f} s: {waiting}")
             step.result = f"ready in {ready.waited_s:.1f} s"
-        if self.before_postdeploy is not None:
-            self.before_postdeploy()
         shown = f"python -m opsbook check -m postdeploy --inventory={self.inventory_path}"
         with self.trail.step("postdeploy", "postdeploy checks and the canary", [shown]) as step:
             code, bad = self._checks("postdeploy")
@@ -817,11 +817,11 @@ def bring_up(inventory: Inventory, images: Images, release: DeployedRelease) -> 
         else:
             runtime.restart(proxy)
             refreshed.append(f"restarted {proxy}")
-    _wait_proxying(inventory, proxies_of(inventory, release.services))
+    wait_proxying(inventory, proxies_of(inventory, release.services))
     return "recreated " + ", ".join([*release.services, *refreshed])
 
 
-def _wait_proxying(inventory: Inventory, proxies: list[str]) -> None:
+def wait_proxying(inventory: Inventory, proxies: list[str]) -> None:
     """Wait until each reloaded proxy passes its API path on (its entry's `api_path`, asked as
     HEALTH-004 asks it) instead of answering 502 or 504: until its new workers run, the old ones
     still send requests to the replaced container's address. Bounded by the readiness deadline;
@@ -846,6 +846,10 @@ def _wait_proxying(inventory: Inventory, proxies: list[str]) -> None:
                 if answer is not None and answer.status_code not in (502, 504):
                     break
                 time.sleep(0.2)
+
+
+# The name remediation.limits and remediation.backup import.
+_wait_proxying = wait_proxying
 
 
 def compose_images(inventory: Inventory) -> Images:
