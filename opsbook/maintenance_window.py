@@ -29,7 +29,8 @@ opsbook.maintenance_window.<step>`; the maintenance page's own switches as `main
                 opsbook's backups past backup.retention_days (opsbook.backup.retention).
 
 For patch and upgrade the page goes on once the backup is taken and off before the deploy's
-postdeploy gate: its canary goes through the public entry, which the page would answer.
+readiness wait and postdeploy gate: they ask the public entry (the canary goes through it),
+which the page would answer with 503.
 """
 
 from __future__ import annotations
@@ -50,8 +51,10 @@ from opsbook.deploy import (
     Images,
     Trail,
     normal_id,
+    proxies_of,
     repository,
     run_checks,
+    wait_proxying,
 )
 from opsbook.deploy import Usage as DeployUsage
 from opsbook.inventory import Inventory
@@ -379,12 +382,17 @@ class Window:
                 raise DeployError(why)
             if why:
                 problems.append(why)
+            if not on and job.kind() == "compose":
+                # The switch's own wait for the proxies ended at once on the page's 503: until
+                # their new workers run, old ones still send requests to the replaced
+                # containers' addresses.
+                wait_proxying(self.inventory, proxies_of(self.inventory, job.services()))
 
         job = Deploy(
             self.inventory, self.inventory_path, self.tag or f"patch-{self.stamp}",
             self.reports_dir, self.run_id, self.redact, say=self.say, lock_held=True,
             build_options=self.build_options(),
-            after_backup=lambda: page(True), before_postdeploy=lambda: page(False),
+            after_backup=lambda: page(True), before_ready=lambda: page(False),
         )  # fmt: skip
         try:
             if job.kind() == "compose":
@@ -422,8 +430,8 @@ class Window:
             }[self.build_options()]
             lines += [
                 f"action: opsbook deploy --tag {tag}: gate (-m predeploy), backup, "
-                "maintenance page on, images " + how + ", switch, readiness, maintenance page "
-                "off, postdeploy gate with the canary, rollback if it fails",
+                "maintenance page on, images " + how + ", switch, maintenance page off, "
+                "readiness, postdeploy gate with the canary, rollback if it fails",
             ]
         else:
             lines += [
