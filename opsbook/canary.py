@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from msgspec import Struct, field
 
 from opsbook.inventory import HttpEndpoint, Inventory, Postgres, Redis
+from opsbook.waiting import until
 
 POLL_S = 0.1
 CANARY_USER = "opsbook-canary"
@@ -154,15 +155,6 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
 
 
-def _until(condition: Callable[[], bool], deadline_s: float) -> bool:
-    end = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() >= end:
-            return False
-        time.sleep(POLL_S)
-    return True
-
-
 def run_canary(inventory: Inventory, hop_deadline_s: float) -> CanaryResult:
     """Send one canary message end to end; each hop must complete within hop_deadline_s."""
     import requests
@@ -203,7 +195,7 @@ def run_canary(inventory: Inventory, hop_deadline_s: float) -> CanaryResult:
                 row = conn.execute("SELECT 1 FROM messages WHERE id = %s", (result.message_id,))
                 return row.fetchone() is not None
 
-            if not _until(stored, hop_deadline_s):
+            if not until(stored, hop_deadline_s, POLL_S):
                 result.failed_hop = "stored"
                 result.problem = (
                     f"message {result.message_id} not in PostgreSQL after {hop_deadline_s:g} s "
@@ -215,8 +207,8 @@ def run_canary(inventory: Inventory, hop_deadline_s: float) -> CanaryResult:
         try:
             mark = time.monotonic()
             processed = redis_spec.queues.processed
-            if not _until(lambda: checker.lpos(processed, result.message_id) is not None,
-                          hop_deadline_s):  # fmt: skip
+            if not until(lambda: checker.lpos(processed, result.message_id) is not None,
+                          hop_deadline_s, POLL_S):  # fmt: skip
                 result.failed_hop = "processed"
                 result.problem = (
                     f"{result.message_id} not in {processed} after {hop_deadline_s:g} s"

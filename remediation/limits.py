@@ -10,7 +10,6 @@ so that the engine applies them. The check and the fix decide with the same func
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from opsbook.remediate import runtime as runtimes
 from opsbook.remediate.context import Context, NoRuntime
 from opsbook.remediate.plan import Plan, Refused, StepKind
 from opsbook.targets import HttpTarget, PostgresTarget, RedisTarget
+from opsbook.waiting import until
 
 READY_DEADLINE_S = 30.0
 POLL_S = 0.25
@@ -140,15 +140,6 @@ def _answers(inventory: Inventory, service: str) -> bool:
     return True
 
 
-def _until(condition: Any, deadline_s: float) -> bool:
-    end = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() >= end:
-            return False
-        time.sleep(POLL_S)
-    return True
-
-
 def write_limits_override(ctx: Context, *, apply: bool) -> Plan:
     """Write the inventory's CPU and memory limits of the service into the compose override
     file, recreate the service so that the engine applies them, and reload what proxies it.
@@ -195,7 +186,7 @@ def write_limits_override(ctx: Context, *, apply: bool) -> Plan:
     def write_and_recreate() -> str:
         write_override(override, service, expected)
         runtime.recreate(service)
-        if not _until(lambda: _answers(inventory, service), READY_DEADLINE_S):
+        if not until(lambda: _answers(inventory, service), READY_DEADLINE_S, POLL_S):
             return f"recreated; {service} does not answer after {READY_DEADLINE_S:g} s"
         return "recreated, answers"
 

@@ -21,6 +21,7 @@ from opsbook.remediate.context import Context, NoRuntime
 from opsbook.remediate.plan import Plan, StepKind
 from opsbook.remediation.services import runtime_of
 from opsbook.targets import PostgresTarget, RedisTarget
+from opsbook.waiting import until
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -35,15 +36,6 @@ QUIET_S = 1.0
 RESTART_DRAIN_S = 20.0
 DRAIN_WAIT_S = 60.0
 POLL_S = 0.1
-
-
-def _until(condition: Callable[[], bool], deadline_s: float) -> bool:
-    end = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() >= end:
-            return False
-        time.sleep(POLL_S)
-    return True
 
 
 def _quiet_for(snapshot: Callable[[], object], quiet_s: float, deadline_s: float) -> bool:
@@ -110,7 +102,7 @@ def reprocess_dead_letters(ctx: Context, *, apply: bool) -> Plan:
                     client.lindex(queues.processed, 0),
                 )
 
-            taken = _until(lambda: client.lpos(pending, last) is None, SETTLE_S)
+            taken = until(lambda: client.lpos(pending, last) is None, SETTLE_S, POLL_S)
             if not taken or not _quiet_for(progress, QUIET_S, SETTLE_S):
                 waiting = int(client.llen(pending))
                 return (
@@ -182,7 +174,7 @@ def requeue_stuck_in_flight(ctx: Context, *, apply: bool) -> Plan:
             if not moved:
                 return done
             newest = moved[0]  # moved first, so furthest from the consuming end: taken last
-            if not _until(lambda: client.lpos(pending, newest) is None, SETTLE_S):
+            if not until(lambda: client.lpos(pending, newest) is None, SETTLE_S, POLL_S):
                 waiting = sum(1 for raw in moved if client.lpos(pending, raw) is not None)
                 return (
                     f"{done}; {waiting} still wait in {pending} after {SETTLE_S:g} s "
@@ -318,7 +310,7 @@ def restart_consumer(ctx: Context, *, apply: bool) -> Plan:
                 last[:] = [probe.drain(target, queues, sample_s)]
                 return not last[0].stalled
 
-            if _until(drains, RESTART_DRAIN_S):
+            if until(drains, RESTART_DRAIN_S, POLL_S):
                 return "draining" if last[0].waiting else f"{queues.pending} is empty"
             return f"still not draining after {RESTART_DRAIN_S:g} s ({last[0].waiting} wait)"
 
@@ -389,7 +381,7 @@ def scale_workers(ctx: Context, *, apply: bool) -> Plan:
             return f"{runtime.replicas(service)} workers run"
 
         def scale_down_once_drained() -> str:
-            if not _until(lambda: probe.depth(target, pending) == 0, DRAIN_WAIT_S):
+            if not until(lambda: probe.depth(target, pending) == 0, DRAIN_WAIT_S, POLL_S):
                 return (
                     f"{probe.depth(target, pending)} still wait after {DRAIN_WAIT_S:g} s: "
                     f"{runtime.replicas(service)} workers left running; apply again once "

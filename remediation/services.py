@@ -9,8 +9,6 @@ service (ComposeProject.states, what COMPOSE-001 and COMPOSE-003 read).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from opsbook.inventory import Inventory
@@ -22,18 +20,10 @@ from opsbook.remediate.context import Context, NoRuntime
 from opsbook.remediate.plan import Plan, StepKind
 from opsbook.remediate.runtime import Runtime
 from opsbook.targets import HttpTarget, PostgresTarget, RedisTarget
+from opsbook.waiting import until
 
 READY_DEADLINE_S = 20.0
 POLL_S = 0.25
-
-
-def _until(condition: Callable[[], bool], deadline_s: float) -> bool:
-    end = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() >= end:
-            return False
-        time.sleep(POLL_S)
-    return True
 
 
 def owner(ctx: Context) -> str:
@@ -124,7 +114,8 @@ def restart_service(ctx: Context, *, apply: bool) -> Plan:
 
     def restart() -> str:
         runtime.restart(service)
-        return "healthy" if _until(lambda: _healthy(ctx), READY_DEADLINE_S) else "still unhealthy"
+        healthy = until(lambda: _healthy(ctx), READY_DEADLINE_S, POLL_S)
+        return "healthy" if healthy else "still unhealthy"
 
     plan.add(
         f"restart {service}{why}",
@@ -219,12 +210,13 @@ def restart_scrape_targets(ctx: Context, *, apply: bool) -> Plan:
             targets: list[tuple[str, str]] = targets, names: set[str] = names,
         ) -> str:  # fmt: skip
             runtime.restart(service)
-            if not _until(
+            if not until(
                 lambda: all(_target_answers(ctx.inventory, *t) for t in targets),
                 READY_DEADLINE_S,
+                POLL_S,
             ):
                 return f"{service} does not answer after {READY_DEADLINE_S:g} s"
-            if not _until(lambda: scraped_up(names), READY_DEADLINE_S):
+            if not until(lambda: scraped_up(names), READY_DEADLINE_S, POLL_S):
                 return f"{service} answers; Prometheus has not scraped it up yet"
             return "answers, scraped up"
 

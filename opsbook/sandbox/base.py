@@ -7,7 +7,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from opsbook.sandbox.process import DEADLINE_S, ComponentError, Process, SandboxError, wait_until
+from opsbook.sandbox.process import DEADLINE_S, POLL_S, ComponentError, Process, SandboxError
+from opsbook.waiting import until
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class Component:
         def settled() -> bool:
             return not self.process.is_running() or self.ready()
 
-        wait_until(settled, deadline_s)
+        until(settled, deadline_s, POLL_S)
         if not self.process.is_running():
             code = self.process.exit_code()
             how = f"exited with code {code}" if code is not None else "exited"

@@ -12,10 +12,11 @@ import os
 import pwd
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from opsbook.waiting import until
 
 DEADLINE_S = 30.0
 STOP_GRACE_S = 15.0
@@ -104,17 +105,6 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def wait_until(condition: Callable[[], bool], deadline_s: float) -> bool:
-    """Poll a condition until it holds or the deadline passes; True if it held."""
-    end = time.monotonic() + deadline_s
-    while True:
-        if condition():
-            return True
-        if time.monotonic() >= end:
-            return False
-        time.sleep(POLL_S)
-
-
 @dataclass
 class Process:
     """One native process, identified by its pid file."""
@@ -158,7 +148,7 @@ class Process:
         if not _alive(pid) and group_members(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            if not wait_until(lambda: not group_members(pid), 5.0):
+            if not until(lambda: not group_members(pid), 5.0, POLL_S):
                 raise ComponentError(self.name, f"process group {pid} survived SIGKILL", self.log)
         self.pid_file.unlink(missing_ok=True)
 
@@ -211,9 +201,9 @@ class Process:
         def gone() -> bool:
             return not _alive(pid) and not group_members(pid)
 
-        if not wait_until(gone, grace_s):
+        if not until(gone, grace_s, POLL_S):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            if not wait_until(gone, 5.0):
+            if not until(gone, 5.0, POLL_S):
                 raise ComponentError(self.name, f"pid {pid} survived SIGKILL", self.log)
         self.pid_file.unlink(missing_ok=True)
