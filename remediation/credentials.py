@@ -42,6 +42,7 @@ from opsbook.inventory import Credential, Inventory
 from opsbook.remediate.context import Context
 from opsbook.remediate.plan import Plan, StepKind
 from opsbook.remediate.runtime import Runtime, runtime_of
+from opsbook.secrets import scram_verifier
 
 KIND = StepKind.ROTATE
 NEW_SECRET_BYTES = 32  # token_urlsafe(32): 43 characters, 256 bits
@@ -236,23 +237,6 @@ def _undoing(each: _Secret, change: Callable[[], str]) -> Callable[[], str]:
     return action
 
 
-def _scram_verifier(password: str, iterations: int = 4096) -> str:
-    """The SCRAM-SHA-256 verifier PostgreSQL stores (RFC 7677): the server gets no clear value."""
-    import base64
-    import hmac
-
-    salt = secrets.token_bytes(16)
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
-    stored_key = hashlib.sha256(client_key).digest()
-    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
-
-    def b64(data: bytes) -> str:
-        return base64.b64encode(data).decode("ascii")
-
-    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
-
-
 def _postgres_change(ctx: Context, each: _Secret) -> Callable[[], str]:
     def change() -> str:
         import psycopg
@@ -260,7 +244,7 @@ def _postgres_change(ctx: Context, each: _Secret) -> Callable[[], str]:
 
         spec = ctx.inventory.postgres[each.target]
         role = each.credential.user or ""
-        verifier = _scram_verifier(each.values()[1])
+        verifier = scram_verifier(each.values()[1])
         with admin_connection(spec, ctx.thresholds.timeout_s) as conn:
             row = conn.execute("SELECT to_regprocedure(%s) IS NOT NULL", (SET_PASSWORD_FUNCTION,))
             narrow = bool(row.fetchone()[0])

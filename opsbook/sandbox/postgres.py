@@ -8,11 +8,7 @@ sandbox dir.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import os
-import secrets
 import shutil
 import signal
 from importlib import resources
@@ -22,6 +18,7 @@ from opsbook.postgres_cluster import SUPERUSER, Cluster, ClusterError, server_os
 from opsbook.sandbox.base import Component, require_port
 from opsbook.sandbox.process import ComponentError, Process, SandboxError
 from opsbook.sandbox.tls import make_self_signed
+from opsbook.secrets import scram_verifier
 
 DATABASE = "chatdb"
 APP_ROLE = "chat_app"
@@ -53,20 +50,6 @@ $fn$;
 REVOKE ALL ON FUNCTION public.opsbook_set_password(name, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION public.opsbook_set_password(name, text) TO {ADMIN_ROLE};
 """
-
-
-def scram_verifier(password: str, iterations: int = 4096) -> str:
-    """The SCRAM-SHA-256 verifier PostgreSQL stores, so no clear password reaches the server."""
-    salt = secrets.token_bytes(16)
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
-    stored_key = hashlib.sha256(client_key).digest()
-    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
-
-    def b64(data: bytes) -> str:
-        return base64.b64encode(data).decode("ascii")
-
-    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
 class Postgres(Component):
