@@ -48,7 +48,7 @@ def _running_stack(prefix: str) -> Iterator[Stack]:
 
 # Fixtures that start a native sandbox stack: a test that uses one (directly or through another
 # fixture) is a sandbox scenario, the third stage of `make test`.
-SANDBOX_FIXTURES = {"sandbox", "fresh_sandbox", "breakable_sandbox"}
+SANDBOX_FIXTURES = {"sandbox", "fresh_sandbox", "breakable_sandbox", "module_sandbox"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -78,6 +78,13 @@ def fresh_sandbox() -> Iterator[Stack]:
     broken: error lines stay in LOG-001's window (5 minutes) and must not be cut from the logs.
     """
     yield from _running_stack("opsbook-fresh-")
+
+
+@pytest.fixture(scope="module")
+def module_sandbox() -> Iterator[Stack]:
+    """A sandbox of the module's own, shared by its tests: for changes no other module may
+    see (a restore, a rotated password)."""
+    yield from _running_stack("opsbook-module-")
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,16 +31,9 @@ WRITERS = ("backend", "worker")
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
+def stack(module_sandbox: Stack) -> Stack:
     """One sandbox for the module: both tests restore into it, each from a backup of its own."""
-    directory = Path(tempfile.mkdtemp(prefix="opsbook-restore-"))
-    stack = Stack(directory)
-    try:
-        stack.up()
-        yield stack
-    finally:
-        stack.down()
-        shutil.rmtree(directory, ignore_errors=True)
+    return module_sandbox
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,7 @@ runs in-process through its own register()/run(), as opsbook.cli wires it.
 from __future__ import annotations
 
 import argparse
-import shutil
 import stat
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -34,16 +31,9 @@ ALLOWED = ("--apply", "--allow=rotate")
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
+def stack(module_sandbox: Stack) -> Stack:
     """One sandbox for the module: its chat_app passwords are rotated, more than once."""
-    directory = Path(tempfile.mkdtemp(prefix="opsbook-rotate-"))
-    stack = Stack(directory)
-    try:
-        stack.up()
-        yield stack
-    finally:
-        stack.down()
-        shutil.rmtree(directory, ignore_errors=True)
+    return module_sandbox
 
 
 @pytest.fixture
