@@ -212,6 +212,7 @@ def log_removals(inventory: Inventory) -> tuple[list[Removal], str]:
     """Rotated copies of the logs the inventory lists (every host's `logs`, and `audit.logs`)
     older than remediation.retention_days; never a live log."""
     from opsbook.errors import NotEvaluated
+    from opsbook.probes.disk import entries
     from opsbook.remediation.disk import is_rotated_log
     from opsbook.targets import HostTarget
 
@@ -227,8 +228,6 @@ def log_removals(inventory: Inventory) -> tuple[list[Removal], str]:
             directory, log_name = posixpath.split(log)
             by_directory.setdefault(directory, []).append(log_name)
         for directory, names in sorted(by_directory.items()):
-            from opsbook.probes.disk import entries
-
             try:
                 found = entries(host, directory, timeout_s=timeout)
             except NotEvaluated as exc:

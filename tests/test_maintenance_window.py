@@ -3,7 +3,8 @@ the deployment and is past retention (its stopped container, release tags neithe
 previous, rotated logs and backups past retention) and nothing else (the current and previous
 releases, another repository's image, another project's container, fresh logs, the newest
 backup), with the maintenance page on around it and the post-checks green; an upgrade to a
-good release inside the window (the page on after the deploy's backup, off after its switch);
+good release inside the window (the page on after the deploy's backup, off after its switch),
+and to a bad one (rolled back by the deploy, the page off again, exit 4);
 on the native sandbox, logs and backups past retention only; the plans of patch and upgrade;
 the lock held by another run; bad usage.
 
@@ -25,7 +26,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
+from test_compose_deploy import BREAK
 from test_compose_stack import _engine_problem
 
 from opsbook.compose import COMPOSE_FILE, default_docker_host
@@ -253,10 +256,8 @@ def test_cleanup_removes_only_what_is_past_retention_on_compose(
         _forget(stack)
 
 
-@pytest.mark.containers
-def test_upgrade_deploys_a_good_release_inside_the_window(
-    stack: ComposeStack, tmp_path: Path
-) -> None:
+def _upgrade_inventory(stack: ComposeStack, tmp_path: Path) -> Path:
+    """The stack's inventory for a deploy inside the window, with its nightly backup."""
     _logs(tmp_path / "logs")  # LOG-001 of the pre-checks reads the log the inventory lists
     path = _inventory(tmp_path, stack.inventory_path, tmp_path / "logs")
     raw = yaml.safe_load(path.read_text())
@@ -273,9 +274,17 @@ def test_upgrade_deploys_a_good_release_inside_the_window(
         "expires": (datetime.now(UTC).date() + timedelta(days=30)).isoformat(),
     }
     (tmp_path / "waivers.yaml").write_text(yaml.safe_dump({"waivers": [waiver]}))
-    inventory = load_inventory(path, environ={})
     done = opsbook(stack.docker_host, "backup", f"--inventory={path}")  # the nightly backup
     assert done.returncode == 0, done.stdout + done.stderr
+    return path
+
+
+@pytest.mark.containers
+def test_upgrade_deploys_a_good_release_inside_the_window(
+    stack: ComposeStack, tmp_path: Path
+) -> None:
+    path = _upgrade_inventory(stack, tmp_path)
+    inventory = load_inventory(path, environ={})
     try:
         good = _variant(stack, tmp_path, f"{APP}:good9")
         done = opsbook(stack.docker_host, "maintenance", "run", "upgrade", "--tag", "good9",
@@ -307,6 +316,46 @@ def test_upgrade_deploys_a_good_release_inside_the_window(
             if e["event"] == "outcome" and e.get("release") == "good9"
         }
         assert outcomes == {"applied"}, outcomes
+    finally:
+        _forget(stack)
+
+
+@pytest.mark.containers
+def test_a_failed_upgrade_is_rolled_back_and_the_page_is_off_again(
+    stack: ComposeStack, tmp_path: Path
+) -> None:
+    """A release whose backend answers 500 to POST /api/messages: the deploy's postdeploy
+    gate fails and rolls it back, the page is off again, the window says the action failed."""
+    path = _upgrade_inventory(stack, tmp_path)
+    inventory = load_inventory(path, environ={})
+    before = docker(stack, "inspect", "--format", "{{.Image}}", f"{stack.project}-backend-1")
+    try:
+        (tmp_path / "break.py").write_text(BREAK)
+        lines = [f"FROM {APP}:dev", "USER root", "COPY break.py /tmp/break.py",
+                 "RUN python3 /tmp/break.py", "USER app"]  # fmt: skip
+        (tmp_path / "Dockerfile").write_text("\n".join(lines) + "\n")
+        docker(stack, "build", "--network", "host", "-t", f"{APP}:bad9", str(tmp_path))
+        done = opsbook(stack.docker_host, "maintenance", "run", "upgrade", "--tag", "bad9",
+                       "--apply", f"--inventory={path}",
+                       f"--reports-dir={tmp_path / 'reports'}")  # fmt: skip
+        assert done.returncode == 4, done.stdout + done.stderr
+        assert "maintenance upgrade: upgrade failed: postdeploy gate failed" in done.stderr
+        assert "rolled back to" in done.stderr, done.stderr
+        after = docker(stack, "inspect", "--format", "{{.Image}}", f"{stack.project}-backend-1")
+        assert after == before, "the bad release still runs"
+        frontend = inventory.http["frontend"]
+        assert requests.get(frontend.url + frontend.health_path, timeout=5).status_code == 200
+        entries = AuditLog(state_dir(inventory) / "audit.log").entries()
+        mine = [
+            (e["event"], e["remediation"].rsplit(".", 1)[-1], e.get("status", ""))
+            for e in entries
+            if e.get("release") == "bad9" or "maintenance_o" in e["remediation"]
+        ]
+        off = mine.index(("outcome", "maintenance_off", "applied"))
+        assert mine.index(("outcome", "maintenance_on", "applied")) < off, mine
+        assert off < mine.index(("outcome", "rollback", "applied")), mine
+        assert ("outcome", "action", "applied") in mine, mine  # the deploy ran to its end
+        assert mine[-2:] == [("intent", "postcheck", ""), ("outcome", "postcheck", "applied")]
     finally:
         _forget(stack)
 
