@@ -13,6 +13,8 @@ HERE = Path(__file__).resolve().parent
 class BuildWithCommit(build_py):
     def run(self) -> None:
         super().run()
+        if getattr(self, "editable_mode", False):
+            return  # an editable install runs from the checkout: the commit is read from git
         try:
             commit = subprocess.run(
                 ["git", "-C", str(HERE), "rev-parse", "HEAD"],
