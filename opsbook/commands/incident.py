@@ -327,7 +327,7 @@ def _contain_or_release(args: argparse.Namespace) -> int:
     Remediator (lock, allow-list, intent and outcome in the audit log)."""
     from collections.abc import Callable
 
-    from opsbook.remediate.audit import EXIT_NOT_AUDITED
+    from opsbook.commands.applied import said
     from opsbook.remediate.context import Context
     from opsbook.remediate.plan import parse_allow
     from opsbook.remediate.runner import Remediator
@@ -365,16 +365,4 @@ def _contain_or_release(args: argparse.Namespace) -> int:
         return 0
     reports = args.reports_dir or reports_dir()
     remediator = Remediator(inventory, reports, f"cli-{os.getpid()}", frozenset(allow))
-    attempt = remediator.apply_one(fix, ctx, apply=True, redact=redact)
-    if attempt.status in ("skipped", "refused"):
-        print(redact(f"{action}: refused: {attempt.reason}"), file=sys.stderr)
-        return 3
-    print(redact(f"{action}: {attempt.summary()}"))
-    for line in attempt.plan.lines() if attempt.plan else []:
-        print(redact(f"  {line}"))
-    if attempt.status not in ("applied", "nothing-to-do"):
-        return EXIT_INCOMPLETE
-    if attempt.not_audited:
-        print(f"{action}: {attempt.status}, {attempt.not_audited}", file=sys.stderr)
-        return EXIT_NOT_AUDITED
-    return 0
+    return said(action, remediator.apply_one(fix, ctx, apply=True, redact=redact), redact)

@@ -34,11 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from opsbook.locations import inventory_path, reports_dir
-from opsbook.remediate.audit import EXIT_NOT_AUDITED
 
-EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_REFUSED = 3
 
 
 def register(commands: Any) -> None:
@@ -106,23 +103,10 @@ def run(args: argparse.Namespace) -> int:
     if plan.nothing_to_do is not None:
         return 0
     remediator = Remediator(inventory, args.reports_dir, f"cli-{os.getpid()}")
+    from opsbook.commands.applied import said
+
     attempt = remediator.apply_one(fix, ctx, apply=True, redact=redact)
-    if attempt.status == "skipped":
-        print(f"maintenance: refused: {attempt.reason}", file=sys.stderr)
-        return EXIT_REFUSED
-    print(redact(f"maintenance {args.action}: {attempt.summary()}"))
-    for line in attempt.plan.lines() if attempt.plan else []:
-        print(redact(f"  {line}"))
-    if attempt.status == "refused":
-        return EXIT_REFUSED
-    if attempt.status not in ("applied", "nothing-to-do"):
-        return EXIT_FAILED
-    if attempt.not_audited:
-        print(
-            f"maintenance: {args.action} {attempt.status}, {attempt.not_audited}", file=sys.stderr
-        )
-        return EXIT_NOT_AUDITED
-    return 0
+    return said(f"maintenance {args.action}", attempt, redact)
 
 
 def _window(args: argparse.Namespace) -> int:

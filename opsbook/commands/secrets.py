@@ -31,9 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_REFUSED = 3
 
 
 def register(commands: Any) -> None:
@@ -57,9 +55,9 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from opsbook.commands.applied import said
     from opsbook.inventory import InventoryError, load_inventory
     from opsbook.locations import inventory_path, reports_dir
-    from opsbook.remediate.audit import EXIT_NOT_AUDITED
     from opsbook.remediate.context import Context
     from opsbook.remediate.plan import parse_allow
     from opsbook.remediate.runner import Remediator
@@ -95,16 +93,4 @@ def run(args: argparse.Namespace) -> int:
         return 0
     reports = args.reports_dir or reports_dir()
     remediator = Remediator(inventory, reports, f"cli-{os.getpid()}", frozenset(allow))
-    attempt = remediator.apply_one(fix, ctx, apply=True, redact=redact)
-    if attempt.status in ("skipped", "refused"):
-        print(redact(f"{action}: refused: {attempt.reason}"), file=sys.stderr)
-        return EXIT_REFUSED
-    print(redact(f"{action}: {attempt.summary()}"))
-    for line in attempt.plan.lines() if attempt.plan else []:
-        print(redact(f"  {line}"))
-    if attempt.status != "applied":
-        return EXIT_FAILED
-    if attempt.not_audited:
-        print(f"{action}: {attempt.status}, {attempt.not_audited}", file=sys.stderr)
-        return EXIT_NOT_AUDITED
-    return 0
+    return said(action, remediator.apply_one(fix, ctx, apply=True, redact=redact), redact)
