@@ -300,7 +300,10 @@ def test_everything_unreachable_ends_within_one_timeout(
     started = time.monotonic()
     run = run_checks("-m", "daily and not resources and not logs", inventory=path)
     elapsed = time.monotonic() - started
-    assert elapsed < 2 + 5, f"took {elapsed:.1f}s\n{run.output}"
+    # The run's own time (from its start, Python's and pytest's start-up aside) is the bound;
+    # the whole process gets a generous margin for a loaded machine: this guards a hang.
+    assert run.document["run"]["duration_s"] < 2 + 5, run.document["run"]
+    assert elapsed < 2 + 5 + 15, f"took {elapsed:.1f}s\n{run.output}"
     assert run.exit_code in (1, 10)
     assert "passed" not in set(run.outcomes().values()), run.outcomes()
     summary = run.output.split("targets that could not be reached")[1]
