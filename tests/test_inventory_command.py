@@ -1,4 +1,5 @@
-"""`opsbook inventory check PATH`: a production inventory linted without its secrets.
+"""`opsbook inventory check PATH...`: a production inventory (or a fleet's folder of them)
+linted without its secrets.
 
 Each test runs the real command in a subprocess from an unrelated folder, as a CI job would.
 """
@@ -173,3 +174,32 @@ def test_an_unreadable_file_is_one_line(
     problems = _problems(result.stderr)
     assert len(problems) == 1, result.stderr
     assert expected in problems[0]
+
+
+def test_a_fleet_folder_is_checked_inventory_by_inventory(tmp_path: Path) -> None:
+    """Every inventory of the folder judged (a waivers file beside them is not one); one invalid
+    inventory fails the check, the valid ones still say so; two with one name are refused."""
+    fleet = tmp_path / "fleet"
+    fleet.mkdir()
+    (fleet / "east.yaml").write_text(PRODUCTION.replace("name: production", "name: east"))
+    (fleet / "west.yaml").write_text(
+        "name: west\nhttp:\n  backend: {kind: backend, url: 'http://127.0.0.1:9'}\n"
+        "thresholds: {queue_backlog: many}\n"
+    )
+    (fleet / "waivers.yaml").write_text("waivers: []\n")
+    result = _check(fleet, tmp_path)
+    assert result.returncode == 2, result.stdout
+    assert result.stdout.splitlines() == [
+        f"inventory {fleet / 'east.yaml'}: valid: deployment east, 4 targets (http 2, "
+        "postgres 1, redis 1), 1 hosts, 4 services (secrets not read)"
+    ]
+    problems = _problems(result.stderr)
+    assert len(problems) == 1, result.stderr
+    assert "queue_backlog" in problems[0], result.stderr
+    (fleet / "west.yaml").write_text(PRODUCTION.replace("name: production", "name: east"))
+    twice = _check(fleet, tmp_path)
+    assert twice.returncode == 2, twice.stdout
+    assert _problems(twice.stderr) == [
+        f"opsbook inventory check: deployment 'east' is named by two inventories: "
+        f"{fleet / 'east.yaml'} and {fleet / 'west.yaml'} (names must be unique)"
+    ]

@@ -1,11 +1,16 @@
-"""`opsbook inventory check PATH`: lint an inventory without its secrets (a CI job's step).
+"""`opsbook inventory check PATH...`: lint inventories without their secrets (a CI job's step).
+
+PATH is an inventory file or a fleet's folder of them (the inventories in it, by the rule of
+docs/fleet.md: a waivers file or a secret beside them is not one); several may be given. Two
+inventories with one deployment name are a problem too, as a fleet run would refuse them.
 
 Everything is validated as a run validates it at start (the schema, every value, the services
 graph, the thresholds, `OPSBOOK__` overrides from the environment), except that no secret is
 read: a `{file: PATH}` or `{env: NAME}` reference is checked for its form only, so the files may
 be absent or unreadable and the variables unset, as on a CI runner.
 
-Exit codes: 0 valid (one line: the deployment and what it holds); 2 invalid or unreadable, one
+Exit codes: 0 all valid (one line each: the deployment and what it holds); 2 any invalid or
+unreadable, one
 line on stderr per problem found (each section, and each entry of a named section, is judged on
 its own, so that one run shows the problems of several; the services graph is judged once the
 entries it names are sound).
@@ -35,7 +40,7 @@ def register(commands: Any) -> None:
         help="validate an inventory as a run would, reading none of its secrets",
         description=__doc__.split("\n")[0],
     )
-    lint.add_argument("path", type=Path, metavar="PATH")
+    lint.add_argument("paths", type=Path, nargs="+", metavar="PATH")
     lint.set_defaults(run=run)
 
 
@@ -93,10 +98,21 @@ def summary(path: Path, inventory: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    found, inventory = problems(args.path)
-    if found:
+    from opsbook import fleet
+
+    try:
+        paths = fleet.inventory_files(args.paths)
+        fleet.deployments(paths, None)  # one deployment name per inventory, as a fleet needs
+    except fleet.FleetError as exc:
+        print(f"opsbook inventory check: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    code = 0
+    for path in paths:
+        found, inventory = problems(path)
         for line in found:
             print(line, file=sys.stderr)
-        return EXIT_INVALID
-    print(summary(args.path, inventory))
-    return 0
+        if found:
+            code = EXIT_INVALID
+        else:
+            print(summary(path, inventory))
+    return code
