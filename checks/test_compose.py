@@ -20,6 +20,7 @@ from opsbook.probes.containers import (
     ComposeProject,
     ContainerState,
     Usage,
+    exec_kind,
     exec_probe,
     log_errors,
     mib,
@@ -254,24 +255,27 @@ def test_no_recent_errors_in_container_logs(
 
 @check("COMPOSE-007", Severity.CRITICAL, remediation=services.restart_service)
 def test_unpublished_service_answers_exec_probe(
-    compose_project: ComposeProject, unpublished_service: str, finding: Finding
-) -> None:
+    compose_project: ComposeProject, unpublished_service: str, inventory: Inventory,
+    finding: Finding,
+) -> None:  # fmt: skip
     """PostgreSQL and Redis answer the runbook's exec probes where they are not published.
 
     Risk: the backend cannot store messages or queue them; with no port on the host, nothing
-    else would notice (DB-001 and QUEUE-001 need a published port).
+    else would notice (DB-001 and QUEUE-001 need a published port). A service named otherwise
+    (the runbook's `database`) is probed by its role under `services:`.
     """
     service = unpublished_service
-    expected = " or ".join(EXEC_ANSWERS[service])
-    answer = exec_probe(compose_project, service)
+    kind = exec_kind(inventory, service) or service  # the fixture chose it for having one
+    expected = " or ".join(EXEC_ANSWERS[kind])
+    answer = exec_probe(compose_project, service, kind)
     if answer is None:
         finding.observe("not running", expected=expected)
-        command = " ".join(EXEC_PROBES[service])
+        command = " ".join(EXEC_PROBES[kind])
         finding.fail(f"no running container to run `{command}` in (expected one)")
     finding.expect(
         answer.output or f"exit code {answer.exit_code}",
         expected,
-        ok=answer.exit_code == 0 and any(word in answer.output for word in EXEC_ANSWERS[service]),
+        ok=answer.exit_code == 0 and any(word in answer.output for word in EXEC_ANSWERS[kind]),
         problem=f"`docker compose exec {service} {' '.join(answer.command)}` in "
         f"{answer.container} exited {answer.exit_code} and said {answer.output[:200]!r}",
     )

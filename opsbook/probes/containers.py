@@ -402,14 +402,26 @@ EXEC_PROBES: dict[str, tuple[str, ...]] = {
 }
 EXEC_ANSWERS = {"postgres": ("accepting connections",), "redis": ("PONG", "NOAUTH")}
 EXEC_TIMEOUT_S = 10
+# A compose service named otherwise (the runbook's `database`) is probed by its role in the
+# inventory's services model.
+EXEC_ROLES = {"database": "postgres", "queue": "redis"}
+
+
+def exec_kind(inventory: Any, service: str) -> str | None:
+    """Which exec probe a compose service answers (a key of EXEC_PROBES): by its name, else by
+    its role under `services:`; None when it has none."""
+    if service in EXEC_PROBES:
+        return service
+    spec = inventory.services.get(service)
+    return EXEC_ROLES.get(spec.role) if spec is not None else None
 
 
 def exec_probe(
-    project: ComposeProject, service: str, timeout_s: float = EXEC_TIMEOUT_S
+    project: ComposeProject, service: str, kind: str, timeout_s: float = EXEC_TIMEOUT_S
 ) -> ExecAnswer | None:
-    """The service's exec probe (EXEC_PROBES) run in its first running container; None when
-    none runs."""
-    command = EXEC_PROBES[service]
+    """The exec probe of its kind (EXEC_PROBES) run in the service's first running container;
+    None when none runs."""
+    command = EXEC_PROBES[kind]
     running = [c for c in project.containers(service) if c.status == "running"]
     if not running:
         return None
@@ -429,7 +441,7 @@ def unpublished_services(inventory: Any, declared: list[str]) -> list[str]:
         for target in section.values()
         if target.service
     }
-    return [s for s in declared if s in EXEC_PROBES and s not in reached]
+    return [s for s in declared if exec_kind(inventory, s) is not None and s not in reached]
 
 
 def error_lines(text: str) -> list[str]:

@@ -19,6 +19,7 @@ import pytest
 from testcontainers.core.container import DockerContainer
 
 from opsbook.errors import NotEvaluated
+from opsbook.inventory import load_inventory
 from opsbook.probes.container_security import audit_facts
 from opsbook.probes.containers import (
     NUMBER_LABEL,
@@ -27,7 +28,9 @@ from opsbook.probes.containers import (
     ComposeProject,
     connect,
     container_state,
+    exec_kind,
     log_errors,
+    unpublished_services,
     usage,
     usage_between,
 )
@@ -51,6 +54,27 @@ def test_container_state_reads_a_kill_from_the_exit_code() -> None:
     assert state.killed
     assert not state.running
     assert (state.memory_limit_bytes, state.cpus_limit, state.health) == (268435456, 0.5, None)
+
+
+def test_a_database_service_named_otherwise_is_probed_by_its_role(tmp_path: Path) -> None:
+    """The runbook's compose file may call PostgreSQL `database`: its role in the inventory
+    says which exec probe it answers (pg_isready), and a published one needs none."""
+    path = tmp_path / "inventory.yaml"
+    path.write_text(
+        "name: renamed\n"
+        "redis: {queue: {url: 'redis://127.0.0.1:6379/0', service: cache}}\n"
+        "services:\n"
+        "  database: {role: database}\n"
+        "  cache: {role: queue, targets: [queue]}\n"
+        "  backend: {role: api, depends_on: [database, cache]}\n"
+    )
+    inventory = load_inventory(path, environ={})
+    assert exec_kind(inventory, "database") == "postgres"
+    assert exec_kind(inventory, "cache") == "redis"
+    assert exec_kind(inventory, "backend") is None
+    assert exec_kind(inventory, "postgres") == "postgres"  # the reference stack's own name
+    declared = ["backend", "cache", "database"]
+    assert unpublished_services(inventory, declared) == ["database"]
 
 
 def test_usage_between_two_samples() -> None:
