@@ -1,7 +1,9 @@
 """`opsbook deploy` on a real compose stack: a good release deployed (its tag seen in `docker
 inspect`), a bad one (its backend answers 500 on POST /api/messages) caught by the postdeploy
 gate and rolled back automatically to the release before it, and ROLLBACK-001's fix bringing
-the previous release back, and with --allow=restore its pre-deploy backup.
+the previous release back, and with --allow=restore its pre-deploy backup; a release pulled
+from a real registry on loopback (Debian's docker-registry, tests/registry_server.py), and a tag
+that registry lacks refused in one line before anything changes.
 
 The engine's tests (marker `containers`) share one stack for the module, from a copy of
 compose.yaml whose application image has a name of its own (`localhost/opsbook-deploytest-app`):
@@ -25,6 +27,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import yaml
+from registry_server import DOCKER_REGISTRY, Registry
 from support import CheckRun
 from test_compose_stack import _engine_problem
 
@@ -457,3 +460,117 @@ def test_deploy_commands_deploy_and_roll_back_without_a_compose_section(
     entries = AuditLog(tmp_path / "state" / "audit.log").entries()
     switch = [e for e in entries if e["remediation"] == "opsbook.deploy.switch"]
     assert switch[0]["steps"] == [f"[deploy] deploy bad1: {release.replace('{tag}', 'bad1')}"]
+
+
+# -- pulled from a registry ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def registry(stack: ComposeStack) -> Iterator[Registry]:
+    """Debian's docker-registry on a loopback port the engine trusts over plain HTTP (see
+    registry_server); stopped, and the images pushed to it deleted, after the module."""
+    if not DOCKER_REGISTRY.exists():
+        pytest.skip(
+            f"no {DOCKER_REGISTRY} (Debian's docker-registry: scripts/install-system-packages)"
+        )
+    server = Registry()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def registry_inventory(inventory_path: Path, registry: Registry) -> Path:
+    """The stack's inventory whose deploy.registry is the loopback registry's `chat` folder."""
+    raw = yaml.safe_load(inventory_path.read_text())
+    raw["deploy"]["registry"] = f"{registry.address}/chat"
+    path = inventory_path.parent / "registry-inventory.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.mark.containers
+def test_a_release_in_the_registry_is_pulled_not_built(
+    stack: ComposeStack, registry: Registry, registry_inventory: Path, inventory: Inventory,
+    reports: Path, tmp_path: Path,
+) -> None:  # fmt: skip
+    before = image_of(stack, "backend")
+    # Release pulled1: what runs now with a label (the module's other tests need not run first).
+    (tmp_path / "Dockerfile").write_text(f"FROM {before}\nLABEL opsbook.test.release=pulled1\n")
+    docker(stack, "build", "--network", "host", "-t", f"{APP}:pulled1", str(tmp_path))
+    pushed_id = image_id(stack, f"{APP}:pulled1")
+    source = f"{registry.address}/chat/{APP.rsplit('/', 1)[-1]}:pulled1"
+    docker(stack, "tag", f"{APP}:pulled1", source)
+    pushed = subprocess.run(
+        ["docker", "push", source], env=_env(stack), capture_output=True, text=True,
+        timeout=600, check=False,
+    )  # fmt: skip
+    assert pushed.returncode == 0, (
+        f"docker push {source}: {pushed.stderr.strip()} (a Podman engine trusts the test "
+        "registry over plain HTTP once scripts/setup-container-engine has written its "
+        "registries.conf.d entry)"
+    )
+    # Only the registry has the release now: the engine has neither name (the layers below stay).
+    for name in (source, f"{APP}:pulled1"):  # one at a time: Podman removes an image whose
+        docker(stack, "rmi", name)  # every name one `rmi` lists, and then misses the second
+    assert subprocess.run(
+        ["docker", "image", "inspect", f"{APP}:pulled1"], env=_env(stack), capture_output=True,
+        timeout=60, check=False,
+    ).returncode != 0  # fmt: skip
+
+    done = deploy(stack, registry_inventory, reports, "--tag", "pulled1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "deploy pulled1: deployed pulled1 (backend, worker)" in done.stdout, done.stdout
+    assert f"images: pull {source}" in done.stdout, done.stdout
+    assert "  pulled " in done.stdout, done.stdout
+    assert "images: build" not in done.stdout, done.stdout
+    assert f"GET /v2/chat/{APP.rsplit('/', 1)[-1]}/manifests/pulled1" in registry.log()
+    running = image_of(stack, "backend")
+    assert running != before
+    assert running == image_id(stack, f"{APP}:pulled1") == pushed_id, (
+        f"backend runs {running[:12]}, pushed {pushed_id[:12]}"
+    )
+    assert image_of(stack, "worker") == running
+    labels = json.loads(docker(stack, "inspect", "--format", "{{json .Config.Labels}}", running))
+    assert labels.get("opsbook.test.release") == "pulled1", labels
+    assert [r.tag for r in deployed(state_dir(inventory))][-1] == "pulled1"
+    entries = AuditLog(state_dir(inventory) / "audit.log").entries()
+    images = [
+        e
+        for e in entries
+        if e.get("release") == "pulled1" and e["remediation"] == "opsbook.deploy.images"
+    ]
+    assert [e["event"] for e in images] == ["intent", "outcome"], images
+    commands = " | ".join(images[0]["steps"])
+    assert f"docker pull {source}" in commands, commands
+    assert f"docker tag {source} {APP}:pulled1" in commands, commands
+    assert images[1]["status"] == "applied", images[1]
+    assert images[1]["reason"].startswith("pulled "), images[1]
+    assert running.startswith(images[1]["reason"].removeprefix("pulled ")), images[1]
+    steps = audit_steps(inventory, "pulled1")
+    assert [s for s in steps if s[0] == "outcome" and s[2] != "applied"] == [], steps
+
+
+@pytest.mark.containers
+def test_a_tag_the_registry_lacks_is_one_line_and_nothing_changes(
+    stack: ComposeStack, registry: Registry, registry_inventory: Path, inventory: Inventory,
+    reports: Path,
+) -> None:  # fmt: skip
+    before = image_of(stack, "backend")
+    recorded = deployed(state_dir(inventory))
+    done = deploy(stack, registry_inventory, reports, "--tag", "missing1")
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    line = done.stderr.strip()
+    assert line.startswith("deploy missing1: `docker pull "), line
+    assert "manifest unknown" in line or "name unknown" in line, line  # the tag, or the repo
+    assert line.endswith("; nothing was changed"), line
+    assert "Traceback" not in done.stdout + done.stderr
+    for service in ("backend", "worker"):
+        assert image_of(stack, service) == before
+    assert deployed(state_dir(inventory)) == recorded
+    steps = audit_steps(inventory, "missing1")
+    assert ("outcome", "images", "failed") in steps, steps
+    assert [s[1] for s in steps if s[0] == "intent"][-1] == "images", steps
