@@ -58,6 +58,7 @@ from opsbook.remediate.lock import RemediationLock
 from opsbook.remediate.runner import AUDIT, LOCK, STATE_MODE, audit_log, state_dir
 from opsbook.remediate.runtime import ComposeRuntime
 from opsbook.report_files import make_folder, reports_group, restrict_tree
+from opsbook.waiting import until
 
 EXIT_DEPLOYED = 0
 EXIT_GATE = 1
@@ -774,8 +775,8 @@ def host_run(inventory: Inventory, what: str, command: str, redact: Callable[[st
 
 def proxies_of(inventory: Inventory, services: tuple[str, ...]) -> list[str]:
     """The services that depend on any of `services` and are not among them (nginx in front of
-    the backend): a recreated container has a new address, which nginx, having resolved its
-    upstream's name when it read its configuration, learns only when it reads it again."""
+    the backend): once those are recreated, they pass requests on to the new containers only
+    when these answer (wait_proxying)."""
     return [
         name
         for name, service in inventory.services.items()
@@ -783,73 +784,70 @@ def proxies_of(inventory: Inventory, services: tuple[str, ...]) -> list[str]:
     ]
 
 
-def _refresh(runtime: ComposeRuntime, service: str) -> str:
-    """Reload where the service reads its configuration again on SIGHUP, else restart."""
-    return "reload" if runtime.refusal("reload", service) is None else "restart"
-
-
 def bring_up_commands(inventory: Inventory, images: Images, release: DeployedRelease) -> list[str]:
     """The exact commands that bring `release` up on compose (for the audit log and a plan)."""
     runtime = images.runtime
-    return (
-        [images.shown("tag", i, ref) for ref, i in release.images.items()]
-        + [runtime.command("recreate", service) for service in release.services]
-        + [
-            runtime.command(_refresh(runtime, proxy), proxy)
-            for proxy in proxies_of(inventory, release.services)
-        ]
-    )
+    return [images.shown("tag", i, ref) for ref, i in release.images.items()] + [
+        runtime.command("recreate", service) for service in release.services
+    ]
 
 
 def bring_up(inventory: Inventory, images: Images, release: DeployedRelease) -> str:
     """Point the compose file's image names at `release`'s images, recreate its services, and
-    have the services in front of them reload (the deploy, its rollback, ROLLBACK-001's fix)."""
+    wait until the proxies in front of them pass the API on (the deploy, its rollback,
+    ROLLBACK-001's fix). No proxy is reloaded: the stack's nginx looks the backend's name up at
+    request time (containers/nginx), so it reaches a recreated container's new address."""
     runtime = images.runtime
     for ref, image_id in release.images.items():
         images.tag(image_id, ref)
     for service in release.services:
         runtime.recreate(service)
-    refreshed = []
-    for proxy in proxies_of(inventory, release.services):
-        if _refresh(runtime, proxy) == "reload":
-            runtime.reload(proxy)
-            refreshed.append(f"reloaded {proxy}")
-        else:
-            runtime.restart(proxy)
-            refreshed.append(f"restarted {proxy}")
     wait_proxying(inventory, proxies_of(inventory, release.services))
-    return "recreated " + ", ".join([*release.services, *refreshed])
+    return "recreated " + ", ".join(release.services)
+
+
+# How long after a recreate a proxy may still send requests to the replaced container's old
+# address: the stack's nginx keeps an address it looked up for its resolver's valid=2s
+# (containers/nginx), on a clock of whole seconds. Nothing can tell sooner without sending a
+# request there, which is the upstream error line (COMPOSE-006) the wait must not cause.
+PROXY_NAME_CACHE_S = 3.0
 
 
 def wait_proxying(inventory: Inventory, proxies: list[str]) -> None:
-    """Wait until each reloaded proxy passes its API path on (its entry's `api_path`, asked as
-    HEALTH-004 asks it) instead of answering 502 or 504: until its new workers run, the old ones
-    still send requests to the replaced container's address. Bounded by the readiness deadline;
-    a proxy that still fails is left for the readiness step and the gate to judge."""
+    """Wait until each proxy passes its API path on after the services behind it were recreated
+    or started again (call it right after): first until those services answer their own health
+    path (asked directly) and the proxy can no longer hold their old address
+    (PROXY_NAME_CACHE_S), then until the proxy's entry answers its `api_path` (as HEALTH-004
+    asks it) with neither 502 nor 504. So the wait itself makes the entry log no upstream error
+    for a container that is gone or not listening yet. Bounded by the readiness deadline; a
+    proxy that still fails is left for the readiness step and the gate to judge."""
     import requests
 
     timeout = inventory.thresholds.timeout_s
-    end = time.monotonic() + inventory.deploy.readiness_deadline_s
+    start = time.monotonic()
+    end = start + inventory.deploy.readiness_deadline_s
+
+    def wait_for(url: str, verify: str | bool, ok: Callable[[int], bool]) -> None:
+        def answered() -> bool:
+            try:
+                return ok(requests.get(url, timeout=timeout, verify=verify).status_code)
+            except requests.RequestException:
+                return False
+
+        until(answered, max(0.0, end - time.monotonic()), 0.2)
+
     for proxy in proxies:
-        targets = inventory.services[proxy].targets
-        for name in targets:
-            endpoint = inventory.http.get(name)
-            if endpoint is None or endpoint.api_path is None:
-                continue
-            while time.monotonic() < end:
-                try:
-                    answer = requests.get(
-                        endpoint.url + endpoint.api_path, timeout=timeout, verify=endpoint.verify
-                    )
-                except requests.RequestException:
-                    answer = None
-                if answer is not None and answer.status_code not in (502, 504):
-                    break
-                time.sleep(0.2)
-
-
-# The name remediation.limits and remediation.backup import.
-_wait_proxying = wait_proxying
+        behind = set(inventory.services[proxy].depends_on)
+        for endpoint in inventory.http.values():
+            if endpoint.service in behind:
+                url = endpoint.url + endpoint.health_path
+                wait_for(url, endpoint.verify, lambda status: status == 200)
+        time.sleep(max(0.0, start + PROXY_NAME_CACHE_S - time.monotonic()))
+        for name in inventory.services[proxy].targets:
+            entry = inventory.http.get(name)
+            if entry is not None and entry.api_path is not None:
+                url = entry.url + entry.api_path
+                wait_for(url, entry.verify, lambda status: status not in (502, 504))
 
 
 def compose_images(inventory: Inventory) -> Images:

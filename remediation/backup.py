@@ -212,12 +212,31 @@ def _stop(runtime: Runtime, service: str, state: _Restore) -> Callable[[], str]:
     return stop
 
 
-def _start(runtime: Runtime, service: str) -> Callable[[], str]:
+def _start(
+    inventory: Inventory, runtime: Runtime, service: str, proxies: list[str]
+) -> Callable[[], str]:
     def start() -> str:
+        from opsbook.deploy import wait_proxying
+
         runtime.start(service)
-        return "started" if runtime.is_running(service) else "started, but it does not run"
+        if not runtime.is_running(service):
+            return "started, but it does not run"
+        # A container started again may have a new address; the stack's nginx looks the name up
+        # at request time (containers/nginx), no reload: wait until it passes the API on.
+        wait_proxying(inventory, proxies)
+        return "started"
 
     return start
+
+
+def _proxies(inventory: Inventory, service: str, runtime: Runtime) -> list[str]:
+    """The compose services in front of `service` (nginx before the backend) when it runs on
+    compose: the start's wait asks them."""
+    from opsbook.deploy import proxies_of
+
+    if runtime.name != "compose":
+        return []
+    return [p for p in proxies_of(inventory, (service,)) if inventory.runtime_of(p) == "compose"]
 
 
 def _switch(
@@ -232,50 +251,6 @@ def _switch(
         return _frontend_answers(inventory, expected, inventory.thresholds.timeout_s)
 
     return switch
-
-
-def _add_proxy_refresh(
-    plan: Plan, inventory: Inventory, runtimes: dict[str, Runtime], state: _Restore
-) -> None:
-    """The services in front of writers on compose (nginx before the backend) reload, or
-    restart, once the writers run again: a container started again may have a new address,
-    which nginx, having resolved its upstream's name when it read its configuration, learns only
-    when it reads it again (as after a deploy: opsbook.deploy.bring_up)."""
-    from opsbook.deploy import proxies_of
-
-    on_compose = tuple(service for service, rt in runtimes.items() if rt.name == "compose")
-    for proxy in proxies_of(inventory, on_compose):
-        runtime = runtime_of(inventory, proxy)
-        if runtime is None:
-            continue
-        verb = "reload" if runtime.refusal("reload", proxy) is None else "restart"
-        behind = [s for s in on_compose if s in inventory.services[proxy].depends_on]
-        plan.add(
-            f"{verb} {proxy}, in front of {', '.join(behind)}: it learns their new addresses so",
-            runtime.command(verb, proxy),
-            RESTORE,
-            _refresh(inventory, runtime, proxy, verb),
-            only_if=(
-                "if the restore stopped what it proxies; also after a failed step",
-                lambda behind=behind: any(s in state.stopped for s in behind),  # type: ignore[misc]
-            ),
-            service=proxy,
-        )
-
-
-def _refresh(inventory: Inventory, runtime: Runtime, proxy: str, verb: str) -> Callable[[], str]:
-    def refresh() -> str:
-        # The deploy's own wait: until the proxy passes its API path on instead of 502/504.
-        from opsbook.deploy import _wait_proxying
-
-        if verb == "reload":
-            runtime.reload(proxy)
-        else:
-            runtime.restart(proxy)
-        _wait_proxying(inventory, [proxy])
-        return "reloaded" if verb == "reload" else "restarted"
-
-    return refresh
 
 
 def _beside(path: Path, what: str) -> str:
@@ -470,14 +445,13 @@ def _restore(ctx: Context, *, apply: bool, maintenance: bool) -> Plan:
             f"start {service} again",
             runtime.command("start", service),
             RESTORE,
-            _start(runtime, service),
+            _start(inventory, runtime, service, _proxies(inventory, service, runtime)),
             only_if=(
                 "if the restore stopped it; also after a failed step",
                 lambda service=service: service in state.stopped,  # type: ignore[misc]
             ),
             service=service,
         )
-    _add_proxy_refresh(plan, inventory, runtimes, state)
     if data_paths:
         plan.add(
             "remove what was unpacked and not put in place",

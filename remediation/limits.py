@@ -149,8 +149,8 @@ def write_limits_override(ctx: Context, *, apply: bool) -> Plan:
     compose.override, by default compose.override.yaml beside the compose file; made if
     missing; its other keys are kept, its comments are not), then recreates the service's
     containers (`docker compose up --force-recreate --no-deps`: in-flight requests to them are
-    lost; the new ones keep the inventory's published port) and waits until they answer; a
-    service in front of it (nginx before the backend) reloads, to learn the new address. Every
+    lost; the new ones keep the inventory's published port) and waits until they answer, and
+    until a service in front of it (nginx before the backend) passes requests on to them. Every
     later compose command of opsbook reads the override after the compose file.
     Privileges: write access to the override file's folder; access to the engine's API (root or
     the docker group on its socket).
@@ -188,6 +188,13 @@ def write_limits_override(ctx: Context, *, apply: bool) -> Plan:
         runtime.recreate(service)
         if not until(lambda: _answers(inventory, service), READY_DEADLINE_S, POLL_S):
             return f"recreated; {service} does not answer after {READY_DEADLINE_S:g} s"
+        from opsbook.deploy import proxies_of, wait_proxying
+
+        # No reload: the stack's nginx looks the service's name up at request time and reaches
+        # the new container's address by itself (containers/nginx); wait until it passes the
+        # API on. A proxy that is no container of this project reaches the service another way.
+        proxies = proxies_of(inventory, (service,))
+        wait_proxying(inventory, [p for p in proxies if inventory.runtime_of(p) == "compose"])
         return "recreated, answers"
 
     resources = override_resources(expected)
@@ -200,26 +207,4 @@ def write_limits_override(ctx: Context, *, apply: bool) -> Plan:
         write_and_recreate,
         service=service,
     )
-    from opsbook.deploy import _wait_proxying, proxies_of
-
-    for proxy in proxies_of(inventory, (service,)):
-        if inventory.runtime_of(proxy) != "compose":
-            continue  # not a container of this project: it reaches the service another way
-        verb = "reload" if runtime.refusal("reload", proxy) is None else "restart"
-
-        def refresh(proxy: str = proxy, verb: str = verb) -> str:
-            if verb == "reload":
-                runtime.reload(proxy)
-            else:
-                runtime.restart(proxy)
-            _wait_proxying(inventory, [proxy])
-            return f"{verb}ed"
-
-        plan.add(
-            f"{verb} {proxy}, in front of {service}: it learns the recreated container's address",
-            runtime.command(verb, proxy),
-            StepKind.RELOAD if verb == "reload" else StepKind.RESTART,
-            refresh,
-            service=proxy,
-        )
     return plan.finish(apply, ctx.gate)

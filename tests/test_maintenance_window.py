@@ -263,17 +263,6 @@ def _upgrade_inventory(stack: ComposeStack, tmp_path: Path) -> Path:
     raw = yaml.safe_load(path.read_text())
     raw["deploy"] = {"readiness_deadline_s": 60}
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    # Any deploy on compose leaves nginx's "upstream timed out" lines behind: its wait for the
-    # reloaded proxy asks old workers that still send to the replaced backend's address. The
-    # window's post-checks come within COMPOSE-006's five minutes; waived, as an operator would.
-    waiver = {
-        "check": "COMPOSE-006",
-        "owner": "opsbook tests",
-        "reason": "the deploy's own proxy wait logs upstream timeouts on the frontend",
-        "ticket": "issue 18",
-        "expires": (datetime.now(UTC).date() + timedelta(days=30)).isoformat(),
-    }
-    (tmp_path / "waivers.yaml").write_text(yaml.safe_dump({"waivers": [waiver]}))
     done = opsbook(stack.docker_host, "backup", f"--inventory={path}")  # the nightly backup
     assert done.returncode == 0, done.stdout + done.stderr
     return path
