@@ -479,6 +479,14 @@ def registry(stack: ComposeStack) -> Iterator[Registry]:
         yield server
     finally:
         server.stop()
+        # A pull leaves the registry's name of the image on the engine, as `docker pull` does
+        # (the layers stay cached; like _forget_releases, a name already gone is no failure).
+        listed = docker(stack, "image", "ls", "--format", "{{.Repository}}:{{.Tag}}")
+        for ref in (line for line in listed.split() if line.startswith(f"{server.address}/")):
+            subprocess.run(
+                ["docker", "rmi", ref], env=_env(stack), capture_output=True, timeout=60,
+                check=False,
+            )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -497,9 +505,10 @@ def test_a_release_in_the_registry_is_pulled_not_built(
     reports: Path, tmp_path: Path,
 ) -> None:  # fmt: skip
     before = image_of(stack, "backend")
-    # Release pulled1: what runs now with a label (the module's other tests need not run first).
+    # Release pulled1: what runs now with a label (the module's other tests need not run first);
+    # without the cache, an image of its own, never one an earlier run left under other names.
     (tmp_path / "Dockerfile").write_text(f"FROM {before}\nLABEL opsbook.test.release=pulled1\n")
-    docker(stack, "build", "--network", "host", "-t", f"{APP}:pulled1", str(tmp_path))
+    docker(stack, "build", "--no-cache", "--network", "host", "-t", f"{APP}:pulled1", str(tmp_path))
     pushed_id = image_id(stack, f"{APP}:pulled1")
     source = f"{registry.address}/chat/{APP.rsplit('/', 1)[-1]}:pulled1"
     docker(stack, "tag", f"{APP}:pulled1", source)
