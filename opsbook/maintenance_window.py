@@ -382,9 +382,9 @@ class Window:
             if why:
                 problems.append(why)
             if not on and job.kind() == "compose":
-                # The switch's own wait for the proxies ended at once on the page's 503: until
-                # their new workers run, old ones still send requests to the replaced
-                # containers' addresses.
+                # The switch's own wait for the proxies ended at once on the page's 503: wait
+                # again, now that the entry passes requests on, until nginx has resolved the
+                # replaced containers' new addresses.
                 wait_proxying(self.inventory, proxies_of(self.inventory, job.services()))
 
         job = Deploy(
