@@ -15,6 +15,7 @@ Each measure is taken with the children forked (the default) and spawned afresh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import shutil
@@ -93,16 +94,18 @@ def main() -> int:
         peak = timed(folders[max(args.sizes)], base / "reports")[2]
         print(f"  peak resident memory of one process: {peak // 1024} MiB")
         pids = [pid for stack in stacks for pid in stack.processes()]
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
         try:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):  # ended since it was listed
+                    os.kill(pid, signal.SIGSTOP)
             for how in starts:
                 for size in (min(args.sizes), max(args.sizes)):
                     elapsed, code, _ = timed(folders[size], base / "hung", how)
                     print(f"  all hung, {how:5} {size:3} deployments: {elapsed:6.2f}s, exit {code}")
         finally:
             for pid in pids:
-                os.kill(pid, signal.SIGCONT)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
     finally:
         for stack in stacks:
             stack.down()

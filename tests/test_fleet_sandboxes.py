@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -64,13 +64,16 @@ def stack_of(inventories: Path, name: str) -> Stack:
 def frozen(*stacks: Stack) -> Iterator[None]:
     """Every process of the stacks stopped (SIGSTOP): they accept connections, never answer."""
     pids = [pid for stack in stacks for pid in stack.processes()]
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
     try:
+        for pid in pids:
+            # A child may end between the listing and the signal (a PostgreSQL backend).
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
         yield
     finally:
         for pid in pids:
-            os.kill(pid, signal.SIGCONT)
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 def run(*args: str, reports: Path) -> tuple[subprocess.CompletedProcess[str], float]:
