@@ -57,6 +57,8 @@ def test_drill_restores_the_latest_backup_into_a_scratch_cluster(
         time.sleep(0.1)
     inventory = backup_inventory(sandbox, tmp_path / "backups")
     assert backup_command("--inventory", str(inventory)).returncode == 0
+    # Drills of other runs on this machine have their own scratch folders: only this one's count.
+    before = set(Path("/tmp").glob("opsbook-drill-*"))
     result = run_checks("--check=BACKUP-003", "-m", "weekly", inventory=inventory)
     row = result.row("BACKUP-003", "chatdb")
     assert row["outcome"] == "passed", result.output
@@ -66,7 +68,8 @@ def test_drill_restores_the_latest_backup_into_a_scratch_cluster(
     restored, production = observed["rows"]["messages"]
     assert restored >= 3
     assert production >= 3
-    assert not list(Path("/tmp").glob("opsbook-drill-*")), "the scratch cluster was left behind"
+    left = set(Path("/tmp").glob("opsbook-drill-*")) - before
+    assert not left, f"the scratch cluster was left behind: {left}"
 
 
 @pytest.mark.breaks("BACKUP-003")
@@ -85,6 +88,7 @@ def test_drill_fails_on_a_dump_that_does_not_restore(
         size=dump.stat().st_size, sha256=hashlib.sha256(dump.read_bytes()).hexdigest()
     )
     (latest.path / "manifest.json").write_text(json.dumps(manifest))
+    before = set(Path("/tmp").glob("opsbook-drill-*"))
     result = run_checks("--check=BACKUP-002,BACKUP-003", "-m", "backup", inventory=inventory)
     assert result.outcome("BACKUP-002") == "passed", result.output
     row = result.row("BACKUP-003", "chatdb")
@@ -92,7 +96,8 @@ def test_drill_fails_on_a_dump_that_does_not_restore(
     assert row["message"].startswith(
         f"postgres chatdb: backup {latest.name}: pg_restore of postgres-chatdb.dump"
     ), row["message"]
-    assert not list(Path("/tmp").glob("opsbook-drill-*")), "the scratch cluster was left behind"
+    left = set(Path("/tmp").glob("opsbook-drill-*")) - before
+    assert not left, f"the scratch cluster was left behind: {left}"
 
 
 def test_only_the_column_options_the_scratch_server_refuses_are_left_out() -> None:
