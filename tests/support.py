@@ -21,6 +21,7 @@ class CheckRun:
         # This run's own folder, as it printed it: `latest` may already be another run's.
         printed = re.search(r"opsbook report: (\S+)/report\.html", self.output)
         folder = Path(printed[1]) if printed else reports / "latest"
+        self.reports = reports
         found = folder / "findings.json"
         self.document = json.loads(found.read_text()) if found.exists() else {}
         self.rows: list[dict[str, Any]] = self.document.get("findings", [])

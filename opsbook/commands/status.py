@@ -4,7 +4,8 @@ Read from the last finished run (DIR/latest/findings.json), nothing is probed ag
 
     service status    up or down per target, from the readiness checks (CONTAINED, with who
                       and when, for an entry `opsbook incident contain` closed)
-    resource use      disk, memory, Redis memory, database connections (observed vs limit)
+    resource use      disk, memory, Redis memory, database connections (observed vs limit),
+                      and each container's CPU and memory against its limits (compose)
     recent activity   queue depth, messages stored in the window, dead letters, draining
     recent errors     every failed check, or one that could not be evaluated, with its message,
                       cause first: the checks blocked by a dependency that is down right under
@@ -170,6 +171,35 @@ def _service_lines(findings: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+# The compose check whose observation is each container's CPU and memory use and limits.
+CONTAINER_USE = "COMPOSE-004"
+
+
+def _container_lines(findings: list[dict[str, Any]]) -> list[str]:
+    """One line per container measured by COMPOSE-004: its memory and CPU against its limits."""
+    from opsbook.probes.containers import size
+
+    lines = []
+    for row in _rows(findings, CONTAINER_USE):
+        observed = row.get("observed")
+        if row["outcome"] == "skipped" or not isinstance(observed, dict):
+            continue
+        flag = "  <- " + row["outcome"].upper() if row["outcome"] in PROBLEMS else ""
+        for name, seen in sorted(observed.items()):
+            if not isinstance(seen, dict):
+                continue
+            memory, limit = (
+                size(int(value)) if isinstance(value, int | float) else "-"
+                for value in (seen.get("memory_bytes"), seen.get("memory_limit_bytes"))
+            )
+            cpus_used = seen.get("cpus_used")
+            cpus = f"{cpus_used:.2f}" if isinstance(cpus_used, int | float) else "-"
+            cpus_limit = _shown(seen.get("cpus_limit"))
+            used = f"memory {memory} of {limit}, CPU {cpus} of {cpus_limit}"
+            lines.append(f"  {'container':<17} {_text(name):<12} {used}{flag}")
+    return lines
+
+
 def _measure_lines(
     findings: list[dict[str, Any]], wanted: tuple[tuple[str, str], ...]
 ) -> list[str]:
@@ -240,7 +270,7 @@ def render(document: dict[str, Any], reports: Path) -> str:
     problems = [row for row in findings if row["outcome"] in PROBLEMS]
     sections = [
         ("SERVICE STATUS", _service_lines(findings)),
-        ("RESOURCE USE", _measure_lines(findings, RESOURCES)),
+        ("RESOURCE USE", _measure_lines(findings, RESOURCES) + _container_lines(findings)),
         ("RECENT ACTIVITY", _measure_lines(findings, ACTIVITY)),
         ("RECENT ERRORS", _error_lines(problems)),
         ("QUICK ACTIONS", _action_lines(problems, reports)),

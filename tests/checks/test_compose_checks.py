@@ -9,6 +9,7 @@ reason, when either is missing. One stack for the module (about 20 s with images
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -117,6 +118,16 @@ def test_daily_passes_on_the_healthy_stack(run_compose: RunCompose) -> None:
     # Published postgres and redis are connected to directly (DB-001, QUEUE-001).
     assert run.outcome("COMPOSE-007", "none") == "skipped"
     assert "reached directly" in run.row("COMPOSE-007", "none")["message"]
+    # The dashboard shows each container's use against its limits (the runbook's 2 GiB).
+    dashboard = subprocess.run(
+        [sys.executable, "-m", "opsbook", "status", "--reports-dir", str(run.reports)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert dashboard.returncode == 0, dashboard.stdout + dashboard.stderr
+    backend = [line for line in dashboard.stdout.splitlines()
+               if line.lstrip().startswith("container") and "backend" in line]  # fmt: skip
+    assert backend, dashboard.stdout
+    assert re.search(r"memory \d+ MiB of 2 GiB, CPU [\d.]+ of 2$", backend[0]), backend
 
 
 @pytest.mark.breaks("COMPOSE-001", "COMPOSE-002")
