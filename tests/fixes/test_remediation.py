@@ -233,7 +233,7 @@ def test_maintenance_command_says_what_the_audit_log_cannot_hold(
     where = ("--inventory", str(breakable_sandbox.inventory_path))
     on = opsbook("maintenance", "on", *where, state=read_only_audit_log)
     assert on.returncode == 3, on.stdout + on.stderr
-    assert on.stderr == f"maintenance: refused: {NO_INTENT}\n"
+    assert on.stderr == f"maintenance on: refused: {NO_INTENT}\n"
     assert not (breakable_sandbox.dir / "nginx" / "maintenance.on").exists()
     assert log.read_text() == ""
     # The lock it took for the switch is released again.
