@@ -14,6 +14,7 @@ Exit codes (documented in the README) keep "could not evaluate" apart from "fail
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Generator
 
 import pytest
@@ -36,6 +37,39 @@ def _assertion_message(excinfo: pytest.ExceptionInfo[BaseException]) -> str:
     return first or "assertion failed"
 
 
+def _one_line(item: pytest.Item, excinfo: pytest.ExceptionInfo[BaseException] | None) -> str | None:
+    """The one line a check's report shows for its exception, or None for pytest's own."""
+    if excinfo is None:
+        return None
+    if isinstance(excinfo.value, NotEvaluated):
+        # Could not evaluate: one line, and an ERROR however far the check got.
+        return item.config.stash[REDACTOR](excinfo.value.line())
+    if (
+        CHECK in item.stash
+        and excinfo.errisinstance(AssertionError)
+        and item.config.option.tbstyle == "auto"
+    ):
+        # A broken expectation is a verdict, not a crash: the message says observed vs
+        # expected and names the target, so a traceback would only bury it.
+        return _assertion_message(excinfo)
+    return None
+
+
+@pytest.hookimpl(tryfirst=True, specname="pytest_runtest_makereport")
+def pytest_runtest_makereport_in_one_line(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> pytest.TestReport | None:
+    """A report that shows one line is made without pytest's traceback: formatting one reads
+    and parses every source file in it, a second of CPU for a deployment whose 35 checks
+    could not reach it (bench/fleet.py, all hung)."""
+    line = _one_line(item, call.excinfo)
+    if line is None:
+        return None  # pytest's own report
+    shown = copy.copy(call)
+    shown.excinfo = line  # type: ignore[assignment]  # pytest takes a string as the repr
+    return pytest.TestReport.from_item_and_call(item, shown)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
@@ -44,19 +78,7 @@ def pytest_runtest_makereport(
     redact = item.config.stash[REDACTOR]
     excinfo = call.excinfo
     if excinfo is not None and isinstance(excinfo.value, NotEvaluated):
-        # Could not evaluate: one line, and an ERROR however far the check got.
-        line = redact(excinfo.value.line())
-        report.longrepr = line
-        report.user_properties.append((Prop.UNREACHABLE, line))
-    elif (
-        excinfo is not None
-        and CHECK in item.stash
-        and excinfo.errisinstance(AssertionError)
-        and item.config.option.tbstyle == "auto"
-    ):
-        # A broken expectation is a verdict, not a crash: the message says observed vs
-        # expected and names the target, so a traceback would only bury it.
-        report.longrepr = _assertion_message(excinfo)
+        report.user_properties.append((Prop.UNREACHABLE, str(report.longrepr)))
     if report.longrepr is not None:
         text = str(report.longrepr)
         masked = redact(text)
