@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import tempfile
@@ -79,7 +80,12 @@ def test_the_inventory_names_the_textfile(suite: pytest.Pytester) -> None:
 
 
 @pytest.fixture
-def pushgateway() -> Iterator[str]:
+def pushgateway(pushgateway_process: tuple[subprocess.Popen[bytes], str]) -> str:
+    return pushgateway_process[1]
+
+
+@pytest.fixture
+def pushgateway_process() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """A real Prometheus Pushgateway (Debian's prometheus-pushgateway) on a free loopback port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -101,8 +107,9 @@ def pushgateway() -> Iterator[str]:
                 pass
             assert time.monotonic() < deadline, "pushgateway did not start"
             time.sleep(0.1)
-        yield url
+        yield process, url
     finally:
+        process.send_signal(signal.SIGCONT)  # a test may have stopped it
         process.terminate()
         process.wait(timeout=10)
 
@@ -141,6 +148,26 @@ def test_an_unreachable_pushgateway_is_one_line_not_a_crash(suite: pytest.Pytest
     result = suite.runpytest("-m", "daily", f"--pushgateway=http://127.0.0.1:{closed}")
     assert result.ret == 1  # the checks' verdict, not the push's
     result.stdout.fnmatch_lines(["*opsbook: could not push metrics to http://127.0.0.1:*"])
+
+
+def test_a_silent_pushgateway_is_asked_once_not_pushed_to(
+    suite: pytest.Pytester, pushgateway_process: tuple[subprocess.Popen[bytes], str]
+) -> None:
+    """A Pushgateway that hangs (stopped: it accepts connections, never answers) is asked once,
+    in the background while the checks run, and not pushed to at the end: the run does not
+    wait for it a second time (a deployment that hangs whole, its gateway included, ends
+    within one timeout plus a few seconds)."""
+    process, url = pushgateway_process
+    process.send_signal(signal.SIGSTOP)
+    try:
+        result = suite.runpytest("-m", "daily", f"--pushgateway={url}")
+    finally:
+        process.send_signal(signal.SIGCONT)
+    assert result.ret == 1  # the checks' verdict, not the push's
+    result.stdout.fnmatch_lines(
+        [f"*opsbook: did not push metrics to {url}: it gave no answer within 3 s*"]
+    )
+    assert "opsbook_last_run_success" not in requests.get(f"{url}/metrics", timeout=3).text
 
 
 @pytest.fixture

@@ -7,6 +7,11 @@ show every check and a missed or failing cron run alerts (alerts/chat-system.rul
 or, for every run against a deployment, its inventory's `metrics: {textfile, pushgateway}` (an
 option given on the command line wins over the inventory's place of the same kind).
 
+The Pushgateway is asked once, in the background, while the checks run: one that gave no answer
+within the inventory's timeout is not pushed to at the end (one line says so), so that a run
+against a deployment that hangs whole, its Pushgateway included, still ends within one timeout
+plus a few seconds (docs/operating.md).
+
 Series (labels: selection; per check also check_id, target, severity):
 
     opsbook_check_success               1 passed, fixed or waived; 0 failed or not evaluated
@@ -21,7 +26,10 @@ Series (labels: selection; per check also check_id, target, severity):
 from __future__ import annotations
 
 import socket
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Generator
 from typing import Any
 
@@ -74,13 +82,60 @@ def _registry(rows: list[FindingRow], selection: str, started: float, status: in
     return registry
 
 
+class GatewayProbe:
+    """Whether the Pushgateway answers: one GET, in a thread of its own, started with the run."""
+
+    def __init__(self, gateway: str, timeout: float) -> None:
+        self.url = gateway if "://" in gateway else f"http://{gateway}"  # as prometheus_client
+        self.timeout = timeout
+        self.silent = False
+        self._thread = threading.Thread(target=self._ask, name="opsbook-pushgateway", daemon=True)
+        self._thread.start()
+
+    def _ask(self) -> None:
+        try:
+            ready = self.url.rstrip("/") + "/-/ready"
+            if not ready.startswith(("http://", "https://")):
+                return  # the push says what is wrong with the address
+            with urllib.request.urlopen(ready, timeout=self.timeout):  # noqa: S310 (http only)
+                pass
+        except urllib.error.HTTPError:
+            pass  # an answer: the push says what is wrong, if anything
+        except (OSError, ValueError) as exc:
+            self.silent = isinstance(exc, TimeoutError) or isinstance(
+                getattr(exc, "reason", None), TimeoutError
+            )
+
+    def answers(self) -> bool:
+        """False when the gateway gave no answer within the timeout (waits for the answer)."""
+        self._thread.join(self.timeout + 1)
+        return not (self.silent or self._thread.is_alive())
+
+
+def _destinations(config: pytest.Config) -> tuple[Any, str | None, float]:
+    """Where the run's metrics go (textfile, gateway), and the deployment's timeout."""
+    inventory = config.stash[INVENTORY]
+    textfile = config.getoption("metrics_textfile")
+    gateway = config.getoption("pushgateway")
+    if inventory is None:
+        return textfile, gateway, 3.0
+    textfile = textfile or inventory.metrics.textfile
+    gateway = gateway or inventory.metrics.pushgateway
+    return textfile, gateway, inventory.thresholds.timeout_s
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    session.config.stash[_STARTED] = time.time()
-    session.config.stash[_NOT_SENT] = []
+    config = session.config
+    config.stash[_STARTED] = time.time()
+    config.stash[_NOT_SENT] = []
+    _, gateway, timeout = _destinations(config)
+    if gateway and not hasattr(config, "workerinput"):
+        config.stash[_GATEWAY] = GatewayProbe(gateway, timeout)
 
 
 _STARTED = pytest.StashKey[float]()
 _NOT_SENT = pytest.StashKey[list[str]]()
+_GATEWAY = pytest.StashKey[GatewayProbe]()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -88,11 +143,7 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
     yield
     config = session.config
     inventory = config.stash[INVENTORY]
-    textfile = config.getoption("metrics_textfile")
-    gateway = config.getoption("pushgateway")
-    if inventory is not None:
-        textfile = textfile or inventory.metrics.textfile
-        gateway = gateway or inventory.metrics.pushgateway
+    textfile, gateway, timeout = _destinations(config)
     rows = list(config.stash[FINDINGS].rows.values())
     if not (textfile or gateway) or not rows or hasattr(config, "workerinput"):
         return
@@ -106,10 +157,14 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
         except OSError as exc:
             # As for a push: the run's result stands; the stale file shows as a missed run.
             config.stash[_NOT_SENT].append(f"could not write metrics to {textfile}: {exc}")
-    if gateway:
+    probe = config.stash.get(_GATEWAY, None)
+    if gateway and probe is not None and not probe.answers():
+        config.stash[_NOT_SENT].append(
+            f"did not push metrics to {gateway}: it gave no answer within {timeout:g} s"
+        )
+    elif gateway:
         from prometheus_client import push_to_gateway
 
-        timeout = inventory.thresholds.timeout_s if inventory is not None else 3.0
         # One group per deployment, selection and runner: production's daily run never
         # replaces staging's, nor the audit run the daily one.
         grouping = {
