@@ -150,10 +150,19 @@ def worst_exit(codes: Iterable[int]) -> int:
 
 
 # What a deployment's run imports after pytest's start-up: imported once by the fleet, before
-# its children are forked, so that ten children do not import them ten times.
+# its children are forked, so that ten children do not import them ten times. The packages are
+# imported whole: the checks reach their probes, the fixes linked to them and the runtimes by
+# name. (Ten healthy deployments, side by side: 6.9 s of CPU with the short list, 6.6 s with the
+# packages, 6.4 s with the fleet's objects frozen too.)
 CHILD_IMPORTS = (
-    "psycopg", "redis", "ssl", "testinfra.host", "tarfile", "zoneinfo", "email.message",
+    "psycopg", "redis", "ssl", "testinfra.host", "testinfra.backend.local", "tarfile", "zoneinfo",
+    "email.message", "prometheus_client", "pdb", "faulthandler", "resource",
     "opsbook.targets", "opsbook.http", "opsbook.check", "opsbook.remediate.plan",
+    "opsbook.waivers", "opsbook.canary", "opsbook.deploy", "opsbook.version",
+)  # fmt: skip
+CHILD_PACKAGES = (
+    "opsbook.probes", "opsbook.remediate", "opsbook.remediation", "opsbook.backup",
+    "opsbook.sandbox",
 )  # fmt: skip
 
 
@@ -262,12 +271,24 @@ def _can_fork() -> bool:
 def prepare_children() -> None:
     """Import what every child run needs once, before the children are forked."""
     from importlib import import_module
+    from pkgutil import iter_modules
 
-    for name in CHILD_IMPORTS:
+    names = list(CHILD_IMPORTS)
+    for package in CHILD_PACKAGES:
+        try:
+            path = import_module(package).__path__
+        except ImportError:
+            continue
+        names += [f"{package}.{module.name}" for module in iter_modules(path)]
+    for name in names:
         try:
             import_module(name)
         except ImportError:
             continue  # the child imports (and reports) it itself
+    import gc
+
+    # The children's collections then leave the fleet's objects alone, and their pages shared.
+    gc.freeze()
 
 
 def _fork(pytest_args: list[str], cwd: Path, output: Any) -> _Forked:
