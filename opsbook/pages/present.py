@@ -157,6 +157,8 @@ def verdict(counts: Mapping[str, int], audit_trail_gaps: int = 0) -> Verdict:
 def text(value: object) -> str:
     """One printable line: a finding can hold anything a target answered (escape sequences)."""
     line = " ".join(str(value).split())
+    if line.isprintable():
+        return line  # the common case, without a look at each character
     return "".join(ch if unicodedata.category(ch)[0] != "C" else "?" for ch in line)
 
 
