@@ -66,8 +66,6 @@ def _child_args(config: pytest.Config) -> list[str]:
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if config.option.help or config.option.version or hasattr(config, "workerinput"):
         return None
-    from opsbook import fleet
-
     paths = _given_inventories(config)
     shard_text = config.getoption("shard")
     many = len(paths) > 1 or any(path.is_dir() for path in paths)
@@ -75,6 +73,8 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
         return None
     if config.option.collectonly:
         return None  # listing the checks needs no deployment
+    from opsbook import fleet  # a fleet's only: a run over one deployment does without it
+
     try:
         shard = fleet.parse_shard(shard_text) if shard_text else None
         chosen = fleet.deployments(paths, shard)
