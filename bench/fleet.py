@@ -9,7 +9,9 @@ deployment, and the peak memory of the run (the parent and its children: RUSAGE_
 resident set, the largest single process). Then every sandbox is frozen (SIGSTOP) and the run
 over 1 and over all is timed once each: the bound is the inventories' timeout (3 s) plus 5 s.
 Each measure is taken with the children forked (the default) and spawned afresh
-(`--fleet-start=spawn`), in the same rounds.
+(`--fleet-start=spawn`), in the same rounds. The runs get Python's default bytecode cache, as
+an operator's cron does (a PYTHONDONTWRITEBYTECODE of the caller's is left out: with it, pytest
+rewrites and compiles every check module in every run).
 """
 
 from __future__ import annotations
@@ -32,9 +34,12 @@ sys.path.insert(0, str(REPO))
 
 from opsbook.sandbox.stack import Stack  # noqa: E402
 
+ENVIRONMENT = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
-def timed(folder: Path, reports: Path, start: str = "fork") -> tuple[float, int, int]:
-    """Seconds, exit code, and peak resident memory (KiB) of one fleet run."""
+
+def timed(folder: Path, reports: Path, start: str = "fork") -> tuple[float, int, int, float]:
+    """Seconds, exit code, peak resident memory (KiB) and CPU seconds of one fleet run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(
         [
@@ -42,12 +47,14 @@ def timed(folder: Path, reports: Path, start: str = "fork") -> tuple[float, int,
             *(f"--inventory={folder}", f"--reports-dir={reports}", "-p", "no:cacheprovider"),
         ],
         cwd=REPO,
+        env=ENVIRONMENT,
         capture_output=True,
         check=False,
     )
     elapsed = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return elapsed, done.returncode, peak
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return elapsed, done.returncode, after.ru_maxrss, cpu
 
 
 def main() -> int:
@@ -72,15 +79,17 @@ def main() -> int:
         times: dict[tuple[str, int], list[float]] = {
             (how, size): [] for how in starts for size in args.sizes
         }
+        cpus: dict[tuple[str, int], list[float]] = {key: [] for key in times}
         for size in args.sizes:  # warm-up, not counted
             timed(folders[size], base / "reports")
         for _ in range(args.rounds):
             for how, size in times:
-                elapsed, code, _ = timed(folders[size], base / "reports", how)
+                elapsed, code, _, cpu = timed(folders[size], base / "reports", how)
                 if code not in (0, 1):
                     print(f"fleet of {size} ({how}): exit {code}", file=sys.stderr)
                     return 1
                 times[how, size].append(elapsed)
+                cpus[how, size].append(cpu)
         print(f"{args.rounds} rounds, medians (min-max), on {os.cpu_count()} cores")
         for how in starts:
             one = statistics.median(times[how, min(args.sizes)])
@@ -89,7 +98,8 @@ def main() -> int:
                 median = statistics.median(samples)
                 print(
                     f"  {how:5} {size:3} deployments  {median:6.2f}s "
-                    f"({min(samples):.2f}-{max(samples):.2f})  x{median / one:4.1f} of one"
+                    f"({min(samples):.2f}-{max(samples):.2f})  x{median / one:4.1f} of one, "
+                    f"CPU {statistics.median(cpus[how, size]):5.2f}s"
                 )
         peak = timed(folders[max(args.sizes)], base / "reports")[2]
         print(f"  peak resident memory of one process: {peak // 1024} MiB")
@@ -100,7 +110,7 @@ def main() -> int:
                     os.kill(pid, signal.SIGSTOP)
             for how in starts:
                 for size in (min(args.sizes), max(args.sizes)):
-                    elapsed, code, _ = timed(folders[size], base / "hung", how)
+                    elapsed, code, _, _ = timed(folders[size], base / "hung", how)
                     print(f"  all hung, {how:5} {size:3} deployments: {elapsed:6.2f}s, exit {code}")
         finally:
             for pid in pids:
