@@ -7,6 +7,7 @@ read from their findings.json; nothing else is stored.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,10 +33,11 @@ class KeptRun(NamedTuple):
     document: dict[str, Any]
 
 
+@functools.lru_cache(maxsize=4)  # a run reads them twice: its changes, then its status page
 def kept_runs(reports_dir: Path, selection: str | None, before: str) -> list[KeptRun]:
     """Runs with the same selection that started before `before` (an ISO time), oldest first,
     at most KEEP_RUNS; each run's folder is never removed (it is the audit trail), only no
-    longer read."""
+    longer read. (The list is shared by its callers: read it, do not change it.)"""
     runs: list[KeptRun] = []
     # Newest folders first (their names start with the time), and only as many as are kept:
     # a cron job's reports folder grows by thousands of runs.
