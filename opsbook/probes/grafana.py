@@ -30,8 +30,9 @@ def _request(target: HttpTarget, method: str, path: str, **kwargs: Any) -> Stran
     target.reachable()
     try:
         response = requests.request(
-            method, target.spec.url + path, timeout=target.timeout, allow_redirects=False, **kwargs
-        )
+            method, target.spec.url + path, timeout=target.timeout, allow_redirects=False,
+            verify=target.spec.verify, **kwargs,
+        )  # fmt: skip
     except requests.RequestException as exc:
         raise TargetUnreachable("http", target.name, target.where, str(exc)[:200]) from None
     return StrangerAnswer(response.status_code, response.text[:1000])

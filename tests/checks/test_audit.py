@@ -18,10 +18,12 @@ import os
 import pwd
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from support import RunChecks
 from opsbook.sandbox.audit_defaults import ensure_env_file
 from opsbook.sandbox.insecure import make_insecure, make_secure
 from opsbook.sandbox.stack import Stack
+from opsbook.sandbox.tls import make_self_signed
 
 pytestmark = pytest.mark.sandbox
 
@@ -345,9 +348,10 @@ GRAFANA_ANONYMOUS_ORG = (
 )
 
 
-@pytest.fixture
-def grafana_replay() -> Iterator[tuple[str, dict[str, bool]]]:
-    """A loopback server answering as Grafana: it cannot be installed here."""
+@contextmanager
+def grafana_server(tls: tuple[Path, Path] | None = None) -> Iterator[tuple[str, dict[str, bool]]]:
+    """A loopback server answering as Grafana (it cannot be installed here), over https with
+    `tls` (certificate, key)."""
     weak = {"default_admin": False, "anonymous": False}
 
     class Handler(BaseHTTPRequestHandler):
@@ -387,11 +391,24 @@ def grafana_replay() -> Iterator[tuple[str, dict[str, bool]]]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", weak
-    server.shutdown()
-    server.server_close()
+    scheme = "https" if tls else "http"
+    try:
+        yield f"{scheme}://127.0.0.1:{server.server_address[1]}", weak
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def grafana_replay() -> Iterator[tuple[str, dict[str, bool]]]:
+    with grafana_server() as replay:
+        yield replay
 
 
 @pytest.mark.breaks("SEC-040", "SEC-041")
@@ -421,6 +438,26 @@ def test_grafana_default_password_and_anonymous_access_fail(
     )
     weak.update(default_admin=False, anonymous=False)
     assert run_checks("-m", "audit", "--check=SEC-040,SEC-041", inventory=path).exit_code == 0
+
+
+def test_grafana_behind_its_own_ca_is_asked_with_its_ca_file(
+    sandbox: Stack, run_checks: RunChecks, tmp_path: Path
+) -> None:
+    """Grafana's https entry signed by a CA of the deployment's own (`ca_file`): a stranger's
+    requests (SEC-040, SEC-041) trust that CA, as every other request to the entry does."""
+    certificate, key = tmp_path / "grafana.pem", tmp_path / "grafana.key"
+    make_self_signed(certificate, key, "grafana")
+    inventory = yaml.safe_load(audit_inventory(sandbox, tmp_path / "base.yaml").read_text())
+    path = tmp_path / "inventory.yaml"
+    with grafana_server((certificate, key)) as (url, _):
+        inventory["http"]["grafana"] = {
+            "kind": "grafana", "url": url, "health_path": "/api/health",
+            "ca_file": str(certificate),
+        }  # fmt: skip
+        path.write_text(yaml.safe_dump(inventory))
+        run = run_checks("-m", "audit", "--check=SEC-040,SEC-041", inventory=path)
+    assert run.exit_code == 0, run.output
+    assert run.outcome("SEC-040", "grafana") == "passed"
 
 
 def _raw_get(port: int, path: str) -> int:
