@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from msgspec import Struct
 
 from opsbook.errors import NotEvaluated
+from opsbook.inventory import compose_size_bytes
 from opsbook.probes.containers import (
     SERVICE_LABEL,
     ComposeProject,
@@ -462,14 +463,7 @@ def image_name(name: str) -> str:
 
 def _bytes(value: Any) -> int | None:
     """compose config's memory ("268435456", or "256M" from an older compose) in bytes."""
-    if value in (None, "", 0, "0"):
-        return None
-    text = str(value).strip().lower()
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", text)
-    if not match:
-        raise ValueError(f"not a size: {value!r}")
-    power = " kmgt".index(match[2] or " ")
-    return int(float(match[1]) * 1024**power)
+    return None if value in (None, "", 0, "0") else compose_size_bytes(value)
 
 
 class Declared(Struct, frozen=True):

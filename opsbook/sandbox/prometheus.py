@@ -9,13 +9,13 @@ dead-man alert OpsbookRunMissing watches them as it would in production.
 
 from __future__ import annotations
 
-import re
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import opsbook
+from opsbook.inventory import compose_size_bytes
 from opsbook.loopback import http_json, http_status
 from opsbook.sandbox.base import Component, Layout, require_port
 from opsbook.sandbox.process import Process, SandboxError
@@ -136,9 +136,8 @@ def compose_memory_limits(compose: Mapping[str, Any], services: Iterable[str]) -
     return found
 
 
-def _bytes(value: object) -> int:
-    """A compose size ("256M", "2g", "1.5GiB", 268435456) in bytes (compose's units are 1024s)."""
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", str(value).strip().lower())
-    if not match:
-        raise SandboxError(f"compose: not a memory size: {value!r}")
-    return int(float(match[1]) * 1024 ** " kmgt".index(match[2] or " "))
+def _bytes(value: str | int) -> int:
+    try:
+        return compose_size_bytes(value)
+    except ValueError as exc:
+        raise SandboxError(f"compose: memory: {exc}") from None
