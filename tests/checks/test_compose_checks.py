@@ -112,7 +112,8 @@ def test_daily_passes_on_the_healthy_stack(run_compose: RunCompose) -> None:
     # on the other checks rather than waited for.
     ran = [line.split(" ")[0] for line in run.output.splitlines() if line.startswith("checks/")]
     usage = [index for index, node in enumerate(ran) if "::test_use_within_limits[" in node]
-    assert usage == list(range(len(ran) - len(usage), len(ran))) and usage, ran
+    assert usage, ran
+    assert usage == list(range(len(ran) - len(usage), len(ran))), ran
     for service in ("backend", "worker", "frontend", "postgres", "redis", "prometheus"):
         passed(run, "COMPOSE-001", service)
         passed(run, "COMPOSE-002", service)
