@@ -9,6 +9,8 @@ use: a run that never touches PostgreSQL never pays for importing psycopg.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import ipaddress
 import math
 import re
 import shutil
@@ -20,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from opsbook.errors import TargetUnreachable
 from opsbook.inventory import Host, HttpEndpoint, Inventory, Postgres, Redis
@@ -324,6 +326,34 @@ def ssh_options(timeout_s: float, *, password: bool = False) -> dict[str, Any]:
     }
 
 
+def ssh_hostname(spec: str, timeout_s: float) -> str:
+    """The name ssh connects to for a host spec, after its configuration (`Host web1` /
+    `HostName 10.0.0.5`): `ssh -G`, which reads the configuration only; the spec's own name
+    when ssh cannot say."""
+    parts = urlsplit(spec)
+    name = parts.hostname or ""
+    command = ["ssh", "-G"]
+    config = parse_qs(parts.query).get("ssh_config")
+    if config:
+        command += ["-F", config[0]]
+    if parts.port:
+        command += ["-p", str(parts.port)]
+    if parts.username:
+        command += ["-l", parts.username]
+    try:
+        done = subprocess.run(
+            [*command, "--", name], capture_output=True, text=True, timeout=timeout_s,
+            check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return name
+    for line in done.stdout.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "hostname" and value:
+            return value.strip()
+    return name
+
+
 def ssh_reason(stderr: str) -> str:
     """ssh's own reason, from its last line: `Connection refused`, `Could not resolve hostname
     web1: Name or service not known`, `Connection timed out during banner exchange`,
@@ -403,8 +433,11 @@ class HostTarget:
         return self._host
 
     def _probe(self) -> bool:
-        if urlsplit(self.spec.spec).scheme == "local":
+        scheme = urlsplit(self.spec.spec).scheme
+        if scheme == "local":
             return True
+        if scheme in SSH_BACKENDS:
+            self._name_answers()
         try:
             done = self.testinfra.run("true")
         except TargetUnreachable:
@@ -420,6 +453,34 @@ class HostTarget:
     def reachable(self) -> None:
         """Raise TargetUnreachable (cached) when the host cannot be reached."""
         self._reach.get()
+
+    def _name_answers(self) -> None:
+        """Raise TargetUnreachable when the host's name gets no answer from the resolver
+        within the timeout.
+
+        ssh's ConnectTimeout bounds the connect, the banner and the key exchange, not the look-up
+        of the name before them: a resolver that never answers would hold the run for the
+        resolver's own timeouts and retries (glibc: 5 s, twice, for each address family). So
+        the name ssh would connect to is looked up first, in a thread the run does not wait
+        for past the timeout. A name that does not resolve is ssh's to report.
+        """
+        name = ssh_hostname(self.spec.spec, self.timeout)
+        try:
+            ipaddress.ip_address(name)
+            return  # an address: nothing to look up
+        except ValueError:
+            pass
+
+        def look_up() -> None:
+            with contextlib.suppress(OSError, UnicodeError):
+                socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+
+        lookup = threading.Thread(target=look_up, name=f"opsbook-dns-{name}", daemon=True)
+        lookup.start()
+        lookup.join(self.timeout)
+        if lookup.is_alive():
+            reason = f"no answer from DNS for {name} within {self.timeout:g} s"
+            raise TargetUnreachable("host", self.name, self.where, reason, silent=True)
 
 
 @dataclass

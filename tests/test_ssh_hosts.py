@@ -255,3 +255,45 @@ def test_hosts_that_never_answer_are_waited_for_together(tmp_path: Path) -> None
     assert "timed out" in run.row("RES-002", "app2")["message"]
     # Both hosts were waited for at the same time, not one timeout after the other.
     assert server.most == 2
+
+
+# Run in a mount namespace of its own: a probe of a host whose name goes to the given resolver.
+PROBE_BEHIND_RESOLVER = """
+import sys, time
+from opsbook.errors import TargetUnreachable
+from opsbook.inventory import Host
+from opsbook.targets import HostTarget
+started = time.monotonic()
+try:
+    HostTarget("web1", Host(spec=sys.argv[1]), 1.0).reachable()
+    print("reached")
+except TargetUnreachable as exc:
+    print(exc.line())
+print(f"{time.monotonic() - started:.1f}")
+"""
+
+
+def test_a_resolver_that_never_answers_costs_one_timeout(tmp_path: Path) -> None:
+    """ssh's ConnectTimeout does not cover the look-up of the host's name: a resolver that
+    never answers (a loopback DNS address whose socket reads nothing) would hold the probe for
+    the resolver's own timeouts and retries. The probe looks the name up itself, bounded by the
+    timeout. The probe runs in a mount namespace of its own (unshare, as root) whose
+    /etc/resolv.conf names that resolver, so the machine's own is left alone."""
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("unshare -m is not allowed here (root in a mount namespace of its own)")
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.77\noptions timeout:5 attempts:2\n")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.77", 53))  # receives the questions, answers none
+        started = time.monotonic()
+        done = subprocess.run(
+            ["unshare", "-m", "sh", "-c",
+             'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"', "sh", str(resolv),
+             sys.executable, "-c", PROBE_BEHIND_RESOLVER, "ssh://nobody@web1.example:22"],
+            capture_output=True, text=True, timeout=HANG_BOUND_S * 2, cwd=REPO,
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    said, _ = done.stdout.splitlines()
+    assert said.endswith("no answer from DNS for web1.example within 1 s"), said
+    assert elapsed < 1 + 5 + 5, done.stdout  # a bound against a hang: the resolver's own is 20 s
