@@ -23,7 +23,7 @@ from msgspec import Meta
 
 from opsbook import yamltext
 from opsbook.remediate.plan import risky_kinds
-from opsbook.secrets import Secret
+from opsbook.secrets import Redactor, Secret
 
 ENV_PREFIX = "OPSBOOK__"
 ENV_INVENTORY = "OPSBOOK_INVENTORY"
@@ -401,6 +401,14 @@ DEFAULT_BUDGETS = {
 }
 
 
+def _check_gateway(address: str) -> None:
+    """Refuse a Pushgateway address that is not an http(s) URL, naming it without a password
+    written in it (a gateway behind basic auth: opsbook.pushgateway)."""
+    parts = urlsplit(address)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"pushgateway: not an http(s) URL: {Redactor()(repr(address))}")
+
+
 class AuditTrail(_Model, frozen=True):
     """The audit log's key and where its head is exported, out of reach of the reports' writer
     (docs/remediation.md#the-audit-log)."""
@@ -411,9 +419,7 @@ class AuditTrail(_Model, frozen=True):
 
     def __post_init__(self) -> None:
         if self.pushgateway is not None:
-            parts = urlsplit(self.pushgateway)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"pushgateway: not an http(s) URL: {self.pushgateway!r}")
+            _check_gateway(self.pushgateway)
 
 
 class RunMetrics(_Model, frozen=True):
@@ -425,9 +431,7 @@ class RunMetrics(_Model, frozen=True):
 
     def __post_init__(self) -> None:
         if self.pushgateway is not None:
-            parts = urlsplit(self.pushgateway)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"pushgateway: not an http(s) URL: {self.pushgateway!r}")
+            _check_gateway(self.pushgateway)
 
 
 class Remediation(_Model, frozen=True):

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pushgateway_server
 import pytest
 import requests
 
@@ -85,33 +86,10 @@ def pushgateway(pushgateway_process: tuple[subprocess.Popen[bytes], str]) -> str
 
 
 @pytest.fixture
-def pushgateway_process() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def pushgateway_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """A real Prometheus Pushgateway (Debian's prometheus-pushgateway) on a free loopback port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    storage = tempfile.mkdtemp(prefix="opsbook-pushgateway-")
-    process = subprocess.Popen(
-        ["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{port}",
-         f"--persistence.file={storage}/metrics"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                if requests.get(f"{url}/-/ready", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "pushgateway did not start"
-            time.sleep(0.1)
-        yield process, url
-    finally:
-        process.send_signal(signal.SIGCONT)  # a test may have stopped it
-        process.terminate()
-        process.wait(timeout=10)
+    with pushgateway_server.running(tmp_path) as found:
+        yield found
 
 
 def test_push_to_a_real_pushgateway(suite: pytest.Pytester, pushgateway: str) -> None:
@@ -148,6 +126,27 @@ def test_an_unreachable_pushgateway_is_one_line_not_a_crash(suite: pytest.Pytest
     result = suite.runpytest("-m", "daily", f"--pushgateway=http://127.0.0.1:{closed}")
     assert result.ret == 1  # the checks' verdict, not the push's
     result.stdout.fnmatch_lines(["*opsbook: could not push metrics to http://127.0.0.1:*"])
+
+
+def test_a_gateway_behind_basic_auth_takes_the_urls_credentials_and_never_shows_them(
+    suite: pytest.Pytester, tmp_path: Path
+) -> None:
+    """`https://user:password@gateway` (a Pushgateway behind basic auth): the credentials are
+    sent as basic auth, not taken for part of the host name; a refused push is one line that
+    names the user, never the password."""
+    user, password = pushgateway_server.USER, pushgateway_server.PASSWORD
+    with pushgateway_server.running(tmp_path, guarded=True) as (_, url):
+        host = url.removeprefix("http://")
+        pushed = suite.runpytest("-m", "daily", f"--pushgateway=http://{user}:{password}@{host}")
+        assert pushed.ret == 1  # the checks' verdict
+        assert "opsbook: " not in pushed.stdout.str()  # nothing left unsent
+        text = pushgateway_server.get(f"{url}/metrics", auth=True)
+        assert 'opsbook_last_run_success{deployment="metrics"' in text
+        refused = suite.runpytest("-m", "daily", f"--pushgateway=http://{user}:no{password}@{host}")
+    refused.stdout.fnmatch_lines(
+        [f"*opsbook: could not push metrics to http://{user}:***@{host}: HTTP Error 401*"]
+    )
+    assert password not in refused.stdout.str() + refused.stderr.str()
 
 
 def test_a_silent_pushgateway_is_asked_once_not_pushed_to(

@@ -29,14 +29,15 @@ import socket
 import threading
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Generator
 from typing import Any
 
 import pytest
 
 from opsbook.outcome import Outcome
-from opsbook.plugin.keys import FINDINGS, INVENTORY, FindingRow
+from opsbook.plugin.keys import FINDINGS, INVENTORY, REDACTOR, FindingRow
+from opsbook.pushgateway import Gateway
+from opsbook.secrets import Redactor
 
 GOOD = {o for o in Outcome if o.good}
 BAD = {o for o in Outcome if o.bad}
@@ -85,8 +86,8 @@ def _registry(rows: list[FindingRow], selection: str, started: float, status: in
 class GatewayProbe:
     """Whether the Pushgateway answers: one GET, in a thread of its own, started with the run."""
 
-    def __init__(self, gateway: str, timeout: float) -> None:
-        self.url = gateway if "://" in gateway else f"http://{gateway}"  # as prometheus_client
+    def __init__(self, gateway: Gateway, timeout: float) -> None:
+        self.gateway = gateway
         self.timeout = timeout
         self.silent = False
         self._thread = threading.Thread(target=self._ask, name="opsbook-pushgateway", daemon=True)
@@ -94,11 +95,7 @@ class GatewayProbe:
 
     def _ask(self) -> None:
         try:
-            ready = self.url.rstrip("/") + "/-/ready"
-            if not ready.startswith(("http://", "https://")):
-                return  # the push says what is wrong with the address
-            with urllib.request.urlopen(ready, timeout=self.timeout):  # noqa: S310 (http only)
-                pass
+            self.gateway.get("/-/ready", self.timeout)
         except urllib.error.HTTPError:
             pass  # an answer: the push says what is wrong, if anything
         except (OSError, ValueError) as exc:
@@ -112,16 +109,21 @@ class GatewayProbe:
         return not (self.silent or self._thread.is_alive())
 
 
-def _destinations(config: pytest.Config) -> tuple[Any, str | None, float]:
+def _destinations(config: pytest.Config) -> tuple[Any, Gateway | None, float]:
     """Where the run's metrics go (textfile, gateway), and the deployment's timeout."""
     inventory = config.stash[INVENTORY]
     textfile = config.getoption("metrics_textfile")
-    gateway = config.getoption("pushgateway")
-    if inventory is None:
-        return textfile, gateway, 3.0
-    textfile = textfile or inventory.metrics.textfile
-    gateway = gateway or inventory.metrics.pushgateway
-    return textfile, gateway, inventory.thresholds.timeout_s
+    address = config.getoption("pushgateway")
+    timeout = 3.0
+    if inventory is not None:
+        textfile = textfile or inventory.metrics.textfile
+        address = address or inventory.metrics.pushgateway
+        timeout = inventory.thresholds.timeout_s
+    try:
+        gateway = Gateway.parse(address) if address else None
+    except ValueError as exc:
+        raise pytest.UsageError(f"--pushgateway: {exc}") from None
+    return textfile, gateway, timeout
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -163,8 +165,6 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
             f"did not push metrics to {gateway}: it gave no answer within {timeout:g} s"
         )
     elif gateway:
-        from prometheus_client import push_to_gateway
-
         # One group per deployment, selection and runner: production's daily run never
         # replaces staging's, nor the audit run the daily one.
         grouping = {
@@ -173,14 +173,13 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
             "instance": socket.gethostname(),
         }
         try:
-            push_to_gateway(
-                gateway, job="opsbook", grouping_key=grouping, registry=registry, timeout=timeout
-            )
+            gateway.push("opsbook", registry, grouping, timeout)
         except OSError as exc:
             # The run's own result stands; a missing push shows as a missed run in alerting.
             config.stash[_NOT_SENT].append(f"could not push metrics to {gateway}: {exc}")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    redact = terminalreporter.config.stash.get(REDACTOR, None) or Redactor()
     for line in terminalreporter.config.stash.get(_NOT_SENT, []):
-        terminalreporter.write_sep("-", f"opsbook: {line}", yellow=True)
+        terminalreporter.write_sep("-", redact(f"opsbook: {line}"), yellow=True)

@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from opsbook.pushgateway import Gateway
 from opsbook.report_files import FILE_MODE
 
 GENESIS = "0" * 64
@@ -163,7 +164,7 @@ class Anchor:
         self.textfile = (
             textfile_dir / f"opsbook_audit_{_safe(deployment)}.prom" if textfile_dir else None
         )
-        self.pushgateway = pushgateway.rstrip("/") if pushgateway else None
+        self.pushgateway = Gateway.parse(pushgateway) if pushgateway else None
         self.timeout_s = timeout_s
 
     @property
@@ -198,13 +199,10 @@ class Anchor:
             except OSError as exc:
                 problems.append(f"{self.textfile}: {exc.strerror or exc}")
         if self.pushgateway is not None:
-            from prometheus_client import push_to_gateway
-
             try:
-                push_to_gateway(
-                    self.pushgateway, job=PUSH_JOB, registry=self._registry(head),
-                    grouping_key={"deployment": self.deployment}, timeout=self.timeout_s,
-                )  # fmt: skip
+                self.pushgateway.push(
+                    PUSH_JOB, self._registry(head), {"deployment": self.deployment}, self.timeout_s
+                )
             except OSError as exc:
                 problems.append(f"{self.pushgateway}: {exc}")
         if problems:
@@ -221,13 +219,8 @@ class Anchor:
                 text = ""
             heads.append(self._parse(text))
         if self.pushgateway is not None:
-            import urllib.request
-
             try:
-                with urllib.request.urlopen(  # noqa: S310 (the inventory's http(s) URL)
-                    f"{self.pushgateway}/metrics", timeout=self.timeout_s
-                ) as answer:
-                    text = answer.read().decode("utf-8", "replace")
+                text = self.pushgateway.get("/metrics", self.timeout_s).decode("utf-8", "replace")
             except OSError as exc:
                 raise OSError(f"cannot read the anchor from {self.pushgateway}: {exc}") from None
             heads.append(self._parse(text, job=PUSH_JOB))

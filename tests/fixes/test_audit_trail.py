@@ -18,16 +18,15 @@ import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pushgateway_server
 import pytest
 from support import eventually
 
 from opsbook.inventory import Inventory, load_inventory
-from opsbook.loopback import free_port
 from opsbook.remediate.context import Context
 from opsbook.remediate.plan import Plan, StepKind
 from opsbook.remediate.runner import AUDIT, KEY, TERMINATED, Remediator, audit_head
@@ -526,38 +525,23 @@ def test_sigterm_during_a_fix_abandons_its_waits_and_records_it(
     assert trail.verify().returncode == 0
 
 
-@pytest.fixture
-def pushgateway(tmp_path: Path) -> Iterator[str]:
-    """A real Prometheus Pushgateway (Debian's prometheus-pushgateway) on a free port."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [
-            "prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{port}",
-            f"--persistence.file={tmp_path / 'pushgateway.data'}",  # Debian's default is shared
-        ],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-
-    def ready() -> bool:
-        try:
-            with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as answer:
-                return bool(answer.status == 200)
-        except OSError:
-            return False
-
-    try:
-        eventually(ready, "the Pushgateway answers")
+@pytest.fixture(params=["open", "behind basic auth"])
+def pushgateway(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A real Prometheus Pushgateway (Debian's prometheus-pushgateway) on a free port, open or
+    behind basic auth (its URL then carries the credentials, as an inventory would write it)."""
+    guarded = request.param != "open"
+    with pushgateway_server.running(tmp_path, guarded=guarded) as (_, url):
+        if guarded:
+            user, password = pushgateway_server.USER, pushgateway_server.PASSWORD
+            url = url.replace("http://", f"http://{user}:{password}@")
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_the_head_is_anchored_in_a_pushgateway(pushgateway: str, tmp_path: Path) -> None:
     trail = Trail(tmp_path, pushgateway=pushgateway)
-    with urllib.request.urlopen(f"{pushgateway}/metrics", timeout=3) as answer:
-        metrics = answer.read().decode()
+    credentials = f"{pushgateway_server.USER}:{pushgateway_server.PASSWORD}@"
+    plain = pushgateway.replace(credentials, "")
+    metrics = pushgateway_server.get(f"{plain}/metrics", auth=plain != pushgateway)
     head = trail.entries()[-1]["mac"]
     assert f'deployment="{DEPLOYMENT}",head="{head}"' in metrics
     assert trail.verify().returncode == 0
@@ -568,6 +552,7 @@ def test_the_head_is_anchored_in_a_pushgateway(pushgateway: str, tmp_path: Path)
         "1 newest entr(y/ies) deleted (the exported anchor says 6, the log holds 5)"
         in verified.stderr
     )
+    assert pushgateway_server.PASSWORD not in verified.stdout + verified.stderr
 
 
 def test_budgets_are_charged_to_the_service_a_fix_acts_on(tmp_path: Path) -> None:
