@@ -159,6 +159,8 @@ CHILD_IMPORTS = (
     "email.message", "prometheus_client", "pdb", "faulthandler", "resource",
     "opsbook.targets", "opsbook.http", "opsbook.check", "opsbook.remediate.plan",
     "opsbook.waivers", "opsbook.canary", "opsbook.deploy", "opsbook.version",
+    # The codecs a host name and a report take (a socket's host name goes through IDNA).
+    "encodings.idna", "encodings.ascii", "encodings.unicode_escape",
 )  # fmt: skip
 CHILD_PACKAGES = (
     "opsbook.probes", "opsbook.remediate", "opsbook.remediation", "opsbook.backup",
