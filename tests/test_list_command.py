@@ -123,6 +123,34 @@ def test_lists_the_targets_of_an_inventory_whose_secrets_are_absent(
     assert "compose" in checks["COMPOSE-001"]["not_applicable"]
 
 
+def test_a_fleets_folder_lists_each_deployments_targets(tmp_path: Path, production: Path) -> None:
+    """A folder of inventories (or --inventory given several times), as a fleet run takes it:
+    the checks once, each with its targets by deployment, not one deployment's chosen in
+    silence."""
+    fleet = tmp_path / "fleet"
+    fleet.mkdir()
+    (fleet / "production.yaml").write_text(production.read_text())
+    staging = "name: staging\nhttp:\n  backend: {kind: backend, url: 'http://10.0.0.9'}\n"
+    (fleet / "staging.yaml").write_text(staging)
+    (fleet / "waivers.yaml").write_text("waivers: []\n")  # beside them, not an inventory
+    document = _listed(tmp_path, "--inventory", str(fleet))
+    checks = {row["id"]: row for row in document["checks"]}
+    assert document["deployments"] == ["production", "staging"]
+    assert len(checks) == CHECK_COUNT
+    assert checks["HEALTH-001"]["targets"] == {"production": ["backend"], "staging": ["backend"]}
+    assert checks["DB-001"]["targets"] == {"production": ["chatdb"]}
+    assert "postgres" in checks["DB-001"]["not_applicable"]["staging"]
+    files = [f"--inventory={fleet / 'production.yaml'}", f"--inventory={fleet / 'staging.yaml'}"]
+    result = _opsbook(tmp_path, *files)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-1] == f"{CHECK_COUNT} checks, deployments production, staging"
+    db = next(line for line in lines if line.startswith("DB-001 "))
+    assert db.endswith(
+        "  [production: chatdb]  -- not applicable in staging (no postgres in the inventory)"
+    )
+
+
 def test_the_inventory_can_come_from_the_environment(tmp_path: Path, production: Path) -> None:
     result = _opsbook(tmp_path, env={"OPSBOOK_INVENTORY": str(production)})
     assert result.returncode == 0, result.stderr
@@ -219,3 +247,14 @@ def test_an_invalid_inventory_is_one_line_naming_the_key(tmp_path: Path) -> None
     result = _opsbook(tmp_path, "--inventory", str(path))
     assert result.returncode == 4, result.stdout + result.stderr
     _one_line(result.stderr, "postgres.chatdb.prot: unknown key")
+
+
+def test_two_inventories_of_one_deployment_are_one_line(tmp_path: Path) -> None:
+    paths = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        paths += ["--inventory", str(tmp_path / folder / "prod.yaml")]
+        (tmp_path / folder / "prod.yaml").write_text("name: prod\nhttp: {web: {url: 'http://x'}}\n")
+    result = _opsbook(tmp_path, *paths)
+    assert result.returncode == 4, result.stdout + result.stderr
+    _one_line(result.stderr, "deployment 'prod' is named by two inventories")
