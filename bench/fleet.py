@@ -92,13 +92,19 @@ def main() -> int:
                 cpus[how, size].append(cpu)
         print(f"{args.rounds} rounds, medians (min-max), on {os.cpu_count()} cores")
         for how in starts:
-            one = statistics.median(times[how, min(args.sizes)])
+            ones = times[how, min(args.sizes)]
+            one = statistics.median(ones)
             for size in args.sizes:
                 samples = times[how, size]
                 median = statistics.median(samples)
+                # Each round's ratio, its two runs taken minutes apart at most: the machine's
+                # slow drifts fall on both, where the ratio of two medians mixes rounds.
+                ratios = [many / single for many, single in zip(samples, ones, strict=True)]
                 print(
                     f"  {how:5} {size:3} deployments  {median:6.2f}s "
                     f"({min(samples):.2f}-{max(samples):.2f})  x{median / one:4.1f} of one, "
+                    f"x{statistics.median(ratios):4.2f} by round "
+                    f"({min(ratios):.2f}-{max(ratios):.2f}), "
                     f"CPU {statistics.median(cpus[how, size]):5.2f}s"
                 )
         peak = timed(folders[max(args.sizes)], base / "reports")[2]
