@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from opsbook.secrets import MASK
+from opsbook.secrets import MASK, Redactor
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Gateway:
             address = f"http://{address}"
         parts = urlsplit(address)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {cls(address.rpartition('@')[2])}")
+            raise ValueError(f"not an http(s) URL: {Redactor()(address)}")
         url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl().rstrip("/")
         if "@" not in parts.netloc:
             return cls(url)

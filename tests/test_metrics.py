@@ -149,6 +149,15 @@ def test_a_gateway_behind_basic_auth_takes_the_urls_credentials_and_never_shows_
     assert password not in refused.stdout.str() + refused.stderr.str()
 
 
+def test_a_gateway_url_that_is_not_http_is_a_usage_error_without_its_password(
+    suite: pytest.Pytester,
+) -> None:
+    result = suite.runpytest("-m", "daily", "--pushgateway=ftp://ops:secret-x@gateway:21")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--pushgateway: not an http(s) URL: ftp://ops:***@gateway:21"])
+    assert "secret-x" not in result.stdout.str() + result.stderr.str()
+
+
 def test_a_silent_pushgateway_is_asked_once_not_pushed_to(
     suite: pytest.Pytester, pushgateway_process: tuple[subprocess.Popen[bytes], str]
 ) -> None:
