@@ -33,17 +33,28 @@ class Readiness(Struct):
     not_ready: dict[str, str] = field(default_factory=dict)
 
 
-def _http_problem(spec: HttpEndpoint, timeout: float) -> str | None:
+def _get(spec: HttpEndpoint, path: str, timeout: float) -> tuple[int | None, str]:
+    """GET `path` of the endpoint: its status and "GET path STATUS", or None and why not."""
     import requests
 
     auth = (spec.user, spec.password.reveal()) if spec.user and spec.password else None
     try:
-        response = requests.get(
-            spec.url + spec.health_path, timeout=timeout, auth=auth, verify=spec.verify
-        )
+        response = requests.get(spec.url + path, timeout=timeout, auth=auth, verify=spec.verify)
     except requests.RequestException as exc:
-        return f"GET {spec.health_path}: {type(exc).__name__}"
-    return None if response.status_code == 200 else f"GET {spec.health_path} {response.status_code}"
+        return None, f"GET {path}: {type(exc).__name__}"
+    return response.status_code, f"GET {path} {response.status_code}"
+
+
+def _http_problem(spec: HttpEndpoint, timeout: float) -> str | None:
+    status, shown = _get(spec, spec.health_path, timeout)
+    return None if status == 200 else shown
+
+
+def _api_problem(spec: HttpEndpoint, path: str, timeout: float) -> str | None:
+    """A proxy that answers 502 or 504 on its API path (it still holds a replaced backend's
+    address, or the backend is not listening yet) is not ready, whatever its /health says."""
+    status, shown = _get(spec, path, timeout)
+    return shown if status in (None, 502, 504) else None
 
 
 def monitor_connection(spec: Postgres, timeout: float) -> Any:
@@ -114,12 +125,17 @@ def _redis_problem(spec: Redis, timeout: float) -> str | None:
 
 
 def wait_ready(inventory: Inventory, deadline_s: float) -> Readiness:
-    """Poll every HTTP /health, PostgreSQL and Redis of the inventory until all answer, or the
-    deadline passes: a gate right after a deploy must not fail on a service still starting."""
+    """Poll every HTTP /health, PostgreSQL and Redis of the inventory, and each proxy's API path
+    (neither 502 nor 504), until all answer, or the deadline passes: a gate right after a deploy
+    must not fail on a service still starting or a proxy still holding the old address."""
     timeout = inventory.thresholds.timeout_s
     probes: dict[str, Callable[[], str | None]] = {}
     for name, endpoint in inventory.http.items():
         probes[f"http {name}"] = partial(_http_problem, endpoint, timeout)
+        if endpoint.api_path is not None:
+            probes[f"http {name} passing the API on"] = partial(
+                _api_problem, endpoint, endpoint.api_path, timeout
+            )
     for name, spec in inventory.postgres.items():
         probes[f"postgres {name}"] = partial(_postgres_problem, spec, timeout)
     for name, redis_spec in inventory.redis.items():

@@ -7,17 +7,21 @@ The broken release is a real copy of the backend whose database connection point
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 from importlib import resources
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
-from support import RunChecks, fill
+from support import RunChecks, eventually, fill
 from test_backup import backup_command, backup_inventory
 
 from opsbook import releases
+from opsbook.loopback import free_port
 from opsbook.remediate.plan import RISKY
 from opsbook.sandbox.stack import Stack
 
@@ -94,6 +98,42 @@ def test_broken_deploy_is_caught_and_rolled_back(
     assert back.exit_code == 0, back.output
     assert back.outcome("ROLLBACK-001") == "passed"
     assert back.outcome("DEPLOY-006") == "passed"
+
+
+@pytest.mark.breaks("DEPLOY-005")
+def test_a_proxy_answering_502_on_its_api_path_is_not_ready(
+    fresh_sandbox: Stack, run_checks: RunChecks
+) -> None:
+    """nginx's /api/ sent to a port where nothing listens: every /health still answers 200
+    (nginx answers its own), PostgreSQL and Redis answer, and DEPLOY-005 says the entry does
+    not pass the API on. A proxy that still holds a replaced backend's address looks the same
+    right after a deploy. A sandbox of its own: nginx's upstream errors stay in its log."""
+    stack = fresh_sandbox
+    config = stack.dir / "nginx" / "nginx.conf"
+    healthy = config.read_text()
+    fast = {"OPSBOOK__DEPLOY__READINESS_DEADLINE_S": "2"}
+
+    def reload_nginx() -> None:
+        pid = stack.component("nginx").pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGHUP)
+
+    ready = run_checks("--check=DEPLOY-005", inventory=stack.inventory_path, env=fast)
+    assert ready.outcome("DEPLOY-005") == "passed", ready.output
+    upstream = f"127.0.0.1:{stack.state.ports['backend']};"
+    assert upstream in healthy
+    config.write_text(healthy.replace(upstream, f"127.0.0.1:{free_port()};"))
+    reload_nginx()
+    probe = f"http://127.0.0.1:{stack.state.ports['nginx']}/api/messages/opsbook-route-probe"
+    eventually(lambda: requests.get(probe, timeout=5).status_code == 502, "nginx answers 502")
+    run = run_checks("--check=DEPLOY-005", inventory=stack.inventory_path, env=fast)
+    row = run.row("DEPLOY-005")
+    assert row["outcome"] == "failed", run.output
+    assert row["message"].startswith(
+        "sandbox: not ready after 2 s: http frontend passing the API on: "
+        "GET /api/messages/opsbook-route-probe 502; "
+    ), row["message"]
+    assert "http frontend:" not in row["message"], row["message"]  # its own /health answers
 
 
 @pytest.mark.breaks("DEPLOY-001")
