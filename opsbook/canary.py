@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from msgspec import Struct, field
 
 from opsbook.inventory import HttpEndpoint, Inventory, Postgres, Redis
+from opsbook.probes.queue import further_in_flight
 from opsbook.waiting import until
 
 POLL_S = 0.1
@@ -165,6 +166,34 @@ class CanaryResult(Struct):
     failed_hop: str | None = None
     problem: str = ""
     cleanup: list[str] = field(default_factory=list)  # what was deleted, or why it could not be
+    held_in: str | None = None  # the in-flight list of a consumer that took it and did not store it
+
+
+# How far into a list the canary looks for its message: it was pushed at the left end moments
+# ago, so only a queue this busy could have pushed it further.
+SEARCHED = 10_000
+
+
+def _whereabouts(spec: Redis, message_id: str, timeout: float) -> tuple[str, str | None]:
+    """Where a message that was not stored is, in words, and the in-flight list holding it:
+    still queued (no consumer took it), held by a consumer, dead-lettered, or none of them."""
+    queues = spec.queues
+    client = checker_client(spec, timeout)
+    try:
+        if any(message_id in raw for raw in client.lrange(queues.pending, 0, SEARCHED - 1)):
+            return f"still in {queues.pending}: no consumer took it", None
+        pattern = further_in_flight(queues)
+        lists = [queues.in_flight, *client.scan_iter(match=pattern, count=1000, _type="list")]
+        for name in lists:
+            if any(message_id in raw for raw in client.lrange(name, 0, SEARCHED - 1)):
+                return f"taken by a consumer, held in {name} and not stored", str(name)
+        if any(message_id in raw for raw in client.lrange(queues.dead_letter, 0, SEARCHED - 1)):
+            return f"in {queues.dead_letter}: the consumer could not store it", None
+        return f"in neither {queues.pending}, an in-flight list nor {queues.dead_letter}", None
+    except Exception as exc:
+        return f"where it is unknown (Redis: {type(exc).__name__})", None
+    finally:
+        client.close()
 
 
 def _ms(seconds: float) -> float:
@@ -212,10 +241,11 @@ def run_canary(inventory: Inventory, hop_deadline_s: float) -> CanaryResult:
                 return row.fetchone() is not None
 
             if not until(stored, hop_deadline_s, POLL_S):
+                where, result.held_in = _whereabouts(redis_spec, result.message_id, timeout)
                 result.failed_hop = "stored"
                 result.problem = (
-                    f"message {result.message_id} not in PostgreSQL after {hop_deadline_s:g} s "
-                    "(queue or worker)"
+                    f"message {result.message_id} not in PostgreSQL after {hop_deadline_s:g} s: "
+                    + where
                 )
                 return result
             result.hops_ms["stored"] = _ms(time.monotonic() - mark)
@@ -253,16 +283,30 @@ def run_canary(inventory: Inventory, hop_deadline_s: float) -> CanaryResult:
         result.hops_ms["total"] = _ms(time.monotonic() - began)
         return result
     finally:
-        result.cleanup = cleanup(inventory, conversation, result.message_id, timeout)
+        result.cleanup = cleanup(
+            inventory, conversation, result.message_id, timeout, held_in=result.held_in
+        )
 
 
 def cleanup(
-    inventory: Inventory, conversation: str, message_id: str | None, timeout: float
+    inventory: Inventory,
+    conversation: str,
+    message_id: str | None,
+    timeout: float,
+    *,
+    held_in: str | None = None,
 ) -> list[str]:
     """Delete the canary's queue entries and rows as the admins; what was done, or why not.
 
     A message still queued is taken off the queue first, so that no worker stores it after
-    its conversation is gone (it would end as a dead letter)."""
+    its conversation is gone (it would end as a dead letter). A message a consumer holds
+    (`held_in`) is its to finish: its conversation is left, for the same reason."""
+    if held_in is not None:
+        return [
+            f"left conversation {conversation} and its message: {held_in} holds the message, "
+            "and its consumer stores it once it moves again (without the conversation, it "
+            "would be a dead letter)"
+        ]
     done = []
     pg_spec = next(iter(inventory.postgres.values()))
     redis_spec = next(iter(inventory.redis.values()))

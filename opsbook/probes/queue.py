@@ -307,11 +307,16 @@ class InFlight(Struct, frozen=True):
         return max((m.age_s for m in self.stuck if m.age_s is not None), default=None)
 
 
+def further_in_flight(queues: Queues) -> str:
+    """The SCAN pattern of further consumers' in-flight lists: `IN_FLIGHT:*`, its name escaped."""
+    return re.sub(r"([\\*?\[\]])", r"\\\1", queues.in_flight) + ":*"
+
+
 def in_flight_lists(target: RedisTarget, queues: Queues) -> list[str]:
     """The in-flight lists: `queues.in_flight` and every list named `IN_FLIGHT:NAME` (those
     of further consumers, the reference worker's message_queue:processing:worker-2), sorted;
     found with SCAN (never KEYS, which blocks Redis)."""
-    pattern = re.sub(r"([\\*?\[\]])", r"\\\1", queues.in_flight) + ":*"
+    pattern = further_in_flight(queues)
 
     def scan(client: Redis) -> list[str]:
         found = {str(key) for key in client.scan_iter(match=pattern, count=1000, _type="list")}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import uuid
 
@@ -403,3 +404,69 @@ def test_stopped_redis_fails_queue_001(fresh_sandbox: Stack, run_checks: RunChec
     run = run_checks("--check=QUEUE-001", inventory=stack.inventory_path, env=fast)
     assert run.exit_code == 0, run.output
     assert run.outcome("QUEUE-001", "queue") == "passed"
+
+
+STUCK = f"{PROCESSING}:opsbook-test-stuck"  # the in-flight list of a consumer that hangs
+
+
+@pytest.mark.breaks("DEPLOY-006")
+def test_the_canary_says_where_a_message_that_was_not_stored_is(
+    breakable_sandbox: Stack, admin_redis: redis.Redis, run_checks: RunChecks
+) -> None:
+    """With the worker stopped, the canary's message stays queued and DEPLOY-006 says no
+    consumer took it. With a consumer that takes it and hangs (the test's own BLMOVE, as a
+    worker stuck on a slow database or DNS does), DEPLOY-006 names the list that holds it and
+    leaves its conversation: once the message is back in the queue, the worker stores it,
+    rather than dead-lettering it for a conversation the canary deleted."""
+    stack = breakable_sandbox
+    stack.stop("worker")
+    taken: list[str] = []
+    try:
+        queued = run_checks("--check=DEPLOY-006", "-m", "postdeploy")
+        row = queued.row("DEPLOY-006")
+        assert row["outcome"] == "failed", queued.output
+        assert (
+            "not in PostgreSQL after 10 s: still in message_queue: no consumer took it"
+            in (row["message"])
+        ), row["message"]
+        assert admin_redis.llen(PENDING) == 0  # the cleanup took it off the queue
+
+        # A client of its own: the BLMOVE blocks for longer than admin_redis's socket timeout.
+        password = (stack.dir / "secrets" / "redis-default.password").read_text().strip()
+
+        def hang() -> None:
+            with redis.Redis(
+                port=stack.state.ports["redis"], password=password, socket_timeout=40,
+                decode_responses=True,
+            ) as client:  # fmt: skip
+                raw = client.blmove(PENDING, STUCK, 30, "RIGHT", "LEFT")
+            if raw is not None:
+                taken.append(str(raw))
+
+        consumer = threading.Thread(target=hang, daemon=True)
+        consumer.start()
+        held = run_checks("--check=DEPLOY-006", "-m", "postdeploy")
+        consumer.join(timeout=35)
+        row = held.row("DEPLOY-006")
+        assert row["outcome"] == "failed", held.output
+        assert (
+            f"after 10 s: taken by a consumer, held in {STUCK} and not stored" in (row["message"])
+        ), row["message"]
+        assert "left conversation" in json.dumps(row["evidence"]), row["evidence"]
+        (raw,) = taken
+        canary = json.loads(raw)
+        # What QUEUE-008's fix does with a message stuck in flight: back to the queue.
+        assert admin_redis.lmove(STUCK, PENDING, "LEFT", "RIGHT") == raw
+    finally:
+        stack.start("worker")
+    eventually(
+        lambda: canary["id"] in admin_redis.lrange("processed_messages", 0, 99),
+        "the worker stored the canary's message",
+    )
+    assert admin_redis.llen(DEAD_LETTER) == 0
+    admin_redis.lrem("processed_messages", 0, canary["id"])
+    stack.component("postgres").psql(
+        f"DELETE FROM messages WHERE id = '{canary['id']}'; "
+        f"DELETE FROM conversations WHERE id = '{canary['conversation_id']}'",
+        "chatdb",
+    )
