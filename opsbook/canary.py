@@ -166,7 +166,6 @@ class CanaryResult(Struct):
     failed_hop: str | None = None
     problem: str = ""
     cleanup: list[str] = field(default_factory=list)  # what was deleted, or why it could not be
-    held_in: str | None = None  # the in-flight list of a consumer that took it and did not store it
 
 
 # How far into a list the canary looks for its message: it was pushed at the left end moments
@@ -179,15 +178,19 @@ def _whereabouts(spec: Redis, message_id: str, timeout: float) -> tuple[str, str
     still queued (no consumer took it), held by a consumer, dead-lettered, or none of them."""
     queues = spec.queues
     client = checker_client(spec, timeout)
+
+    def holds(name: str) -> bool:
+        return any(message_id in raw for raw in client.lrange(name, 0, SEARCHED - 1))
+
     try:
-        if any(message_id in raw for raw in client.lrange(queues.pending, 0, SEARCHED - 1)):
+        if holds(queues.pending):
             return f"still in {queues.pending}: no consumer took it", None
         pattern = further_in_flight(queues)
         lists = [queues.in_flight, *client.scan_iter(match=pattern, count=1000, _type="list")]
-        for name in lists:
-            if any(message_id in raw for raw in client.lrange(name, 0, SEARCHED - 1)):
-                return f"taken by a consumer, held in {name} and not stored", str(name)
-        if any(message_id in raw for raw in client.lrange(queues.dead_letter, 0, SEARCHED - 1)):
+        for name in map(str, lists):
+            if holds(name):
+                return f"taken by a consumer, held in {name} and not stored", name
+        if holds(queues.dead_letter):
             return f"in {queues.dead_letter}: the consumer could not store it", None
         return f"in neither {queues.pending}, an in-flight list nor {queues.dead_letter}", None
     except Exception as exc:
@@ -215,6 +218,7 @@ def run_canary(inventory: Inventory, hop_deadline_s: float) -> CanaryResult:
     timeout = inventory.thresholds.timeout_s
     content = f"opsbook canary {uuid.uuid4()}"
     conversation = str(uuid.uuid4())
+    held_in = None  # the in-flight list of a consumer that took the message and did not store it
     began = time.monotonic()
     try:
         try:
@@ -241,7 +245,7 @@ def run_canary(inventory: Inventory, hop_deadline_s: float) -> CanaryResult:
                 return row.fetchone() is not None
 
             if not until(stored, hop_deadline_s, POLL_S):
-                where, result.held_in = _whereabouts(redis_spec, result.message_id, timeout)
+                where, held_in = _whereabouts(redis_spec, result.message_id, timeout)
                 result.failed_hop = "stored"
                 result.problem = (
                     f"message {result.message_id} not in PostgreSQL after {hop_deadline_s:g} s: "
@@ -284,7 +288,7 @@ def run_canary(inventory: Inventory, hop_deadline_s: float) -> CanaryResult:
         return result
     finally:
         result.cleanup = cleanup(
-            inventory, conversation, result.message_id, timeout, held_in=result.held_in
+            inventory, conversation, result.message_id, timeout, held_in=held_in
         )
 
 
