@@ -18,7 +18,7 @@ from opsbook import backup
 from opsbook.canary import run_canary, wait_ready
 from opsbook.inventory import Inventory, Postgres, Redis
 from opsbook.remediate.context import Context
-from opsbook.remediate.plan import RISKY, Gate, Plan, Refused, RemediationFailed, Step, StepKind
+from opsbook.remediate.plan import RISKY, Plan, Refused, StepKind
 from opsbook.remediate.runtime import Runtime, runtime_of
 
 RESTORE = StepKind.RESTORE
@@ -438,8 +438,8 @@ def _restore(ctx: Context, *, apply: bool, maintenance: bool) -> Plan:
             service=deployment,
         )
 
-    # From here on, the steps run also when one before failed (_execute).
-    always_from = len(plan.steps)
+    # From here on, the steps run also when one before failed or was refused (always=True);
+    # the verification after them does not.
     for service, runtime in reversed(runtimes.items()):
         plan.add(
             f"start {service} again",
@@ -451,6 +451,7 @@ def _restore(ctx: Context, *, apply: bool, maintenance: bool) -> Plan:
                 lambda service=service: service in state.stopped,  # type: ignore[misc]
             ),
             service=service,
+            always=True,
         )
     if data_paths:
         plan.add(
@@ -463,6 +464,7 @@ def _restore(ctx: Context, *, apply: bool, maintenance: bool) -> Plan:
                 lambda: any(each.scratch.exists() for each in state.staged),
             ),
             service=deployment,
+            always=True,
         )
     if maintenance:
         plan.add(
@@ -471,8 +473,8 @@ def _restore(ctx: Context, *, apply: bool, maintenance: bool) -> Plan:
             StepKind.MAINTENANCE_MODE,
             _switch(inventory, front_runtime, front, on=False),
             service=front,
+            always=True,
         )
-    verify_from = len(plan.steps)
     deadline = inventory.deploy.readiness_deadline_s
 
     def verify() -> str:
@@ -504,65 +506,7 @@ def _restore(ctx: Context, *, apply: bool, maintenance: bool) -> Plan:
         verify,
         service=deployment,
     )
-    return _execute(plan, always_from, verify_from, ctx.gate) if apply else plan
-
-
-def _execute(plan: Plan, always_from: int, verify_from: int, gate: Gate) -> Plan:
-    """Run the restore's steps: those from `always_from` on (starting the writers again,
-    cleaning up) also when one before them failed or was refused, then the checks from
-    `verify_from`. A failure is one line: the step, why, what was done before it (by summary:
-    the plan has the commands) and what the steps run afterwards did."""
-    steps = plan.steps
-    try:
-        _run_steps(steps[:always_from], gate)
-    except (Refused, RemediationFailed) as exc:
-        afterwards, _ = _run_always(steps[always_from:verify_from], gate)
-        for step in steps[verify_from:]:
-            step.result = "not done: a step before failed"
-        raise type(exc)(f"{exc}; afterwards: {afterwards}") from exc
-    afterwards, failed = _run_always(steps[always_from:verify_from], gate)
-    if failed:
-        raise RemediationFailed(f"restored, but afterwards: {afterwards}")
-    _run_steps(steps[verify_from:], gate, steps[:verify_from])
-    plan.applied = True
-    return plan
-
-
-def _run_steps(steps: list[Step], gate: Gate, before: list[Step] | None = None) -> None:
-    """Plan.execute's loop, its failure said by the steps' summaries, not their commands
-    (`before`: the steps run before these)."""
-    for index, step in enumerate(steps):
-        if step.when is not None and not step.when():
-            step.result = "not needed"
-            continue
-        gate(step)
-        try:
-            outcome = step.action()
-        except Refused:
-            raise
-        except Exception as exc:
-            step.result = f"FAILED: {type(exc).__name__}: {exc}"
-            done = [s.summary for s in [*(before or []), *steps[:index]]
-                    if s.result not in (None, "not needed")]  # fmt: skip
-            raise RemediationFailed(
-                f"step '{step.summary}' failed: {type(exc).__name__}: {exc} "
-                f"(done before it: {'; '.join(done) or 'nothing'})"
-            ) from exc
-        step.result = "done" if outcome is None else str(outcome)
-
-
-def _run_always(steps: list[Step], gate: Gate) -> tuple[str, bool]:
-    """Run each step whatever became of the one before; what they did, and whether any failed."""
-    said, failed = [], False
-    for step in steps:
-        try:
-            _run_steps([step], gate)
-        except (Refused, RemediationFailed) as exc:
-            failed = True
-            step.result = step.result or f"FAILED: {exc}"
-        if step.result != "not needed":
-            said.append(f"{step.summary}: {step.result}")
-    return "; ".join(said) or "nothing to undo", failed
+    return plan.execute(ctx.gate) if apply else plan
 
 
 def restore_backup(ctx: Context, *, apply: bool) -> Plan:

@@ -107,6 +107,9 @@ class RemediationFailed(Exception):
     """A step failed; the message says what was attempted and what went wrong."""
 
 
+NOT_DONE = "not done: a step before failed"
+
+
 @dataclass
 class Step:
     """One action: what it does, the exact command or SQL, and its kind (for allow-list and
@@ -122,6 +125,18 @@ class Step:
     # The service the step acts on, which its kind's budget is charged to (default: the
     # service of the failing target).
     service: str | None = None
+    # Runs also after a step before it failed or was refused: what undoes the plan's own
+    # interruption (start again what it stopped, remove what it unpacked).
+    always: bool = False
+
+    @property
+    def done(self) -> bool:
+        """Whether the step ran and did what it does."""
+        return (
+            self.result is not None
+            and self.result != "not needed"
+            and not self.result.startswith(("FAILED: ", NOT_DONE))
+        )
 
     def line(self) -> str:
         done = f" -> {self.result}" if self.result is not None else ""
@@ -168,12 +183,15 @@ class Plan:
         *,
         only_if: tuple[str, Callable[[], bool]] | None = None,
         service: str | None = None,
+        always: bool = False,
     ) -> None:
         """Add a step; `only_if=(description, test)` runs it only when the test holds then;
         `service` is the service it acts on, when that is not the failing target's (budgets
-        are charged to it)."""
+        are charged to it); `always` runs it also after a step before it failed."""
         condition, when = only_if if only_if else (None, None)
-        self.steps.append(Step(summary, command, kind, action, when, condition, service=service))
+        self.steps.append(
+            Step(summary, command, kind, action, when, condition, service=service, always=always)
+        )
 
     def nothing(self, reason: str) -> Plan:
         """Mark the plan empty: the condition it fixes is not there (idempotency)."""
@@ -187,25 +205,53 @@ class Plan:
         return self
 
     def execute(self, gate: Gate) -> Plan:
-        """Run the steps in order; each passes the gate first. Errors are never swallowed."""
+        """Run the steps in order; each passes the gate first. Errors are never swallowed.
+
+        After a step fails or is refused, only the `always` steps still run, each whatever
+        became of the one before; the error is then one line: the step, why, what was done
+        before it (by summary: the plan has the commands) and what the always steps did.
+        """
+        failure: Refused | RemediationFailed | None = None
+        afterwards: list[Step] = []  # the always steps run after the failure
         for index, step in enumerate(self.steps):
-            if step.when is not None and not step.when():
-                step.result = "not needed"
+            if failure is not None and not step.always:
+                step.result = NOT_DONE
                 continue
-            gate(step)
             try:
-                outcome = step.action()
-            except Refused:
-                raise
-            except Exception as exc:
-                done = "; ".join(s.line() for s in self.steps[:index]) or "nothing"
-                raise RemediationFailed(
-                    f"{self.remediation or 'fix'} on {self.target}: step '{step.summary}' failed: "
-                    f"{type(exc).__name__}: {exc} (before it: {done})"
-                ) from exc
-            step.result = "done" if outcome is None else str(outcome)
+                self._run(index, gate)
+            except (Refused, RemediationFailed) as exc:
+                if failure is None:
+                    failure = exc
+                    continue
+                step.result = step.result or f"FAILED: {exc}"
+            if failure is not None:
+                afterwards.append(step)
+        if failure is not None:
+            said = [f"{s.summary}: {s.result}" for s in afterwards if s.result != "not needed"]
+            undone = f"; afterwards: {'; '.join(said) or 'nothing to undo'}" if afterwards else ""
+            raise type(failure)(f"{failure}{undone}") from failure
         self.applied = True
         return self
+
+    def _run(self, index: int, gate: Gate) -> None:
+        """One step past the gate; its result set ("FAILED: ..." when it raised)."""
+        step = self.steps[index]
+        if step.when is not None and not step.when():
+            step.result = "not needed"
+            return
+        gate(step)
+        try:
+            outcome = step.action()
+        except Refused:
+            raise
+        except Exception as exc:
+            step.result = f"FAILED: {type(exc).__name__}: {exc}"
+            done = [s.summary for s in self.steps[:index] if s.done]
+            raise RemediationFailed(
+                f"{self.remediation or 'fix'} on {self.target}: step '{step.summary}' failed: "
+                f"{type(exc).__name__}: {exc} (done before it: {'; '.join(done) or 'nothing'})"
+            ) from exc
+        step.result = "done" if outcome is None else str(outcome)
 
     def lines(self) -> list[str]:
         if self.nothing_to_do is not None:

@@ -23,7 +23,16 @@ import opsbook.remediation as remediation
 from opsbook.inventory import load_inventory
 from opsbook.remediate.context import Context, WrongTargetKind
 from opsbook.remediate.contract import problems
-from opsbook.remediate.plan import Plan, StepKind, kinds_table, parse_allow
+from opsbook.remediate.plan import (
+    NOT_DONE,
+    Plan,
+    Refused,
+    RemediationFailed,
+    Step,
+    StepKind,
+    kinds_table,
+    parse_allow,
+)
 from opsbook.remediate.runner import Remediator
 
 REPO = Path(__file__).resolve().parents[2]
@@ -265,6 +274,60 @@ def failing_step(ctx: Context, *, apply: bool) -> Plan:
 
     plan.add("fail", "false", StepKind.SCALE, boom)
     return plan.finish(apply, ctx.gate)
+
+
+def test_after_a_failed_step_only_the_always_steps_run_and_the_line_says_what_they_did() -> None:
+    """A plan that stops a writer, fails, and must start it again: the restore's shape."""
+    ran: list[str] = []
+
+    def act(name: str, fail: bool = False) -> Callable[[], str]:
+        def step() -> str:
+            ran.append(name)
+            if fail:
+                raise RuntimeError(f"{name} broke")
+            return f"{name} done"
+
+        return step
+
+    plan = Plan("restore", "deployment/prod")
+    plan.add("stop worker", "systemctl stop worker", StepKind.RESTORE, act("stop"))
+    plan.add("replace rows", "pg_restore", StepKind.RESTORE, act("replace", fail=True))
+    plan.add("swap data", "mv", StepKind.RESTORE, act("swap"))
+    plan.add("remove scratch", "rm", StepKind.RESTORE, act("scratch"), always=True,
+             only_if=("if unpacked", lambda: False))  # fmt: skip
+    plan.add("start worker again", "systemctl start worker", StepKind.RESTORE, act("start"),
+             always=True)  # fmt: skip
+    plan.add("verify", "GET /health", StepKind.RESTORE, act("verify"))
+    with pytest.raises(RemediationFailed) as failed:
+        plan.execute(lambda step: None)
+    assert ran == ["stop", "replace", "start"]
+    assert str(failed.value) == (
+        "restore on deployment/prod: step 'replace rows' failed: RuntimeError: replace broke "
+        "(done before it: stop worker); afterwards: start worker again: start done"
+    )
+    assert [step.result for step in plan.steps] == [
+        "stop done", "FAILED: RuntimeError: replace broke", NOT_DONE, "not needed",
+        "start done", NOT_DONE,
+    ]  # fmt: skip
+    assert not plan.applied
+
+
+def test_a_refused_step_still_lets_the_always_steps_run() -> None:
+    def gate(step: Step) -> None:
+        if step.summary == "replace rows":
+            raise Refused("not allowed: restore")
+
+    plan = Plan("restore", "deployment/prod")
+    plan.add("replace rows", "pg_restore", StepKind.RESTORE, lambda: None)
+    plan.add("start worker again", "start", StepKind.RESTORE, lambda: None, always=True,
+             only_if=("if stopped", lambda: False))  # fmt: skip
+    with pytest.raises(Refused, match=r"^not allowed: restore; afterwards: nothing to undo$"):
+        plan.execute(gate)
+    # A plan without always steps fails as it always did: the step's line, no "afterwards".
+    plain = Plan("fix", "redis/queue")
+    plain.add("restart", "systemctl restart redis", StepKind.RESTART, lambda: 1 / 0)
+    with pytest.raises(RemediationFailed, match=r"\(done before it: nothing\)$"):
+        plain.execute(lambda step: None)
 
 
 def test_a_plan_is_named_after_the_fix_the_runner_runs(inventory: Any, tmp_path: Path) -> None:
