@@ -115,6 +115,8 @@ def test_a_fleet_run_checks_every_deployment(inventories: Path, tmp_path: Path) 
     assert {d["deployment"] for d in document["run"]["deployments"]} == set(NAMES)
     for deployment in document["run"]["deployments"]:
         assert (Path(deployment["folder"]) / "report.html").is_file()
+        # No across-runs page of one run beside it: the fleet's pages link the run itself.
+        assert not (Path(deployment["folder"]).parent / "status.html").exists()
     assert (tmp_path / "latest" / "summary.html").is_file()
     # Each deployment's own run keeps today's test ids: the merged JUnit tells them apart.
     junit = (tmp_path / "latest" / "junit.xml").read_text()

@@ -282,7 +282,9 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
         _not_written(session, exc)
         settle_exit_code(session)
         return
-    _write_status_across_runs(config, run, document)
+    if not os.environ.get("OPSBOOK_FLEET_CHILD"):
+        # A fleet child's folder holds its one run, which the fleet's own pages link to.
+        _write_status_across_runs(config, run, document)
 
 
 def _write_status_across_runs(config: pytest.Config, run: Run, document: dict[str, Any]) -> None:
