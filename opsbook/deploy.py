@@ -106,6 +106,13 @@ def tagged(ref: str, tag: str) -> str:
     return f"{repository(ref)}:{tag}"
 
 
+def pulled_repository(registry: str, ref: str) -> str:
+    """Where `deploy.registry` holds the releases of an image reference: the registry's folder
+    and the reference's last name (`registry.example:5000/chat` and `localhost/opsbook-app:dev`
+    -> `registry.example:5000/chat/opsbook-app`)."""
+    return f"{registry.rstrip('/')}/{repository(ref).rsplit('/', 1)[-1]}"
+
+
 def short_id(image_id: str) -> str:
     return image_id.removeprefix("sha256:")[:12]
 
@@ -560,8 +567,7 @@ class Deploy:
                 wanted[ref] = normal_id(found)
                 continue
             if self.settings.registry:
-                name = repository(ref).rsplit("/", 1)[-1]
-                source = f"{self.settings.registry.rstrip('/')}/{name}:{self.tag}"
+                source = f"{pulled_repository(self.settings.registry, ref)}:{self.tag}"
                 commands = [images.shown("pull", source), images.shown("tag", source, target)]
                 with self.trail.step("images", f"pull {source}", commands) as step:
                     images.docker("pull", source, timeout=PULL_TIMEOUT_S)

@@ -52,6 +52,7 @@ from opsbook.deploy import (
     Trail,
     normal_id,
     proxies_of,
+    pulled_repository,
     repository,
     run_checks,
     wait_proxying,
@@ -162,6 +163,11 @@ def compose_removals(inventory: Inventory, allow: frozenset[str]) -> tuple[list[
         raise DeployError(str(exc)) from None
     by_service = images.service_images(services)
     repositories = {repository(ref) for ref in by_service.values()}
+    registry = inventory.deploy.registry
+    if registry:
+        # A pulled release keeps the registry's name beside the compose file's: untagging
+        # only the latter would leave the image on the engine for good.
+        repositories |= {pulled_repository(registry, ref) for ref in by_service.values()}
     keep: dict[str, str] = {}
     for ref in by_service.values():
         found = images.image_id(ref)

@@ -44,6 +44,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHIPPED_APP = "localhost/opsbook-app:dev"
 APP = "localhost/opsbook-mwtest-app"
 OTHER = "localhost/opsbook-mwtest-other:x"
+# deploy.registry of the cleanup's inventory, never reached: a release pulled from it keeps the
+# registry's name beside the compose file's (opsbook.deploy.pulled_repository).
+REGISTRY = "registry.invalid:5000/chat"
+PULLED = f"{REGISTRY}/{APP.rsplit('/', 1)[-1]}"
 OLD_S = 40 * 86400
 
 
@@ -168,7 +172,7 @@ def _forget(stack: ComposeStack) -> None:
         docker(stack, "rm", "-f", name, check=False)
     listed = docker(stack, "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", check=False)
     for ref in listed.split():
-        if ref.startswith((f"{APP}:", OTHER)) and ref != f"{APP}:dev":
+        if ref.startswith((f"{APP}:", f"{PULLED}:", OTHER)) and ref != f"{APP}:dev":
             docker(stack, "rmi", ref, check=False)
 
 
@@ -185,7 +189,7 @@ def _variant(stack: ComposeStack, tmp_path: Path, ref: str) -> str:
 # own names are compared.
 def _tags(stack: ComposeStack) -> set[str]:
     listed = docker(stack, "image", "ls", "--format", "{{.Repository}}:{{.Tag}}").split()
-    return {ref for ref in listed if ref.startswith((f"{APP}:", OTHER))}
+    return {ref for ref in listed if ref.startswith((f"{APP}:", f"{PULLED}:", OTHER))}
 
 
 def _containers(stack: ComposeStack) -> set[str]:
@@ -199,12 +203,17 @@ def test_cleanup_removes_only_what_is_past_retention_on_compose(
 ) -> None:
     logs = _logs(tmp_path / "logs")
     path = _inventory(tmp_path, stack.inventory_path, tmp_path / "logs")
+    raw = yaml.safe_load(path.read_text())
+    raw["deploy"] = {"registry": REGISTRY}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
     inventory = load_inventory(path, environ={})
     old_backup = _old_backup(path, stack.docker_host, tmp_path / "backups")
     try:
         current = docker(stack, "image", "inspect", "--format", "{{.Id}}", f"{APP}:dev").strip()
         old0 = _variant(stack, tmp_path, f"{APP}:old0")
         prev1 = _variant(stack, tmp_path, f"{APP}:prev1")
+        for tag in ("old0", "prev1"):  # as `opsbook deploy` leaves a pulled release
+            docker(stack, "tag", f"{APP}:{tag}", f"{PULLED}:{tag}")
         _variant(stack, tmp_path, f"{APP}:stray")
         _variant(stack, tmp_path, OTHER)
         services = ("backend", "worker")
@@ -224,6 +233,7 @@ def test_cleanup_removes_only_what_is_past_retention_on_compose(
                        f"--reports-dir={tmp_path / 'reports'}")  # fmt: skip
         assert plan.returncode == 0, plan.stdout + plan.stderr
         assert f"remove image {APP}:old0" in plan.stdout, plan.stdout
+        assert f"remove image {PULLED}:old0" in plan.stdout, plan.stdout
         assert _tags(stack) == tags_before, "the plan removed something"
 
         done = opsbook(stack.docker_host, "maintenance", "run", "cleanup", "--apply",
@@ -231,8 +241,10 @@ def test_cleanup_removes_only_what_is_past_retention_on_compose(
         assert done.returncode == 0, done.stdout + done.stderr
         assert "maintenance cleanup: cleanup done; post-checks green" in done.stdout, done.stdout
 
-        assert tags_before - _tags(stack) == {f"{APP}:old0", f"{APP}:stray"}
-        assert {f"{APP}:dev", f"{APP}:prev1", OTHER} <= _tags(stack)
+        assert tags_before - _tags(stack) == {f"{APP}:old0", f"{PULLED}:old0", f"{APP}:stray"}
+        assert {f"{APP}:dev", f"{APP}:prev1", f"{PULLED}:prev1", OTHER} <= _tags(stack)
+        # Both names gone, the old release's image is gone from the engine (its disk freed).
+        assert docker(stack, "image", "inspect", old0, check=False).strip() in ("", "[]"), old0
         assert containers_before - _containers(stack) == {f"{stack.project}-leftover-1"}
         assert "mwtest-other-x" in _containers(stack)
         assert {k for k, p in logs.items() if not p.exists()} == {"old1", "old2"}
