@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 import redis
+import requests
 from sshd_server import Sshd
-from support import CheckRun, RunChecks
+from support import CheckRun, RunChecks, eventually
 
 from opsbook.inventory import Inventory, load_inventory
 from opsbook.sandbox.process import ComponentError
@@ -104,15 +105,30 @@ def admin_redis(sandbox: Stack) -> Iterator[redis.Redis]:
     client.close()
 
 
+def scrape_targets_down(stack: Stack) -> list[str]:
+    """The scrape targets Prometheus last saw down (all of them when it does not answer)."""
+    url = f"http://127.0.0.1:{stack.state.ports['prometheus']}/api/v1/targets?state=active"
+    try:
+        active = requests.get(url, timeout=3.0).json()["data"]["activeTargets"]
+    except (requests.RequestException, ValueError, KeyError):
+        return ["prometheus (no answer)"]
+    return [str(t["scrapePool"]) for t in active if t.get("health") != "up"]
+
+
 @pytest.fixture
 def breakable_sandbox(sandbox: Stack) -> Iterator[Stack]:
-    """The session sandbox, for a test that stops components or turns on maintenance mode."""
+    """The session sandbox, for a test that stops components or turns on maintenance mode.
+
+    Afterwards every component is up again, and Prometheus has scraped each of them up since:
+    its last scrape of a component the test stopped would otherwise say "down" to the next
+    test's OBS-002 and ALERT-003 for up to a scrape interval."""
     yield sandbox
     (sandbox.dir / "nginx" / "maintenance.on").unlink(missing_ok=True)
     try:
         sandbox.up()
     except ComponentError as exc:
         _fail_with_log(exc)
+    eventually(lambda: not scrape_targets_down(sandbox), "Prometheus scrapes every target up")
 
 
 # Running the checks suite itself, as an operator would, against the live sandbox.

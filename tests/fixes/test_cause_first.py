@@ -75,6 +75,8 @@ def test_redis_down_blocks_the_backend_and_is_named_as_the_cause(
     assert ping["outcome"] == "failed"
     assert ping["blocked_by"] is None
     assert ping["remediation_attempt"]["status"] == "planned"
+    blocked = sorted(k for k, v in run.outcomes().items() if v == "blocked")
+    assert blocked == [("HEALTH-001", "backend")], run.output
     assert run.document["run"]["counts"]["blocked"] == 1
     # The terminal: pytest's counts line, and the cause with what it blocks under it.
     assert re.search(r"\b1 blocked\b", run.output.splitlines()[-1]), run.output
