@@ -295,4 +295,7 @@ def test_a_scrape_target_that_is_down_blocks_alert_003_until_it_is_fixed(
     assert fixed.outcome("HEALTH-001", "backend") == "fixed", fixed.output
     assert fixed.outcome("ALERT-003") == "passed", fixed.output
     assert fixed.row("ALERT-003")["blocked_by"] is None
-    assert "opsbook re-check: ALERT-003 prometheus: PASSED" in fixed.output
+    # Checked again after the fix, unless Prometheus scraped the restarted backend (every 2 s)
+    # before ALERT-003's first look, which then found the series: no re-check was owed.
+    rechecked = "opsbook re-check: ALERT-003 prometheus: PASSED" in fixed.output
+    assert rechecked or "opsbook re-check: " not in fixed.output, fixed.output
