@@ -38,8 +38,10 @@ def test_every_scrape_target_is_up(prometheus: HttpTarget, finding: Finding) -> 
 
     Risk: a target that is down is a service that is down, or one whose alerts cannot fire.
     """
-    targets = scrape_targets(prometheus)
-    down = [target.name for target in targets if target.up != "1"]
+    # A target restarted since Prometheus last scraped it is judged on the next scrape, when
+    # that is due within the timeout (a deploy's restart is not an outage).
+    targets = scrape_targets(prometheus, next_scrape_within_s=prometheus.timeout)
+    down = [target.describe() for target in targets if target.up != "1"]
     finding.attach("up", {target.name: target.up for target in targets})
     if not targets:
         finding.observe("0/0 up", expected="all up")

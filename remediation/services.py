@@ -176,7 +176,10 @@ def restart_scrape_targets(ctx: Context, *, apply: bool) -> Plan:
     plan = Plan.for_fix(ctx)
     prometheus = HttpTarget(ctx.target, ctx.http_spec(), ctx.thresholds.timeout_s)
     try:
-        down = [target for target in scrape_targets(prometheus) if target.up != "1"]
+        # Prometheus's view, once its next scrape is in when that is due soon: a service
+        # restarted since its last scrape is up, and restarting it again is worse than nothing.
+        seen = scrape_targets(prometheus, next_scrape_within_s=ctx.thresholds.timeout_s)
+        down = [target for target in seen if target.up != "1"]
     finally:
         prometheus.close()
     if not down:

@@ -59,3 +59,26 @@ def fill(filesystem: Path) -> None:
     filler = filesystem / "filler"
     subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
     assert shutil.disk_usage(filesystem).free == 0
+
+
+def started_between_scrapes(stop: Callable[[], None], start: Callable[[], None],
+                            prometheus: Any, job: str) -> str:  # fmt: skip
+    """Stop a service, and start it again just after Prometheus scraped it down: Prometheus
+    then says "down" for a service that is up until its next scrape (the sandbox scrapes every
+    2 s). Returns its scrape target ("job/instance"), once Prometheus was seen still saying
+    "down" for it after the start."""
+    from opsbook.probes import prometheus as probe
+
+    def seen(up: str) -> bool:
+        return any(t.job == job and t.up == up for t in probe.scrape_targets(prometheus))
+
+    name = next(name for name in probe.last_scrapes(prometheus) if name.startswith(f"{job}/"))
+    for _ in range(5):
+        stop()
+        eventually(lambda: seen("0"), f"Prometheus scraped {job} down")
+        last = probe.last_scrapes(prometheus)[name].at
+        eventually(lambda last=last: probe.last_scrapes(prometheus)[name].at != last)
+        start()  # at most 2 s before the next scrape
+        if seen("0"):
+            return name
+    raise AssertionError(f"{job} never started within one scrape interval")

@@ -9,10 +9,13 @@ from __future__ import annotations
 import glob
 import re
 import subprocess
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from msgspec import Struct
+from msgspec.structs import replace
 
 from opsbook import yamltext
 from opsbook.errors import NotEvaluated
@@ -37,21 +40,112 @@ class ScrapeTarget(Struct, frozen=True):
     job: str
     instance: str
     up: str  # the value of `up`: "1" is up
+    # Why Prometheus's last scrape of a target that is down failed ("connection refused").
+    error: str = ""
 
     @property
     def name(self) -> str:
         return f"{self.job}/{self.instance}"
 
+    def describe(self) -> str:
+        return f"{self.name} ({self.error})" if self.error else self.name
 
-def scrape_targets(target: HttpTarget) -> list[ScrapeTarget]:
-    """Every series of `up`: one per scrape target."""
-    series = _api(target, "/api/v1/query", {"query": "up"})["result"]
+
+# How often the targets are asked again while waiting for Prometheus's next scrape.
+SCRAPE_POLL_S = 0.25
+
+
+def scrape_targets(target: HttpTarget, *, next_scrape_within_s: float = 0.0) -> list[ScrapeTarget]:
+    """Every series of `up`: one per scrape target, a target that is down with the error of
+    its last scrape.
+
+    Prometheus's view is up to one scrape interval old: a service restarted since its last
+    scrape is up, and Prometheus still says down. So a target seen down is looked at again
+    after Prometheus's next scrape of it, when that is due within `next_scrape_within_s`
+    (on Prometheus's own clock, so the runner's clock does not matter)."""
+    seen, now = _up(target)
+    if all(t.up == "1" for t in seen):
+        return seen
+    scrapes = last_scrapes(target)
+    due = {
+        name: scrape
+        for name, scrape in scrapes.items()
+        if any(t.name == name and t.up != "1" for t in seen)
+        and scrape.next_in(now) <= next_scrape_within_s
+    }
+    if due:
+        deadline = time.monotonic() + next_scrape_within_s
+        while due and time.monotonic() < deadline:
+            time.sleep(SCRAPE_POLL_S)
+            scrapes = last_scrapes(target)
+            due = {n: s for n, s in due.items() if n in scrapes and scrapes[n].at == s.at}
+        seen, _ = _up(target)
     return [
+        t if t.up == "1" or t.name not in scrapes else replace(t, error=scrapes[t.name].reason)
+        for t in seen
+    ]
+
+
+def _up(target: HttpTarget) -> tuple[list[ScrapeTarget], float]:
+    """The `up` series, and the moment Prometheus evaluated them (its clock, Unix seconds)."""
+    series = _api(target, "/api/v1/query", {"query": "up"})["result"]
+    targets = [
         ScrapeTarget(
             s["metric"].get("job", "?"), s["metric"].get("instance", "?"), str(s["value"][1])
         )
         for s in series
     ]
+    return targets, float(series[0]["value"][0]) if series else 0.0
+
+
+class LastScrape(Struct, frozen=True):
+    """Prometheus's last scrape of one target (GET /api/v1/targets)."""
+
+    at: str  # RFC 3339 on Prometheus's clock, as Prometheus wrote it
+    error: str
+    interval_s: float | None  # None: a Prometheus too old to say (before 2.33)
+
+    @property
+    def reason(self) -> str:
+        # Prometheus's error names the URL first: `Get "http://…/metrics": dial tcp …: connect:
+        # connection refused`; its last part is what an operator acts on.
+        return self.error.rsplit(": ", 1)[-1].strip()
+
+    def next_in(self, now: float) -> float:
+        """Seconds from `now` to the next scrape (infinite when that cannot be known)."""
+        try:
+            last = datetime.fromisoformat(self.at).timestamp()
+        except ValueError:
+            return float("inf")
+        if self.interval_s is None or last <= 0:
+            return float("inf")
+        return last + self.interval_s - now
+
+
+def last_scrapes(target: HttpTarget) -> dict[str, LastScrape]:
+    """Each active scrape target's last scrape, by "job/instance"."""
+    active = _api(target, "/api/v1/targets", {"state": "active"})["activeTargets"]
+    return {
+        f"{t['labels'].get('job', '?')}/{t['labels'].get('instance', '?')}": LastScrape(
+            str(t.get("lastScrape", "")),
+            str(t.get("lastError", "")),
+            duration_s(str(t.get("scrapeInterval", ""))),
+        )
+        for t in active
+    }
+
+
+_DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
+_DURATION_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800,
+                    "y": 31536000}  # fmt: skip
+
+
+def duration_s(text: str) -> float | None:
+    """A Prometheus duration ("15s", "1m30s", "500ms") in seconds; None if it is not one."""
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(int(n) * _DURATION_UNIT_S[u] for n, u in parts)
 
 
 class Rule(Struct, frozen=True):

@@ -8,11 +8,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -20,9 +22,12 @@ import psycopg
 import pytest
 import requests
 import yaml
-from support import RunChecks, eventually
+from support import RunChecks, eventually, started_between_scrapes
 
+from opsbook.inventory import load_inventory
+from opsbook.probes import prometheus as probe
 from opsbook.sandbox.stack import Stack
+from opsbook.targets import HttpTarget
 
 pytestmark = pytest.mark.sandbox
 
@@ -190,7 +195,8 @@ def test_scrape_target_down_fails(breakable_sandbox: Stack, run_checks: RunCheck
     run = run_checks("--check=OBS-002")
     row = run.row("OBS-002")
     assert row["outcome"] == "failed"
-    assert "down: backend/127.0.0.1:" in row["message"]
+    # The target, and why Prometheus's last scrape of it failed.
+    assert re.search(r"down: backend/127\.0\.0\.1:\d+ \(connection refused\)", row["message"])
     breakable_sandbox.start("backend")
 
     def backend_seen_up() -> bool:
@@ -199,6 +205,56 @@ def test_scrape_target_down_fails(breakable_sandbox: Stack, run_checks: RunCheck
 
     eventually(backend_seen_up)
     assert run_checks("--check=OBS-002").exit_code == 0
+
+
+@pytest.mark.breaks("OBS-002")
+def test_a_target_started_since_its_last_scrape_is_judged_on_the_next_scrape(
+    breakable_sandbox: Stack,
+) -> None:
+    """Prometheus still says "down" for a backend started after its last scrape (a deploy's
+    restart, a start by hand between two runs): OBS-002's probe waits for the next scrape,
+    due within the timeout, and sees the backend up; asked not to wait, it sees the stale
+    "down" and why the last scrape failed."""
+    spec = load_inventory(breakable_sandbox.inventory_path, environ={}).http["prometheus"]
+    prometheus = HttpTarget("prometheus", spec, 3.0)
+    try:
+        backend = started_between_scrapes(
+            lambda: breakable_sandbox.stop("backend"),
+            lambda: breakable_sandbox.start("backend"),
+            prometheus,
+            "backend",
+        )
+        stale = {t.name: t for t in probe.scrape_targets(prometheus)}
+        assert (stale[backend].up, stale[backend].error) == ("0", "connection refused")
+        fresh = {t.name: t for t in probe.scrape_targets(prometheus, next_scrape_within_s=5)}
+        assert (fresh[backend].up, fresh[backend].error) == ("1", "")
+    finally:
+        prometheus.close()
+
+
+def test_prometheus_durations_and_last_scrapes_read_as_prometheus_writes_them() -> None:
+    assert [probe.duration_s(text) for text in ("2s", "1m30s", "500ms", "1h", "", "2", "s")] == [
+        2,
+        90,
+        0.5,
+        3600,
+        None,
+        None,
+        None,
+    ]
+    scrape = probe.LastScrape("2026-12-02T07:56:07.271673006Z", "", 2.0)
+    assert scrape.next_in(datetime.fromisoformat("2026-12-02T07:56:08.5Z").timestamp()) == (
+        pytest.approx(0.771673)
+    )
+    never = probe.LastScrape("0001-01-01T00:00:00Z", "", 2.0)  # not scraped yet
+    assert never.next_in(0) == float("inf")
+    assert probe.LastScrape("x", "", 2.0).next_in(0) == float("inf")  # not a time
+    assert probe.LastScrape("", "", None).next_in(0) == float("inf")  # Prometheus before 2.33
+    refused = 'Get "http://127.0.0.1:1/metrics": dial tcp 127.0.0.1:1: connect: connection refused'
+    assert probe.LastScrape("", refused, 2.0).reason == "connection refused"
+    assert probe.LastScrape("", "server returned HTTP status 503", 2.0).reason == (
+        "server returned HTTP status 503"
+    )
 
 
 # Recorded answers of Grafana 10's GET /api/health (healthy, and with its database unreachable).

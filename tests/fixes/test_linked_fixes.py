@@ -21,7 +21,7 @@ import psycopg
 import pytest
 import redis
 import requests
-from support import CheckRun, RunChecks, eventually
+from support import CheckRun, RunChecks, eventually, started_between_scrapes
 from test_alerting import RULES, loaded_rules, reload_prometheus
 from test_backup import backup_command, backup_inventory
 from test_remediation_queue import start_conversation
@@ -32,6 +32,7 @@ from opsbook.remediate.context import Context
 from opsbook.remediate.plan import Plan
 from opsbook.remediation import database, prometheus, queue, services
 from opsbook.sandbox.stack import Stack
+from opsbook.targets import HttpTarget
 
 pytestmark = pytest.mark.sandbox
 
@@ -248,6 +249,31 @@ def test_scrape_target_down_has_its_service_restarted(
         breakable_sandbox, services.restart_scrape_targets, "OBS-002", "http", "prometheus"
     )
     assert again == "every scrape target is up"
+
+
+@pytest.mark.fixes("OBS-002")
+def test_a_scrape_target_started_since_its_last_scrape_is_not_restarted(
+    breakable_sandbox: Stack,
+) -> None:
+    """The backend started after Prometheus's last scrape of it: Prometheus still says "down",
+    and the fix, reading Prometheus once its next scrape is in, leaves the backend alone."""
+    inventory = load_inventory(breakable_sandbox.inventory_path, environ={})
+    scraper = HttpTarget("prometheus", inventory.http["prometheus"], TIMEOUT_S)
+    try:
+        started_between_scrapes(
+            lambda: breakable_sandbox.stop("backend"),
+            lambda: breakable_sandbox.start("backend"),
+            scraper,
+            "backend",
+        )
+    finally:
+        scraper.close()
+    backend = pids(breakable_sandbox, "backend")
+    again = nothing_to_do(
+        breakable_sandbox, services.restart_scrape_targets, "OBS-002", "http", "prometheus"
+    )
+    assert again == "every scrape target is up"
+    assert pids(breakable_sandbox, "backend") == backend
 
 
 # DB-002: connections near the limit, idle sessions ended
