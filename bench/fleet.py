@@ -5,9 +5,11 @@
 Starts max(sizes) native sandboxes (each `sandbox up --dir`, its own name), then for each size
 times `pytest -m daily --inventory=FOLDER` over that many of them, round after round (sizes take
 turns, so the machine's noise falls on all alike): median wall time, its ratio to one
-deployment, and the peak memory of the run (the parent and its children: RUSAGE_CHILDREN's max
-resident set, the largest single process). Then every sandbox is frozen (SIGSTOP) and the run
-over 1 and over all is timed once each: the bound is the inventories' timeout (3 s) plus 5 s.
+deployment, the CPU time of the run and of the whole machine meanwhile (the stacks answering
+the checks included; over the cores, the least wall time that CPU allows), and the peak memory
+of the run (the parent and its children: RUSAGE_CHILDREN's max resident set, the largest single
+process). Then every sandbox is frozen (SIGSTOP) and the run over 1 and over all is timed once
+each: the bound is the inventories' timeout (3 s) plus 5 s.
 Each measure is taken with the children forked (the default) and spawned afresh
 (`--fleet-start=spawn`), in the same rounds. The runs get Python's default bytecode cache, as
 an operator's cron does (a PYTHONDONTWRITEBYTECODE of the caller's is left out: with it, pytest
@@ -37,9 +39,18 @@ from opsbook.sandbox.stack import Stack  # noqa: E402
 ENVIRONMENT = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
-def timed(folder: Path, reports: Path, start: str = "fork") -> tuple[float, int, int, float]:
-    """Seconds, exit code, peak resident memory (KiB) and CPU seconds of one fleet run."""
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy since boot (every process, every core)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(folder: Path, reports: Path, start: str = "fork") -> tuple[float, int, int, float, float]:
+    """Seconds, exit code, peak resident memory (KiB), CPU seconds of one fleet run, and CPU
+    seconds of the whole machine meanwhile (the stacks answering it too)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy = machine_busy()
     started = time.perf_counter()
     done = subprocess.run(
         [
@@ -52,9 +63,10 @@ def timed(folder: Path, reports: Path, start: str = "fork") -> tuple[float, int,
         check=False,
     )
     elapsed = time.perf_counter() - started
+    busy = machine_busy() - busy
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return elapsed, done.returncode, after.ru_maxrss, cpu
+    return elapsed, done.returncode, after.ru_maxrss, cpu, busy
 
 
 def main() -> int:
@@ -80,17 +92,20 @@ def main() -> int:
             (how, size): [] for how in starts for size in args.sizes
         }
         cpus: dict[tuple[str, int], list[float]] = {key: [] for key in times}
+        busy: dict[tuple[str, int], list[float]] = {key: [] for key in times}
         for size in args.sizes:  # warm-up, not counted
             timed(folders[size], base / "reports")
         for _ in range(args.rounds):
             for how, size in times:
-                elapsed, code, _, cpu = timed(folders[size], base / "reports", how)
+                elapsed, code, _, cpu, machine = timed(folders[size], base / "reports", how)
                 if code not in (0, 1):
                     print(f"fleet of {size} ({how}): exit {code}", file=sys.stderr)
                     return 1
                 times[how, size].append(elapsed)
                 cpus[how, size].append(cpu)
-        print(f"{args.rounds} rounds, medians (min-max), on {os.cpu_count()} cores")
+                busy[how, size].append(machine)
+        cores = os.cpu_count() or 1
+        print(f"{args.rounds} rounds, medians (min-max), on {cores} cores")
         for how in starts:
             ones = times[how, min(args.sizes)]
             one = statistics.median(ones)
@@ -105,7 +120,9 @@ def main() -> int:
                     f"({min(samples):.2f}-{max(samples):.2f})  x{median / one:4.1f} of one, "
                     f"x{statistics.median(ratios):4.2f} by round "
                     f"({min(ratios):.2f}-{max(ratios):.2f}), "
-                    f"CPU {statistics.median(cpus[how, size]):5.2f}s"
+                    f"CPU {statistics.median(cpus[how, size]):5.2f}s, machine "
+                    f"{statistics.median(busy[how, size]):5.2f}s (over the cores: at least "
+                    f"{statistics.median(busy[how, size]) / cores:4.2f}s)"
                 )
         peak = timed(folders[max(args.sizes)], base / "reports")[2]
         print(f"  peak resident memory of one process: {peak // 1024} MiB")
@@ -116,7 +133,7 @@ def main() -> int:
                     os.kill(pid, signal.SIGSTOP)
             for how in starts:
                 for size in (min(args.sizes), max(args.sizes)):
-                    elapsed, code, _, _ = timed(folders[size], base / "hung", how)
+                    elapsed, code, _, _, _ = timed(folders[size], base / "hung", how)
                     print(f"  all hung, {how:5} {size:3} deployments: {elapsed:6.2f}s, exit {code}")
         finally:
             for pid in pids:
