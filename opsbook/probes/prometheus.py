@@ -66,7 +66,10 @@ def scrape_targets(target: HttpTarget, *, next_scrape_within_s: float = 0.0) -> 
     seen, now = _up(target)
     if all(t.up == "1" for t in seen):
         return seen
-    scrapes = last_scrapes(target)
+    try:
+        scrapes = last_scrapes(target)
+    except NotEvaluated:
+        return seen  # a Prometheus-compatible server without /api/v1/targets: `up` alone
     due = {
         name: scrape
         for name, scrape in scrapes.items()
