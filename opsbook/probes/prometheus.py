@@ -110,9 +110,12 @@ class LastScrape(Struct, frozen=True):
 
     @property
     def reason(self) -> str:
-        # Prometheus's error names the URL first: `Get "http://…/metrics": dial tcp …: connect:
-        # connection refused`; its last part is what an operator acts on.
-        return self.error.rsplit(": ", 1)[-1].strip()
+        # A request that failed names the URL first, then a chain of causes: `Get "http://…
+        # /metrics": dial tcp …: connect: connection refused`; its last cause is what an
+        # operator acts on. Any other error (an HTTP status, a parse error) is read whole.
+        if self.error.startswith('Get "'):
+            return self.error.rsplit(": ", 1)[-1].strip()
+        return self.error.strip()[:200]
 
     def next_in(self, now: float) -> float:
         """Seconds from `now` to the next scrape (infinite when that cannot be known)."""

@@ -255,6 +255,11 @@ def test_prometheus_durations_and_last_scrapes_read_as_prometheus_writes_them() 
     assert probe.LastScrape("", "server returned HTTP status 503", 2.0).reason == (
         "server returned HTTP status 503"
     )
+    unparsable = 'expected a valid start token, got "<" ("INVALID") while parsing: "<"'
+    assert probe.LastScrape("", unparsable, 2.0).reason == unparsable
+    lookup = 'Get "http://backend:8000/metrics": dial tcp: lookup backend on 10.89.0.1:53: '
+    lookup += "no such host"
+    assert probe.LastScrape("", lookup, 2.0).reason == "no such host"
 
 
 # Recorded answers of Grafana 10's GET /api/health (healthy, and with its database unreachable).
