@@ -93,8 +93,12 @@ def test_alert_expressions_select_existing_series(prometheus: HttpTarget, findin
     if missing:
         # A scrape target that is down takes its series with it: then the check is blocked by
         # that target (opsbook.plugin.dependencies reads `up`, as for OBS-002), and run again
-        # once it is up, when a typo still fails it.
-        targets = probe.scrape_targets(prometheus)
+        # once it is up, when a typo still fails it. One started since Prometheus last scraped
+        # it has its series again on the next scrape, waited for when due within the timeout.
+        present, targets = probe.metrics_after_next_scrapes(
+            prometheus, set(uses.rules), next_scrape_within_s=prometheus.timeout
+        )
+        missing = [name for name in sorted(set(uses.rules) - present) if name not in alerted]
         finding.attach("up", {target.name: target.up for target in targets})
     finding.attach(
         "metrics",

@@ -190,6 +190,18 @@ def metrics_with_series(target: HttpTarget, names: set[str]) -> set[str]:
     return {s["metric"]["__name__"] for s in series}
 
 
+def metrics_after_next_scrapes(
+    target: HttpTarget, names: set[str], *, next_scrape_within_s: float
+) -> tuple[set[str], list[ScrapeTarget]]:
+    """Which of these metric names have series, and the scrape targets, once Prometheus has
+    scraped again the targets it saw down, when that is due within `next_scrape_within_s`.
+
+    A target that is down takes its series with it, and one started since its last scrape
+    brings them back only on its next scrape (scrape_targets)."""
+    targets = scrape_targets(target, next_scrape_within_s=next_scrape_within_s)
+    return metrics_with_series(target, names), targets
+
+
 class RuleFiles(Struct, frozen=True):
     """The rules files the running Prometheus names, as found on this host, and the globs that
     matched nothing here (a Prometheus on another host, or a relative path)."""

@@ -18,10 +18,13 @@ import pytest
 import redis
 import requests
 import yaml
-from support import RunChecks, eventually
+from support import RunChecks, eventually, started_between_scrapes
 
+from opsbook.inventory import load_inventory
 from opsbook.locations import PACKAGE
+from opsbook.probes import prometheus as probe
 from opsbook.sandbox.stack import Stack
+from opsbook.targets import HttpTarget
 
 pytestmark = pytest.mark.sandbox
 
@@ -299,3 +302,29 @@ def test_a_scrape_target_that_is_down_blocks_alert_003_until_it_is_fixed(
     # before ALERT-003's first look, which then found the series: no re-check was owed.
     rechecked = "opsbook re-check: ALERT-003 prometheus: PASSED" in fixed.output
     assert rechecked or "opsbook re-check: " not in fixed.output, fixed.output
+
+
+def test_metrics_of_a_target_started_since_its_last_scrape_are_read_after_its_next_scrape(
+    breakable_sandbox: Stack,
+) -> None:
+    """The backend started after Prometheus's last scrape of it: its metrics have no series
+    until the next scrape (ALERT-003 said "no series for queue_pending_messages" of a backend
+    that was up); read once that scrape is in, they have."""
+    spec = load_inventory(breakable_sandbox.inventory_path, environ={}).http["prometheus"]
+    prometheus = HttpTarget("prometheus", spec, TIMEOUT_S)
+    names = {"queue_pending_messages", "http_requests_total"}
+    try:
+        started_between_scrapes(
+            lambda: breakable_sandbox.stop("backend"),
+            lambda: breakable_sandbox.start("backend"),
+            prometheus,
+            "backend",
+        )
+        assert probe.metrics_with_series(prometheus, names) == set()  # a stale view
+        present, targets = probe.metrics_after_next_scrapes(
+            prometheus, names, next_scrape_within_s=5
+        )
+        assert present == names
+        assert [t.up for t in targets if t.job == "backend"] == ["1"]
+    finally:
+        prometheus.close()
